@@ -1,0 +1,55 @@
+"""Our configs <-> JSON, for the metadata of project-native .safetensors files.
+
+Every dataclass is written with a "type" field naming it; reading looks that name up in an explicit
+table of our config classes (never an import by name).
+"""
+
+import dataclasses
+import json
+
+from core.models.autoencoder import AutoencoderConfig, DDConfig
+from core.models.clip_text import FrozenCLIPEmbedderConfig, FrozenOpenCLIPEmbedderConfig
+from core.models.conditioners import ClassEmbedderConfig, LayoutEmbedderConfig, TransformerEmbedderConfig
+from core.models.diffusion import LatentDiffusionConfig, NoiseAugmentationConfig
+from core.models.unet import UNetConfig
+
+CONFIG_TYPES = {cls.__name__: cls for cls in (
+    LatentDiffusionConfig, UNetConfig, AutoencoderConfig, DDConfig, NoiseAugmentationConfig,
+    FrozenOpenCLIPEmbedderConfig, FrozenCLIPEmbedderConfig, TransformerEmbedderConfig,
+    ClassEmbedderConfig, LayoutEmbedderConfig)}
+
+
+def _to_plain(obj):
+    if dataclasses.is_dataclass(obj):
+        return {"type": type(obj).__name__,
+                **{f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}}
+    if isinstance(obj, (list, tuple)):
+        return [_to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    return obj
+
+
+def _from_plain(obj):
+    if isinstance(obj, dict) and "type" in obj:
+        name = obj["type"]
+        if name not in CONFIG_TYPES:
+            raise ValueError(f"unknown config type {name!r} in the file's metadata; "
+                             f"known: {', '.join(CONFIG_TYPES)}")
+        return CONFIG_TYPES[name](**{k: _from_plain(v) for k, v in obj.items() if k != "type"})
+    if isinstance(obj, list):
+        return [_from_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _from_plain(v) for k, v in obj.items()}
+    return obj
+
+
+def config_to_json(cfg) -> str:
+    return json.dumps(_to_plain(cfg), sort_keys=False)
+
+
+def config_from_json(text: str):
+    try:
+        return _from_plain(json.loads(text))
+    except (TypeError, json.JSONDecodeError) as err:
+        raise ValueError(f"the config in the file's metadata is not valid: {err}") from err

@@ -1,0 +1,1 @@
+"""Plain nn.Modules whose attribute paths are the reference checkpoints' key names."""

@@ -1,0 +1,259 @@
+"""Tiny models of every family in DESIGN.md's table, as CompVis-style YAML shaped like the released
+configs (same targets, same structural switches), shrunk to run in milliseconds on a CPU."""
+
+import textwrap
+
+import torch
+import yaml
+
+from core.checkpoints.clip_keys import ours_to_hf_clip_text
+from core.checkpoints.compvis_yaml import config_from_yaml
+from core.models.diffusion import LatentDiffusion
+
+_KL = """
+first_stage_config:
+  target: ldm.models.autoencoder.AutoencoderKL
+  params:
+    embed_dim: {embed}
+    monitor: val/rec_loss
+    ddconfig: {{double_z: true, z_channels: {embed}, resolution: 32, in_channels: 3, out_ch: 3, ch: 32,
+               ch_mult: {mult}, num_res_blocks: 1, attn_resolutions: [], dropout: 0.0}}
+    lossconfig: {{target: torch.nn.Identity}}
+"""
+_VQ = """
+first_stage_config:
+  target: ldm.models.autoencoder.VQModelInterface
+  params:
+    embed_dim: {embed}
+    n_embed: 64
+    ddconfig: {{double_z: false, z_channels: {embed}, resolution: 32, in_channels: 3, out_ch: 3, ch: 32,
+               ch_mult: {mult}, num_res_blocks: 1, attn_resolutions: {attn}, dropout: 0.0}}
+    lossconfig: {{target: torch.nn.Identity}}
+"""
+
+
+def _model(target: str, params: str, unet: str, first_stage: str, cond: str, extra: str = "") -> str:
+    body = textwrap.dedent(params) + textwrap.dedent(unet) + textwrap.dedent(first_stage) + textwrap.dedent(cond)
+    body += textwrap.dedent(extra)
+    return f"model:\n  target: {target}\n  params:\n" + textwrap.indent(body, "    ")
+
+
+_LDM = "ldm.models.diffusion.ddpm.LatentDiffusion"
+_SCHED = "linear_start: 0.0015\nlinear_end: 0.0195\ntimesteps: 1000\nimage_size: 8\n"
+_SD_SCHED = "linear_start: 0.00085\nlinear_end: 0.0120\ntimesteps: 1000\nimage_size: 8\nchannels: 4\n"
+
+FAMILIES: dict[str, str] = {
+    # LDM unconditional (CelebA-HQ / FFHQ / LSUN-beds): VQ-f4, legacy AttentionBlock, head channels 32.
+    "ldm_uncond": _model(_LDM, _SCHED + "channels: 3\nmonitor: val/loss_simple_ema\n", """
+        unet_config:
+          target: ldm.modules.diffusionmodules.openaimodel.UNetModel
+          params: {image_size: 8, in_channels: 3, out_channels: 3, model_channels: 32, attention_resolutions: [2],
+                   num_res_blocks: 1, channel_mult: [1, 2], num_head_channels: 16}
+        """, _VQ.format(embed=3, mult=[1, 1, 2], attn=[]), "cond_stage_config: __is_unconditional__\n"),
+    # LDM LSUN-churches: KL-f8, scale_by_std (scale_factor buffer), scale-shift norm, resblock_updown.
+    "ldm_churches": _model(_LDM, _SCHED + "channels: 4\nscale_by_std: true\nloss_type: l1\n", """
+        unet_config:
+          target: ldm.modules.diffusionmodules.openaimodel.UNetModel
+          params: {image_size: 4, in_channels: 4, out_channels: 4, model_channels: 32, attention_resolutions: [1, 2],
+                   num_res_blocks: 1, channel_mult: [1, 2], num_heads: 2, use_scale_shift_norm: true,
+                   resblock_updown: true}
+        """, _KL.format(embed=4, mult=[1, 1, 1, 2]), "cond_stage_config: __is_unconditional__\n"),
+    # LDM class-conditional (cin256-v2): ClassEmbedder with a null class, 1 head, cross-attention.
+    "ldm_class": _model(_LDM, _SCHED + "channels: 3\ncond_stage_key: class_label\ncond_stage_trainable: true\n"
+                        "conditioning_key: crossattn\nuse_ema: false\n", """
+        unet_config:
+          target: ldm.modules.diffusionmodules.openaimodel.UNetModel
+          params: {image_size: 8, in_channels: 3, out_channels: 3, model_channels: 32, attention_resolutions: [1, 2],
+                   num_res_blocks: 1, channel_mult: [1, 2], num_heads: 1, use_spatial_transformer: true,
+                   transformer_depth: 1, context_dim: 16}
+        """, _VQ.format(embed=3, mult=[1, 1, 2], attn=[]), """
+        cond_stage_config:
+          target: ldm.modules.encoders.modules.ClassEmbedder
+          params: {embed_dim: 16, n_classes: 11, key: class_label}
+        """),
+    # LDM text-to-image (txt2img-f8): KL-f8, BERTEmbedder (x-transformers), cross-attention.
+    "ldm_txt2img": _model(_LDM, _SCHED + "channels: 4\ncond_stage_key: caption\ncond_stage_trainable: true\n"
+                          "conditioning_key: crossattn\nscale_factor: 0.18215\nuse_ema: false\n", """
+        unet_config:
+          target: ldm.modules.diffusionmodules.openaimodel.UNetModel
+          params: {image_size: 4, in_channels: 4, out_channels: 4, model_channels: 32, attention_resolutions: [1, 2],
+                   num_res_blocks: 1, channel_mult: [1, 2], num_heads: 2, use_spatial_transformer: true,
+                   transformer_depth: 1, context_dim: 32, legacy: false}
+        """, _KL.format(embed=4, mult=[1, 1, 1, 2]), """
+        cond_stage_config:
+          target: ldm.modules.encoders.modules.BERTEmbedder
+          params: {n_embed: 32, n_layer: 2, vocab_size: 100, max_seq_len: 12}
+        """),
+    # LDM super-resolution (bsr_sr): z ++ LR image, Identity cond stage, VQ-f4, AttentionBlock.
+    "ldm_sr": _model(_LDM, _SCHED + "channels: 3\nconcat_mode: true\ncond_stage_key: LR_image\n", """
+        unet_config:
+          target: ldm.modules.diffusionmodules.openaimodel.UNetModel
+          params: {image_size: 8, in_channels: 6, out_channels: 3, model_channels: 32, attention_resolutions: [2],
+                   num_res_blocks: 1, channel_mult: [1, 2], num_head_channels: 16}
+        """, _VQ.format(embed=3, mult=[1, 1, 2], attn=[]), "cond_stage_config: torch.nn.Identity\n"),
+    # LDM inpainting (inpainting_big): z ++ masked-image latent ++ mask, cond stage = first stage.
+    "ldm_inpaint": _model(_LDM, _SCHED + "channels: 3\nconcat_mode: true\ncond_stage_key: masked_image\n", """
+        unet_config:
+          target: ldm.modules.diffusionmodules.openaimodel.UNetModel
+          params: {image_size: 8, in_channels: 7, out_channels: 3, model_channels: 32, attention_resolutions: [2],
+                   num_res_blocks: 1, channel_mult: [1, 2], num_heads: 2, resblock_updown: true}
+        """, _VQ.format(embed=3, mult=[1, 1, 2], attn=[]), "cond_stage_config: __is_first_stage__\n"),
+    # LDM layout-to-image: VQ-f8 with attention, layout tokens -> a jointly trained transformer.
+    "ldm_layout": _model(_LDM, _SCHED + "channels: 4\ncond_stage_key: coordinates_bbox\n"
+                         "conditioning_key: crossattn\ncond_stage_trainable: true\n", """
+        unet_config:
+          target: ldm.modules.diffusionmodules.openaimodel.UNetModel
+          params: {image_size: 4, in_channels: 4, out_channels: 4, model_channels: 32, attention_resolutions: [1, 2],
+                   num_res_blocks: 1, channel_mult: [1, 2], num_head_channels: 16, use_spatial_transformer: true,
+                   transformer_depth: 1, context_dim: 32}
+        """, _VQ.format(embed=4, mult=[1, 1, 1, 2], attn=[8]), """
+        cond_stage_config:
+          target: ldm.modules.encoders.modules.BERTEmbedder
+          params: {n_embed: 32, n_layer: 1, vocab_size: 120, max_seq_len: 16}
+        """),
+    # SD 1.x: CLIP text encoder with HF key names in the file, conv proj, num_heads.
+    "sd1": _model(_LDM, _SD_SCHED + "cond_stage_key: txt\nconditioning_key: crossattn\nscale_factor: 0.18215\n"
+                  "use_ema: false\nmonitor: val/loss_simple_ema\n", """
+        unet_config:
+          target: ldm.modules.diffusionmodules.openaimodel.UNetModel
+          params: {image_size: 8, in_channels: 4, out_channels: 4, model_channels: 32, attention_resolutions: [1, 2],
+                   num_res_blocks: 1, channel_mult: [1, 2], num_heads: 2, use_spatial_transformer: true,
+                   transformer_depth: 1, context_dim: 32, use_checkpoint: true, legacy: false}
+        """, _KL.format(embed=4, mult=[1, 1, 1, 2]), """
+        cond_stage_config:
+          target: ldm.modules.encoders.modules.FrozenCLIPEmbedder
+          params:
+            text_config: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 2,
+                          max_position_embeddings: 77, hidden_act: quick_gelu, vocab_size: 49408}
+        """),
+    # SD 2.x base: OpenCLIP penultimate, linear proj, head channels 64 (here 16).
+    "sd2": _model(_LDM, _SD_SCHED + "cond_stage_key: txt\nconditioning_key: crossattn\nscale_factor: 0.18215\n"
+                  "use_ema: false\n", """
+        unet_config:
+          target: ldm.modules.diffusionmodules.openaimodel.UNetModel
+          params: {use_checkpoint: true, use_fp16: true, image_size: 8, in_channels: 4, out_channels: 4,
+                   model_channels: 32, attention_resolutions: [1, 2], num_res_blocks: 1, channel_mult: [1, 2],
+                   num_head_channels: 16, use_spatial_transformer: true, use_linear_in_transformer: true,
+                   transformer_depth: 1, context_dim: 32, legacy: false}
+        """, _KL.format(embed=4, mult=[1, 1, 1, 2]), """
+        cond_stage_config:
+          target: ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder
+          params:
+            freeze: true
+            layer: penultimate
+            text_cfg: {width: 32, heads: 2, layers: 2, context_length: 77, vocab_size: 49408}
+        """),
+    # SD 2 inpainting: LatentInpaintDiffusion, hybrid, z ++ mask ++ masked-image latent (9 channels).
+    "sd2_inpaint": _model("ldm.models.diffusion.ddpm.LatentInpaintDiffusion",
+                          _SD_SCHED + "cond_stage_key: txt\nconditioning_key: hybrid\nscale_factor: 0.18215\n"
+                          "finetune_keys: null\nuse_ema: false\n", """
+        unet_config:
+          target: ldm.modules.diffusionmodules.openaimodel.UNetModel
+          params: {image_size: 8, in_channels: 9, out_channels: 4, model_channels: 32, attention_resolutions: [1, 2],
+                   num_res_blocks: 1, channel_mult: [1, 2], num_head_channels: 16, use_spatial_transformer: true,
+                   use_linear_in_transformer: true, transformer_depth: 1, context_dim: 32, legacy: false}
+        """, _KL.format(embed=4, mult=[1, 1, 1, 2]), """
+        cond_stage_config:
+          target: ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder
+          params:
+            layer: penultimate
+            text_cfg: {width: 32, heads: 2, layers: 2, context_length: 77, vocab_size: 49408}
+        """),
+    # SD x4 upscaler: v-prediction, hybrid-adm, noise level as class label, KL-f4, scale 0.08333.
+    "sd_x4": _model("ldm.models.diffusion.ddpm.LatentUpscaleDiffusion",
+                    "parameterization: v\nlinear_start: 0.0001\nlinear_end: 0.02\ntimesteps: 1000\nimage_size: 8\n"
+                    "channels: 4\nlow_scale_key: lr\nconditioning_key: hybrid-adm\nscale_factor: 0.08333\n"
+                    "use_ema: false\n", """
+        unet_config:
+          target: ldm.modules.diffusionmodules.openaimodel.UNetModel
+          params: {num_classes: 1000, image_size: 8, in_channels: 7, out_channels: 4, model_channels: 32,
+                   attention_resolutions: [1, 2], num_res_blocks: 1, channel_mult: [1, 2], disable_self_attentions:
+                   [true, false], num_heads: 2, use_spatial_transformer: true, use_linear_in_transformer: true,
+                   transformer_depth: 1, context_dim: 32, legacy: false}
+        """, _KL.format(embed=4, mult=[1, 1, 2]), """
+        cond_stage_config:
+          target: ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder
+          params:
+            layer: penultimate
+            text_cfg: {width: 32, heads: 2, layers: 2, context_length: 77, vocab_size: 49408}
+        """, """
+        low_scale_config:
+          target: ldm.modules.diffusionmodules.upscaling.ImageConcatWithNoiseAugmentation
+          params:
+            noise_schedule_config: {linear_start: 0.0001, linear_end: 0.02}
+            max_noise_level: 350
+        """),
+}
+
+# SD 2.x 768-v: the base config with v-prediction.
+FAMILIES["sd2_v"] = FAMILIES["sd2"].replace("  params:\n", "  params:\n    parameterization: v\n", 1)
+
+
+def tiny_model(family: str, seed: int = 0) -> LatentDiffusion:
+    """A tiny model of `family` with random weights (every zero-initialised output layer made
+    non-zero, so outputs depend on every weight)."""
+    torch.manual_seed(seed)
+    model = LatentDiffusion(config_from_yaml(yaml.safe_load(FAMILIES[family])))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.05)
+    return model.eval()
+
+
+def original_state_dict(model: LatentDiffusion, family: str, ema: bool = False) -> dict:
+    """The model's weights in the reference checkpoint layout (what CompVis / Stability files hold).
+
+    ema=True adds `model_ema.*` buffers (dot-stripped names) holding DIFFERENT values from model.*,
+    plus decay/num_updates, as LDM training checkpoints do.
+    """
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    if family == "sd1":
+        prefix = "cond_stage_model."
+        text = {k[len(prefix):]: sd.pop(k) for k in list(sd) if k.startswith(prefix)}
+        sd.update({prefix + k: v for k, v in ours_to_hf_clip_text(text).items()})
+    if family == "ldm_churches":
+        sd["scale_factor"] = torch.tensor(0.5)
+    if ema:
+        for k in [k for k in sd if k.startswith("model.")]:
+            sd["model_ema." + k[len("model."):].replace(".", "")] = sd[k] + 0.01 * torch.randn_like(sd[k])
+        sd["model_ema.decay"] = torch.tensor(0.9999)
+        sd["model_ema.num_updates"] = torch.tensor(1000, dtype=torch.int32)
+    return sd
+
+
+@torch.no_grad()
+def example_inputs(model: LatentDiffusion, family: str, batch: int = 2, seed: int = 1):
+    """(x_noisy, t, cond) that exercise every conditioning path of `family`."""
+    g = torch.Generator().manual_seed(seed)
+    f = 2 ** (len(model.config.first_stage.ddconfig.ch_mult) - 1)
+    side = model.config.unet.image_size
+    x = torch.randn(batch, model.config.channels, side, side, generator=g)
+    t = torch.tensor([10, 900][:batch] + [500] * max(0, batch - 2))
+    image = torch.rand(batch, 3, side * f, side * f, generator=g) * 2 - 1
+    if family in ("ldm_uncond", "ldm_churches"):
+        cond = None
+    elif family == "ldm_class":
+        cond = model.get_learned_conditioning(torch.tensor([3, 10][:batch]))
+    elif family in ("ldm_txt2img", "ldm_layout"):
+        vocab = model.config.cond_stage.vocab_size
+        cond = model.get_learned_conditioning(torch.randint(0, vocab, (batch, model.config.cond_stage.max_seq_len),
+                                                            generator=g))
+    elif family == "ldm_sr":
+        cond = torch.rand(batch, 3, side, side, generator=g) * 2 - 1          # LR image at latent size
+    elif family == "ldm_inpaint":
+        mask = (torch.rand(batch, 1, side, side, generator=g) > 0.5).float() * 2 - 1
+        cond = {"c_concat": [torch.cat([model.get_learned_conditioning(image), mask], dim=1)]}
+    elif family == "sd2_inpaint":
+        mask = (torch.rand(batch, 1, side, side, generator=g) > 0.5).float()
+        cond = {"c_concat": [torch.cat([mask, model.encode_first_stage(image)], dim=1)],
+                "c_crossattn": [model.get_learned_conditioning(["a red circle", ""][:batch])]}
+    elif family == "sd_x4":
+        lr = torch.rand(batch, 3, side, side, generator=g) * 2 - 1
+        level = torch.tensor([20] * batch)
+        x_aug, level = model.low_scale_model(lr, level, generator=g)
+        cond = {"c_concat": [x_aug], "c_crossattn": [model.get_learned_conditioning(["a photo", ""][:batch])],
+                "c_adm": level}
+    else:  # sd1, sd2, sd2_v
+        cond = model.get_learned_conditioning(["a large red circle in the center", ""][:batch])
+    return x, t, cond
