@@ -1,0 +1,19 @@
+"""Schedules and samplers as pure functions over a denoiser; `sample()` ties them to a model.
+
+    from core.samplers import sample
+    z = sample(m, cond, uncond, guidance_scale=7.5, steps=50, sampler="ddim", shape=(1, 4, 64, 64), seed=0)
+
+Files: schedules.py (timestep lists, sigmas, Karras), denoisers.py (CFG, eps/v -> eps or D(x, sigma),
+inpainting blend), timestep_samplers.py (DDIM, PLMS, DDPM), sigma_samplers.py (Euler, Euler a,
+Heun, DPM++ 2M), unipc.py (UniPC), noise.py (CPU-seeded noise), sampling.py (`sample`).
+"""
+from core.samplers.denoisers import CFGDenoiser, EpsDenoiser, KDenoiser
+from core.samplers.sampling import (DEFAULT_SCHEDULE_NAME, KARRAS_SCHEDULE_NAME,
+                                    SAMPLER_DISPLAY_NAMES, SAMPLERS, SIGMA_SAMPLERS,
+                                    TIMESTEP_SAMPLERS, SamplingInterrupted, sample)
+from core.samplers.schedules import ddim_timesteps, ddpm_timesteps, get_sigmas, karras_sigmas
+
+__all__ = ["sample", "SamplingInterrupted", "SAMPLERS", "TIMESTEP_SAMPLERS", "SIGMA_SAMPLERS",
+           "SAMPLER_DISPLAY_NAMES", "KARRAS_SCHEDULE_NAME", "DEFAULT_SCHEDULE_NAME",
+           "CFGDenoiser", "EpsDenoiser", "KDenoiser",
+           "ddim_timesteps", "ddpm_timesteps", "get_sigmas", "karras_sigmas"]

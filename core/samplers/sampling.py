@@ -1,0 +1,243 @@
+"""`sample()`: the one entry point from a LatentDiffusion model and its conditioning to a latent z.
+
+It only builds things and hands them over, in numbered steps: check the inputs, draw the noise on
+the CPU, wrap `m.apply_model` into a guided denoiser, pick the schedule (timesteps or sigmas),
+optionally start part-way (img2img) and pin a known region (inpainting), run the sampler chosen
+by name, and stop cleanly between steps when asked.
+"""
+import math
+import operator
+from functools import partial
+
+import torch
+
+from core.samplers.denoisers import (CFGDenoiser, EpsDenoiser, InpaintEpsBlend, InpaintSigmaBlend,
+                                     KDenoiser)
+from core.samplers.noise import cpu_generator, randn
+from core.samplers.schedules import ddim_timesteps, ddpm_timesteps, get_sigmas
+from core.samplers.sigma_samplers import (sample_dpmpp_2m, sample_euler, sample_euler_ancestral,
+                                          sample_heun)
+from core.samplers.timestep_samplers import sample_ddim, sample_ddpm, sample_plms
+from core.samplers.unipc import sample_unipc
+
+# Samplers over the model's discrete timesteps: denoiser(x, t) -> eps.
+TIMESTEP_SAMPLERS = {"ddim": sample_ddim, "plms": sample_plms, "ddpm": sample_ddpm}
+# Samplers over noise levels: denoiser(x, sigma) -> pred_x0; each takes karras=True.
+SIGMA_SAMPLERS = {"euler": sample_euler, "euler_a": sample_euler_ancestral, "heun": sample_heun,
+                  "dpmpp_2m": sample_dpmpp_2m, "unipc": sample_unipc}
+SAMPLERS = {**TIMESTEP_SAMPLERS, **SIGMA_SAMPLERS}
+
+# AUTOMATIC1111's names, as written in its PNG "parameters" ("Sampler: DPM++ 2M, Schedule type:
+# Karras"); `karras=True` is the schedule type KARRAS_SCHEDULE_NAME, otherwise "Automatic".
+SAMPLER_DISPLAY_NAMES = {"ddim": "DDIM", "plms": "PLMS", "ddpm": "DDPM", "euler": "Euler",
+                         "euler_a": "Euler a", "heun": "Heun", "dpmpp_2m": "DPM++ 2M",
+                         "unipc": "UniPC"}
+KARRAS_SCHEDULE_NAME = "Karras"
+DEFAULT_SCHEDULE_NAME = "Automatic"
+
+
+class SamplingInterrupted(Exception):
+    """Raised out of `sample()` when sampling is stopped between two steps.
+
+    Carries the latest state: `x` (the sampler's current x, model dtype), `pred_x0` (the latest
+    estimate of the clean latent, the thing to decode for a preview; None if stopped before the
+    first step), `step` (steps completed) and `total`.
+    """
+
+    def __init__(self, x=None, pred_x0=None, step=0, total=0):
+        super().__init__(f"Sampling interrupted after step {step} of {total}.")
+        self.x, self.pred_x0, self.step, self.total = x, pred_x0, step, total
+
+
+@torch.no_grad()
+def sample(m, cond, uncond=None, guidance_scale=7.5, steps=50, sampler="ddim", eta=0.0,
+           x_T=None, shape=None, seed=None, callback=None, *, karras=False, x0=None, mask=None,
+           strength=None, start_step=None, should_stop=None, ancestral_eta=1.0):
+    """Sample a latent z (B, C, H, W) from model `m` (apply_model, alphas_cumprod, parameterization).
+
+    cond / uncond: the conditioning and the unconditional one for classifier-free guidance (a
+        tensor, or a dict with "c_crossattn" / "c_concat" / "c_adm" lists as in the reference code;
+        a tensor uncond with a dict cond replaces only c_crossattn). uncond None or
+        guidance_scale 1: one network pass per evaluation.
+    steps, sampler: one of SAMPLERS. ddim/plms use the reference step list (more than `steps`
+        steps when steps does not divide T); sigma-space samplers take `karras=True`.
+    eta: DDIM's eta (0 = deterministic). `ancestral_eta` (default 1) is Euler a's noise scale.
+    x_T / shape / seed: the starting noise N(0, 1) (sigma samplers scale it by sigma_max); when x_T
+        is None it is drawn on the CPU from torch.Generator().manual_seed(seed) (a random seed if
+        None), as is every ancestral noise, so a seed gives the same latent on CPU and GPU.
+    callback(i, total, x, pred_x0): after each step i (0-based) of `total`; x is the sampler's state
+        (sigma-space samplers keep x = x_0 + sigma eps, not the model's scale), pred_x0 the current
+        estimate of the clean latent, for previews. Raising SamplingInterrupted in it stops sampling.
+    should_stop: a threading.Event or a callable returning True to stop; checked before the first
+        step and after each step; sample() then raises SamplingInterrupted carrying the latest x.
+    x0: a clean latent (B|1, C, H, W) for img2img and inpainting.
+    strength (0, 1] or start_step: img2img. Run the last max(1, int(strength * N)) of the N steps
+        (or start at index start_step), from x0 noised to the first level run.
+    mask (B|1, 1|C, H, W) in [0, 1]: 1 = repaint, 0 = keep x0 (the product's "white = repaint").
+        At every step the network sees the kept region as x0 noised to the current level; the
+        result equals x0 there. Without strength the repainted region starts from pure noise.
+    Returns z in the model's dtype; the arithmetic runs in float32 (float64 for a float64 model).
+    """
+    # 1. Check the arguments before touching the model.
+    if sampler not in SAMPLERS:
+        raise ValueError(f"Unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}.")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+        raise ValueError(f"steps must be a positive whole number; got {steps!r}.")
+    _check_number("guidance_scale", guidance_scale)
+    _check_number("eta", eta, minimum=0.0)
+    _check_number("ancestral_eta", ancestral_eta, minimum=0.0)
+    if eta != 0 and sampler != "ddim":
+        raise ValueError(f"eta only applies to sampler 'ddim' ({sampler!r} is not DDIM); use "
+                         "ancestral_eta for 'euler_a', or leave eta at 0.")
+    if karras and sampler not in SIGMA_SAMPLERS:
+        raise ValueError(f"Karras sigmas apply to the sigma-space samplers "
+                         f"({', '.join(SIGMA_SAMPLERS)}), not to {sampler!r}.")
+    if x_T is None and shape is None:
+        raise ValueError("Give the latent shape (B, C, H, W) as shape=, or the starting noise as x_T=.")
+    if shape is not None:
+        try:
+            shape = tuple(operator.index(s) for s in shape)
+        except TypeError:
+            raise ValueError(f"shape must be (B, C, H, W) of whole numbers; got {shape!r}.") from None
+    if x_T is not None:
+        if shape is not None and tuple(x_T.shape) != shape:
+            raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape={shape}; give one of them.")
+        shape = tuple(x_T.shape)
+    if len(shape) != 4 or min(shape) <= 0:
+        raise ValueError(f"The latent must be (B, C, H, W) with positive sizes; got {shape}.")
+
+    # 2. Device and dtypes come from the model; sampler arithmetic runs in at least float32.
+    param = next(m.parameters())
+    device, model_dtype = param.device, param.dtype
+    dtype = torch.promote_types(model_dtype, torch.float32)
+    alphas_cumprod = m.alphas_cumprod.to(device=device, dtype=dtype)                # (T,)
+
+    # 3. Noise: x_T, and ancestral noise, from one CPU generator.
+    generator = cpu_generator(seed)
+    noise = (x_T.to(device=device, dtype=dtype) if x_T is not None
+             else randn(shape, generator, device, dtype))                         # (B, C, H, W)
+
+    # 4. m.apply_model -> guided raw output; cond/uncond/scale travel as extra_args.
+    def model_fn(x, t, c):
+        return m.apply_model(x.to(model_dtype), t, c).to(dtype)
+
+    guided = CFGDenoiser(model_fn)
+    extra_args = {"cond": cond, "uncond": uncond, "cond_scale": guidance_scale}
+    x0, mask = _check_x0_mask(x0, mask, strength, start_step, shape, device, dtype)
+
+    # 5. Schedule, starting point and denoiser for the chosen family.
+    img2img = strength is not None or start_step is not None
+    if sampler in TIMESTEP_SAMPLERS:
+        make_steps = ddpm_timesteps if sampler == "ddpm" else ddim_timesteps
+        schedule = make_steps(len(alphas_cumprod), steps)
+        start = _start_index(len(schedule), strength, start_step)
+        schedule = schedule[start:]
+        denoiser = EpsDenoiser(guided, alphas_cumprod, m.parameterization)
+        if img2img:
+            a_t = alphas_cumprod[schedule[0]]
+            x = a_t.sqrt() * x0 + (1 - a_t).sqrt() * noise
+        else:
+            x = noise
+        if mask is not None:
+            denoiser = InpaintEpsBlend(denoiser, x0, mask, noise)
+    else:
+        schedule = get_sigmas(alphas_cumprod, steps, karras=karras)
+        start = _start_index(steps, strength, start_step)
+        schedule = schedule[start:]
+        denoiser = KDenoiser(guided, alphas_cumprod, m.parameterization)
+        x = x0 + schedule[0] * noise if img2img else schedule[0] * noise
+        if mask is not None:
+            denoiser = InpaintSigmaBlend(denoiser, x0, mask, noise)
+    run = SAMPLERS[sampler]
+    if sampler == "ddim":
+        run = partial(run, eta=eta)
+    elif sampler == "euler_a":
+        run = partial(run, eta=ancestral_eta)
+
+    # 6. Sample, stopping between steps when asked.
+    total = len(schedule) if sampler in TIMESTEP_SAMPLERS else len(schedule) - 1
+    latest = {"x": x, "pred_x0": None, "step": 0}
+
+    def interrupted():
+        pred_x0 = latest["pred_x0"]
+        return SamplingInterrupted(latest["x"].to(model_dtype),
+                                   None if pred_x0 is None else pred_x0.to(model_dtype),
+                                   latest["step"], total)
+
+    def step_callback(i, total, x, pred_x0):
+        latest.update(x=x, pred_x0=pred_x0, step=i + 1)
+        if callback is not None:
+            callback(i, total, x, pred_x0)
+        if _stop_requested(should_stop):
+            raise interrupted()
+
+    try:
+        if _stop_requested(should_stop):
+            raise interrupted()
+        z = run(denoiser, x, schedule, extra_args=extra_args, callback=step_callback,
+                generator=generator)
+    except SamplingInterrupted as stop:
+        if stop.x is None:                          # raised bare by the user's callback
+            raise interrupted() from None
+        raise
+
+    # 7. The kept region is exactly x0 (DDIM ends at alphas_cumprod[0], not at the data).
+    if mask is not None:
+        z = mask * z + (1 - mask) * x0
+    return z.to(model_dtype)
+
+
+def _check_number(name, value, minimum=None):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number; got {value!r}.")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}; got {value!r}.")
+
+
+def _check_x0_mask(x0, mask, strength, start_step, shape, device, dtype):
+    """Validate the img2img / inpainting inputs and move them to the sampling device and dtype."""
+    wants_x0 = mask is not None or strength is not None or start_step is not None
+    if x0 is None:
+        if wants_x0:
+            raise ValueError("mask, strength and start_step need the original latent as x0=.")
+        return None, None
+    if not wants_x0:
+        raise ValueError("x0 was given without mask= (inpainting) or strength= / start_step= "
+                         "(img2img), so it would be ignored; pass one of them.")
+    b, c, h, w = shape
+    if x0.ndim != 4 or tuple(x0.shape[1:]) != (c, h, w) or x0.shape[0] not in (1, b):
+        raise ValueError(f"x0 must be a latent of shape ({b} or 1, {c}, {h}, {w}); got {tuple(x0.shape)}.")
+    x0 = x0.to(device=device, dtype=dtype)
+    if mask is not None:
+        if (mask.ndim != 4 or mask.shape[0] not in (1, b) or mask.shape[1] not in (1, c)
+                or tuple(mask.shape[2:]) != (h, w)):
+            raise ValueError(f"mask must have shape ({b} or 1, 1 or {c}, {h}, {w}) at latent "
+                             f"resolution; got {tuple(mask.shape)}.")
+        mask = mask.to(device=device, dtype=dtype)
+        if mask.min() < 0 or mask.max() > 1:
+            raise ValueError("mask values must lie in [0, 1]: 1 = repaint, 0 = keep x0.")
+    return x0, mask
+
+
+def _start_index(n: int, strength, start_step) -> int:
+    """Index of the first of n steps to run: 0, or from img2img's strength / start_step."""
+    if strength is not None and start_step is not None:
+        raise ValueError("Give strength or start_step, not both.")
+    if strength is not None:
+        _check_number("strength", strength)
+        if not 0 < strength <= 1:
+            raise ValueError(f"strength must be in (0, 1] (1 = ignore most of x0); got {strength}.")
+        return n - max(1, int(strength * n + 1e-6))
+    if start_step is not None:
+        if isinstance(start_step, bool) or not isinstance(start_step, int) or not 0 <= start_step < n:
+            raise ValueError(f"start_step must be a whole number in [0, {n - 1}]; got {start_step!r}.")
+        return start_step
+    return 0
+
+
+def _stop_requested(should_stop) -> bool:
+    if should_stop is None:
+        return False
+    if hasattr(should_stop, "is_set"):                                             # threading.Event
+        return should_stop.is_set()
+    return bool(should_stop())
