@@ -52,7 +52,8 @@ _IGNORED = {
     "cond": {"device", "freeze", "version", "use_tokenizer", "embedding_dropout", "pretrained", "key",
              "arch", "layer", "layer_idx", "max_length", "max_seq_len", "text_cfg", "embed_dim",
              "text_config", "n_embed", "n_layer", "vocab_size", "n_classes", "tokenizer", "heads",
-             "dim_head", "ff_mult", "quick_gelu", "max_objects", "n_freqs"},
+             "dim_head", "ff_mult", "quick_gelu", "max_objects", "n_freqs", "with_logits", "has_null_class",
+             "tokenizer"},
 }
 
 
@@ -135,7 +136,7 @@ def _cond_stage(block):
                                             **{k: v for k, v in p.items() if k in known}})
     if target == _ENCODERS + "ClassEmbedder":
         return ClassEmbedderConfig(embed_dim=p["embed_dim"], n_classes=p.get("n_classes", 1000),
-                                   key=p.get("key", "class"))
+                                   key=p.get("key", "class"), has_null_class=p.get("has_null_class"))
     if target == "core.models.conditioners.LayoutEmbedder":
         known = _fields(LayoutEmbedderConfig)
         return LayoutEmbedderConfig(**{k: v for k, v in p.items() if k in known})

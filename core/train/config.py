@@ -1,0 +1,331 @@
+"""Training configs: a YAML file with three blocks.
+
+    model:   a CompVis-style model block, translated by core.checkpoints.config_from_yaml, so our own
+             models use the reference's targets and names (AutoencoderKL / VQModelInterface for the
+             first stage, LatentDiffusion / LatentInpaintDiffusion with a UNetModel, TransformerEmbedder,
+             ClassEmbedder, LayoutEmbedder, torch.nn.Identity ...). The first-stage `lossconfig.params`
+             are the autoencoder loss settings (losses.AutoencoderLossConfig). In an LDM config,
+             `first_stage_config.params.ckpt_path` names the trained autoencoder (an exported
+             .safetensors or a run folder): its architecture and scale factor are read from it, so
+             `ddconfig`, `embed_dim` and `scale_factor` may be left out.
+    data:    data.DataConfig
+    train:   TrainConfig below
+    export:  optional {name, defaults: {sampler, karras, steps, guidance_scale, eta, width, height}}
+
+`make_config(stage, dataset, model_size, steps, batch_size, lr, ...)` writes such a config as a dict
+(the app's Train tab); `load_config` reads one into a RunConfig.
+"""
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from core.checkpoints import config_from_yaml, read_checkpoint
+from core.checkpoints.config_json import config_from_json
+from core.models.autoencoder import AutoencoderConfig
+from core.models.conditioners import TransformerEmbedderConfig
+from core.models.diffusion import COND_STAGE_IDENTITY, LatentDiffusionConfig
+from core.train.data import DataConfig
+from core.train.losses import AutoencoderLossConfig
+
+
+STAGES = ("autoencoder", "ldm")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+METADATA_SCALE_FACTOR = "ldm_studio_scale_factor"     # an exported autoencoder's latent scale factor
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 10000                   # optimizer steps in the whole run
+    batch_size: int = 32                 # images per process per micro-step
+    grad_accum: int = 1                  # micro-steps per optimizer step
+    lr: float = 1e-4                     # peak learning rate (after warm-up)
+    lr_schedule: str = "constant"        # "constant" (the reference's) or "cosine" (to 10% of lr)
+    warmup_steps: int = 500              # linear warm-up from 0
+    betas: tuple[float, float] = (0.9, 0.999)   # Adam(W) betas; the reference autoencoders use (0.5, 0.9)
+    weight_decay: float = 0.01           # AdamW (LDM); the autoencoder uses Adam without decay
+    grad_clip: float = 1.0               # max gradient norm; 0 = no clipping
+    ema_decay: float = 0.9999            # EMA of the trained weights (with the reference's warm-up)
+    precision: str = "auto"              # auto: bf16 autocast on CPU and bf16-capable GPUs, fp16 on older GPUs
+    compile: bool = False                # torch.compile the training step's network
+    channels_last: bool = False          # NHWC memory layout for the convolutions
+    device: str = "auto"                 # auto: cuda when available (the local rank's GPU), else cpu
+    threads: int = 0                     # CPU threads for torch (0: torch's default, one per core). On a
+                                         # machine shared with other jobs, 1 avoids OpenMP spin-waiting
+    seed: int = 0                        # noise, timesteps, conditioning dropout, initial weights
+    log_every: int = 10                  # steps between metrics.jsonl lines / state.json updates
+    sample_every: int = 500              # steps between sample grids (and at the end)
+    ckpt_every: int = 500                # steps between checkpoints (and at stop and end)
+    n_samples: int = 8                   # images per sample grid
+    sample_steps: int = 20               # DDIM steps for the grids
+    sample_guidance: float = 3.0         # classifier-free guidance scale for the grids
+    cond_drop: float = 0.1               # LDM: conditioning dropout, so classifier-free guidance works
+    lpips_weights: tuple[str, ...] = ()  # autoencoder: local LPIPS/VGG16 weight files (none: no LPIPS)
+    init_from: str | None = None         # LDM: start from this LDM's weights (txt2img -> inpainting)
+
+    def __post_init__(self):
+        if isinstance(self.lpips_weights, str):
+            object.__setattr__(self, "lpips_weights", (self.lpips_weights,))
+        object.__setattr__(self, "lpips_weights", tuple(self.lpips_weights or ()))
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"train.lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        for name in ("steps", "batch_size", "grad_accum", "log_every", "sample_every", "ckpt_every", "n_samples",
+                     "sample_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.cond_drop < 1.0:
+            raise ValueError(f"train.cond_drop must be in [0, 1), got {self.cond_drop}")
+        if self.lr <= 0 or self.warmup_steps < 0 or self.grad_clip < 0:
+            raise ValueError("train.lr must be > 0, train.warmup_steps and train.grad_clip >= 0")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    stage: str                                           # "autoencoder" or "ldm"
+    model: AutoencoderConfig | LatentDiffusionConfig
+    data: DataConfig
+    train: TrainConfig
+    loss: AutoencoderLossConfig | None = None            # autoencoder only
+    first_stage_path: str | None = None                  # LDM: the trained autoencoder's weights
+    export: dict = field(default_factory=dict)           # {name, defaults}
+    raw: dict = field(default_factory=dict)              # the YAML as given (written to the run folder)
+
+
+def _known(cls, block: dict, where: str) -> dict:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(block) - names)
+    if unknown:
+        raise ValueError(f"config: {where} has unknown keys {unknown}; valid keys: {sorted(names)}")
+    return dict(block)
+
+
+def first_stage_source(path: str | Path) -> tuple[AutoencoderConfig, float | None]:
+    """The autoencoder config and latent scale factor stored with a trained first stage: an exported
+    .safetensors (autoencoder or LDM) or a run folder (runs/NAME, its checkpoints/last.pt)."""
+    path = Path(path)
+    if path.is_dir():
+        from core.train.checkpoint import load_checkpoint
+        ckpt = load_checkpoint(path / "checkpoints" / "last.pt")
+        model = load_config(ckpt["config"]).model
+        if isinstance(model, LatentDiffusionConfig):
+            return model.first_stage, model.scale_factor
+        return model, ckpt.get("scale_factor")
+    _, metadata = read_checkpoint(path)
+    if "ldm_studio_config" not in metadata:
+        raise ValueError(f"{path} carries no LDM Studio config; give a file written by "
+                         "`python -m core.train export` or a run folder")
+    model = config_from_json(metadata["ldm_studio_config"])
+    if isinstance(model, LatentDiffusionConfig):
+        return model.first_stage, model.scale_factor
+    scale = metadata.get(METADATA_SCALE_FACTOR)
+    return model, None if scale is None else float(scale)
+
+
+def _fill_first_stage(params: dict, init_from: str | None) -> str | None:
+    """Complete an LDM model block's first stage (and scale factor) from the trained autoencoder."""
+    fs = params.get("first_stage_config")
+    if not isinstance(fs, dict):
+        raise ValueError("config: model.params.first_stage_config is missing")
+    fs_params = dict(fs.get("params") or {})
+    path = fs_params.get("ckpt_path") or init_from
+    if path is not None and ("ddconfig" not in fs_params or "scale_factor" not in params):
+        ae, scale = first_stage_source(path)
+        if "ddconfig" not in fs_params:
+            fs_params.update(embed_dim=ae.embed_dim, ddconfig=dataclasses.asdict(ae.ddconfig))
+            if ae.n_embed is not None:
+                fs_params["n_embed"] = ae.n_embed
+        if "scale_factor" not in params:
+            if scale is None:
+                raise ValueError(f"{path} has no latent scale factor; set model.params.scale_factor")
+            params["scale_factor"] = scale
+        params["first_stage_config"] = {**fs, "params": fs_params}
+    elif path is None and "ddconfig" not in fs_params:
+        raise ValueError("config: first_stage_config needs params.ckpt_path (a trained autoencoder) or a full "
+                         "ddconfig")
+    return fs_params.get("ckpt_path")
+
+
+def load_config(source, stage: str | None = None) -> RunConfig:
+    """Read a training config (a YAML path, YAML text or dict) into a RunConfig."""
+    if isinstance(source, dict):
+        raw = copy.deepcopy(source)
+    else:
+        text = Path(source).read_text() if Path(str(source)).suffix in (".yaml", ".yml") else str(source)
+        raw = yaml.safe_load(text)
+    if not isinstance(raw, dict) or "model" not in raw:
+        raise ValueError("a training config needs a `model:` block (CompVis style), plus `data:` and `train:`")
+    unknown = sorted(set(raw) - {"model", "data", "train", "export"})
+    if unknown:
+        raise ValueError(f"config: unknown top-level blocks {unknown}; valid: model, data, train, export")
+    train = TrainConfig(**_known(TrainConfig, raw.get("train") or {}, "train"))
+    data = DataConfig(**_known(DataConfig, raw.get("data") or {}, "data"))
+    model_block = copy.deepcopy(raw["model"])
+    params = model_block.setdefault("params", {})
+    target = model_block.get("target", "")
+    is_ae = target.startswith("ldm.models.autoencoder.") or target == "taming.models.vqgan.VQModel"
+    found = "autoencoder" if is_ae else "ldm"
+    if stage is not None and stage != found:
+        raise ValueError(f"this config trains {'an autoencoder' if is_ae else 'a latent diffusion model'} "
+                         f"(model target {target}); run `python -m core.train {found} --config ...`")
+    loss, first_stage_path = None, None
+    if is_ae:
+        loss_params = ((params.get("lossconfig") or {}).get("params") or {})
+        loss = AutoencoderLossConfig(**_known(AutoencoderLossConfig, loss_params, "lossconfig.params"))
+    else:
+        first_stage_path = _fill_first_stage(params, train.init_from)
+    model = config_from_yaml({"model": model_block})
+    raw = {**raw, "model": model_block}            # resolved: the first stage's ddconfig and scale factor filled in
+    if not is_ae:
+        _check_ldm(model, data)
+    return RunConfig(stage=found, model=model, data=data, train=train, loss=loss,
+                     first_stage_path=first_stage_path, export=dict(raw.get("export") or {}), raw=raw)
+
+
+def _check_ldm(m: LatentDiffusionConfig, data: DataConfig) -> None:
+    f = m.first_stage.ddconfig.downsample_factor
+    extra = {"upscale-ldm": 3, "inpaint-sd": 1 + m.channels}.get(m.task, 0)
+    if m.task not in ("conditional", "unconditional", "upscale-ldm", "inpaint-sd"):
+        raise ValueError(f"training {m.task!r} models is not supported; train text/class/layout/unconditional "
+                         "(LatentDiffusion), SR (concat + torch.nn.Identity) or SD2-style inpainting "
+                         "(LatentInpaintDiffusion, hybrid)")
+    if m.unet.in_channels != m.channels + extra:
+        raise ValueError(f"unet_config.in_channels is {m.unet.in_channels} but a {m.task} model with "
+                         f"{m.channels} latent channels needs {m.channels + extra}")
+    if m.task == "upscale-ldm" and data.sr_factor != f:
+        raise ValueError(f"a super-resolution LDM reads the low-res image at latent resolution: set "
+                         f"data.sr_factor to the first stage's factor {f}")
+    if m.task == "inpaint-sd" and not data.masks:
+        raise ValueError("an inpainting LDM needs masks: set data.masks: true")
+    if isinstance(m.cond_stage, TransformerEmbedderConfig) and m.cond_stage.tokenizer != "clip":
+        raise ValueError("a jointly trained text encoder needs tokenizer: clip (open_clip's BPE works offline)")
+    if m.cond_stage not in (None, COND_STAGE_IDENTITY) and data.source != "shapes" and \
+            not isinstance(m.cond_stage, TransformerEmbedderConfig):
+        raise ValueError("class and layout conditioning come from the shapes world: set data.source: shapes")
+
+
+# --------------------------------------------------------------------------------------------
+# make_config: the app's Train tab
+# --------------------------------------------------------------------------------------------
+
+def _ae(ch: int, mult: list, nrb: int) -> dict:
+    return {"target": "ldm.models.autoencoder.AutoencoderKL", "params": {
+        "embed_dim": 4,
+        "ddconfig": {"double_z": True, "z_channels": 4, "resolution": 64, "in_channels": 3, "out_ch": 3,
+                     "ch": ch, "ch_mult": mult, "num_res_blocks": nrb, "attn_resolutions": [], "dropout": 0.0},
+        "lossconfig": {"target": "ldm.modules.losses.LPIPSWithDiscriminator",
+                       "params": {"disc_start": 2000, "kl_weight": 1e-6, "disc_weight": 0.5,
+                                  "disc_num_layers": 2, "disc_ndf": 32}}}}
+
+
+def _unet(mc: int, mult: list, nrb: int, attn: list) -> dict:
+    return {"model_channels": mc, "channel_mult": mult, "num_res_blocks": nrb, "attention_resolutions": attn,
+            "num_head_channels": 32}
+
+
+# Model sizes, as small factory tables (DiT's habit): autoencoders and UNets on 16x16x4 latents.
+AUTOENCODER_SIZES = {
+    "tiny": lambda: _ae(32, [1, 1, 2], 1),      # ~0.9M: tests and smoke runs
+    "small": lambda: _ae(32, [1, 2, 4], 1),     # ~2.7M: the shapes-world default
+    "base": lambda: _ae(64, [1, 2, 2], 1),      # ~3.8M
+}
+UNET_SIZES = {
+    "tiny": lambda: _unet(32, [1, 2], 1, [2]),
+    "small": lambda: _unet(64, [1, 2, 2], 1, [2, 4]),       # ~6.6M with a 64-wide context
+    "base": lambda: _unet(64, [1, 2, 2], 2, [2, 4]),        # ~9.9M
+}
+TEXT_ENCODER_SIZES = {"tiny": (32, 1), "small": (64, 4), "base": (64, 6)}    # (width, layers)
+LDM_STAGES = ("txt2img", "class", "layout", "uncond", "sr", "inpaint")
+
+
+def make_config(stage: str, dataset: str = "shapes", model_size: str = "small", steps: int = 10000,
+                batch_size: int = 32, lr: float | None = None, *, image_size: int = 64,
+                first_stage: str | None = None, init_from: str | None = None, precision: str = "auto",
+                seed: int = 0, name: str | None = None, **train_overrides) -> dict:
+    """A training config dict (what `load_config` reads, and what a YAML file holds).
+
+    stage: "autoencoder", or an LDM stage: "txt2img" (jointly trained text encoder, open_clip tokens),
+        "class" (24 shapes-world classes + null), "layout", "uncond", "sr" (4x, concat LR image) or
+        "inpaint" (SD2's 9-channel layout; give init_from = a txt2img model to fine-tune).
+    dataset: "shapes", "photos" or the path of an image folder (captions from name.txt / captions.jsonl).
+    model_size: "tiny", "small" or "base". first_stage: the trained autoencoder (LDM stages).
+    train_overrides: any other train.* key (log_every, sample_every, grad_accum, ...).
+    """
+    if model_size not in UNET_SIZES:
+        raise ValueError(f"model_size must be one of {list(UNET_SIZES)}, got {model_size!r}")
+    if stage not in ("autoencoder",) + LDM_STAGES:
+        raise ValueError(f"stage must be 'autoencoder' or one of {LDM_STAGES}, got {stage!r}")
+    source = dataset if dataset in ("shapes", "photos") else "folder"
+    data = {"source": source, "size": image_size}
+    if source == "folder":
+        data["path"] = dataset
+    train = {"steps": steps, "batch_size": batch_size, "precision": precision, "seed": seed,
+             "warmup_steps": min(500, steps // 10), "sample_every": max(1, min(500, steps // 10)),
+             "ckpt_every": max(1, min(500, steps // 10)), **train_overrides}
+    export = {"name": name or (f"{dataset}-{stage}" if source != "folder" else Path(dataset).name + f"-{stage}")}
+    if stage == "autoencoder":
+        model = AUTOENCODER_SIZES[model_size]()
+        model["params"]["ddconfig"]["resolution"] = image_size
+        if source == "shapes":
+            data["photo_fraction"] = 0.2           # photos too, so the SR model's latents cover them
+        train.update(lr=lr or 2e-4, betas=[0.5, 0.9], weight_decay=0.0)
+        return {"model": model, "data": data, "train": train, "export": export}
+
+    if first_stage is None and init_from is None:
+        raise ValueError(f"stage {stage!r} trains in the latent space of an autoencoder: give first_stage= "
+                         "(an exported autoencoder .safetensors or its run folder)")
+    f = 4                                           # latents are image_size / 4 (KL-f4 defaults)
+    unet = {"image_size": image_size // f, "in_channels": 4, "out_channels": 4, **UNET_SIZES[model_size]()}
+    params = {"linear_start": 0.00085, "linear_end": 0.012, "timesteps": 1000, "image_size": image_size // f,
+              "channels": 4, "conditioning_key": "crossattn", "use_ema": False,
+              "first_stage_config": {"target": "ldm.models.autoencoder.AutoencoderKL",
+                                     "params": {"ckpt_path": first_stage} if first_stage else {}},
+              "unet_config": {"target": "ldm.modules.diffusionmodules.openaimodel.UNetModel", "params": unet}}
+    width, layers = TEXT_ENCODER_SIZES[model_size]
+    text = {"target": "ldm.modules.encoders.modules.TransformerEmbedder",
+            "params": {"n_embed": width, "n_layer": layers, "vocab_size": 49408, "max_seq_len": 32,
+                       "heads": 4, "dim_head": width // 4, "tokenizer": "clip", "with_logits": False}}
+    target = "ldm.models.diffusion.ddpm.LatentDiffusion"
+    if stage in ("txt2img", "inpaint"):
+        params["cond_stage_config"], params["cond_stage_key"] = text, "caption"
+        unet.update(use_spatial_transformer=True, context_dim=width, transformer_depth=1, legacy=False)
+    elif stage == "class":
+        params["cond_stage_config"] = {"target": "ldm.modules.encoders.modules.ClassEmbedder",
+                                       "params": {"embed_dim": width, "n_classes": 25, "key": "class_label",
+                                                  "has_null_class": True}}
+        unet.update(use_spatial_transformer=True, context_dim=width, legacy=False)
+        data["n_objects"] = 1
+    elif stage == "layout":
+        params["cond_stage_config"] = {"target": "core.models.conditioners.LayoutEmbedder",
+                                       "params": {"embed_dim": width, "n_classes": 24, "max_objects": 3}}
+        unet.update(use_spatial_transformer=True, context_dim=width, legacy=False)
+    elif stage == "uncond":
+        params["cond_stage_config"] = "__is_unconditional__"
+    elif stage == "sr":
+        params.update(conditioning_key="concat", cond_stage_config="torch.nn.Identity",
+                      linear_start=0.0015, linear_end=0.0155)
+        unet.update(in_channels=7, attention_resolutions=[4])
+        data.update(sr_factor=f, render_size=4 * image_size)
+        if source == "shapes":
+            data["photo_fraction"] = 0.3
+    if stage == "inpaint":
+        target = "ldm.models.diffusion.ddpm.LatentInpaintDiffusion"
+        params["conditioning_key"] = "hybrid"
+        unet["in_channels"] = 9                     # z (4) ++ mask (1) ++ masked-image latent (4)
+        data["masks"] = True
+        if init_from is not None:
+            train["init_from"] = init_from
+    train.update(lr=lr or 2e-4)
+    if stage in ("txt2img", "class", "layout", "inpaint"):
+        export["defaults"] = {"sampler": "ddim", "karras": False, "steps": 50, "guidance_scale": 3.0,
+                              "eta": 0.0, "width": image_size, "height": image_size}
+    return {"model": {"target": target, "params": params}, "data": data, "train": train, "export": export}
+
+
+def dump_config(cfg: dict) -> str:
+    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None, width=110)

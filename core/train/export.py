@@ -1,0 +1,68 @@
+"""Export a run's EMA weights as a self-contained fp16 .safetensors that `core.load_model` reads.
+
+    python -m core.train export runs/NAME --out weights/NAME.safetensors
+
+An LDM file holds UNet + first stage + conditioner and its config (core.save_model), like a Stable
+Diffusion checkpoint; an autoencoder file holds the autoencoder and its latent scale factor. The
+metadata also carries (contracts.md):
+    ldm_studio_name       display name
+    ldm_studio_training   {"data", "steps", "wall_time_s", "machine", "metrics", "command"}
+    ldm_studio_defaults   {"sampler", "karras", "steps", "guidance_scale", "eta", "width", "height"} (LDMs)
+"""
+
+import json
+from pathlib import Path
+
+import torch
+
+from core.checkpoints import save_model
+from core.models.autoencoder import build_autoencoder
+from core.models.diffusion import LatentDiffusion
+from core.train.checkpoint import ema_state_dict, load_checkpoint
+from core.train.config import METADATA_SCALE_FACTOR, load_config
+from core.train.data import describe_data
+from core.train.run_folder import RunFolder
+
+DEFAULTS_KEYS = {"sampler": str, "karras": bool, "steps": int, "guidance_scale": float, "eta": float,
+                 "width": int, "height": int}
+
+
+def _defaults(cfg) -> dict:
+    side = cfg.model.image_size * cfg.model.first_stage.ddconfig.downsample_factor
+    guided = cfg.model.task in ("conditional", "inpaint-sd")          # has an unconditional embedding for CFG
+    defaults = {"sampler": "ddim", "karras": False, "steps": 50, "guidance_scale": 3.0 if guided else 1.0,
+                "eta": 0.0, "width": side, "height": side}
+    given = dict(cfg.export.get("defaults") or {})
+    unknown = sorted(set(given) - set(DEFAULTS_KEYS))
+    if unknown:
+        raise ValueError(f"export.defaults has unknown keys {unknown}; valid: {sorted(DEFAULTS_KEYS)}")
+    defaults.update({k: DEFAULTS_KEYS[k](v) for k, v in given.items()})
+    return defaults
+
+
+def export_run(run_dir: str | Path, out: str | Path, name: str | None = None,
+               dtype: torch.dtype = torch.float16) -> Path:
+    """Write the EMA weights of `run_dir`'s last checkpoint to `out`; returns the path."""
+    run = RunFolder(run_dir)
+    if not run.checkpoint_path.exists():
+        raise FileNotFoundError(f"{run.path} has no checkpoint yet ({run.checkpoint_path}); train first")
+    ckpt = load_checkpoint(run.checkpoint_path)
+    cfg = load_config(ckpt["config"])
+    sd = ema_state_dict(ckpt)
+    record = {"data": describe_data(cfg.data), "steps": int(ckpt["step"]),
+              "wall_time_s": round(float(ckpt.get("wall_time_s", 0.0)), 1), "machine": ckpt.get("machine", ""),
+              "metrics": ckpt.get("metrics", {}), "command": " && ".join(dict.fromkeys(ckpt.get("commands", [])))}
+    metadata = {"ldm_studio_name": name or cfg.export.get("name") or run.name}
+    if cfg.stage == "autoencoder":
+        model = build_autoencoder(cfg.model)
+        model.load_state_dict(sd)
+        if ckpt.get("scale_factor") is None:
+            raise ValueError(f"{run.checkpoint_path} has no latent scale factor; resume the run for a step to add it")
+        metadata[METADATA_SCALE_FACTOR] = repr(float(ckpt["scale_factor"]))
+        record["metrics"] = {**record["metrics"], "scale_factor": float(ckpt["scale_factor"])}
+    else:
+        model = LatentDiffusion(cfg.model)
+        model.load_state_dict(sd)
+        metadata["ldm_studio_defaults"] = json.dumps(_defaults(cfg))
+    metadata["ldm_studio_training"] = json.dumps(record)
+    return save_model(model, out, dtype=dtype, metadata=metadata)

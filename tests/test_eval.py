@@ -1,0 +1,253 @@
+"""core.eval: PSNR and SSIM against independent formulas, the shapes judging path with a perfect and
+a colour-blind fake "model", and the model plumbing (determinism, JSON, CLI) on tiny random models
+(which score about zero, so only the plumbing is checked there)."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from core import save_model
+from core.eval import (EVAL_PHOTOS, area_downsample, bicubic_upscale, center_crop, eval_scenes,
+                       eval_shapes, eval_sr, evaluate_shapes, evaluate_sr, gaussian_window, main,
+                       psnr, sr_upscaler, ssim, text_generator, to_uint8, write_json)
+from core.world import CELL_CENTRES, PALETTE, SIZES, Obj, Scene, caption, parse_caption, render
+from tests.tiny_models import tiny_model
+
+# ---------------------------------------------------------------- metrics
+
+
+def test_psnr_known_values():
+    a = np.zeros((8, 8, 3), np.uint8)
+    b = np.full((8, 8, 3), 10, np.uint8)                     # MSE 100
+    assert psnr(a, b) == pytest.approx(10 * math.log10(255 ** 2 / 100))
+    c = a.copy()
+    c[0, 0, 0] = 255                                         # MSE 255^2 / 192
+    assert psnr(a, c) == pytest.approx(10 * math.log10(192))
+    assert psnr(a, a) == math.inf
+    with pytest.raises(ValueError, match="same shape"):
+        psnr(a, b[:4])
+
+
+def _ssim_reference(a, b, L=255.0):
+    """Wang et al. 2004 written out window by window in float64 (no convolution)."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    g = np.exp(-((np.arange(11) - 5) ** 2) / (2 * 1.5 ** 2))
+    w = np.outer(g, g) / np.outer(g, g).sum()
+    c1, c2 = (0.01 * L) ** 2, (0.03 * L) ** 2
+    values = []
+    for ch in range(a.shape[2]):
+        for i in range(a.shape[0] - 10):
+            for j in range(a.shape[1] - 10):
+                x, y = a[i:i + 11, j:j + 11, ch], b[i:i + 11, j:j + 11, ch]
+                mx, my = (w * x).sum(), (w * y).sum()
+                vx, vy = (w * (x - mx) ** 2).sum(), (w * (y - my) ** 2).sum()
+                cxy = (w * (x - mx) * (y - my)).sum()
+                values.append((2 * mx * my + c1) * (2 * cxy + c2) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2)))
+    return float(np.mean(values))
+
+
+def test_ssim_against_the_windowed_formula_and_known_cases():
+    rng = np.random.default_rng(0)
+    clean = np.zeros((20, 24, 3))
+    clean[:, 12:] = 200                                       # an edge
+    clean += np.linspace(0, 40, 24)[None, :, None]
+    noisy = np.clip(clean + rng.normal(0, 20, clean.shape), 0, 255).round().astype(np.uint8)
+    clean = clean.round().astype(np.uint8)
+    value = ssim(clean, noisy)
+    assert value == pytest.approx(_ssim_reference(clean, noisy), abs=1e-12)
+    assert 0.2 < value < 0.9
+    assert ssim(clean, clean) == pytest.approx(1.0, abs=1e-12)
+    assert ssim(clean[..., 0], noisy[..., 0]) == pytest.approx(_ssim_reference(clean[..., :1], noisy[..., :1]),
+                                                                abs=1e-12)
+    # Constant images: SSIM = (2 m1 m2 + C1) / (m1^2 + m2^2 + C1), no structure term.
+    a, b = np.full((16, 16), 100.0), np.full((16, 16), 120.0)
+    c1 = (0.01 * 255) ** 2
+    assert ssim(a, b) == pytest.approx((2 * 100 * 120 + c1) / (100 ** 2 + 120 ** 2 + c1), abs=1e-12)
+    with pytest.raises(ValueError, match="at least 11x11"):
+        ssim(a[:10], b[:10])
+
+
+def test_ssim_matches_scikit_image_when_installed():
+    metrics = pytest.importorskip("skimage.metrics")
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (32, 40, 3)).astype(np.uint8)
+    b = np.clip(a + rng.normal(0, 15, a.shape), 0, 255).astype(np.uint8)
+    ref = metrics.structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                        data_range=255, channel_axis=2)
+    assert ssim(a, b) == pytest.approx(ref, abs=1e-9)
+
+
+def test_gaussian_window_and_resampling_helpers():
+    w = gaussian_window()
+    assert w.shape == (11,) and w.sum() == pytest.approx(1.0)
+    assert w[5] / w[4] == pytest.approx(math.exp(1 / (2 * 1.5 ** 2)))
+    img = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
+    small = area_downsample(img, 2)
+    assert small.shape == (2, 3, 3)
+    assert small[1, 2, 1] == np.floor(img[2:4, 4:6, 1].astype(float).mean() + 0.5)
+    assert bicubic_upscale(small, 2).shape == img.shape
+    assert center_crop(np.zeros((300, 451, 3)), 16).shape == (288, 448, 3)
+    assert center_crop(np.zeros((300, 451, 3)), 16, max_side=100).shape == (96, 96, 3)
+    x = torch.tensor([-1.0, -0.5, 0.999, 2.0]).view(1, 1, 1, 4).expand(1, 3, 1, 4)
+    assert to_uint8(x)[0][0, :, 0].tolist() == [0, 63, 254, 255]          # clamp, * 255, truncate
+
+
+# ---------------------------------------------------------------- shapes: the judging path
+
+
+def _ideal_scene(text: str, recolour: bool = False) -> Scene:
+    """What a perfect model draws for a caption (each object at its cell centre, mid-size)."""
+    spec = parse_caption(text)
+    colours = list(PALETTE)
+    objects = tuple(
+        Obj(o.shape, colours[(colours.index(o.colour) + 1) % len(colours)] if recolour else o.colour,
+            o.size, o.cell, CELL_CENTRES[o.cell % 3], CELL_CENTRES[o.cell // 3], sum(SIZES[o.size]) / 2,
+            0.0) for o in spec.objects)
+    return Scene(spec.background, objects)
+
+
+def test_eval_scenes_are_seeded_and_follow_the_object_count():
+    a, b = eval_scenes(5, "mixed", seed=3), eval_scenes(5, "mixed", seed=3)
+    assert a == b and a != eval_scenes(5, "mixed", seed=4)
+    assert {len(s.objects) for s in eval_scenes(6, "2")} == {2}
+    with pytest.raises(ValueError, match="objects"):
+        eval_scenes(2, "4")
+
+
+def test_a_perfect_model_scores_one_and_a_colour_blind_one_fails_only_colour():
+    scenes = eval_scenes(4, "mixed", seed=0)
+    seeds = [10, 11, 12, 13]
+    calls = []
+
+    def perfect(captions, seeds_):
+        calls.append((list(captions), list(seeds_)))
+        return [render(_ideal_scene(c), 64) for c in captions]
+
+    out = evaluate_shapes(perfect, scenes, seeds, batch_size=3, log=None)
+    assert calls == [([caption(s) for s in scenes[:3]], seeds[:3]), ([caption(scenes[3])], seeds[3:])]
+    s = out["summary"]
+    n_objects = sum(len(sc.objects) for sc in scenes)
+    assert (s["scenes"], s["objects"]) == (4, n_objects)
+    for key in ("scene_accuracy", "object_accuracy", "found", "colour", "shape", "size", "cell", "count",
+                "background"):
+        assert s[key] == 1.0, key
+    assert sum(v["scenes"] for v in out["by_objects"].values()) == 4
+    assert [r["seed"] for r in out["scenes"]] == seeds and all(r["scene_ok"] for r in out["scenes"])
+
+    blind = evaluate_shapes(lambda cs, _: [render(_ideal_scene(c, recolour=True), 64) for c in cs],
+                            scenes, seeds, log=None)["summary"]
+    assert (blind["colour"], blind["scene_accuracy"], blind["object_accuracy"]) == (0.0, 0.0, 0.0)
+    assert (blind["shape"], blind["size"], blind["cell"], blind["count"], blind["background"]) == (1, 1, 1, 1, 1)
+
+
+def test_judging_counts_a_missing_object():
+    scenes = [s for s in eval_scenes(10, "2", seed=1)][:2]
+
+    def drops_one(captions, _):
+        out = []
+        for c in captions:
+            scene = _ideal_scene(c)
+            out.append(render(Scene(scene.background, scene.objects[:1]), 64))
+        return out
+
+    out = evaluate_shapes(drops_one, scenes, [0, 1], log=None)
+    s = out["summary"]
+    assert (s["found"], s["count"], s["scene_accuracy"], s["object_accuracy"]) == (0.5, 0.0, 0.0, 0.5)
+    assert out["by_objects"]["2"]["scenes"] == 2 and list(out["by_objects"]) == ["2"]
+
+
+# ---------------------------------------------------------------- shapes: a tiny text model
+
+
+@pytest.fixture(scope="module")
+def text_model():
+    return tiny_model("sd2")
+
+
+def test_text_generator_is_seeded_per_image(text_model):
+    gen = text_generator(text_model, 32, 32, "ddim", 1, 3.0)
+    caps = ["a small red circle in the center on a gray background",
+            "a large blue star at the top left on a white background"]
+    a, b = gen(caps, [5, 6]), gen(caps, [5, 6])
+    assert all(np.array_equal(x, y) for x, y in zip(a, b)) and a[0].shape == (32, 32, 3)
+    assert a[0].dtype == np.uint8
+    alone = gen(caps[1:], [6])[0]                              # batch position does not matter
+    assert np.abs(alone.astype(int) - a[1].astype(int)).max() <= 1
+    assert not np.array_equal(gen(caps[:1], [7])[0], a[0])     # another seed, another image
+
+
+def test_eval_shapes_json_structure_and_determinism(text_model, tmp_path):
+    kw = dict(n=2, objects="mixed", seed=3, sampler="ddim", steps=1, guidance_scale=2.0,
+              width=32, height=32, log=None)
+    r1 = eval_shapes(text_model, **kw, save_dir=tmp_path / "imgs")
+    r2 = eval_shapes(text_model, **kw)
+    assert r1["scenes"] == r2["scenes"] and r1["summary"] == r2["summary"]
+    assert r1["settings"] == {"n": 2, "objects": "mixed", "seed": 3, "sampler": "ddim", "karras": False,
+                              "steps": 1, "guidance_scale": 2.0, "eta": 0.0, "width": 32, "height": 32,
+                              "batch_size": 16}
+    assert [r["seed"] for r in r1["scenes"]] == [3, 4]
+    assert [r["caption"] for r in r1["scenes"]] == [caption(s) for s in eval_scenes(2, "mixed", 3)]
+    assert len(list((tmp_path / "imgs").glob("*.png"))) == 2
+    write_json(r1, tmp_path / "r.json")
+    back = json.loads((tmp_path / "r.json").read_text())
+    assert back["task"] == "shapes" and set(back["summary"]) >= {"scene_accuracy", "colour", "shape", "size",
+                                                                 "cell", "count", "object_accuracy"}
+    assert set(back["scenes"][0]) >= {"index", "seed", "caption", "scene_ok", "objects", "count_ok"}
+
+
+def test_wrong_model_kinds_are_refused(text_model):
+    with pytest.raises(ValueError, match="text-to-image"):
+        text_generator(tiny_model("ldm_sr"), 32, 32, "ddim", 1, 1.0)
+    with pytest.raises(ValueError, match="upscale-ldm"):
+        sr_upscaler(text_model, "ddim", 1)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        text_generator(text_model, 40, 40, "ddim", 1, 1.0)
+
+
+# ---------------------------------------------------------------- super-resolution
+
+
+def test_evaluate_sr_with_an_oracle_and_with_bicubic():
+    rng = np.random.default_rng(0)
+    hr = {"a": rng.integers(0, 256, (32, 48, 3)).astype(np.uint8)}
+    oracle = evaluate_sr(lambda lr: hr["a"], hr, 4, log=None)
+    assert oracle["images"]["a"]["psnr"] == math.inf and oracle["images"]["a"]["ssim"] == pytest.approx(1.0)
+    lr = area_downsample(hr["a"], 4)
+    expected = psnr(bicubic_upscale(lr, 4), hr["a"])
+    assert oracle["images"]["a"]["psnr_bicubic"] == pytest.approx(expected)
+    same = evaluate_sr(lambda x: bicubic_upscale(x, 4), hr, 4, log=None)
+    assert same["mean"]["psnr"] == same["mean"]["psnr_bicubic"] and not same["mean"]["better_psnr_than_bicubic"]
+    with pytest.raises(ValueError, match="returned"):
+        evaluate_sr(lambda x: x, hr, 4, log=None)
+
+
+def test_eval_sr_tiny_model_shapes_and_photos(tmp_path):
+    m = tiny_model("ldm_sr")
+    photos = pytest.importorskip("skimage") is not None
+    r = eval_sr(m, n_shapes=1, steps=1, max_side=32, photos=photos, shapes_size=32, log=None)
+    assert r["factor"] == 4 and r["shapes"]["images"]["scene_0"]["size"] == [32, 32]
+    if photos:
+        assert list(r["photos"]["images"]) == list(EVAL_PHOTOS)
+        assert all(v["size"] == [32, 32] for v in r["photos"]["images"].values())
+    again = eval_sr(m, n_shapes=1, steps=1, photos=False, shapes_size=32, log=None)
+    assert again["shapes"] == r["shapes"]                      # fixed seed: the same numbers
+    for rec in r["shapes"]["images"].values():
+        assert 0 < rec["psnr"] < 60 and -1 <= rec["ssim"] <= 1 and rec["psnr_bicubic"] > 15
+
+
+def test_cli_shapes_and_sr(tmp_path, capsys, text_model):
+    path = save_model(text_model, tmp_path / "tiny-t2i.safetensors", dtype=torch.float32,
+                      metadata={"ldm_studio_defaults": json.dumps({"sampler": "ddim", "steps": 1,
+                                                                   "guidance_scale": 2.0, "width": 32,
+                                                                   "height": 32})})
+    r = main(["shapes", "--model", str(path), "--n", "2", "--device", "cpu", "--out", str(tmp_path / "s.json")])
+    assert r["settings"]["steps"] == 1 and r["settings"]["width"] == 32      # the file's defaults
+    assert json.loads((tmp_path / "s.json").read_text())["model_hash"] == r["model_hash"]
+    assert "entirely right" in capsys.readouterr().out
+    sr = save_model(tiny_model("ldm_sr"), tmp_path / "tiny-sr.safetensors", dtype=torch.float32)
+    r = main(["sr", "--model", str(sr), "--no-photos", "--n-shapes", "1", "--shapes-size", "32", "--steps", "1",
+              "--out", str(tmp_path / "sr.json")])
+    assert "bicubic" in capsys.readouterr().out and "photos" not in r
+    assert json.loads((tmp_path / "sr.json").read_text())["shapes"]["mean"]["psnr_bicubic"] > 15

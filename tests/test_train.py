@@ -1,0 +1,531 @@
+"""core.train: data, losses, EMA, checkpoints, both loops on tiny models, resume, stop, export.
+
+Everything runs in this process on tiny models (16x16 images, 4x4 latents); the command-line,
+SIGKILL and DDP tests, which need subprocesses, are in test_train_cli.py.
+"""
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from torchvision.models.vgg import cfgs, make_layers
+
+from core import load_model, save_model
+from core.models.autoencoder import build_autoencoder
+from core.models.diffusion import LatentDiffusion
+from core.models.unet import UNetModel
+from core.train import (DataConfig, DegradationConfig, RunFolder, RunLockedError, TrainData, degrade, export_run,
+                        load_config, make_config, random_mask, train)
+from core.train.autoencoder import psnr
+from core.train.checkpoint import capture_rng, ema_state_dict, load_checkpoint, restore_rng, save_checkpoint
+from core.train.data import EVAL_PHOTOS, TRAIN_PHOTOS, resize_crop
+from core.train.ema import EMA
+from core.train.latents import encode_batch
+from core.train.ldm import conditioning, init_from_ldm
+from core.train.losses import LPIPS, adaptive_gan_weight, build_lpips, diffusion_target, hinge_d_loss
+from core.train.runtime import learning_rate
+from core.world import SHAPES, ShapesWorld, class_label
+
+LDM_STAGES = ("txt2img", "class", "layout", "uncond", "sr", "inpaint")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and OpenMP threads on a busy 2-core machine spin-wait
+    (a tiny step takes 20x longer); the value is put back for the other test files."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------------------------
+# Tiny configs
+# --------------------------------------------------------------------------------------------
+
+def ae_config(steps=6, batch_size=4, **train_kw) -> dict:
+    kw = dict(warmup_steps=0, log_every=1, sample_every=1000, ckpt_every=3, n_samples=2, lr=1e-3)
+    kw.update(train_kw)
+    cfg = make_config("autoencoder", "shapes", "tiny", steps=steps, batch_size=batch_size, image_size=16, **kw)
+    cfg["data"]["photo_fraction"] = 0.0
+    cfg["model"]["params"]["lossconfig"]["params"]["disc_start"] = 3
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def ae_file(tmp_path_factory) -> str:
+    """A tiny KL autoencoder (random weights) exported like a trained one, scale factor 0.5."""
+    cfg = load_config(ae_config()).model
+    torch.manual_seed(3)
+    path = tmp_path_factory.mktemp("ae") / "ae.safetensors"
+    save_model(build_autoencoder(cfg), path, metadata={"ldm_studio_scale_factor": "0.5"})
+    return str(path)
+
+
+def ldm_config(ae_file, stage="txt2img", steps=6, **train_kw) -> dict:
+    kw = dict(warmup_steps=0, log_every=1, sample_every=1000, ckpt_every=3, n_samples=2, sample_steps=2, lr=1e-3)
+    kw.update(train_kw)
+    cfg = make_config(stage, "shapes", "tiny", steps=steps, batch_size=4, image_size=16, first_stage=ae_file, **kw)
+    cfg["data"].update(pool_size=16, photo_fraction=0.0)
+    return cfg
+
+
+def losses_of(run_dir) -> dict[int, float]:
+    return {m["step"]: m["loss"] for m in RunFolder(run_dir).read_metrics()}
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+def test_image_folder_skips_broken_images_and_reads_captions(tmp_path, caplog):
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(tmp_path / f"img{i}.png")
+    (tmp_path / "img0.txt").write_text("a caption from a txt file\n")
+    (tmp_path / "captions.jsonl").write_text(json.dumps({"file": "img1.png", "text": "from jsonl"}) + "\n")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    data = TrainData(DataConfig(source="folder", path=str(tmp_path), size=16, flip=False))
+    with caplog.at_level(logging.WARNING, logger="core.train"):
+        batch = data.batch(range(8))                        # two epochs over 4 files: every file is tried
+    assert batch["image"].shape == (8, 3, 16, 16)
+    assert batch["image"].min() >= -1 and batch["image"].max() <= 1
+    assert data.bad_files == 1
+    assert sum("broken.png" in r.getMessage() for r in caplog.records) == 1      # warned once, then skipped
+    assert set(batch["caption"]) == {"a caption from a txt file", "from jsonl", ""}
+    # Resize + centre crop of a 20x30 image to 16: scale 0.8 -> 24x16 (area filter), crop x 4..20.
+    img0 = np.asarray(Image.open(tmp_path / "img0.png"))
+    expected = cv2.resize(img0, (24, 16), interpolation=cv2.INTER_AREA)[:, 4:20]
+    assert np.array_equal(resize_crop(img0, 16, None), expected)
+
+
+def test_shapes_batch_has_captions_classes_and_layouts():
+    data = TrainData(DataConfig(source="shapes", size=32, n_objects=1, seed=5))
+    batch = data.batch([0, 1])
+    world = ShapesWorld(size=32, seed=5, n_objects=1)
+    for b in range(2):
+        s = world[b]
+        assert batch["caption"][b] == s["caption"]
+        assert batch["class_label"][b] == class_label(s["scene"])
+        shape, colour, *box = s["layout"][0]
+        assert batch["layout"][b, 0, 0] == SHAPES.index(shape) * 6 + ["red", "green", "blue", "yellow", "purple",
+                                                                      "orange"].index(colour)
+        assert torch.allclose(batch["layout"][b, 0, 1:], torch.tensor(box, dtype=torch.float32))
+        assert (batch["layout"][b, 1:, 0] == -1).all()
+        assert torch.equal(batch["image"][b], torch.from_numpy(s["image"]).permute(2, 0, 1).float() / 127.5 - 1)
+
+
+def test_sr_pairs_and_masks():
+    cfg = DataConfig(source="shapes", size=64, render_size=128, sr_factor=4, masks=True,
+                     degradation=DegradationConfig(blur=0, noise=0, jpeg=0))
+    data = TrainData(cfg)
+    batch = data.batch(range(4))
+    assert batch["image"].shape == (4, 3, 64, 64) and batch["lr"].shape == (4, 3, 16, 16)
+    assert batch["mask"].shape == (4, 1, 64, 64)
+    # Without blur/noise/JPEG the LR image is a plain down-sample: close to the 4x4 block means.
+    blocks = torch.nn.functional.avg_pool2d(batch["image"], 4)
+    assert (batch["lr"] - blocks).abs().mean() < 0.05
+    # Masks: binary, neither empty nor full, a function of the index.
+    m = batch["mask"]
+    assert set(m.unique().tolist()) <= {0.0, 1.0}
+    assert ((m.mean(dim=(1, 2, 3)) > 0) & (m.mean(dim=(1, 2, 3)) < 1)).all()
+    assert torch.equal(data.batch([2])["mask"][0], m[2])
+    assert np.array_equal(random_mask(32, np.random.default_rng(1)), random_mask(32, np.random.default_rng(1)))
+    # Degradations change the low-res image.
+    hr = data.sample(0)["image"]
+    clean = degrade(hr, 4, np.random.default_rng(0), DegradationConfig(0, 0, 0))
+    noisy = degrade(hr, 4, np.random.default_rng(0), DegradationConfig(0, 1, 1))
+    assert clean.shape == noisy.shape == (16, 16, 3) and np.abs(clean.astype(int) - noisy).mean() > 0.5
+
+
+def test_photo_crops_leave_out_the_evaluation_photos():
+    assert not set(TRAIN_PHOTOS) & {"chelsea", "cat", "coffee", "rocket", "stereo_motorcycle"}
+    assert set(EVAL_PHOTOS) == {"chelsea", "coffee", "rocket", "motorcycle_left"}
+    pytest.importorskip("skimage")
+    data = TrainData(DataConfig(source="photos", size=32))
+    batch = data.batch(range(3))
+    assert batch["image"].shape == (3, 3, 32, 32) and batch["image"].std() > 0.05
+
+
+# --------------------------------------------------------------------------------------------
+# Losses, EMA, checkpoints
+# --------------------------------------------------------------------------------------------
+
+def test_diffusion_targets_and_gan_losses():
+    ac = torch.linspace(0.99, 0.01, 1000)
+    x0, noise = torch.randn(3, 4, 2, 2), torch.randn(3, 4, 2, 2)
+    t = torch.tensor([0, 500, 999])
+    a = ac[t].view(3, 1, 1, 1)
+    assert torch.equal(diffusion_target(x0, t, noise, ac, "eps"), noise)
+    assert torch.allclose(diffusion_target(x0, t, noise, ac, "v"), a.sqrt() * noise - (1 - a).sqrt() * x0)
+    real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-3.0, 0.25])
+    assert hinge_d_loss(real, fake).item() == pytest.approx(0.5 * ((0 + 0.5) / 2 + (0 + 1.25) / 2))
+    # Adaptive weight: ||d nll / dw|| / (||d g / dw|| + 1e-4) * disc_weight, for nll = 3 sum(w), g = sum(w^2).
+    w = torch.tensor([1.0, 2.0], requires_grad=True)
+    lam = adaptive_gan_weight(3 * w.sum(), (w ** 2).sum(), w, disc_weight=0.5)
+    assert lam.item() == pytest.approx(0.5 * math.sqrt(18) / (math.sqrt(4 + 16) + 1e-4), rel=1e-6)
+
+
+def test_lpips_is_off_without_weights_and_loads_taming_layout(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="core.train"):
+        assert build_lpips(()) is None
+    assert any("LPIPS perceptual loss is off" in r.getMessage() for r in caplog.records)
+    # A taming-style vgg.pth (lin*) plus torchvision's vgg16 feature keys, written as .safetensors.
+    torch.manual_seed(0)
+    features = {f"features.{k}": v for k, v in make_layers(cfgs["D"]).state_dict().items()}   # vgg16.features
+    lins = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate((64, 128, 256, 512, 512))}
+    save_file(features, str(tmp_path / "vgg16.safetensors"))
+    save_file(lins, str(tmp_path / "vgg_lpips.safetensors"))
+    lpips = build_lpips([tmp_path / "vgg16.safetensors", tmp_path / "vgg_lpips.safetensors"])
+    assert isinstance(lpips, LPIPS)
+    assert torch.equal(lpips.net.slice3._modules["10"].weight, features["features.10.weight"])
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert lpips(x, x).abs().max() == 0
+    assert (lpips(x, x.flip(-1)) > 0).all()                  # non-negative lin weights: a distance
+
+
+def test_ema_follows_the_reference_formula():
+    lin = torch.nn.Linear(2, 1)
+    ema = EMA(lin, decay=0.9)
+    w0 = lin.weight.detach().clone()
+    with torch.no_grad():
+        lin.weight.add_(1.0)
+    ema.update(lin)                                             # decay min(0.9, 1/10) = 0.1
+    assert torch.allclose(ema.shadow["weight"], 0.1 * w0 + 0.9 * (w0 + 1))
+    with torch.no_grad():
+        lin.weight.add_(1.0)
+    ema.update(lin)                                             # decay min(0.9, 2/11)
+    d = 2 / 11
+    assert torch.allclose(ema.shadow["weight"], d * (0.1 * w0 + 0.9 * (w0 + 1)) + (1 - d) * (w0 + 2))
+    with ema.swapped_in(lin):
+        assert torch.equal(lin.weight, ema.shadow["weight"])
+    assert torch.allclose(lin.weight, w0 + 2)
+
+
+def test_checkpoint_is_atomic_and_rng_round_trips(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+    real_save = torch.save
+
+    def crash(obj, f):                                          # dies half-way through writing
+        real_save(obj, f)
+        f.truncate(10)
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert load_checkpoint(path)["step"] == 1                   # the old checkpoint is intact
+    state = capture_rng()
+    save_checkpoint({"rng": state}, path)                       # loads with weights_only=True
+    a = (torch.rand(3), np.random.rand(), random.random())
+    restore_rng(load_checkpoint(path)["rng"])
+    b = (torch.rand(3), np.random.rand(), random.random())
+    assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
+
+
+def test_psnr():
+    x = torch.zeros(2, 3, 4, 4)
+    y = x.clone()
+    y[0] += 0.2                                                 # [0, 1] error 0.1 -> mse 0.01 -> 20 dB
+    y[1, 0, 0, 0] = 2.0                                         # clamped to 1: one pixel off by 0.5 in [0, 1]
+    assert torch.allclose(psnr(x, y), torch.tensor([20.0, 10 * math.log10(48 / 0.25)]))
+
+
+def test_learning_rate_warmup_and_cosine():
+    cfg = load_config(ae_config(lr_schedule="cosine", warmup_steps=10, steps=110)).train
+    assert learning_rate(0, cfg) == pytest.approx(cfg.lr / 10)
+    assert learning_rate(9, cfg) == pytest.approx(cfg.lr)
+    assert learning_rate(60, cfg) == pytest.approx(cfg.lr * (0.1 + 0.9 * 0.5))
+    assert learning_rate(110, cfg) == pytest.approx(cfg.lr * 0.1)
+
+
+def test_run_folder_lock(tmp_path):
+    a = RunFolder(tmp_path / "r")
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "lock").write_text(str(os.getppid()))      # a live process that is not us
+    with pytest.raises(RunLockedError, match="being written by process"):
+        a.lock()
+    gone = subprocess.Popen(["true"])
+    gone.wait()                                                  # a pid that no longer runs
+    (tmp_path / "r" / "lock").write_text(str(gone.pid))
+    a.lock()                                                     # stale: taken over
+    assert (tmp_path / "r" / "lock").read_text() == str(os.getpid())
+    a.unlock()
+    assert not (tmp_path / "r" / "lock").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Configs
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("stage", LDM_STAGES)
+def test_make_config_builds_every_stage(stage, ae_file):
+    cfg = load_config(ldm_config(ae_file, stage), "ldm")
+    m = cfg.model
+    assert m.scale_factor == 0.5                              # read from the autoencoder file
+    assert m.first_stage == load_model(ae_file).cfg
+    task = {"sr": "upscale-ldm", "inpaint": "inpaint-sd", "uncond": "unconditional"}.get(stage, "conditional")
+    assert m.task == task
+    assert m.unet.in_channels == {"sr": 7, "inpaint": 9}.get(stage, 4)
+    if stage == "class":
+        assert m.cond_stage.n_classes == 25 and m.cond_stage.has_null_class
+    with pytest.raises(ValueError, match="run `python -m core.train ldm"):
+        load_config(ldm_config(ae_file, stage), "autoencoder")
+
+
+def test_config_errors_are_clear(ae_file):
+    cfg = ldm_config(ae_file, "sr")
+    cfg["data"]["sr_factor"] = 2
+    with pytest.raises(ValueError, match="sr_factor"):
+        load_config(cfg)
+    cfg = ldm_config(ae_file, "txt2img")
+    cfg["train"]["batch_sise"] = 3
+    with pytest.raises(ValueError, match="batch_sise"):
+        load_config(cfg)
+    with pytest.raises(ValueError, match="first_stage="):
+        make_config("txt2img", "shapes", "tiny")
+
+
+# --------------------------------------------------------------------------------------------
+# The loops
+# --------------------------------------------------------------------------------------------
+
+def test_autoencoder_loop_lowers_the_loss_and_measures_the_scale_factor(tmp_path):
+    cfg = ae_config(steps=24, batch_size=16, ckpt_every=24)
+    cfg["model"]["params"]["lossconfig"]["params"]["disc_start"] = 20
+    rc = load_config(cfg)
+    x = TrainData(rc.data).batch(range(1000, 1016))["image"]             # images the loop never sees
+    torch.manual_seed(rc.train.seed)
+    ae = build_autoencoder(rc.model)                                     # the loop's initial weights
+
+    def l1() -> float:
+        with torch.no_grad():
+            return (ae(x, sample_posterior=False)[0] - x).abs().mean().item()
+
+    before = l1()
+    assert train("autoencoder", cfg, name="ae", runs_dir=tmp_path) == "finished"
+    run = RunFolder(tmp_path / "ae")
+    ckpt = load_checkpoint(run.checkpoint_path)
+    ae.load_state_dict(ckpt["model"])
+    assert l1() < 0.8 * before
+    rows = run.read_metrics()
+    assert [r["step"] for r in rows] == list(range(1, 25))
+    assert "g_loss" not in rows[19] and "g_loss" in rows[20]              # the GAN starts at disc_start
+    assert 5 < rows[-1]["psnr"] < 60 and "psnr_ema" in rows[-1]
+    state = run.read_state()
+    assert state["status"] == "finished" and state["step"] == 24 and state["total_steps"] == 24
+    # The scale factor: 1 / std of the first batch's latents (posterior samples), EMA weights.
+    ae.load_state_dict(ema_state_dict(ckpt))
+    x = TrainData(rc.data).batch(range(rc.train.batch_size))["image"]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        z = ae.encode(x).sample(torch.Generator().manual_seed(rc.train.seed))
+    assert ckpt["scale_factor"] == pytest.approx(1 / z.float().std().item(), rel=1e-4)
+    assert sorted(p.name for p in run.samples_dir.iterdir()) == ["step_0000024.png", "step_0000024_raw.png"]
+
+
+def _eval_loss(model: LatentDiffusion, x: torch.Tensor, captions) -> float:
+    """eq. 1 written out: E || eps - eps_theta(sqrt(abar) z0 + sqrt(1 - abar) eps, t, tau(y)) ||^2."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        z0 = model.scale_factor * model.first_stage_model.encode(x).mean
+        t = torch.randint(0, 1000, (x.shape[0],), generator=g)
+        eps = torch.randn(z0.shape, generator=g)
+        a = model.alphas_cumprod[t].view(-1, 1, 1, 1)
+        c = model.cond_stage_model(captions)
+        return ((model.apply_model(a.sqrt() * z0 + (1 - a).sqrt() * eps, t, c) - eps) ** 2).mean().item()
+
+
+def test_ldm_loop_lowers_the_loss(tmp_path, ae_file):
+    cfg = ldm_config(ae_file, steps=25, ckpt_every=25, log_every=5, precision="fp32")
+    rc = load_config(cfg)
+    torch.manual_seed(rc.train.seed)
+    before = LatentDiffusion(rc.model)                          # the loop's initial weights (same seed)
+    before.first_stage_model.load_state_dict(load_model(ae_file).state_dict())
+    batch = TrainData(rc.data).batch(range(8))
+    loss_before = _eval_loss(before, batch["image"], batch["caption"])
+    assert train("ldm", cfg, name="ldm", runs_dir=tmp_path) == "finished"
+    after = LatentDiffusion(rc.model)
+    after.load_state_dict(load_checkpoint(tmp_path / "ldm" / "checkpoints" / "last.pt")["model"])
+    assert torch.equal(after.first_stage_model.decoder.conv_out.weight,
+                       before.first_stage_model.decoder.conv_out.weight)   # the first stage stays frozen
+    assert _eval_loss(after, batch["image"], batch["caption"]) < 0.8 * loss_before
+    state = RunFolder(tmp_path / "ldm").read_state()
+    assert state["cached_latents"] == 16                        # the pool filled, then reused
+
+
+def test_resume_continues_exactly_where_it_stopped(tmp_path, ae_file):
+    cfg = ldm_config(ae_file, steps=6)
+    assert train("ldm", cfg, name="straight", runs_dir=tmp_path) == "finished"
+    assert train("ldm", cfg, name="paused", runs_dir=tmp_path, max_steps=3) == "stopped"
+    with pytest.raises(ValueError, match="--resume"):
+        train("ldm", cfg, name="paused", runs_dir=tmp_path)
+    assert RunFolder(tmp_path / "paused").read_state()["step"] == 3
+    assert train("ldm", None, name="paused", runs_dir=tmp_path, resume=True) == "finished"
+    straight, paused = losses_of(tmp_path / "straight"), losses_of(tmp_path / "paused")
+    assert list(paused) == [1, 2, 3, 4, 5, 6]
+    for step in range(1, 7):
+        assert paused[step] == pytest.approx(straight[step], rel=1e-5), step
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "paused" / "checkpoints" / "last.pt")
+    assert b["step"] == 6 and len(b["commands"]) == 2
+    for key in a["ema"]["shadow"]:
+        assert torch.allclose(a["ema"]["shadow"][key], b["ema"]["shadow"][key], atol=1e-6)
+
+
+def test_sigterm_saves_and_stops(tmp_path, ae_file):
+    run = RunFolder(tmp_path / "term")
+
+    done = threading.Event()
+
+    def stop_after_first_checkpoint():
+        while not run.checkpoint_path.exists() and not done.is_set():
+            time.sleep(0.01)
+        if not done.is_set():
+            os.kill(os.getpid(), signal.SIGTERM)                # caught by the loop's handler
+
+    threading.Thread(target=stop_after_first_checkpoint, daemon=True).start()
+    try:
+        status = train("ldm", ldm_config(ae_file, steps=500, ckpt_every=2), name="term", runs_dir=tmp_path)
+    finally:
+        done.set()
+    assert status == "stopped"
+    state = run.read_state()
+    ckpt = load_checkpoint(run.checkpoint_path)
+    assert state["status"] == "stopped" and 2 <= state["step"] == ckpt["step"] < 500
+    assert not run.lock_path.exists()
+
+
+def test_failure_is_recorded(tmp_path, ae_file):
+    cfg = ldm_config(ae_file, steps=2)
+    cfg["train"]["init_from"] = str(tmp_path / "missing.safetensors")
+    with pytest.raises(Exception):
+        train("ldm", cfg, name="bad", runs_dir=tmp_path)
+    state = RunFolder(tmp_path / "bad").read_state()
+    assert state["status"] == "failed" and "missing.safetensors" in state["error"]
+
+
+# --------------------------------------------------------------------------------------------
+# Conditioning, inpainting init, export
+# --------------------------------------------------------------------------------------------
+
+def test_conditioning_dropout_gives_the_unconditional_inputs(ae_file):
+    for stage in ("txt2img", "class", "layout"):
+        rc = load_config(ldm_config(ae_file, stage))
+        m = LatentDiffusion(rc.model)
+        entry = encode_batch(m, TrainData(rc.data).batch(range(3)), torch.device("cpu"), contextlib.nullcontext)
+        drop = torch.tensor([True, False, True])
+        c = conditioning(m, entry, drop)
+        enc = m.cond_stage_model
+        if stage == "txt2img":
+            uncond = enc([""])
+        elif stage == "class":
+            uncond = enc(torch.tensor([24]))
+        else:
+            uncond = enc([[]])
+        assert torch.allclose(c[0], uncond[0]) and torch.allclose(c[2], uncond[0])
+        assert not torch.allclose(c[1], uncond[0])
+
+
+def test_inpainting_starts_from_txt2img_with_zero_new_channels(tmp_path, ae_file):
+    txt = LatentDiffusion(load_config(ldm_config(ae_file, "txt2img")).model)
+    with torch.no_grad():
+        for p in txt.parameters():
+            p.add_(0.01 * torch.randn_like(p))                  # non-zero output layers
+    save_model(txt, tmp_path / "txt.safetensors", dtype=None)
+    inp = LatentDiffusion(load_config(ldm_config(ae_file, "inpaint")).model)
+    init_from_ldm(inp, tmp_path / "txt.safetensors")
+    w = inp.model.diffusion_model.input_blocks[0][0].weight
+    assert torch.equal(w[:, :4], txt.model.diffusion_model.input_blocks[0][0].weight)
+    assert (w[:, 4:] == 0).all()
+    z, t = torch.randn(2, 4, 4, 4), torch.tensor([10, 700])
+    c = txt.get_learned_conditioning(["a small red circle in the center on a white background", ""])
+    extra = torch.randn(2, 5, 4, 4)
+    with torch.no_grad():
+        assert torch.allclose(inp.apply_model(z, t, {"c_concat": [extra], "c_crossattn": [c]}),
+                              txt.apply_model(z, t, c), atol=1e-6)
+
+
+def test_export_round_trip(tmp_path, ae_file):
+    cfg = ldm_config(ae_file, steps=3)
+    cfg["export"]["defaults"]["steps"] = 7
+    train("ldm", cfg, name="exp", runs_dir=tmp_path)
+    out = export_run(tmp_path / "exp", tmp_path / "w" / "exp.safetensors", name="tiny-txt2img")
+    m = load_model(out)
+    assert m.task == "conditional" and m.scale_factor == 0.5
+    meta = m.metadata
+    assert meta["ldm_studio_name"] == "tiny-txt2img"
+    defaults = json.loads(meta["ldm_studio_defaults"])
+    assert defaults["steps"] == 7 and defaults["width"] == 16 and defaults["guidance_scale"] == 3.0
+    record = json.loads(meta["ldm_studio_training"])
+    assert record["steps"] == 3 and "shapes world" in record["data"] and record["metrics"]["step"] == 3
+    assert set(record) == {"data", "steps", "wall_time_s", "machine", "metrics", "command"}
+    # The file holds the EMA weights (fp16), the first stage and the text encoder.
+    ckpt = load_checkpoint(tmp_path / "exp" / "checkpoints" / "last.pt")
+    sd = m.state_dict()
+    for key, value in ckpt["ema"]["shadow"].items():
+        assert sd[key].dtype == torch.float16 and torch.equal(sd[key], value.half()), key
+    assert torch.equal(sd["first_stage_model.decoder.conv_out.weight"],
+                       load_model(ae_file).decoder.conv_out.weight.half())
+    ae_out = export_run(tmp_path / "exp", tmp_path / "w" / "again.safetensors")
+    assert load_model(ae_out).metadata["ldm_studio_name"] == "shapes-txt2img"
+
+
+@pytest.mark.parametrize("name", ["shapes-kl-f4", "shapes-txt2img", "shapes-sr4x", "shapes-inpaint"])
+def test_shipped_training_configs_load(name, ae_file):
+    text = (Path(__file__).resolve().parents[1] / "scripts" / "train_configs" / f"{name}.yaml").read_text()
+    cfg = load_config(text.replace("weights/shapes-kl-f4.safetensors", ae_file))
+    if name == "shapes-kl-f4":
+        assert cfg.stage == "autoencoder" and cfg.model.ddconfig.downsample_factor == 4
+        assert 2e6 < sum(p.numel() for p in build_autoencoder(cfg.model).parameters()) < 4e6
+        return
+    task = {"shapes-txt2img": "conditional", "shapes-sr4x": "upscale-ldm", "shapes-inpaint": "inpaint-sd"}[name]
+    assert cfg.stage == "ldm" and cfg.model.task == task and cfg.model.scale_factor == 0.5
+    with torch.device("meta"):
+        n = sum(p.numel() for p in UNetModel(cfg.model.unet).parameters())
+    assert 4e6 < n < 8e6
+
+
+@pytest.mark.parametrize("stage", ["class", "layout", "uncond", "sr", "inpaint"])
+def test_every_ldm_stage_trains_samples_and_exports(stage, ae_file, tmp_path):
+    cfg = ldm_config(ae_file, stage, steps=2, sample_every=2)
+    if stage == "sr":
+        cfg["data"]["render_size"] = 32                         # 16x16 crops of 32x32 renders
+    assert train("ldm", cfg, name=stage, runs_dir=tmp_path) == "finished"
+    run = RunFolder(tmp_path / stage)
+    grid = Image.open(run.samples_dir / "step_0000002.png")
+    rows = 3 if stage in ("sr", "inpaint") else 1               # input, sample, original
+    assert grid.size == (2 + 2 * 18, 2 + rows * 18)              # 2 samples of 16 px, 2 px gaps
+    m = load_model(export_run(run.path, tmp_path / f"{stage}.safetensors"))
+    assert m.task == {"sr": "upscale-ldm", "inpaint": "inpaint-sd", "uncond": "unconditional"}.get(stage,
+                                                                                                     "conditional")
+    if stage == "class":
+        assert m.cond_stage_model.null_class == 24               # the CFG null class survives export
+
+
+def test_vq_autoencoder_trains_and_exports(tmp_path):
+    cfg = ae_config(steps=2)
+    params = cfg["model"]["params"]
+    cfg["model"]["target"] = "ldm.models.autoencoder.VQModelInterface"
+    params.update(n_embed=32)
+    params["ddconfig"]["double_z"] = False
+    params["lossconfig"]["params"] = {"disc_start": 1, "codebook_weight": 1.0, "disc_num_layers": 2, "disc_ndf": 16}
+    assert train("autoencoder", cfg, name="vq", runs_dir=tmp_path) == "finished"
+    rows = RunFolder(tmp_path / "vq").read_metrics()
+    assert "codebook" in rows[0] and "g_loss" in rows[1]
+    m = load_model(export_run(tmp_path / "vq", tmp_path / "vq.safetensors"))
+    assert type(m).__name__ == "VQModel" and float(m.metadata["ldm_studio_scale_factor"]) > 0
