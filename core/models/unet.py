@@ -416,5 +416,8 @@ class UNetModel(nn.Module):
             skips.append(h)
         h = self.middle_block(h, emb, context)
         for module in self.output_blocks:
-            h = module(torch.cat([h, skips.pop()], dim=1), emb, context)
+            # Rebind h before the call: the block's input (held by the call for the whole block) is
+            # then only the concatenation, not also the old h beside it (peak memory, bench/unet.py).
+            h = torch.cat([h, skips.pop()], dim=1)   # (B, ch + skip ch, H, W)
+            h = module(h, emb, context)
         return self.out(h)  # (B, out_channels, H, W)
