@@ -1,13 +1,33 @@
-"""LDM Studio web app (placeholder).
+"""LDM Studio web app: `python app.py` serves http://127.0.0.1:7860 on the models in weights/.
 
-The Gradio app arrives with issue 5 ("The Gradio web app"). Until then this entry point says so,
-so the README's first command runs on a fresh machine.
+    python app.py                          # local only, on the default weights
+    python app.py --listen --auth me:pw    # on the local network, behind a login
+    python app.py --share                  # a public gradio.live link; credentials generated and printed
+
+Parse the flags, build the UI (ui/), launch. Everything the UI does is also a named API endpoint
+(gradio_client), listed in the README.
 """
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")    # before gradio is imported: no telemetry
+
+import sys  # noqa: E402
+
+from ui.blocks import build_app, launch_options, startup_report  # noqa: E402
+from ui.settings import parse_args, with_share_credentials  # noqa: E402
+
+__all__ = ["build_app", "main"]
 
 
-def main() -> None:
-    print("LDM Studio: the web app is not built yet; it arrives with issue 5 (the Gradio web app).")
-    print("The core library is usable now: `from core import load_model`.")
+def main(argv: list[str] | None = None) -> None:
+    settings, credentials = with_share_credentials(parse_args(argv))
+    demo = build_app(settings)
+    print(startup_report(settings), flush=True)
+    if credentials:
+        print(credentials, flush=True)
+    elif settings.host == "0.0.0.0" and not settings.auth:
+        print("warning: --listen without --auth: anyone on your network can use this app", file=sys.stderr)
+    demo.launch(**launch_options(settings))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,235 @@
+"""Command line for the pipelines: writes PNGs (with their "parameters" text) into an output folder.
+
+    python -m core.generate txt2img --model weights/shapes-txt2img.safetensors \\
+        --prompt "a large red circle in the center on a white background" --n 4 --seed 1
+    python -m core.generate img2img --model M --image in.png --prompt "..." --strength 0.6
+    python -m core.generate inpaint --model M --image in.png --mask mask.png --prompt "..."
+    python -m core.generate upscale --model weights/shapes-sr.safetensors --image small.png
+    python -m core.generate txt2img --help
+
+Files are named NNNNN-SEED.png in --outdir (default outputs/YYYY-MM-DD/), numbered after the
+highest number already there, never overwriting. The written paths go to stdout, a progress bar to
+stderr. Errors print one line and exit with status 2; Ctrl-C stops after the current step, saves
+the images already finished and exits with 130 (a second Ctrl-C aborts at once).
+"""
+
+import argparse
+import datetime
+import os
+import re
+import signal
+import sys
+import threading
+import warnings
+from pathlib import Path
+
+DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
+          "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Flags
+# ---------------------------------------------------------------------------------------------
+
+def _common(p: argparse.ArgumentParser, prompts: bool = True, count: bool = True) -> None:
+    g = p.add_argument_group("model and output")
+    g.add_argument("--model", required=True, metavar="PATH",
+                   help="weights file: a project .safetensors (config inside) or an original .ckpt/.safetensors")
+    g.add_argument("--config", metavar="YAML",
+                   help="the CompVis/Stability YAML an original checkpoint was released with")
+    g.add_argument("--device", default="cpu", help="where to run: cpu, cuda, cuda:1 ... (default cpu)")
+    g.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                   help="weights precision (default: as stored in the file)")
+    g.add_argument("--outdir", metavar="DIR", default=None, help="output folder (default outputs/YYYY-MM-DD)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    s = p.add_argument_group("sampling (defaults: the model file's, else the reference's)")
+    s.add_argument("--seed", type=int, default=None,
+                   help="seed of the first image; image i uses seed+i (default random, recorded)")
+    s.add_argument("--steps", type=int, default=None, help="sampling steps")
+    s.add_argument("--sampler", default=None,
+                   help="ddim, plms, ddpm, euler, euler_a, heun, dpmpp_2m, unipc (or 'DPM++ 2M' ...)")
+    s.add_argument("--karras", action=argparse.BooleanOptionalAction, default=None,
+                   help="Karras sigmas (sigma-space samplers only)")
+    s.add_argument("--cfg-scale", dest="guidance_scale", type=float, default=None,
+                   help="classifier-free guidance scale (1 = no guidance)")
+    s.add_argument("--eta", type=float, default=None, help="DDIM eta (0 = deterministic)")
+    s.add_argument("--vae-tile", type=int, default=None, metavar="N",
+                   help="decode in tiles of N latent pixels (0 = never; default: only when memory requires)")
+    if prompts:
+        s.add_argument("--prompt", default="", help="what to draw")
+        s.add_argument("--negative-prompt", default="", help="what to steer away from")
+    if count:
+        s.add_argument("--n", type=int, default=1, help="number of images (default 1)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m core.generate", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{txt2img,img2img,inpaint,upscale}")
+
+    p = sub.add_parser("txt2img", help="text to image")
+    _common(p)
+    p.add_argument("--width", type=int, default=None, help="pixels, a multiple of the model's grid")
+    p.add_argument("--height", type=int, default=None, help="pixels, a multiple of the model's grid")
+
+    p = sub.add_parser("img2img", help="image to image (SDEdit)")
+    _common(p)
+    p.add_argument("--image", required=True, help="input image")
+    p.add_argument("--strength", type=float, default=0.75, help="fraction of the schedule re-run (0, 1]")
+    p.add_argument("--width", type=int, default=None, help="resize the image to this width first")
+    p.add_argument("--height", type=int, default=None, help="resize the image to this height first")
+
+    p = sub.add_parser("inpaint", help="repaint the white part of a mask")
+    _common(p)
+    p.add_argument("--image", required=True, help="input image")
+    p.add_argument("--mask", required=True, help="mask image: white = repaint, black = keep")
+    p.add_argument("--strength", type=float, default=1.0, help="fraction of the schedule run (1 = from noise)")
+    p.add_argument("--mask-blur", type=int, default=4, help="feather of the paste-back in pixels")
+    p.add_argument("--inpaint-area", choices=["whole", "only_masked"], default="whole",
+                   help="process the whole picture, or a crop around the mask at the model's size")
+    p.add_argument("--padding", type=int, default=32, help="only_masked: pixels of context around the mask")
+    p.add_argument("--masked-content", choices=["original", "fill", "latent_noise", "latent_nothing"],
+                   default="original", help="what the masked area starts from")
+    p.add_argument("--width", type=int, default=None, help="only_masked: processing width")
+    p.add_argument("--height", type=int, default=None, help="only_masked: processing height")
+    p.add_argument("--no-color-match", dest="color_match", action="store_false",
+                   help="do not correct the colour shift measured around the mask")
+
+    p = sub.add_parser("upscale", help="super-resolution, tiled to any size")
+    _common(p, count=False)
+    p.add_argument("--image", required=True, help="input (low-resolution) image")
+    p.add_argument("--tile", type=int, default=None, help="UNet tile in input pixels (default: planned)")
+    p.add_argument("--overlap", type=int, default=None, help="tile overlap in input pixels (default tile/4)")
+    p.add_argument("--tile-batch", type=int, default=1, help="tiles per UNet call")
+    p.add_argument("--noise-level", type=int, default=None, help="x4 upscaler: noise augmentation level")
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------
+# Output files and progress
+# ---------------------------------------------------------------------------------------------
+
+_NUMBERED = re.compile(r"^(\d{5,})-")
+
+
+def reserve_path(outdir: Path, seed) -> Path:
+    """outdir/NNNNN-SEED.png with NNNNN after the highest number present; created exclusively, so
+    two runs writing to the same folder never overwrite each other."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    numbers = [int(m.group(1)) for m in map(_NUMBERED.match, os.listdir(outdir)) if m]
+    index = max(numbers, default=-1) + 1
+    while True:
+        path = outdir / f"{index:05d}-{seed}.png"
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return path
+        except FileExistsError:
+            index += 1
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr (redrawn with carriage returns)."""
+
+    def __init__(self, enabled: bool, width: int = 30):
+        self.enabled, self.width, self.shown = enabled, width, False
+
+    def __call__(self, progress) -> None:
+        if not self.enabled:
+            return
+        filled = int(round(self.width * progress.fraction))
+        bar = "#" * filled + "-" * (self.width - filled)
+        where = f"image {progress.image + 1}/{progress.images}"
+        if progress.tile is not None:
+            where += f" tile {progress.tile}/{progress.tiles}"
+        line = f"\r{progress.stage:<6} [{bar}] {progress.step}/{progress.total} {where}"
+        sys.stderr.write(line.ljust(72))
+        sys.stderr.flush()
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+            self.shown = False
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+
+def _run(args, stop: threading.Event, bar: ProgressBar) -> list:
+    import torch
+
+    from core import load_model, pipelines
+
+    dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else None
+    m = load_model(args.model, config=args.config, device=args.device, dtype=dtype)
+    common = dict(steps=args.steps, sampler=args.sampler, seed=args.seed, karras=args.karras,
+                  eta=args.eta, vae_tile=args.vae_tile, callback=bar, should_stop=stop)
+    if args.command == "txt2img":
+        return pipelines.txt2img(m, args.prompt, args.negative_prompt, guidance_scale=args.guidance_scale,
+                                 width=args.width, height=args.height, n=args.n, **common)
+    if args.command == "img2img":
+        return pipelines.img2img(m, args.image, args.prompt, args.strength, args.negative_prompt,
+                                 guidance_scale=args.guidance_scale, width=args.width, height=args.height,
+                                 n=args.n, **common)
+    if args.command == "inpaint":
+        return pipelines.inpaint(m, args.image, args.mask, args.prompt, args.negative_prompt,
+                                 guidance_scale=args.guidance_scale, n=args.n, strength=args.strength,
+                                 mask_blur=args.mask_blur, inpaint_area=args.inpaint_area,
+                                 padding=args.padding, masked_content=args.masked_content,
+                                 width=args.width, height=args.height, color_match=args.color_match,
+                                 **common)
+    return [pipelines.upscale(m, args.image, tile=args.tile, overlap=args.overlap, prompt=args.prompt,
+                              negative_prompt=args.negative_prompt, guidance_scale=args.guidance_scale,
+                              noise_level=args.noise_level, tile_batch=args.tile_batch, **common)]
+
+
+def _save(images, outdir: Path) -> None:
+    from core.pipelines import save_png
+
+    for image in images:
+        path = reserve_path(outdir, image.info.get("ldm_studio", {}).get("seed", "x"))
+        save_png(image, path)
+        print(path, flush=True)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    outdir = Path(args.outdir) if args.outdir else Path("outputs") / datetime.date.today().isoformat()
+    previous_format = warnings.formatwarning
+    warnings.formatwarning = lambda message, category, *rest, **kw: f"warning: {message}\n"
+    stop = threading.Event()
+
+    def on_sigint(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        sys.stderr.write("\nstopping after this step (Ctrl-C again to abort)\n")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    bar = ProgressBar(not args.quiet)
+    from core.checkpoints import CheckpointError
+    from core.samplers import SamplingInterrupted
+    try:
+        images = _run(args, stop, bar)
+    except SamplingInterrupted as interrupted:
+        bar.close()
+        _save(getattr(interrupted, "images", []), outdir)
+        print(f"interrupted: {interrupted}", file=sys.stderr)
+        return 130
+    except (ValueError, CheckpointError, MemoryError, OSError) as err:
+        bar.close()
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        warnings.formatwarning = previous_format
+    bar.close()
+    _save(images, outdir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

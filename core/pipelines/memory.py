@@ -1,0 +1,151 @@
+"""Memory planning for tiled work: predict the peak memory of one tile, pick the largest tile that
+fits, and retry with smaller tiles when the device runs out anyway.
+
+The predictions count activation bytes from the model's config (the weights are already resident
+and not counted):
+* UNet, per evaluation of a (B, C, h, w) tile: the skip connections the encoder half keeps for the
+  decoder half (sum over levels of (blocks + 1) * channels * pixels), plus a working set of about
+  WORK_FACTOR times the largest level's activation (ResBlock temporaries, the concatenated skip,
+  the transformer's GEGLU feed-forward at 8x width). Attention goes through SDPA's fused kernels,
+  so no (tokens x tokens) matrix is counted.
+* VAE decoder / encoder: about VAE_WORK_FACTOR full activations of its widest full-size level.
+They are deliberately on the safe side; `run_with_oom_retry` covers the rest.
+"""
+
+import math
+import os
+import warnings
+
+import torch
+
+WORK_FACTOR = 16            # UNet working set, in units of the largest level activation
+VAE_WORK_FACTOR = 5         # VAE working set, in units of the largest activation
+SAFETY = 0.6                # use at most this fraction of the free memory
+
+
+def available_memory(device) -> int:
+    """Free bytes on `device`: cudaMemGetInfo for CUDA (plus what torch's cache could give back),
+    MemAvailable from /proc/meminfo for the CPU (a fixed 8 GiB when that cannot be read)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 << 30
+
+
+def _element_size(dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def unet_peak_bytes(m, height: int, width: int, batch: int, dtype=None) -> int:
+    """Predicted activation peak of one UNet forward on a (batch, C, height, width) latent tile."""
+    cfg = m.config.unet
+    elem = _element_size(dtype or m.dtype)
+    nrb = cfg.num_res_blocks
+    nrb = list(nrb) if isinstance(nrb, (list, tuple)) else [nrb] * len(cfg.channel_mult)
+    skips, widest = cfg.model_channels * height * width, 0
+    for level, mult in enumerate(cfg.channel_mult):
+        pixels = math.ceil(height / 2 ** level) * math.ceil(width / 2 ** level)
+        act = cfg.model_channels * mult * pixels
+        skips += (nrb[level] + 1) * act
+        widest = max(widest, act)
+    return int(elem * batch * (skips + WORK_FACTOR * widest))
+
+
+def _vae_widest(ddconfig, height_px: int, width_px: int) -> int:
+    """Largest channels x pixels of any VAE level, the up-sampled input of each level included."""
+    widest, mults = 0, ddconfig.ch_mult
+    for level, mult in enumerate(mults):
+        pixels = math.ceil(height_px / 2 ** level) * math.ceil(width_px / 2 ** level)
+        wider = max(mult, mults[level + 1] if level + 1 < len(mults) else mult)
+        widest = max(widest, ddconfig.ch * wider * pixels)
+    return widest
+
+
+def vae_decode_peak_bytes(m, height: int, width: int, batch: int, dtype=None) -> int:
+    """Predicted activation peak of decoding a (batch, C, height, width) latent tile."""
+    dd = m.config.first_stage.ddconfig
+    f = dd.downsample_factor
+    elem = _element_size(dtype or m.dtype)
+    return int(elem * batch * VAE_WORK_FACTOR * _vae_widest(dd, height * f, width * f))
+
+
+def vae_encode_peak_bytes(m, height_px: int, width_px: int, batch: int, dtype=None) -> int:
+    """Predicted activation peak of encoding a (batch, 3, height_px, width_px) image tile."""
+    dd = m.config.first_stage.ddconfig
+    elem = _element_size(dtype or m.dtype)
+    return int(elem * batch * VAE_WORK_FACTOR * _vae_widest(dd, height_px, width_px))
+
+
+def plan_tile(predict, budget: int, align: int, largest: int, smallest: int | None = None) -> int:
+    """The largest tile side t (a multiple of `align`, <= `largest`) with predict(t) <= budget.
+
+    predict(t) -> bytes for a t x t tile. Returns `smallest` (default align) when nothing fits, and
+    lets the out-of-memory retry have the last word.
+    """
+    smallest = smallest or align
+    t = max(smallest, largest // align * align)
+    while t > smallest and predict(t) > budget:
+        t -= align
+    return t
+
+
+def budget_bytes(device, budget: int | None = None) -> int:
+    """The memory a tile may use: `budget` if given, else SAFETY x the free memory."""
+    if budget is not None:
+        return int(budget)
+    return int(SAFETY * available_memory(device))
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch.OutOfMemoryError (CUDA), or a RuntimeError saying so (CPU allocator, MPS, older torch)."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text
+                                              or "not enough memory" in text)
+
+
+def release_memory(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def run_with_oom_retry(fn, tile: int, align: int, smallest: int | None = None, what: str = "tile",
+                       device="cpu"):
+    """fn(tile) -> result; on out-of-memory, halve the tile (on the `align` lattice) and try again,
+    down to `smallest`, then raise a MemoryError saying what to do."""
+    smallest = smallest or align
+    while True:
+        try:
+            return fn(tile)
+        except (RuntimeError, torch.OutOfMemoryError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            release_memory(device)
+            if tile <= smallest:
+                raise MemoryError(f"out of memory even with {what} size {tile}; free memory (close other "
+                                  "programs, use a smaller dtype such as float16) or use a smaller image."
+                                  ) from exc
+            smaller = max(smallest, tile // 2 // align * align)
+            warnings.warn(f"out of memory with {what} size {tile}; retrying with {smaller}", stacklevel=2)
+            tile = smaller
+
+
+def peak_rss_bytes() -> int | None:
+    """This process's peak resident set (VmHWM), for benchmarks; None where /proc is missing."""
+    try:
+        with open(f"/proc/{os.getpid()}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

@@ -1,0 +1,48 @@
+"""Helpers for the app tests: test images, a decompression bomb, and Playwright's Chromium.
+
+The browser is Debian's `chromium` (found on PATH), driven by the Playwright Python package; no
+browser is ever downloaded. Under CI (env CI=true) a missing chromium is a failure, never a skip.
+"""
+import os
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def sample_image(path: Path, size: tuple[int, int] = (64, 64)) -> Path:
+    """A picture with structure (a gradient and a dark square), saved as PNG."""
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w]
+    a = np.stack([x * 255 // max(w - 1, 1), y * 255 // max(h - 1, 1), np.full_like(x, 128)], axis=-1)
+    a[h // 4:h // 2, w // 4:w // 2] = (20, 20, 20)
+    Image.fromarray(a.astype(np.uint8)).save(path)
+    return path
+
+
+def bomb_png(path: Path, side: int = 30000) -> Path:
+    """A valid 1-bit grayscale PNG declaring side x side pixels in a few kB: a decompression bomb."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    row = b"\x00" + b"\x00" * ((side + 7) // 8)                 # filter byte + packed bits
+    raw = zlib.compress(row * side, 9)
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
+    return path
+
+
+def chromium_path() -> str:
+    """Debian's chromium, or a skip (a failure under CI: the browser tests must run there)."""
+    path = shutil.which("chromium")
+    if path is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("chromium is not installed; CI must run the browser tests (apt-get install -y chromium)")
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    return path

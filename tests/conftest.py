@@ -1,0 +1,118 @@
+"""Shared fixtures: a real `python app.py` server on a free port, serving tiny test weights.
+
+The server is started once per test session (the API tests and the browser tests share it) from a
+temporary folder holding weights/, outputs/, runs/ and data/, so nothing touches the repository.
+Its weights are tiny models of the real families (tests/tiny_models.py): "sd2" for text to
+image, "sd2_inpaint" for inpainting, "ldm_sr" for 4x upscaling, each with ldm_studio_defaults
+metadata asking for few steps at a small size, so a generation takes well under a second.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVER_START_TIMEOUT_S = 120
+STEPS = 3
+
+# file name -> (family, ldm_studio_defaults)
+TINY_WEIGHTS = {
+    "tiny-txt2img.safetensors": ("sd2", {"sampler": "ddim", "karras": False, "steps": STEPS, "guidance_scale": 3.0,
+                                         "eta": 0.0, "width": 64, "height": 64}),
+    "tiny-inpaint.safetensors": ("sd2_inpaint", {"sampler": "ddim", "steps": STEPS, "guidance_scale": 3.0,
+                                                 "width": 64, "height": 64}),
+    "tiny-sr.safetensors": ("ldm_sr", {"sampler": "ddim", "steps": STEPS, "guidance_scale": 1.0, "eta": 1.0}),
+}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_tiny_weights(folder: Path) -> None:
+    from core import save_model
+    from tests.tiny_models import tiny_model
+    folder.mkdir(parents=True, exist_ok=True)
+    for file_name, (family, defaults) in TINY_WEIGHTS.items():
+        meta = {"ldm_studio_name": file_name.split(".")[0], "ldm_studio_defaults": json.dumps(defaults)}
+        save_model(tiny_model(family), folder / file_name, metadata=meta)
+
+
+def _wait_until_up(url: str, proc: subprocess.Popen, log_path: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app.py exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(url + "config", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"app.py did not answer within {SERVER_START_TIMEOUT_S} s:\n{log_path.read_text()[-4000:]}")
+
+
+def _stop_training_runs(runs: Path) -> None:
+    """Training processes are started in their own session and outlive the server: stop ours."""
+    for state_file in runs.glob("*/state.json"):
+        try:
+            state = json.loads(state_file.read_text())
+            if state.get("status") == "running" and isinstance(state.get("pid"), int):
+                os.kill(state["pid"], signal.SIGTERM)
+        except (OSError, ValueError):
+            pass
+
+
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory):
+    """A running `python app.py` (SimpleNamespace: url, root, weights, outputs, runs, data, log)."""
+    root = tmp_path_factory.mktemp("app")
+    paths = {name: root / name for name in ("weights", "outputs", "runs", "data")}
+    write_tiny_weights(paths["weights"])
+    paths["data"].mkdir()
+    port = free_port()
+    log_path = root / "server.log"
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    command = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--device", "cpu",
+               "--weights", str(paths["weights"]), "--outputs", str(paths["outputs"]), "--runs", str(paths["runs"]),
+               "--data-root", str(paths["data"]), "--max-size", "1024", "--max-upload-mb", "5"]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_until_up(url, proc, log_path)
+        yield SimpleNamespace(url=url, root=root, log=log_path, proc=proc, **paths)
+    finally:
+        _stop_training_runs(paths["runs"])
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def client(app_server):
+    from gradio_client import Client
+    return Client(app_server.url, verbose=False, download_files=str(app_server.root / "downloads"))
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item, so a fixture can tell whether its test failed
+    (the browser `page` fixture then saves a screenshot of the failure)."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report

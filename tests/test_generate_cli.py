@@ -1,0 +1,80 @@
+"""`python -m core.generate`: files with metadata, never overwriting, one-line errors with status 2,
+and every flag documented."""
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core import save_model
+from core.generate import build_parser, main, reserve_path
+from core.pipelines import read_infotext
+from tests.tiny_models import tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    return save_model(tiny_model("sd2"), tmp_path_factory.mktemp("w") / "tiny.safetensors",
+                      metadata={"ldm_studio_defaults": '{"steps": 2}', "ldm_studio_name": "tiny"})
+
+
+def test_cli_writes_pngs_with_parameters_and_never_overwrites(model_file, tmp_path):
+    cmd = [sys.executable, "-m", "core.generate", "txt2img", "--model", str(model_file), "--prompt",
+           "a red circle, large", "--n", "2", "--seed", "7", "--outdir", str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert first.returncode == 0, first.stderr
+    paths = [Path(line) for line in first.stdout.split()]
+    assert [p.name for p in paths] == ["00000-7.png", "00001-8.png"]
+    info = read_infotext(paths[1])
+    assert (info["prompt"], info["seed"], info["steps"], info["model"]) == ("a red circle, large", 8, 2, "tiny")
+    assert "sample [" in first.stderr                                        # the progress bar
+    before = paths[0].read_bytes()
+    assert main(["txt2img", "--model", str(model_file), "--prompt", "x", "--seed", "7", "--outdir",
+                 str(tmp_path), "--quiet"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["00000-7.png", "00001-8.png", "00002-7.png"]
+    assert paths[0].read_bytes() == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--width", "50"], "not a multiple of 16"),
+    (["--steps", "0"], "steps must be"),
+    (["--sampler", "nope"], "unknown sampler"),
+    (["--cfg-scale", "nan"], "guidance_scale must be a finite number"),
+])
+def test_cli_errors_are_one_line_with_status_2(model_file, tmp_path, capsys, args, message):
+    assert main(["txt2img", "--model", str(model_file), "--outdir", str(tmp_path), "--quiet", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_missing_files_and_wrong_model(model_file, tmp_path, capsys):
+    assert main(["img2img", "--model", str(model_file), "--image", str(tmp_path / "x.png"), "--quiet"]) == 2
+    assert "image file not found" in capsys.readouterr().err
+    assert main(["txt2img", "--model", str(tmp_path / "none.safetensors")]) == 2
+    assert "no checkpoint file" in capsys.readouterr().err
+
+
+def test_every_flag_is_documented():
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(subparsers.choices) == {"txt2img", "img2img", "inpaint", "upscale"}
+    for name, sub in subparsers.choices.items():
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help and len(action.help) > 5, f"{name} {action.option_strings} has no help"
+        assert "--model" in sub.format_help()
+
+
+def test_reserve_path_counts_past_existing_files(tmp_path):
+    (tmp_path / "00041-3.png").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("")
+    assert reserve_path(tmp_path, 5).name == "00042-5.png"
+    assert reserve_path(tmp_path, 5).name == "00043-5.png"                  # the first is taken now

@@ -1,0 +1,122 @@
+"""`build_app(settings)`: the whole Gradio Blocks app, built but not launched.
+
+Layout: a note about missing models, then the tabs (one module each under ui/), then the wiring
+that crosses tabs ("send to inpaint", refreshing every model picker after training). All
+generation shares one queue slot on the device (concurrency_id "device", limit 1), so other users
+wait with their queue position shown.
+"""
+from functools import partial
+from pathlib import Path
+
+import gradio as gr
+from PIL import Image
+
+from ui import img2img, inpaint, png_info, train, txt2img, upscale
+from ui.controls import picker_update
+from ui.keyboard import KEYBOARD_JS
+from ui.settings import AppSettings
+from ui.studio import Studio, models_banner
+
+CSS = """
+.ldm-generate { min-height: 72px; }
+"""
+
+
+def _gallery_image(images, index) -> str | None:
+    """The gallery image at `index` (the one clicked last), as a file path."""
+    if not images:
+        raise ValueError("Generate an image first.")
+    item = images[min(int(index or 0), len(images) - 1)]
+    if isinstance(item, (list, tuple)):
+        item = item[0]
+    if isinstance(item, dict):
+        item = item.get("image", {}).get("path") if isinstance(item.get("image"), dict) else item.get("path")
+    return str(item)
+
+
+def send_to_editor(images, index):
+    path = _gallery_image(images, index)
+    return {"background": path, "layers": [], "composite": path}
+
+
+def send_to_image(tab: str, images, index):
+    return _gallery_image(images, index), gr.Tabs(selected=tab)
+
+
+def build_app(settings: AppSettings | None = None) -> gr.Blocks:
+    """The app for `settings` (default: weights/, outputs/, CPU), ready for .launch(**launch_options())."""
+    settings = settings or AppSettings()
+    Image.MAX_IMAGE_PIXELS = settings.max_pixels        # PIL refuses bigger canvases before decoding
+    studio = Studio.create(settings)
+    with gr.Blocks(title="LDM Studio", analytics_enabled=False) as demo:
+        banner = gr.Markdown(models_banner(studio), elem_classes=["ldm-banner"])
+        with gr.Tabs() as tabs:
+            with gr.Tab("Text to image", id="txt2img"):
+                t2i = txt2img.build(studio, demo)
+            with gr.Tab("Image to image", id="img2img"):
+                i2i = img2img.build(studio, demo)
+            with gr.Tab("Inpaint", id="inpaint"):
+                inp = inpaint.build(studio, demo)
+            with gr.Tab("Upscale", id="upscale"):
+                up = upscale.build(studio, demo)
+            with gr.Tab("Train", id="train"):
+                tr = train.build(studio, demo)
+            with gr.Tab("PNG info", id="png_info"):
+                info = png_info.build(studio)
+
+        # "Send to": the clicked gallery image goes to another tab, which is shown.
+        source = [t2i.results.gallery, t2i.results.selected]
+        # The editor takes an image only once its tab is showing (its canvas is drawn lazily).
+        t2i.to_inpaint.click(lambda: gr.Tabs(selected="inpaint"), outputs=tabs, api_visibility="private").then(
+            send_to_editor, inputs=source, outputs=[inp.editor], api_visibility="private")
+        t2i.to_img2img.click(partial(send_to_image, "img2img"), inputs=source, outputs=[i2i.image, tabs],
+                             api_visibility="private")
+        t2i.to_upscale.click(partial(send_to_image, "upscale"), inputs=source, outputs=[up.image, tabs],
+                             api_visibility="private")
+        info.send.click(png_info.to_txt2img, inputs=[info.fields],
+                        outputs=[t2i.prompt, t2i.negative_prompt, t2i.controls.sampler, t2i.controls.karras,
+                                 t2i.controls.steps, t2i.controls.guidance_scale, t2i.controls.seed,
+                                 t2i.controls.width, t2i.controls.height],
+                        api_visibility="private").then(lambda: gr.Tabs(selected="txt2img"), outputs=tabs,
+                                                       api_visibility="private")
+
+        # A new model in weights/ (a training run exported, a file copied in): every picker and the
+        # note at the top are read again, on page load and after "Use this model".
+        pickers = [(t2i.picker, "txt2img"), (i2i.picker, "img2img"), (inp.picker, "inpaint"), (up.picker, "upscale")]
+
+        def refresh_all(*current):
+            return [picker_update(studio, tab, value) for (_, tab), value in zip(pickers, current)] + \
+                [models_banner(studio)]
+
+        refresh_outputs = [p for p, _ in pickers] + [banner]
+        demo.load(refresh_all, inputs=[p for p, _ in pickers], outputs=refresh_outputs,
+                  api_visibility="private", queue=False)
+        tr.exported.change(refresh_all, inputs=[p for p, _ in pickers], outputs=refresh_outputs,
+                           api_visibility="private", queue=False)
+    demo.queue(default_concurrency_limit=1)
+    return demo
+
+
+def launch_options(settings: AppSettings) -> dict:
+    """Keyword arguments of demo.launch() for `settings`."""
+    outputs = Path(settings.outputs_dir).resolve()
+    outputs.mkdir(parents=True, exist_ok=True)
+    return dict(server_name=settings.host, server_port=settings.port, share=settings.share,
+                auth=list(settings.auth) or None, max_file_size=f"{settings.max_upload_mb}mb",
+                allowed_paths=[str(outputs), str(Path(settings.runs_dir).resolve())],
+                js=KEYBOARD_JS, css=CSS, footer_links=["api"], show_error=True, inbrowser=False)
+
+
+def startup_report(settings: AppSettings) -> str:
+    """What the console says on start: device, models found (or missing), the URL."""
+    from ui.models import ModelCache
+    entries, problems = ModelCache(settings.weights_dir, settings.device, settings.dtype).scan()
+    lines = [f"LDM Studio: device {settings.device} ({settings.dtype})",
+             f"models in {settings.weights_dir}/: " + (", ".join(f"{e.name} [{e.task}]" for e in entries) or "none")]
+    lines += [f"  cannot use {name}: {why}" for name, why in problems.items()]
+    if not entries:
+        lines.append("  no model yet: train one in the Train tab (then 'Use this model'), or see the README")
+    host = "127.0.0.1" if settings.host == "0.0.0.0" else settings.host
+    lines.append(f"open http://{host}:{settings.port}" + (" (also on your network: --listen)"
+                                                           if settings.host == "0.0.0.0" else ""))
+    return "\n".join(lines)

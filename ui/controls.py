@@ -1,0 +1,178 @@
+"""Controls the generation tabs share: the model picker and the sampling settings.
+
+A number left at 0 (or None from the API) means "the model's default" (its file's
+ldm_studio_defaults, else the reference defaults of its task): that is also what an API call that
+leaves the parameter out gets. When a
+model is picked (and when the page opens) the fields are filled with that model's defaults, so
+what is shown is what runs.
+"""
+from dataclasses import dataclass
+
+import gradio as gr
+
+from core.samplers import SAMPLER_DISPLAY_NAMES
+from ui.studio import Studio
+
+SAMPLER_CHOICES = [(label, key) for key, label in SAMPLER_DISPLAY_NAMES.items()]
+MAX_BATCH = 8
+
+
+def model_picker(studio: Studio, tab: str, label: str = "Model") -> tuple[gr.Dropdown, gr.Button]:
+    choices = studio.models.choices(tab)
+    with gr.Row(equal_height=True):
+        # allow_custom_value: a model exported after start-up is not in the build-time choices, and the
+        # handler names the valid ones when a name is wrong.
+        picker = gr.Dropdown(choices=choices, value=choices[0][1] if choices else None, label=label, scale=5,
+                             allow_custom_value=True,
+                             info=None if choices else "none found: see the note at the top of the page",
+                             elem_classes=["ldm-model-picker"])
+        refresh = gr.Button("↻", scale=0, min_width=44, size="sm", elem_classes=["ldm-refresh"])
+    return picker, refresh
+
+
+def picker_update(studio: Studio, tab: str, current: str | None) -> dict:
+    """The picker re-read from weights/ (keeping the current choice when it is still there)."""
+    choices = studio.models.choices(tab)
+    values = [v for _, v in choices]
+    return gr.update(choices=choices, value=current if current in values else (values[0] if values else None))
+
+
+@dataclass
+class SamplingControls:
+    sampler: gr.Dropdown
+    karras: gr.Checkbox
+    steps: gr.Number
+    guidance_scale: gr.Number
+    seed: gr.Number
+    random_seed: gr.Button
+    reuse_seed: gr.Button
+    width: gr.Number | None = None
+    height: gr.Number | None = None
+    batch_count: gr.Slider | None = None
+
+    def inputs(self) -> dict:
+        """Handler parameter name -> component, for inputs_kwargs."""
+        names = ("sampler", "karras", "steps", "guidance_scale", "seed", "width", "height", "batch_count")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+    def default_outputs(self) -> list:
+        """The components `model_defaults` fills, in its order."""
+        return [self.sampler, self.karras, self.steps, self.guidance_scale] + \
+            [c for c in (self.width, self.height) if c is not None]
+
+
+def sampling_controls(size: bool = True, batch: bool = True) -> SamplingControls:
+    with gr.Row():
+        sampler = gr.Dropdown(SAMPLER_CHOICES, value=None, label="Sampling method", scale=3,
+                              info="empty: the model's default")
+        karras = gr.Checkbox(value=False, label="Karras schedule", scale=1,
+                             info="sigma samplers (Euler, DPM++ ...)")
+    with gr.Row():
+        steps = gr.Number(None, label="Sampling steps (0: model default)", precision=0)
+        guidance_scale = gr.Number(None, label="CFG scale (0: model default)", step=0.5)
+    width = height = batch_count = None
+    if size:
+        with gr.Row():
+            width = gr.Number(None, label="Width (0: model default)", precision=0, step=8)
+            height = gr.Number(None, label="Height (0: model default)", precision=0, step=8)
+    with gr.Row(equal_height=True):
+        seed = gr.Number(-1, label="Seed (-1: random)", precision=0, scale=4)
+        random_seed = gr.Button("random", scale=1, min_width=70, size="sm", elem_classes=["ldm-random-seed"])
+        reuse_seed = gr.Button("reuse last", scale=1, min_width=70, size="sm", elem_classes=["ldm-reuse-seed"])
+    if batch:
+        batch_count = gr.Slider(1, MAX_BATCH, value=1, step=1, label="Batch count")
+    controls = SamplingControls(sampler, karras, steps, guidance_scale, seed, random_seed, reuse_seed,
+                                width, height, batch_count)
+    random_seed.click(lambda: -1, outputs=seed, queue=False, api_visibility="private")
+    return controls
+
+
+def model_defaults(studio: Studio, tab: str, model: str | None, with_size: bool = True) -> list:
+    """Values for SamplingControls.default_outputs() from the picked model's file (None: unknown,
+    left empty so the model's task defaults apply)."""
+    try:
+        d = studio.models.entry(tab, model).defaults
+    except ValueError:
+        d = {}
+    values = [d.get("sampler"), bool(d.get("karras", False)), d.get("steps"), d.get("guidance_scale")]
+    return values + ([d.get("width"), d.get("height")] if with_size else [])
+
+
+def check_batch(batch_count) -> int:
+    n = int(batch_count or 1)
+    if not 1 <= n <= MAX_BATCH:
+        raise ValueError(f"Batch count must be between 1 and {MAX_BATCH}; got {batch_count}.")
+    return n
+
+
+def optional_int(value, name: str, maximum: int = 100_000) -> int | None:
+    """A number field -> int; None for empty or 0 (the model's default / automatic); a ValueError in
+    words for anything else that is not a whole number in [1, maximum]."""
+    if value is None or value == "" or value == 0:
+        return None
+    number = float(value)
+    if not number.is_integer() or not 1 <= number <= maximum:
+        raise ValueError(f"{name} must be a whole number from 1 to {maximum} (0: automatic); got {value}.")
+    return int(number)
+
+
+def optional_float(value, name: str, maximum: float = 100.0) -> float | None:
+    """A number field -> float; None for empty or 0 (the model's default)."""
+    if value is None or value == "" or value == 0:
+        return None
+    if not 0 < float(value) <= maximum:
+        raise ValueError(f"{name} must be between 0 and {maximum} (0: the model's default); got {value}.")
+    return float(value)
+
+
+def seed_value(seed) -> int | None:
+    """-1 (or empty) -> None, which the pipelines turn into a fresh random seed they report back."""
+    if seed is None or seed == "":
+        return None
+    number = float(seed)
+    if not number.is_integer():
+        raise ValueError(f"Seed must be a whole number (-1: random); got {seed}.")
+    return None if number < 0 else int(number)
+
+
+@dataclass
+class PromptRow:
+    prompt: gr.Textbox
+    negative_prompt: gr.Textbox
+    generate: gr.Button
+    interrupt: gr.Button
+
+
+def prompt_row(button: str = "Generate", negative: bool = True) -> PromptRow:
+    """Prompt and negative prompt beside Generate / Interrupt (Ctrl+Enter / Esc, see ui/keyboard.py)."""
+    with gr.Row():
+        with gr.Column(scale=5):
+            prompt = gr.Textbox("", label="Prompt", lines=3, max_lines=8, elem_classes=["ldm-prompt"],
+                                placeholder="What to draw (Ctrl+Enter generates, Esc interrupts)")
+            negative_prompt = gr.Textbox("", label="Negative prompt", lines=1, max_lines=4, visible=negative,
+                                         placeholder="What to avoid")
+        with gr.Column(scale=1, min_width=160):
+            generate = gr.Button(button, variant="primary", size="lg", elem_classes=["ldm-generate"])
+            interrupt = gr.Button("Interrupt", variant="stop", elem_classes=["ldm-interrupt"])
+    return PromptRow(prompt, negative_prompt, generate, interrupt)
+
+
+@dataclass
+class Results:
+    gallery: gr.Gallery
+    info: gr.Textbox
+    selected: gr.State          # index of the gallery image clicked last (for "send to")
+
+
+def results_panel(label: str = "Images") -> Results:
+    gallery = gr.Gallery(label=label, columns=2, height=420, object_fit="contain", format="png",
+                         interactive=False, elem_classes=["ldm-gallery"])
+    info = gr.Textbox(label="Parameters (also inside each PNG)", lines=3, max_lines=12, interactive=False,
+                      elem_classes=["ldm-info"])
+    selected = gr.State(0)
+
+    def pick(evt: gr.SelectData) -> int:
+        return evt.index
+
+    gallery.select(pick, outputs=selected, queue=False, api_visibility="private")
+    return Results(gallery, info, selected)

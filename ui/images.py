@@ -1,0 +1,105 @@
+"""Images in and out of the app: uploads opened safely, masks read off the drawing canvas, results
+saved under outputs/<date>/ without ever overwriting a file.
+
+No model math here: only decoding, size checks, and the PNG files people keep.
+"""
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from core import pipelines
+from core.samplers import SamplingInterrupted
+
+
+def open_image(path: str | Path | Image.Image | None, max_side: int, what: str = "image") -> Image.Image:
+    """An uploaded image as RGB, refused in plain words when it is missing, unreadable or too large.
+
+    The size is read from the header before any pixel is decoded (a decompression bomb is a small
+    file declaring a huge canvas); PIL.Image.MAX_IMAGE_PIXELS, set by the app, is the second guard.
+    """
+    if path is None or path == "":
+        raise ValueError(f"Upload an {what} first.")
+    try:
+        im = path if isinstance(path, Image.Image) else Image.open(path)
+        width, height = im.size
+        if width > max_side or height > max_side:
+            raise ValueError(f"The {what} is {width}x{height} pixels; this app accepts at most {max_side} "
+                             f"on a side (start it with --max-size to change that).")
+        im = ImageOps.exif_transpose(im)
+        if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+            im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
+        return im.convert("RGB")
+    except Image.DecompressionBombError:
+        raise ValueError(f"The {what} declares more pixels than this app accepts "
+                         f"(at most {max_side}x{max_side}); it was refused before decoding.") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ValueError(f"The {what} could not be read as an image ({err}).") from None
+
+
+def mask_from_layers(layers: list, size: tuple[int, int]) -> Image.Image:
+    """The drawn mask (white = repaint) as an "L" image of `size`: the union of the strokes, which
+    gr.ImageMask hands over in the alpha channel of its layers."""
+    mask = np.zeros((size[1], size[0]), dtype=bool)
+    for layer in layers or []:
+        if layer is None:
+            continue
+        layer = layer if isinstance(layer, Image.Image) else Image.open(layer)
+        alpha = layer.getchannel("A") if "A" in layer.getbands() else layer.convert("L")
+        if alpha.size != size:
+            alpha = alpha.resize(size, Image.NEAREST)
+        mask |= np.asarray(alpha) > 0
+    return Image.fromarray((mask * 255).astype(np.uint8), mode="L")
+
+
+def mask_from_upload(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """An uploaded mask (white = repaint; a transparent PNG counts its opaque pixels) as "L"."""
+    if "A" in image.getbands() and image.getchannel("A").getextrema()[0] < 255:
+        gray = image.getchannel("A")
+    else:
+        gray = image.convert("L")
+    if gray.size != size:
+        gray = gray.resize(size, Image.NEAREST)
+    return gray.point(lambda v: 255 if v >= 128 else 0)
+
+
+def save_output(image: Image.Image, infotext: str, outputs_dir: Path, seed: int | None = None) -> Path:
+    """Save under outputs/<YYYY-MM-DD>/NNNNN-<seed>.png with the parameters in the PNG; the number is
+    the next free one and the file is created exclusively, so nothing is ever overwritten."""
+    folder = Path(outputs_dir).resolve() / time.strftime("%Y-%m-%d")
+    folder.mkdir(parents=True, exist_ok=True)
+    numbers = [int(p.name[:5]) for p in folder.glob("*.png") if p.name[:5].isdigit()]
+    number = max(numbers, default=-1) + 1
+    suffix = f"-{seed}" if seed is not None else ""
+    while True:
+        path = folder / f"{number:05d}{suffix}.png"
+        try:
+            with open(path, "xb"):          # reserve the name; a second writer gets the next number
+                break
+        except FileExistsError:
+            number += 1
+    pipelines.save_png(image, path, infotext)
+    return path
+
+
+def save_images(images: list[Image.Image], outputs_dir: Path) -> list[tuple[str, str]]:
+    """Save a pipeline's images (their parameters ride in image.info) -> [(path, infotext), ...]."""
+    saved = []
+    for image in images:
+        text = image.info.get("parameters", "")
+        seed = (image.info.get("ldm_studio") or {}).get("seed")
+        saved.append((str(save_output(image, text, outputs_dir, seed)), text))
+    return saved
+
+
+def run_and_save(generate, outputs_dir: Path) -> list[tuple[str, str]]:
+    """Run `generate()` (a core.pipelines call returning images) and save what it made. When it is
+    interrupted, the images finished before the stop (SamplingInterrupted.images) are saved too and
+    ride on the exception (`.saved`) to the job record."""
+    try:
+        images = generate()
+    except SamplingInterrupted as stop:
+        stop.saved = save_images(getattr(stop, "images", None) or [], outputs_dir)
+        raise
+    return save_images(images, outputs_dir)

@@ -1,0 +1,74 @@
+"""The Image to image tab: an image and a prompt -> variations (SDEdit: noise the image's latent
+part-way, then denoise with the prompt). The `/img2img` API endpoint."""
+from functools import partial
+from types import SimpleNamespace
+
+import gradio as gr
+
+from core import pipelines
+from ui.controls import check_batch, model_picker, prompt_row, results_panel, sampling_controls
+from ui.errors import user_errors
+from ui.follow import follow, job_memory, gallery_value, info_text, pipeline_progress, resume
+from ui.images import open_image, run_and_save
+from ui.studio import Studio
+from ui.txt2img import interrupt, sampling_options, wire_model_controls
+
+TAB = "img2img"
+
+
+def check_strength(strength) -> float:
+    strength = float(strength)
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"Denoising strength must be in (0, 1]; got {strength}.")
+    return strength
+
+
+@user_errors
+def img2img(studio: Studio, prompt: str, image: str | None = None, negative_prompt: str = "",
+            model: str | None = None, strength: float = 0.75, sampler: str | None = None, karras: bool = False,
+            steps: int | None = None, guidance_scale: float | None = None, seed: int = -1,
+            batch_count: int = 1, progress=gr.Progress()):
+    """Redraw an image following a prompt; strength 0..1 is how much of it is redrawn.
+    Returns the images (PNG files with their parameters) and the parameters as text."""
+    entry = studio.models.entry(TAB, model)
+    init = open_image(image, studio.settings.max_side)
+    options = sampling_options(sampler, karras, steps, guidance_scale, seed)
+    strength, n = check_strength(strength), check_batch(batch_count)
+
+    def work(job):
+        m = studio.models.load(entry)
+        return run_and_save(lambda: pipelines.img2img(m, init, prompt or "", negative_prompt=negative_prompt or "",
+                                                      strength=strength, n=n, **options,
+                                                      callback=pipeline_progress(job), should_stop=job.should_stop),
+                            studio.settings.outputs_dir)
+
+    job = studio.jobs.submit(TAB, work)
+    for state in follow(studio.jobs, job.id, progress):
+        yield gallery_value(state), info_text(state), state.id
+
+
+def build(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
+    row = prompt_row()
+    with gr.Row():
+        with gr.Column(scale=1):
+            image = gr.Image(type="filepath", image_mode=None, label="Image", sources=["upload", "clipboard"],
+                             height=320, elem_classes=["ldm-img2img-image"])
+            picker, refresh = model_picker(studio, TAB)
+            strength = gr.Slider(0.05, 1.0, value=0.75, step=0.05, label="Denoising strength",
+                                 info="how much of the image is redrawn")
+            controls = sampling_controls(size=False)
+        with gr.Column(scale=1):
+            results = results_panel()
+    job = job_memory("img2img")
+
+    gr.on([row.generate.click], partial(img2img, studio),
+          inputs_kwargs={"prompt": row.prompt, "image": image, "negative_prompt": row.negative_prompt,
+                         "model": picker, "strength": strength, **controls.inputs()},
+          outputs=[results.gallery, results.info, job], api_name="img2img",
+          concurrency_id="device", concurrency_limit=1)
+    row.interrupt.click(partial(interrupt, studio), inputs=[job], outputs=None, api_visibility="private",
+                        queue=False)
+    wire_model_controls(studio, demo, TAB, picker, refresh, controls, job, with_size=False)
+    demo.load(partial(resume, studio.jobs), inputs=[job], outputs=[results.gallery, results.info],
+              api_visibility="private")
+    return SimpleNamespace(picker=picker, image=image, results=results)

@@ -1,0 +1,119 @@
+"""The Inpaint tab: upload an image, paint over what to redraw, describe it -> the result beside it.
+
+The mask is drawn in the browser on gr.ImageMask; its handler value is {"background", "layers",
+"composite"} with the strokes in the alpha channel of the layers. A mask can also be uploaded
+(white = repaint). Works with a dedicated inpainting model and with any text-to-image model
+(latent blending); the `/inpaint` API endpoint.
+"""
+from functools import partial
+from types import SimpleNamespace
+
+import gradio as gr
+from PIL import Image, UnidentifiedImageError
+
+from core import pipelines
+from ui.controls import check_batch, model_picker, prompt_row, results_panel, sampling_controls
+from ui.errors import user_errors
+from ui.follow import follow, job_memory, gallery_value, info_text, pipeline_progress, resume
+from ui.images import mask_from_layers, mask_from_upload, open_image, run_and_save
+from ui.img2img import check_strength
+from ui.studio import Studio
+from ui.txt2img import interrupt, sampling_options, wire_model_controls
+
+TAB = "inpaint"
+INPAINT_AREAS = [("Whole picture", "whole"), ("Only masked", "only_masked")]
+MASKED_CONTENT = [("original", "original"), ("fill", "fill"), ("latent noise", "latent_noise"),
+                  ("latent nothing", "latent_nothing")]
+
+
+def image_and_mask(editor: dict | None, mask: str | None, max_side: int):
+    """(RGB image, "L" mask, white = repaint) from the editor value and an optional uploaded mask."""
+    if not editor or editor.get("background") is None:
+        raise ValueError("Upload an image to inpaint first.")
+    image = open_image(editor["background"], max_side)
+    if mask:
+        painted = mask_from_upload(_open_mask(mask, max_side), image.size)
+    else:
+        painted = mask_from_layers(editor.get("layers") or [], image.size)
+    if painted.getextrema()[1] == 0:
+        raise ValueError("The mask is empty: paint over the part of the image to redraw "
+                         "(or upload a mask, white = repaint).")
+    return image, painted
+
+
+def _open_mask(path: str, max_side: int) -> Image.Image:
+    """An uploaded mask, keeping its alpha channel (a transparent PNG painted elsewhere)."""
+    try:
+        with Image.open(path) as im:
+            if im.width > max_side or im.height > max_side:
+                raise ValueError(f"The mask is {im.width}x{im.height} pixels; at most {max_side} on a side.")
+            im.load()
+            return im.convert("RGBA") if "A" in im.getbands() or "transparency" in im.info else im.convert("L")
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"The mask could not be read as an image ({err}).") from None
+
+
+@user_errors
+def inpaint(studio: Studio, prompt: str, image: dict | None = None, mask: str | None = None,
+            negative_prompt: str = "", model: str | None = None, mask_blur: int = 4, inpaint_area: str = "whole",
+            padding: int = 32, masked_content: str = "original", strength: float = 1.0,
+            sampler: str | None = None, karras: bool = False, steps: int | None = None,
+            guidance_scale: float | None = None, seed: int = -1, batch_count: int = 1, progress=gr.Progress()):
+    """Redraw the masked part of an image following a prompt. `image` is the editor value
+    {"background": image, "layers": [strokes], "composite": ...}; `mask` (optional) an uploaded
+    mask, white = repaint, used instead of the strokes. Returns the images and their parameters."""
+    entry = studio.models.entry(TAB, model)
+    init, painted = image_and_mask(image, mask, studio.settings.max_side)
+    options = sampling_options(sampler, karras, steps, guidance_scale, seed)
+    n, strength = check_batch(batch_count), check_strength(strength)
+
+    def work(job):
+        m = studio.models.load(entry)
+        return run_and_save(lambda: pipelines.inpaint(m, init, painted, prompt or "",
+                                                      negative_prompt=negative_prompt or "", mask_blur=int(mask_blur),
+                                                      inpaint_area=inpaint_area, padding=int(padding),
+                                                      masked_content=masked_content, strength=strength, n=n,
+                                                      **options, callback=pipeline_progress(job),
+                                                      should_stop=job.should_stop),
+                            studio.settings.outputs_dir)
+
+    job = studio.jobs.submit(TAB, work)
+    for state in follow(studio.jobs, job.id, progress):
+        yield gallery_value(state), info_text(state), state.id
+
+
+def build(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
+    row = prompt_row(button="Inpaint")
+    with gr.Row():
+        with gr.Column(scale=1):
+            editor = gr.ImageMask(type="pil", format="png", image_mode="RGBA", label="Image: paint what to redraw",
+                                  sources=["upload", "clipboard"], height=420, layers=False, transforms=(),
+                                  brush=gr.Brush(default_size=24, colors=["#ffffff"], color_mode="fixed"),
+                                  eraser=gr.Eraser(default_size=24), elem_classes=["ldm-inpaint-editor"])
+            with gr.Accordion("Upload a mask instead (white = repaint)", open=False):
+                mask = gr.Image(type="filepath", image_mode=None, label="Mask", sources=["upload"], height=200)
+            picker, refresh = model_picker(studio, TAB)
+            with gr.Row():
+                mask_blur = gr.Slider(0, 64, value=4, step=1, label="Mask blur")
+                strength = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Denoising strength")
+            with gr.Row():
+                inpaint_area = gr.Radio(INPAINT_AREAS, value="whole", label="Inpaint area")
+                padding = gr.Slider(0, 256, value=32, step=4, label="Only masked padding, pixels")
+            masked_content = gr.Radio(MASKED_CONTENT, value="original", label="Masked content")
+            controls = sampling_controls(size=False)
+        with gr.Column(scale=1):
+            results = results_panel(label="Result")
+    job = job_memory("inpaint")
+
+    gr.on([row.generate.click], partial(inpaint, studio),
+          inputs_kwargs={"prompt": row.prompt, "image": editor, "mask": mask, "negative_prompt": row.negative_prompt,
+                         "model": picker, "mask_blur": mask_blur, "inpaint_area": inpaint_area, "padding": padding,
+                         "masked_content": masked_content, "strength": strength, **controls.inputs()},
+          outputs=[results.gallery, results.info, job], api_name="inpaint",
+          concurrency_id="device", concurrency_limit=1)
+    row.interrupt.click(partial(interrupt, studio), inputs=[job], outputs=None, api_visibility="private",
+                        queue=False)
+    wire_model_controls(studio, demo, TAB, picker, refresh, controls, job, with_size=False)
+    demo.load(partial(resume, studio.jobs), inputs=[job], outputs=[results.gallery, results.info],
+              api_visibility="private")
+    return SimpleNamespace(picker=picker, editor=editor, results=results)

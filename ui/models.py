@@ -1,0 +1,144 @@
+"""The model picker's view of `weights/`, and the app's one model cache.
+
+Listing reads only each file's header (the safetensors metadata, or a `.yaml` beside a `.ckpt`),
+so the pickers fill instantly even for multi-GB files; a model is loaded on first use, on the
+app's device and dtype, and kept until another model pushes it out (at most MAX_LOADED held).
+"""
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from core import load_model
+from core.checkpoints.compvis_yaml import config_from_yaml
+from core.checkpoints.config_json import config_from_json
+from core.models.clip_text import FrozenCLIPEmbedderConfig, FrozenOpenCLIPEmbedderConfig
+from core.models.conditioners import TransformerEmbedderConfig
+from core.models.diffusion import LatentDiffusionConfig
+
+MAX_LOADED = 3          # one per generation tab (text-to-image, inpainting, upscaling) fits on a CPU
+MODEL_SUFFIXES = (".safetensors", ".ckpt")
+TEXT_CONDITIONERS = (FrozenOpenCLIPEmbedderConfig, FrozenCLIPEmbedderConfig, TransformerEmbedderConfig)
+
+# Which models each tab offers, by `m.task` (core/models/diffusion.py). Inpainting works with a
+# dedicated inpainting model and, by latent blending, with any text-to-image model.
+TAB_TASKS = {
+    "txt2img": ("conditional",),
+    "img2img": ("conditional",),
+    "inpaint": ("inpaint-sd", "inpaint-ldm", "conditional"),
+    "upscale": ("upscale-ldm", "upscale-sd"),
+}
+TAB_NAMES = {"txt2img": "text-to-image", "img2img": "image-to-image", "inpaint": "inpainting",
+             "upscale": "upscaling"}
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str                   # path relative to the weights folder: the picker's value and the API's `model`
+    path: Path
+    task: str                   # m.task, or "autoencoder" for a standalone first stage
+    label: str                  # ldm_studio_name, else the file name
+    text: bool = False          # conditioned on a prompt (CLIP, OpenCLIP or a jointly trained transformer)
+    defaults: dict = field(default_factory=dict)   # ldm_studio_defaults: sampler, steps, width, ...
+    config: str | None = None   # the YAML read beside a .ckpt / foreign .safetensors
+
+
+def _read_entry(weights_dir: Path, path: Path) -> ModelEntry:
+    """The entry for one file, from its header only. ValueError says why a file cannot be used."""
+    metadata, config_file = {}, None
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+        except Exception as err:        # safetensors raises its own error types for broken headers
+            raise ValueError(f"not a readable .safetensors file ({err})") from None
+    if "ldm_studio_config" in metadata:
+        cfg = config_from_json(metadata["ldm_studio_config"])
+    else:
+        yaml_path = next((p for p in (path.with_suffix(".yaml"), path.with_suffix(".yml")) if p.is_file()), None)
+        if yaml_path is None:
+            raise ValueError(f"no config: put the YAML it was released with beside it as {path.stem}.yaml")
+        cfg, config_file = config_from_yaml(yaml_path), str(yaml_path)
+    try:
+        defaults = json.loads(metadata.get("ldm_studio_defaults", "{}"))
+    except json.JSONDecodeError:
+        defaults = {}
+    name = path.relative_to(weights_dir).as_posix()
+    label = metadata.get("ldm_studio_name") or path.stem
+    if not isinstance(cfg, LatentDiffusionConfig):
+        return ModelEntry(name, path, "autoencoder", label, config=config_file)
+    return ModelEntry(name, path, cfg.task, label, text=isinstance(cfg.cond_stage, TEXT_CONDITIONERS),
+                      defaults=defaults if isinstance(defaults, dict) else {}, config=config_file)
+
+
+class ModelCache:
+    """Lists `weights_dir` by task and holds up to MAX_LOADED loaded models (least recently used
+    goes first). The app's only long-lived state besides what is on disk."""
+
+    def __init__(self, weights_dir: Path, device: str, dtype: str):
+        self.weights_dir = Path(weights_dir)
+        self.device = torch.device(device)
+        self.dtype = getattr(torch, dtype)
+        self._loaded: OrderedDict[str, tuple[float, torch.nn.Module]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # ---- listing -----------------------------------------------------------------------------
+    def scan(self) -> tuple[list[ModelEntry], dict[str, str]]:
+        """(usable entries sorted by name, {file name: why it cannot be used})."""
+        entries, problems = [], {}
+        if not self.weights_dir.is_dir():
+            return entries, problems
+        for path in sorted(p for p in self.weights_dir.rglob("*") if p.suffix in MODEL_SUFFIXES and p.is_file()):
+            try:
+                entries.append(_read_entry(self.weights_dir, path))
+            except ValueError as err:
+                problems[path.relative_to(self.weights_dir).as_posix()] = str(err)
+        return entries, problems
+
+    def for_tab(self, tab: str) -> list[ModelEntry]:
+        """The models a tab can use, dedicated ones first (an inpainting model before a text one)."""
+        tasks = TAB_TASKS[tab]
+        entries = [e for e in self.scan()[0] if e.task in tasks and (e.task != "conditional" or e.text)]
+        return sorted(entries, key=lambda e: (tasks.index(e.task), e.name))
+
+    def choices(self, tab: str) -> list[tuple[str, str]]:
+        return [(f"{e.label} ({e.name})" if e.label != Path(e.name).stem else e.name, e.name)
+                for e in self.for_tab(tab)]
+
+    def entry(self, tab: str, name: str | None) -> ModelEntry:
+        """The entry for `name` (None or "": the tab's first model); ValueError in plain words."""
+        entries = self.for_tab(tab)
+        if not entries:
+            raise ValueError(f"No {TAB_NAMES[tab]} model in {self.weights_dir}/. Train one in the Train tab "
+                             "and press 'Use this model', or see the README (Default models).")
+        if not name:
+            return entries[0]
+        for e in entries:
+            if e.name == name or e.label == name:
+                return e
+        raise ValueError(f"Model {name!r} is not a {TAB_NAMES[tab]} model in {self.weights_dir}/; "
+                         f"choose one of: {', '.join(e.name for e in entries)}.")
+
+    # ---- loading -----------------------------------------------------------------------------
+    def load(self, entry: ModelEntry) -> torch.nn.Module:
+        """The loaded model for `entry` (reloaded when the file changed since it was loaded)."""
+        mtime = entry.path.stat().st_mtime
+        with self._lock:
+            held = self._loaded.get(entry.name)
+            if held is not None and held[0] == mtime:
+                self._loaded.move_to_end(entry.name)
+                return held[1]
+            self._loaded.pop(entry.name, None)
+            while len(self._loaded) >= MAX_LOADED:
+                self._loaded.popitem(last=False)
+            model = load_model(entry.path, config=entry.config, device=self.device, dtype=self.dtype)
+            self._loaded[entry.name] = (mtime, model)
+            return model
+
+    def loaded_names(self) -> list[str]:
+        with self._lock:
+            return list(self._loaded)

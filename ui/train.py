@@ -1,0 +1,294 @@
+"""The Train tab: start, watch, stop and resume background training runs, then use the result.
+
+Runs are processes started by core.train.runs.RunManager and recorded in runs/NAME/ (state.json,
+metrics.jsonl, samples/), so the tab only reads that folder: closing the page, or restarting the
+app, loses nothing. A gr.Timer refreshes the run list, the loss curve and the latest samples.
+Endpoints: `/train_start`, `/train_status`, `/train_stop`, `/train_resume`, `/train_export`.
+"""
+import re
+import time
+from functools import partial
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
+import pandas as pd
+
+from core.train.config import make_config
+from core.train.dataset_check import check_dataset, extract_zip, resolve_data_path
+from core.train.export import export_run
+from ui.errors import user_errors
+from ui.studio import Studio
+
+REFRESH_S = 2.0
+DATASETS = [("The built-in shapes world", "shapes"), ("A folder under the data root", "folder"),
+            ("An uploaded zip of images (+ captions)", "zip")]
+RUN_COLUMNS = ["name", "stage", "status", "step", "total", "loss", "images/s", "ETA"]
+
+
+def _eta(seconds) -> str:
+    if not seconds:
+        return ""
+    return time.strftime("%H:%M:%S", time.gmtime(seconds)) if seconds < 86400 else f"{seconds / 86400:.1f} d"
+
+
+def status_dict(info) -> dict:
+    """A RunInfo as plain JSON values (the `/train_status` answer)."""
+    return {"name": info.name, "stage": info.stage, "status": info.status, "step": info.step,
+            "total_steps": info.total_steps, "loss": info.loss, "lr": info.lr, "images_per_s": info.images_per_s,
+            "eta_s": info.eta_s, "error": info.error, "latest_sample": info.latest_sample, "folder": info.folder}
+
+
+@user_errors
+def train_status(studio: Studio, name: str = "") -> dict:
+    """The state of run `name` (empty: the most recent run), with its metrics so far."""
+    runs = studio.runs
+    if not name:
+        listed = runs.list()
+        if not listed:
+            raise ValueError("There is no training run yet; start one with train_start.")
+        name = listed[0].name
+    info = runs.status(name)
+    return {**status_dict(info), "metrics": runs.metrics(name)}
+
+
+@user_errors
+def train_stop(studio: Studio, name: str | None = None) -> dict:
+    """Stop run `name` (empty: the running one); it saves a checkpoint first and can be resumed."""
+    runs = studio.runs
+    if not name:
+        running = [r for r in runs.list() if r.status in ("running", "stopping")]
+        if not running:
+            raise ValueError("No training run is running.")
+        name = running[0].name
+    return status_dict(runs.stop(name, timeout=30.0))
+
+
+@user_errors
+def train_resume(studio: Studio, name: str | None = None) -> dict:
+    """Continue a stopped or failed run from its last checkpoint."""
+    if not name:
+        raise ValueError("Choose the run to resume.")
+    return status_dict(studio.runs.resume(name))
+
+
+STAGES = [("Autoencoder (first stage, train it first)", "autoencoder"), ("Text-to-image LDM", "txt2img"),
+          ("Super-resolution LDM (4x)", "sr"), ("Inpainting LDM", "inpaint")]
+SIZES = ["tiny", "small", "base"]
+
+
+def first_stage_choices(studio: Studio) -> list[tuple[str, str]]:
+    """Trained autoencoders an LDM can use: exported files in weights/ and autoencoder runs with a
+    checkpoint (their folder)."""
+    choices = [(f"{e.label} (weights/{e.name})", str(e.path)) for e in studio.models.scan()[0]
+               if e.task == "autoencoder"]
+    for r in studio.runs.list():
+        if r.stage == "autoencoder" and (Path(r.folder) / "checkpoints" / "last.pt").is_file():
+            choices.append((f"run {r.name} ({r.status}, step {r.step})", r.folder))
+    return choices
+
+
+def _dataset(studio: Studio, dataset: str, folder: str | None, zip_file: str | None,
+             image_size: int) -> tuple[str, list]:
+    """The `dataset` argument of make_config and the dataset check's warnings. User folders must lie
+    under the data root; an uploaded zip is unpacked there safely (core.train.dataset_check)."""
+    if dataset == "shapes":
+        return "shapes", []
+    root = Path(studio.settings.data_root).resolve()
+    if dataset == "folder":
+        if not folder:
+            raise ValueError(f"Give the folder of training images, relative to the data root {root}.")
+        path = resolve_data_path(root, folder)
+    elif dataset == "zip":
+        if not zip_file:
+            raise ValueError("Upload a .zip of images (captions in name.txt files or a captions.jsonl).")
+        root.mkdir(parents=True, exist_ok=True)
+        path = root / "uploads" / f"{Path(zip_file).stem[:40]}-{time.strftime('%Y%m%d-%H%M%S')}"
+        extract_zip(zip_file, path)
+    else:
+        raise ValueError(f"dataset must be one of {[v for _, v in DATASETS]}; got {dataset!r}.")
+    report = check_dataset(path, image_size)
+    if report["count"] == 0:
+        raise ValueError(f"No readable image in {path}: " + "; ".join(report["warnings"]))
+    return str(path), report["warnings"]
+
+
+@user_errors
+def check_data(studio: Studio, dataset: str = "shapes", folder: str | None = None, zip_file: str | None = None,
+               image_size: int = 64) -> str:
+    """What the dataset check finds (images, captions, sizes) before a run is started."""
+    if dataset == "shapes":
+        return "The shapes world is generated on the fly: nothing to check."
+    if dataset == "zip":
+        return "The zip is unpacked and checked when the run starts."
+    if not folder:
+        raise ValueError("Give the folder of training images, relative to the data root.")
+    report = check_dataset(resolve_data_path(studio.settings.data_root, folder), int(image_size))
+    caps = report["captions"]
+    lines = [f"{report['count']} readable images ({report['files']} files), captions for "
+             f"{caps['coverage']:.0%}, sizes {report['size_histogram']}"]
+    return "\n".join(lines + [f"- {w}" for w in report["warnings"]])
+
+
+@user_errors
+def train_start(studio: Studio, stage: str = "autoencoder", dataset: str = "shapes", folder: str | None = None,
+                zip_file: str | None = None, model_size: str = "small", image_size: int = 64, steps: int = 5000,
+                batch_size: int = 32, learning_rate: float | None = None, first_stage: str | None = None,
+                init_from: str | None = None, name: str | None = None) -> dict:
+    """Start a background training run (core.train) and return its state. Train an autoencoder
+    first; the LDM stages need it as `first_stage` (an exported file or its run folder)."""
+    runs = studio.runs
+    if stage not in [v for _, v in STAGES]:
+        raise ValueError(f"stage must be one of {[v for _, v in STAGES]}; got {stage!r}.")
+    steps, batch_size, image_size = int(steps), int(batch_size), int(image_size)
+    if steps < 1 or batch_size < 1:
+        raise ValueError("Steps and batch size must be at least 1.")
+    sources = [v for _, v in first_stage_choices(studio)]
+    if first_stage and first_stage not in sources:
+        raise ValueError(f"first_stage {first_stage!r} is not a trained autoencoder of this app; choose one of: "
+                         f"{', '.join(sources) or 'none yet (train an autoencoder first)'}.")
+    init_path = str(studio.models.entry("txt2img", init_from).path) if init_from else None
+    source, warnings = _dataset(studio, dataset, folder, zip_file, image_size)
+    for warning in warnings:
+        gr.Warning(warning)
+    config = make_config(stage, dataset=source, model_size=model_size, steps=steps, batch_size=batch_size,
+                         lr=float(learning_rate) if learning_rate else None, image_size=image_size,
+                         first_stage=first_stage or None, init_from=init_path,
+                         log_every=max(1, min(10, steps // 20)))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_name = name or re.sub(r"[^A-Za-z0-9._-]+", "-", f"{config['export']['name']}-{stamp}")   # a folder name
+    info = runs.start(config, name=run_name, stage="autoencoder" if stage == "autoencoder" else "ldm")
+    return status_dict(info)
+
+
+@user_errors
+def train_export(studio: Studio, name: str | None = None) -> str:
+    """Export a run's EMA weights to weights/NAME.safetensors, so the generation tabs can pick it."""
+    runs = studio.runs
+    if not name:
+        raise ValueError("Choose the run to export.")
+    info = runs.status(name)
+    if info.status in ("running", "stopping"):
+        raise ValueError(f"Run {name!r} is still {info.status}; stop it (or let it finish) first.")
+    if not (Path(info.folder) / "checkpoints" / "last.pt").is_file():
+        raise ValueError(f"Run {name!r} has no checkpoint yet.")
+    return str(export_run(info.folder, Path(studio.settings.weights_dir) / f"{name}.safetensors"))
+
+
+def runs_table(studio: Studio) -> pd.DataFrame:
+    rows = []
+    for r in studio.runs.list():
+        rows.append([r.name, r.stage or "", r.status, r.step, r.total_steps or "",
+                     "" if r.loss is None else f"{r.loss:.4f}",
+                     "" if r.images_per_s is None else f"{r.images_per_s:.1f}", _eta(r.eta_s)])
+    return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+
+def run_view(studio: Studio, name: str | None, seen: str | None = None):
+    """(runs table, run picker, loss curve, latest samples, status line, what was shown) for the Timer
+    and events; when nothing changed since `seen`, every output is skipped (no redraw)."""
+    table = runs_table(studio)
+    names = list(table["name"])
+    if name not in names:
+        name = names[0] if names else None
+    if name is None:
+        return table, gr.update(choices=[], value=None), pd.DataFrame({"step": [], "loss": []}), None, \
+            "No run yet.", ""
+    info = studio.runs.status(name)
+    rows = [r for r in studio.runs.metrics(name) if "step" in r and "loss" in r]
+    shown = f"{table.to_json()}|{name}|{len(rows)}|{info.status}|{info.latest_sample}"
+    if shown == seen:
+        return (gr.skip(),) * 6
+    curve = pd.DataFrame({"step": [r["step"] for r in rows], "loss": [float(r["loss"]) for r in rows]})
+    line = f"**{name}**: {info.status}, step {info.step}" + (f" of {info.total_steps}" if info.total_steps else "")
+    if info.loss is not None:
+        line += f", loss {info.loss:.4f}"
+    if info.eta_s:
+        line += f", about {_eta(info.eta_s)} left"
+    if info.error:
+        line += f"\n\n{info.error}"
+    return table, gr.update(choices=names, value=name), curve, info.latest_sample, line, shown
+
+
+def build(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
+    gr.Markdown("Train the two stages of a latent diffusion model: first the **autoencoder**, then an **LDM** in its "
+                "latent space (text-to-image, 4x super-resolution, inpainting). Runs go on in the background "
+                "(closing this page does not stop them); **Use this model** exports a run to the model pickers.")
+    with gr.Row():
+        with gr.Column(scale=1):
+            stage = gr.Radio(STAGES, value="autoencoder", label="What to train")
+            first_stage = gr.Dropdown(first_stage_choices(studio), value=None, label="Autoencoder (LDM stages)",
+                                      info="a trained first stage: an exported file or an autoencoder run")
+            init_from = gr.Dropdown(studio.models.choices("txt2img"), value=None, label="Start from (inpainting)",
+                                    info="optional: a text-to-image model to fine-tune")
+            dataset = gr.Radio(DATASETS, value="shapes", label="Training data")
+            with gr.Accordion("Your own images", open=False):
+                folder = gr.Textbox("", label=f"Folder under the data root ({studio.settings.data_root})",
+                                    placeholder="my_images")
+                zip_file = gr.File(label="or a zip of images (captions: name.txt or captions.jsonl)",
+                                   file_types=[".zip"], type="filepath", height=120)
+                check = gr.Button("Check the data", size="sm")
+                data_report = gr.Markdown()
+            with gr.Row():
+                model_size = gr.Radio(SIZES, value="small", label="Model size")
+                image_size = gr.Number(64, label="Image size (px)", precision=0, minimum=8, step=8)
+            with gr.Row():
+                steps = gr.Number(5000, label="Steps", precision=0, minimum=1)
+                batch_size = gr.Number(32, label="Batch size", precision=0, minimum=1)
+                learning_rate = gr.Number(None, label="Learning rate (0: default)", minimum=0)
+            name = gr.Textbox("", label="Run name (optional)", placeholder="automatic")
+            start = gr.Button("Start training", variant="primary", elem_classes=["ldm-train-start"])
+        with gr.Column(scale=2):
+            table = gr.Dataframe(headers=RUN_COLUMNS, interactive=False, label="Runs", elem_classes=["ldm-runs"])
+            with gr.Row():
+                run = gr.Dropdown(label="Run", choices=[], scale=3, allow_custom_value=True,
+                                  elem_classes=["ldm-run-picker"])
+                stop = gr.Button("Stop", variant="stop", scale=1, elem_classes=["ldm-train-stop"])
+                resume = gr.Button("Resume", scale=1, elem_classes=["ldm-train-resume"])
+                use = gr.Button("Use this model", scale=1, elem_classes=["ldm-train-use"])
+            status = gr.Markdown("No run yet.", elem_classes=["ldm-run-status"])
+            with gr.Row():
+                curve = gr.LinePlot(x="step", y="loss", title="Training loss", height=280, x_axis_format="d",
+                                    elem_classes=["ldm-loss-curve"])
+                sample = gr.Image(label="Latest samples (EMA)", type="filepath", interactive=False, height=280)
+            exported = gr.Textbox(label="Exported model", interactive=False, elem_classes=["ldm-exported"])
+
+    shown = gr.State("")
+    view_outputs = [table, run, curve, sample, status, shown]
+    view = partial(run_view, studio)
+    timer = gr.Timer(REFRESH_S)
+    timer.tick(view, inputs=[run, shown], outputs=view_outputs, api_visibility="private", queue=False,
+               show_progress="hidden")
+    demo.load(view, inputs=[run], outputs=view_outputs, api_visibility="private", queue=False)
+    run.input(view, inputs=[run], outputs=view_outputs, api_visibility="private", queue=False)
+    check.click(partial(check_data, studio), inputs_kwargs={"dataset": dataset, "folder": folder, "zip_file": zip_file,
+                                                           "image_size": image_size},
+                outputs=[data_report], api_visibility="private", concurrency_limit=None)
+    started = gr.JSON(visible=False)
+    start.click(partial(train_start, studio),
+                inputs_kwargs={"stage": stage, "dataset": dataset, "folder": folder, "zip_file": zip_file,
+                               "model_size": model_size, "image_size": image_size, "steps": steps,
+                               "batch_size": batch_size, "learning_rate": learning_rate,
+                               "first_stage": first_stage, "init_from": init_from, "name": name},
+                outputs=[started], api_name="train_start", concurrency_limit=None
+                ).success(lambda info: view(info["name"]), inputs=[started], outputs=view_outputs,
+                          api_visibility="private")
+    stop.click(partial(train_stop, studio), inputs=[run], outputs=[started], api_name="train_stop",
+               concurrency_limit=None).then(view, inputs=[run], outputs=view_outputs, api_visibility="private")
+    resume.click(partial(train_resume, studio), inputs=[run], outputs=[started], api_name="train_resume",
+                 concurrency_limit=None).then(view, inputs=[run], outputs=view_outputs, api_visibility="private")
+    use.click(partial(train_export, studio), inputs=[run], outputs=[exported], api_name="train_export",
+              concurrency_limit=None)
+
+    def refresh_sources():
+        return gr.update(choices=first_stage_choices(studio)), gr.update(choices=studio.models.choices("txt2img"))
+
+    gr.on([demo.load, exported.change, stage.change], refresh_sources, outputs=[first_stage, init_from],
+          api_visibility="private", queue=False)
+
+    def status_api(name: str = "") -> dict:
+        """The state of training run `name` (empty: the most recent run), with its metrics so far."""
+        return train_status(studio, name)
+
+    gr.api(status_api, api_name="train_status", concurrency_limit=None)
+    return SimpleNamespace(exported=exported, start=start, run=run)
