@@ -5,7 +5,6 @@ guarantees and reports, progress / interruption, and bad inputs."""
 import dataclasses
 import json
 import threading
-import warnings
 
 import numpy as np
 import pytest

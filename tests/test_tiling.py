@@ -202,7 +202,12 @@ def test_planner_picks_the_largest_tile_that_fits():
     fitting = [t for t in range(8, 129, 8) if memory.unet_peak_bytes(m, t, t, 2) <= budget]
     assert chosen == max(fitting) == 40
     assert memory.plan_tile(lambda t: 10 ** 12, 1, align=8, largest=64) == 8     # nothing fits: smallest
-    assert memory.vae_decode_peak_bytes(m, 64, 64, 1) == 16 * memory.vae_decode_peak_bytes(m, 16, 16, 1)
+    # The documented model, written out: 5 activations of the widest full-size level (32 channels at
+    # 512 px for a 64-latent tile of this f=8 VAE) + the mid attention's two 4096^2 float32 matrices.
+    assert memory.vae_decode_peak_bytes(m, 64, 64, 1) == 4 * 5 * 32 * 512 * 512 + 2 * 4096 ** 2 * 4
+    # The UNet's: skips + 16 x widest + attention (2 heads of 64 tokens at level 1 of the tiny sd2).
+    skips = 32 * 64 + 2 * 32 * 64 + 2 * 64 * 16
+    assert memory.unet_peak_bytes(m, 8, 8, 2) == 4 * 2 * (skips + 16 * 32 * 64) + 2 * 2 * 2 * 64 ** 2 * 4
     assert memory.available_memory("cpu") > 0
 
 

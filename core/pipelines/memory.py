@@ -6,10 +6,15 @@ and not counted):
 * UNet, per evaluation of a (B, C, h, w) tile: the skip connections the encoder half keeps for the
   decoder half (sum over levels of (blocks + 1) * channels * pixels), plus a working set of about
   WORK_FACTOR times the largest level's activation (ResBlock temporaries, the concatenated skip,
-  the transformer's GEGLU feed-forward at 8x width). Attention goes through SDPA's fused kernels,
-  so no (tokens x tokens) matrix is counted.
-* VAE decoder / encoder: about VAE_WORK_FACTOR full activations of its widest full-size level.
-They are deliberately on the safe side; `run_with_oom_retry` covers the rest.
+  the transformer's GEGLU feed-forward at 8x width), plus the self-attention matrices of the
+  largest attention level: B * heads * tokens^2, twice (scores and softmax).
+* VAE decoder / encoder: about VAE_WORK_FACTOR full activations of its widest full-size level, plus
+  the mid-block attention over ALL latent pixels of the tile: 2 * tokens^2. This term is quadratic
+  in the tile area and dominates beyond ~64x64 latents (measured on CPU, where SDPA takes the math
+  path for the VAE's single 512-wide head: a 90x90 latent decode of the default f=4 VAE peaks at
+  +616 MB, of which 525 MB are the two 8100^2 matrices).
+Attention is counted as the math path materialises it; fused CUDA kernels need less, so the
+predictions are on the safe side there. `run_with_oom_retry` covers what they miss.
 """
 
 import math
@@ -44,19 +49,27 @@ def _element_size(dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
+def _attention_bytes(batch: int, heads: int, tokens: int, elem: int) -> int:
+    """Scores and softmax of one self-attention, as the math path materialises them."""
+    return 2 * batch * heads * tokens * tokens * elem
+
+
 def unet_peak_bytes(m, height: int, width: int, batch: int, dtype=None) -> int:
     """Predicted activation peak of one UNet forward on a (batch, C, height, width) latent tile."""
     cfg = m.config.unet
     elem = _element_size(dtype or m.dtype)
     nrb = cfg.num_res_blocks
     nrb = list(nrb) if isinstance(nrb, (list, tuple)) else [nrb] * len(cfg.channel_mult)
-    skips, widest = cfg.model_channels * height * width, 0
+    skips, widest, attention = cfg.model_channels * height * width, 0, 0
     for level, mult in enumerate(cfg.channel_mult):
         pixels = math.ceil(height / 2 ** level) * math.ceil(width / 2 ** level)
-        act = cfg.model_channels * mult * pixels
-        skips += (nrb[level] + 1) * act
-        widest = max(widest, act)
-    return int(elem * batch * (skips + WORK_FACTOR * widest))
+        channels = cfg.model_channels * mult
+        skips += (nrb[level] + 1) * channels * pixels
+        widest = max(widest, channels * pixels)
+        if 2 ** level in cfg.attention_resolutions:
+            heads = cfg.num_heads if cfg.num_heads > 0 else max(1, channels // cfg.num_head_channels)
+            attention = max(attention, _attention_bytes(batch, heads, pixels, elem))
+    return int(elem * batch * (skips + WORK_FACTOR * widest) + attention)
 
 
 def _vae_widest(ddconfig, height_px: int, width_px: int) -> int:
@@ -69,19 +82,33 @@ def _vae_widest(ddconfig, height_px: int, width_px: int) -> int:
     return widest
 
 
+def _vae_attention(ddconfig, height_px: int, width_px: int, batch: int, elem: int) -> int:
+    """The mid block's attention over every latent pixel (and any attn_resolutions level)."""
+    if ddconfig.attn_type == "none":
+        return 0
+    f = ddconfig.downsample_factor
+    tokens = math.ceil(height_px / f) * math.ceil(width_px / f)
+    for level in range(len(ddconfig.ch_mult)):
+        if ddconfig.resolution // 2 ** level in ddconfig.attn_resolutions:
+            tokens = max(tokens, math.ceil(height_px / 2 ** level) * math.ceil(width_px / 2 ** level))
+    return _attention_bytes(batch, 1, tokens, elem)
+
+
 def vae_decode_peak_bytes(m, height: int, width: int, batch: int, dtype=None) -> int:
     """Predicted activation peak of decoding a (batch, C, height, width) latent tile."""
     dd = m.config.first_stage.ddconfig
     f = dd.downsample_factor
     elem = _element_size(dtype or m.dtype)
-    return int(elem * batch * VAE_WORK_FACTOR * _vae_widest(dd, height * f, width * f))
+    return int(elem * batch * VAE_WORK_FACTOR * _vae_widest(dd, height * f, width * f)
+               + _vae_attention(dd, height * f, width * f, batch, elem))
 
 
 def vae_encode_peak_bytes(m, height_px: int, width_px: int, batch: int, dtype=None) -> int:
     """Predicted activation peak of encoding a (batch, 3, height_px, width_px) image tile."""
     dd = m.config.first_stage.ddconfig
     elem = _element_size(dtype or m.dtype)
-    return int(elem * batch * VAE_WORK_FACTOR * _vae_widest(dd, height_px, width_px))
+    return int(elem * batch * VAE_WORK_FACTOR * _vae_widest(dd, height_px, width_px)
+               + _vae_attention(dd, height_px, width_px, batch, elem))
 
 
 def plan_tile(predict, budget: int, align: int, largest: int, smallest: int | None = None) -> int:

@@ -1,0 +1,120 @@
+"""Seconds per image of txt2img, and per UNet step, on the default text-to-image model.
+
+    python bench/txt2img.py                                   # weights/shapes-txt2img.safetensors
+    python bench/txt2img.py --model path.safetensors --steps 50 --images 4 --threads 2
+    python bench/txt2img.py --device cuda --dtype float16
+
+Without a weights file it builds a model of the default model's size (shapes-txt2img: KL-f4 ch 32,
+UNet mc 64 mult 1-2-2 with cross-attention at 8x8 and 4x4, a 4-layer width-64 text transformer;
+scripts/train_configs/shapes-txt2img.yaml) with random weights: the speed is the same, the
+pictures are noise. One warm-up image, then --images timed images (one seed each, the pipeline's
+own loop). "UNet step" is the median wall time of one m.apply_model call (batch 2 with guidance),
+measured inside the same runs. Expected runtime on a 2-core CPU: well under a minute.
+
+Measured with --threads 1 on the build machine's 2-core CPU (shared with other jobs): the built
+default-size model, 64x64, DDIM 50 steps, CFG on: 2.63 s per image, 50.7 ms per UNet step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from core import load_model  # noqa: E402
+from core.checkpoints import config_from_yaml  # noqa: E402
+from core.models.diffusion import LatentDiffusion  # noqa: E402
+from core import pipelines  # noqa: E402
+
+# scripts/train_configs/shapes-txt2img.yaml with its first stage (shapes-kl-f4.yaml) written inline.
+DEFAULT_SIZE = {"model": {"target": "ldm.models.diffusion.ddpm.LatentDiffusion", "params": {
+    "linear_start": 0.00085, "linear_end": 0.012, "timesteps": 1000, "image_size": 16, "channels": 4,
+    "cond_stage_key": "caption", "conditioning_key": "crossattn", "use_ema": False, "scale_factor": 1.0,
+    "first_stage_config": {"target": "ldm.models.autoencoder.AutoencoderKL", "params": {
+        "embed_dim": 4, "ddconfig": {"double_z": True, "z_channels": 4, "resolution": 64, "in_channels": 3,
+                                     "out_ch": 3, "ch": 32, "ch_mult": [1, 2, 4], "num_res_blocks": 1,
+                                     "attn_resolutions": [], "dropout": 0.0}}},
+    "unet_config": {"target": "ldm.modules.diffusionmodules.openaimodel.UNetModel", "params": {
+        "image_size": 16, "in_channels": 4, "out_channels": 4, "model_channels": 64, "channel_mult": [1, 2, 2],
+        "num_res_blocks": 1, "attention_resolutions": [2, 4], "num_head_channels": 32,
+        "use_spatial_transformer": True, "transformer_depth": 1, "context_dim": 64, "legacy": False}},
+    "cond_stage_config": {"target": "ldm.modules.encoders.modules.TransformerEmbedder", "params": {
+        "n_embed": 64, "n_layer": 4, "vocab_size": 49408, "max_seq_len": 32, "heads": 4, "dim_head": 16,
+        "tokenizer": "clip", "with_logits": False}}}}}
+PROMPT = "a large red circle at the top left and a small blue star in the center on a gray background"
+
+
+def get_model(path: str | None, device: str, dtype):
+    candidates = [Path(path)] if path else sorted((ROOT / "weights").glob("*txt2img*.safetensors"))
+    if candidates and candidates[0].is_file():
+        return load_model(candidates[0], device=device, dtype=dtype), str(candidates[0])
+    if path:
+        raise SystemExit(f"no such model file: {path}")
+    torch.manual_seed(0)
+    m = LatentDiffusion(config_from_yaml(DEFAULT_SIZE)).eval().to(device=device, dtype=dtype or torch.float32)
+    return m, "built (default size, random weights)"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=None, help="weights file (default: weights/*txt2img*.safetensors)")
+    ap.add_argument("--steps", type=int, default=50, help="sampling steps per image")
+    ap.add_argument("--sampler", default="ddim", help="sampler name")
+    ap.add_argument("--images", type=int, default=3, help="timed images (after one warm-up)")
+    ap.add_argument("--size", type=int, default=None, help="image side (default: the model's)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"], help="weights dtype")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    m, source = get_model(args.model, args.device, dtype)
+
+    step_times: list[float] = []
+    inner = m.apply_model
+
+    def timed(*a, **k):
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = inner(*a, **k)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        step_times.append(time.perf_counter() - t0)
+        return out
+
+    m.apply_model = timed
+    kw = dict(steps=args.steps, sampler=args.sampler, width=args.size, height=args.size)
+    pipelines.txt2img(m, PROMPT, seed=0, **kw)                               # warm-up
+    step_times.clear()
+    t0 = time.perf_counter()
+    images = pipelines.txt2img(m, PROMPT, seed=1, n=args.images, **kw)
+    per_image = (time.perf_counter() - t0) / args.images
+    step = statistics.median(step_times)
+    info = images[0].info["ldm_studio"]
+    result = {"model": source, "device": args.device, "dtype": str(next(m.parameters()).dtype),
+              "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+              "size": f"{info['width']}x{info['height']}", "sampler": info["sampler"], "steps": info["steps"],
+              "guidance_scale": info["guidance_scale"], "unet_calls_per_image": len(step_times) / args.images,
+              "s_per_image": round(per_image, 4), "ms_per_unet_step": round(1000 * step, 3)}
+    print(f"model: {source}")
+    print(f"{result['size']}, {result['sampler']} x {result['steps']} steps, CFG {result['guidance_scale']}, "
+          f"{result['device']} {result['dtype']}, {result['threads']} threads")
+    print(f"  seconds per image : {per_image:.3f}")
+    print(f"  ms per UNet step  : {1000 * step:.2f} (batch 2 with guidance; "
+          f"{result['unet_calls_per_image']:.0f} calls per image)")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Time and peak memory of tiled 4x upscaling for 256^2, 512^2, 1024^2 and 2048^2 outputs.
+
+    python bench/upscale.py                                  # weights/shapes-sr4x.safetensors
+    python bench/upscale.py --sizes 256 512 1024 --steps 10 --threads 2
+    python bench/upscale.py --device cuda --sizes 256 512 1024 2048 4096
+
+Each size runs in a FRESH subprocess, so the peak of one size cannot hide in the next: the child
+loads the model, renders a low-resolution test picture (size / 4 per side: smooth gradients and
+discs), resets the kernel's peak-RSS counter (/proc/self/clear_refs), runs pipelines.upscale with
+fixed UNet and VAE tiles (--tile, --vae-tile: the thing being measured is that memory depends on
+them, not on the image), and reports wall time and peak RSS (VmHWM; on CUDA also
+torch.cuda.max_memory_allocated). Without a weights file it builds a model of the default SR
+model's size (scripts/train_configs/shapes-sr4x.yaml: KL-f4 ch 32, UNet mc 64 mult 1-2-2, concat
+conditioning) with random weights; the speed and memory are the same.
+
+The VAE's shared GroupNorm statistics are measured on --stat-tiles tiles (default 4, spread over
+the image; 0 = all tiles, exact, which costs about GroupNorms / 2 extra decoder passes: for this
+VAE ~9x the decode time once the image has more than 4 tiles).
+
+Measured with --threads 1 on the 2-core CPU of the build machine (shared with other jobs, so +-30%), the
+defaults (20 DDIM steps, tile 64 -> 90x90 latent VAE boxes with context, 4 statistics tiles):
+
+    output   seconds  peak RSS MB  (RSS after loading: ~780 MB)
+     256^2       5.9          974   one UNet tile, untiled VAE
+     512^2      79.8         1251   2x2 tiles, VAE boxes cut to 77x77 by the image border
+    1024^2     141.0         1771   interior VAE boxes reach 90x90: the per-tile peak from here on
+    2048^2     457.5         1899   4x the pixels of 1024^2, +7% memory (the output image itself)
+
+So expect about 10 min for the whole run; with --stat-tiles 0 (exact), 512^2 took 223 s and
+1024^2 645 s on the same (then busier) machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DEFAULT_SIZE = {"model": {"target": "ldm.models.diffusion.ddpm.LatentDiffusion", "params": {
+    "linear_start": 0.0015, "linear_end": 0.0155, "timesteps": 1000, "image_size": 16, "channels": 4,
+    "cond_stage_key": "LR_image", "conditioning_key": "concat", "use_ema": False, "scale_factor": 1.0,
+    "first_stage_config": {"target": "ldm.models.autoencoder.AutoencoderKL", "params": {
+        "embed_dim": 4, "ddconfig": {"double_z": True, "z_channels": 4, "resolution": 64, "in_channels": 3,
+                                     "out_ch": 3, "ch": 32, "ch_mult": [1, 2, 4], "num_res_blocks": 1,
+                                     "attn_resolutions": [], "dropout": 0.0}}},
+    "cond_stage_config": "torch.nn.Identity",
+    "unet_config": {"target": "ldm.modules.diffusionmodules.openaimodel.UNetModel", "params": {
+        "image_size": 16, "in_channels": 7, "out_channels": 4, "model_channels": 64, "channel_mult": [1, 2, 2],
+        "num_res_blocks": 1, "attention_resolutions": [4], "num_head_channels": 32}}}}}
+
+
+def _peak_rss_reset() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")         # resets VmHWM to the current RSS
+    except OSError:
+        pass
+
+
+def _rss(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def test_picture(side: int):
+    import numpy as np
+    from PIL import Image
+    yy, xx = np.mgrid[0:side, 0:side] / max(side - 1, 1)
+    rgb = np.stack([xx, yy, 1 - xx * yy], -1) * 200 + 30
+    rng = np.random.RandomState(0)
+    for _ in range(max(1, side // 16)):
+        cy, cx, r = rng.rand() * side, rng.rand() * side, 2 + rng.rand() * side / 8
+        rgb[(yy * (side - 1) - cy) ** 2 + (xx * (side - 1) - cx) ** 2 < r * r] = rng.rand(3) * 255
+    return Image.fromarray(rgb.clip(0, 255).astype(np.uint8))
+
+
+def child(spec: dict) -> None:
+    import torch
+
+    from core import load_model
+    from core import pipelines
+    from core.checkpoints import config_from_yaml
+    from core.models.diffusion import LatentDiffusion
+
+    torch.set_num_threads(spec["threads"])
+    dtype = getattr(torch, spec["dtype"]) if spec["dtype"] else None
+    if spec["model"]:
+        m = load_model(spec["model"], device=spec["device"], dtype=dtype)
+    else:
+        torch.manual_seed(0)
+        m = LatentDiffusion(config_from_yaml(DEFAULT_SIZE)).eval().to(spec["device"], dtype or torch.float32)
+    f = m.config.first_stage.ddconfig.downsample_factor
+    lr = test_picture(spec["size"] // f)
+    cuda = spec["device"].startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    base = _rss("VmRSS")
+    _peak_rss_reset()
+    t0 = time.perf_counter()
+    out = pipelines.upscale(m, lr, tile=spec["tile"], steps=spec["steps"], seed=0, vae_tile=spec["vae_tile"],
+                            vae_stat_tiles=spec["stat_tiles"])
+    if cuda:
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    print(json.dumps({"size": out.size[0], "seconds": round(wall, 2), "rss_before_mb": round(base / 2 ** 20),
+                      "peak_rss_mb": round(_rss("VmHWM") / 2 ** 20),
+                      "cuda_peak_mb": round(torch.cuda.max_memory_allocated() / 2 ** 20) if cuda else None,
+                      "tile": out.info["ldm_studio"]["tile"], "steps": out.info["ldm_studio"]["steps"]}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=None, help="SR weights (default: weights/*sr*.safetensors, else built)")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024, 2048], help="output sides")
+    ap.add_argument("--steps", type=int, default=20, help="sampling steps")
+    ap.add_argument("--tile", type=int, default=64, help="UNet tile in input pixels (0 = planner)")
+    ap.add_argument("--vae-tile", type=int, default=64, help="VAE tile in latent pixels (-1 = planner)")
+    ap.add_argument("--stat-tiles", type=int, default=4,
+                    help="tiles measuring the VAE's GroupNorm statistics (0 = all: exact)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(json.loads(args.child))
+    model = args.model
+    if model is None:
+        found = sorted((ROOT / "weights").glob("*sr*.safetensors"))
+        model = str(found[0]) if found else None
+    print(f"model: {model or 'built (default SR size, random weights)'}; {args.steps} steps, tile {args.tile}, "
+          f"vae tile {args.vae_tile}, stat tiles {args.stat_tiles or 'all'}, {args.device}, {args.threads} threads")
+    print(f"{'output':>10} {'seconds':>9} {'peak RSS MB':>12} {'RSS before':>11} {'CUDA peak MB':>13}")
+    for size in args.sizes:
+        spec = {"size": size, "model": model, "steps": args.steps, "tile": args.tile or None,
+                "vae_tile": None if args.vae_tile < 0 else args.vae_tile, "device": args.device,
+                "dtype": args.dtype, "threads": args.threads, "stat_tiles": args.stat_tiles or None}
+        run = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
+                             text=True, cwd=ROOT)
+        if run.returncode != 0:
+            print(f"{size:>10} failed: {run.stderr.strip().splitlines()[-1] if run.stderr else run.returncode}")
+            continue
+        r = json.loads(run.stdout.strip().splitlines()[-1])
+        print(f"{str(size) + '^2':>10} {r['seconds']:>9.1f} {r['peak_rss_mb']:>12} {r['rss_before_mb']:>11} "
+              f"{str(r['cuda_peak_mb']):>13}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
