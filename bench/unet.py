@@ -52,11 +52,11 @@ sys.path.insert(0, str(ROOT))
 from core.checkpoints import config_from_yaml  # noqa: E402
 from core.models.unet import UNetModel  # noqa: E402
 
-# Stability-AI/stablediffusion configs/stable-diffusion/v2-inference.yaml: the unet_config, and the
-# first_stage ddconfig that diffusers' config converter reads (its ch_mult gives the VAE factor).
+# Stability-AI/stablediffusion configs/stable-diffusion/v2-inference.yaml (also used by load_memory.py);
+# diffusers' config converter reads the unet_config and the first stage's ch_mult (the VAE factor).
 V2_INFERENCE = {"model": {"target": "ldm.models.diffusion.ddpm.LatentDiffusion", "params": {
     "linear_start": 0.00085, "linear_end": 0.0120, "timesteps": 1000, "image_size": 64, "channels": 4,
-    "conditioning_key": "crossattn", "scale_factor": 0.18215, "use_ema": False,
+    "cond_stage_key": "txt", "conditioning_key": "crossattn", "scale_factor": 0.18215, "use_ema": False,
     "unet_config": {"target": "ldm.modules.diffusionmodules.openaimodel.UNetModel", "params": {
         "use_checkpoint": True, "use_fp16": True, "image_size": 32, "in_channels": 4, "out_channels": 4,
         "model_channels": 320, "attention_resolutions": [4, 2, 1], "num_res_blocks": 2,
@@ -66,7 +66,8 @@ V2_INFERENCE = {"model": {"target": "ldm.models.diffusion.ddpm.LatentDiffusion",
         "embed_dim": 4, "ddconfig": {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3,
                                      "out_ch": 3, "ch": 128, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2,
                                      "attn_resolutions": [], "dropout": 0.0}}},
-    "cond_stage_config": "__is_unconditional__"}}}
+    "cond_stage_config": {"target": "ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder",
+                          "params": {"freeze": True, "layer": "penultimate"}}}}}
 PREFIX = "model.diffusion_model."  # the UNet's prefix in an original LDM checkpoint
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 BATCH, CONTEXT_LEN, CONTEXT_DIM = 2, 77, 1024

@@ -9,8 +9,7 @@ from PIL import Image
 
 from core import pipelines
 from core.pipelines.defaults import first_stage_factor, model_defaults, unet_factor
-from core.pipelines.tiles import overlapping_tiles
-from core.pipelines.upscale import plan_unet_tile
+from core.pipelines.upscale import plan_tiles
 from ui.controls import model_picker, optional_float, optional_int, picker_update, prompt_row, seed_value
 from ui.errors import user_errors
 from ui.follow import follow, job_memory, info_text, pipeline_progress
@@ -30,14 +29,12 @@ def _settings(tile, overlap, steps) -> dict:
 def plan(m, width: int, height: int, tile: int | None = None, overlap: int | None = None,
          steps: int | None = None) -> dict:
     """What core.pipelines.upscale will do for a width x height input: output size, tiles per step
-    (the same tile plan: UNet grid, memory planner, overlap a quarter of the tile) and steps."""
+    (the pipeline's own tile plan) and steps."""
     f, align = first_stage_factor(m), unet_factor(m)
     h, w = -(-height // align) * align, -(-width // align) * align          # padded to the UNet grid
     defaults = model_defaults(m)
     guided = m.task == "upscale-sd" and defaults.guidance_scale != 1.0
-    tile = tile or plan_unet_tile(m, h, w, 2 if guided else 1)
-    overlap = tile // 4 // align * align if overlap is None else overlap
-    tiles = len(overlapping_tiles(h, w, tile, overlap, align)) if max(h, w) > tile and 0 <= overlap < tile else 1
+    tile, overlap, tiles = plan_tiles(m, h, w, tile or None, overlap, 2 if guided else 1)
     return {"width": width * f, "height": height * f, "tiles": tiles, "tile": tile, "overlap": overlap,
             "steps": steps or defaults.steps}
 

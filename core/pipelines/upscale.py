@@ -27,6 +27,7 @@ from core.pipelines.infotext import attach_parameters
 from core.pipelines.memory import budget_bytes, plan_tile, unet_peak_bytes
 from core.pipelines.progress import Progress
 from core.pipelines.tiled_unet import TiledModel
+from core.pipelines.tiles import overlapping_tiles
 from core.samplers import SamplingInterrupted, TIMESTEP_SAMPLERS, ddim_timesteps, ddpm_timesteps, sample
 from core.samplers.noise import cpu_generator
 
@@ -59,6 +60,22 @@ def _check_tile(name, value, align) -> int:
         raise ValueError(f"{name} must be a positive multiple of {align} (input pixels = latent pixels); "
                          f"got {value!r}.")
     return value
+
+
+def plan_tiles(m, h: int, w: int, tile: int | None = None, overlap: int | None = None, batch: int = 1,
+               budget: int | None = None) -> tuple[int, int, int]:
+    """The UNet tile plan for an (h, w) latent padded to the UNet grid: (tile, overlap, tiles per step).
+    tile None = the largest that fits in memory for `batch`; overlap None = a quarter of the tile."""
+    align = unet_factor(m)
+    if tile is None:
+        tile = plan_unet_tile(m, h, w, batch, budget)
+    tile = _check_tile("tile", tile, align)
+    if overlap is None:
+        overlap = tile // 4 // align * align
+    if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap < tile:
+        raise ValueError(f"overlap must be a whole number in [0, tile={tile}); got {overlap!r}.")
+    n_tiles = len(overlapping_tiles(h, w, tile, overlap, align)) if max(h, w) > tile else 1
+    return tile, overlap, n_tiles
 
 
 @torch.no_grad()
@@ -115,13 +132,8 @@ def upscale(m, image, tile=None, overlap=None, steps=None, seed=None, *, prompt=
 
     # 3. Tiles: planned from memory unless given.
     guided = uncond is not None and settings.guidance_scale != 1.0
-    if tile is None:
-        tile = plan_unet_tile(m, h, w, (2 if guided else 1) * max(1, int(tile_batch)), memory_budget)
-    tile = _check_tile("tile", tile, align)
-    if overlap is None:
-        overlap = tile // 4 // align * align
-    if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap < tile:
-        raise ValueError(f"overlap must be a whole number in [0, tile={tile}); got {overlap!r}.")
+    tile, overlap, _ = plan_tiles(m, h, w, tile, overlap, (2 if guided else 1) * max(1, int(tile_batch)),
+                                  memory_budget)
     state = {"step": 0, "total": sampler_steps(m, settings)}
 
     def on_tile(done, n_tiles):
