@@ -1,6 +1,7 @@
 """core.eval: PSNR and SSIM against independent formulas, the shapes judging path with a perfect and
 a colour-blind fake "model", and the model plumbing (determinism, JSON, CLI) on tiny random models
 (which score about zero, so only the plumbing is checked there)."""
+import dataclasses
 import json
 import math
 
@@ -9,9 +10,9 @@ import pytest
 import torch
 
 from core import save_model
-from core.eval import (EVAL_PHOTOS, area_downsample, bicubic_upscale, center_crop, eval_scenes,
-                       eval_shapes, eval_sr, evaluate_shapes, evaluate_sr, gaussian_window, main,
-                       psnr, sr_upscaler, ssim, text_generator, to_uint8, write_json)
+from core.eval import (EVAL_PHOTOS, area_downsample, bicubic_upscale, center_crop, eval_inpaint, eval_scenes,
+                       eval_shapes, eval_sr, evaluate_shapes, evaluate_sr, gaussian_window, inpaint_cases,
+                       main, psnr, sr_upscaler, ssim, text_generator, to_uint8, write_json)
 from core.world import CELL_CENTRES, PALETTE, SIZES, Obj, Scene, caption, parse_caption, render
 from tests.tiny_models import tiny_model
 
@@ -251,3 +252,33 @@ def test_cli_shapes_and_sr(tmp_path, capsys, text_model):
               "--out", str(tmp_path / "sr.json")])
     assert "bicubic" in capsys.readouterr().out and "photos" not in r
     assert json.loads((tmp_path / "sr.json").read_text())["shapes"]["mean"]["psnr_bicubic"] > 15
+
+
+# ---------------------------------------------------------------- inpainting
+
+
+def test_inpaint_cases_recolour_one_object_under_its_mask():
+    cases = inpaint_cases(6, seed=2, size=64)
+    again = inpaint_cases(6, seed=2, size=64)
+    for case, same in zip(cases, again):
+        assert case["prompt"] == same["prompt"] and np.array_equal(case["mask"], same["mask"])
+        k = case["object"]
+        old, new = case["scene"].objects[k], case["edited"].objects[k]
+        assert new.colour == case["new_colour"] != old.colour
+        assert dataclasses.replace(new, colour=old.colour) == old            # only the colour changes
+        assert case["prompt"] == caption(case["edited"])
+        # the object's pixels all lie under the mask; the mask is a box a few pixels larger than it
+        changed = np.any(render(case["edited"], 64) != case["image"], axis=-1)
+        assert changed.any() and (case["mask"][changed] == 255).all()
+        assert 0 < (case["mask"] == 255).mean() < 0.25
+
+
+def test_eval_inpaint_with_a_tiny_text_model(text_model, tmp_path):
+    r = eval_inpaint(text_model, n=2, seed=1, steps=1, guidance_scale=2.0, save_dir=tmp_path, log=None)
+    assert r["task"] == "inpaint" and r["settings"]["method"] == "latent blending"
+    assert len(r["scenes"]) == 2 and len(list(tmp_path.glob("*.png"))) == 2
+    # the pipeline pastes back: pixels outside the mask are the original's, exactly
+    assert r["summary"]["outside_psnr"] >= 100           # the pipeline caps identical at 100 dB
+    assert all(rec["border_delta_e"] is not None and rec["border_delta_e"] >= 0 for rec in r["scenes"])
+    assert r == {**eval_inpaint(text_model, n=2, seed=1, steps=1, guidance_scale=2.0, log=None),
+                 "wall_time_s": r["wall_time_s"]}

@@ -49,7 +49,7 @@ class TrainConfig:
     weight_decay: float = 0.01           # AdamW (LDM); the autoencoder uses Adam without decay
     grad_clip: float = 1.0               # max gradient norm; 0 = no clipping
     ema_decay: float = 0.9999            # EMA of the trained weights (with the reference's warm-up)
-    precision: str = "auto"              # auto: bf16 autocast on CPU and bf16-capable GPUs, fp16 on older GPUs
+    precision: str = "auto"              # auto: fp32 on CPU, bf16 autocast on bf16-capable GPUs, fp16 on older GPUs
     compile: bool = False                # torch.compile the training step's network
     channels_last: bool = False          # NHWC memory layout for the convolutions
     device: str = "auto"                 # auto: cuda when available (the local rank's GPU), else cpu
