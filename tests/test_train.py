@@ -481,8 +481,12 @@ def test_export_round_trip(tmp_path, ae_file):
         assert sd[key].dtype == torch.float16 and torch.equal(sd[key], value.half()), key
     assert torch.equal(sd["first_stage_model.decoder.conv_out.weight"],
                        load_model(ae_file).decoder.conv_out.weight.half())
-    ae_out = export_run(tmp_path / "exp", tmp_path / "w" / "again.safetensors")
+    ae_out = export_run(tmp_path / "exp", tmp_path / "w" / "again.safetensors", defaults={"guidance_scale": 5})
     assert load_model(ae_out).metadata["ldm_studio_name"] == "shapes-txt2img"
+    again = json.loads(load_model(ae_out).metadata["ldm_studio_defaults"])
+    assert again["guidance_scale"] == 5.0 and again["steps"] == 7              # the override over the config's
+    with pytest.raises(ValueError, match="unknown keys"):
+        export_run(tmp_path / "exp", tmp_path / "w" / "bad.safetensors", defaults={"cfg": 5})
 
 
 @pytest.mark.parametrize("name", ["shapes-kl-f4", "shapes-txt2img", "shapes-sr4x", "shapes-inpaint"])

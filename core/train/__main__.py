@@ -2,13 +2,14 @@
 
     python -m core.train autoencoder|ldm --config FILE.yaml [--resume] [--name NAME] [--runs-dir DIR]
                                          [--max-steps N] [--steps N]
-    python -m core.train export runs/NAME --out weights/NAME.safetensors [--name DISPLAY_NAME]
+    python -m core.train export runs/NAME --out weights/NAME.safetensors [--name DISPLAY_NAME] [--defaults JSON]
 
 The same training command under `torchrun --nproc_per_node N` trains with DistributedDataParallel.
 Exit status: 0 when the run finished or was stopped (SIGTERM saves a checkpoint first), 1 on failure.
 """
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -34,13 +35,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run", help="the run folder, e.g. runs/shapes-txt2img")
     p.add_argument("--out", required=True, help="output file, e.g. weights/shapes-txt2img.safetensors")
     p.add_argument("--name", help="display name stored in the file (default: export.name or the run's name)")
+    p.add_argument("--defaults", type=json.loads, metavar="JSON",
+                   help="sampling defaults over the config's export.defaults, e.g. '{\"guidance_scale\": 5}'")
     args = parser.parse_args(argv)
 
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stdout,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
     if args.command == "export":
-        path = export_run(args.run, args.out, name=args.name)
+        path = export_run(args.run, args.out, name=args.name, defaults=args.defaults)
         print(f"wrote {path}")
         return 0
     try:

@@ -27,22 +27,25 @@ DEFAULTS_KEYS = {"sampler": str, "karras": bool, "steps": int, "guidance_scale":
                  "width": int, "height": int}
 
 
-def _defaults(cfg) -> dict:
+def _defaults(cfg, override: dict | None = None) -> dict:
     side = cfg.model.image_size * cfg.model.first_stage.ddconfig.downsample_factor
     guided = cfg.model.task in ("conditional", "inpaint-sd")          # has an unconditional embedding for CFG
     defaults = {"sampler": "ddim", "karras": False, "steps": 50, "guidance_scale": 3.0 if guided else 1.0,
                 "eta": 0.0, "width": side, "height": side}
-    given = dict(cfg.export.get("defaults") or {})
+    given = {**dict(cfg.export.get("defaults") or {}), **(override or {})}
     unknown = sorted(set(given) - set(DEFAULTS_KEYS))
     if unknown:
-        raise ValueError(f"export.defaults has unknown keys {unknown}; valid: {sorted(DEFAULTS_KEYS)}")
+        raise ValueError(f"sampling defaults have unknown keys {unknown}; valid: {sorted(DEFAULTS_KEYS)}")
     defaults.update({k: DEFAULTS_KEYS[k](v) for k, v in given.items()})
     return defaults
 
 
 def export_run(run_dir: str | Path, out: str | Path, name: str | None = None,
-               dtype: torch.dtype = torch.float16) -> Path:
-    """Write the EMA weights of `run_dir`'s last checkpoint to `out`; returns the path."""
+               dtype: torch.dtype = torch.float16, defaults: dict | None = None) -> Path:
+    """Write the EMA weights of `run_dir`'s last checkpoint to `out`; returns the path.
+
+    defaults: sampling defaults stored with an LDM, over the config's export.defaults (for instance
+    the guidance scale an evaluation found best)."""
     run = RunFolder(run_dir)
     if not run.checkpoint_path.exists():
         raise FileNotFoundError(f"{run.path} has no checkpoint yet ({run.checkpoint_path}); train first")
@@ -63,6 +66,6 @@ def export_run(run_dir: str | Path, out: str | Path, name: str | None = None,
     else:
         model = LatentDiffusion(cfg.model)
         model.load_state_dict(sd)
-        metadata["ldm_studio_defaults"] = json.dumps(_defaults(cfg))
+        metadata["ldm_studio_defaults"] = json.dumps(_defaults(cfg, defaults))
     metadata["ldm_studio_training"] = json.dumps(record)
     return save_model(model, out, dtype=dtype, metadata=metadata)
