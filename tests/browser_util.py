@@ -27,6 +27,19 @@ def sample_image(path: Path, size: tuple[int, int] = (64, 64)) -> Path:
     return path
 
 
+def shapes_image(path: Path, size: int = 128, crop: tuple[int, int] | None = None) -> Path:
+    """A shapes-world scene (core.world): a large red circle in the centre and a small blue star at
+    the top left on white, rendered at `size` and optionally cropped to (width, height); saved as PNG."""
+    from core.world import Obj, Scene, render
+    scene = Scene(background="white", objects=(Obj("star", "blue", "small", 0, 1 / 6, 1 / 6, 0.2, 10.0),
+                                               Obj("circle", "red", "large", 4, 0.5, 0.5, 0.3, 0.0)))
+    image = render(scene, size)
+    if crop is not None:
+        image = image[:crop[1], :crop[0]]
+    Image.fromarray(image).save(path)
+    return path
+
+
 def bomb_png(path: Path, side: int = 30000) -> Path:
     """A valid 1-bit grayscale PNG declaring side x side pixels in a few kB: a decompression bomb."""
     def chunk(kind: bytes, data: bytes) -> bytes:

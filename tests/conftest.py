@@ -5,6 +5,7 @@ temporary folder holding weights/, outputs/, runs/ and data/, so nothing touches
 Its weights are tiny models of the real families (tests/tiny_models.py): "sd2" for text to
 image, "sd2_inpaint" for inpainting, "ldm_sr" for 4x upscaling, each with ldm_studio_defaults
 metadata asking for few steps at a small size, so a generation takes well under a second.
+With LDM_TEST_WEIGHTS=DIR the server gets DIR's models instead (scripts/screenshots.sh).
 """
 import json
 import os
@@ -78,7 +79,12 @@ def app_server(tmp_path_factory):
     """A running `python app.py` (SimpleNamespace: url, root, weights, outputs, runs, data, log)."""
     root = tmp_path_factory.mktemp("app")
     paths = {name: root / name for name in ("weights", "outputs", "runs", "data")}
-    write_tiny_weights(paths["weights"])
+    if os.environ.get("LDM_TEST_WEIGHTS"):          # scripts/screenshots.sh: the real default models
+        paths["weights"].mkdir()
+        for source in Path(os.environ["LDM_TEST_WEIGHTS"]).glob("*.safetensors"):
+            os.symlink(source.resolve(), paths["weights"] / source.name)
+    else:
+        write_tiny_weights(paths["weights"])
     paths["data"].mkdir()
     port = free_port()
     log_path = root / "server.log"

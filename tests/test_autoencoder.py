@@ -305,7 +305,10 @@ def test_config_lists_become_tuples_and_dict_ddconfig():
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(attn_type="linear"), "attn_type"),
-    (dict(ch=48), "multiple of 32"),
+    (dict(ch=48), "multiple of num_groups"),
+    (dict(ch=16), "32 groups"),
+    (dict(ch=36, num_groups=8), "8 groups"),
+    (dict(num_groups=0), "num_groups"),
     (dict(ch_mult=[]), "ch_mult"),
     (dict(num_res_blocks=0), "num_res_blocks"),
 ])
@@ -313,6 +316,18 @@ def test_bad_ddconfig_raises(kwargs, match):
     base = dict(z_channels=4, resolution=32, ch=32)
     with pytest.raises(ValueError, match=match):
         DDConfig(**{**base, **kwargs})
+
+
+def test_num_groups_sets_every_groupnorm():
+    """Ours only: the reference always uses 32; a narrow model may ask for fewer (ch 16, 8 groups)."""
+    dd = DDConfig(z_channels=4, resolution=32, ch=16, ch_mult=[1, 2], num_groups=8, attn_resolutions=[16])
+    ae = build_autoencoder(AutoencoderConfig(kind="kl", embed_dim=4, ddconfig=dd))
+    norms = [m for m in ae.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(m.num_groups == 8 for m in norms)
+    assert ae(torch.randn(1, 3, 32, 32))[0].shape == (1, 3, 32, 32)
+    default = build_autoencoder(AutoencoderConfig(kind="kl", embed_dim=4,
+                                                  ddconfig=DDConfig(z_channels=4, resolution=32, ch=32)))
+    assert all(m.num_groups == 32 for m in default.modules() if isinstance(m, torch.nn.GroupNorm))
 
 
 def test_bad_autoencoder_config_raises():

@@ -1,9 +1,12 @@
 """The four jobs done in a real browser: Playwright driving Debian's Chromium against a real
 `python app.py` (conftest.app_server) with tiny weights. Each test leaves a screenshot of its tab
-in docs/screenshots/ for the README. Under CI (CI=true) these tests must run: a missing chromium
+in a temporary folder, or in $LDM_SCREENSHOTS when set: the README's docs/screenshots/ are made by
+scripts/screenshots.sh, which runs these tests on the default weights. Under CI (CI=true) these tests must run: a missing chromium
 is a failure, not a skip (tests/browser_util.py)."""
 import io
+import os
 import re
+import tempfile
 import time
 from pathlib import Path
 
@@ -13,12 +16,13 @@ from PIL import Image
 
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from browser_util import CHROMIUM_ARGS, chromium_path, sample_image
+from browser_util import CHROMIUM_ARGS, chromium_path, shapes_image
 
 ROOT = Path(__file__).resolve().parents[1]
-SCREENSHOTS = ROOT / "docs" / "screenshots"
+SCREENSHOTS = Path(os.environ.get("LDM_SCREENSHOTS") or Path(tempfile.gettempdir()) / "ldm-studio-screenshots")
 SCREENSHOT_WIDTH = 960            # px: small files for the README
 TIMEOUT_MS = 60_000
+TXT2IMG_PROMPT = "a large red circle at the top left and a small blue star in the center on a white background"
 
 
 @pytest.fixture(scope="module")
@@ -87,12 +91,12 @@ def _steps_field(page):
 def test_txt2img_generate_with_ctrl_enter_and_reopen(page):
     _steps_field(page)
     prompt = _visible(page, ".ldm-prompt textarea")
-    prompt.fill("a red circle above a blue square")
+    prompt.fill(TXT2IMG_PROMPT)
     prompt.press("Control+Enter")                                   # the keyboard shortcut generates
     info = _visible(page, ".ldm-info textarea")
     page.wait_for_function("el => /Seed: \\d+/.test(el.value)", arg=info.element_handle(), timeout=TIMEOUT_MS)
     text = info.input_value()
-    assert text.startswith("a red circle above a blue square")
+    assert text.startswith(TXT2IMG_PROMPT)
     image = _fetch_image(page, _visible(page, ".ldm-gallery img").get_attribute("src"))
     assert image.size == (64, 64) and image.info["parameters"] == text.split("\n\n")[0]
     _screenshot(page, "txt2img")
@@ -116,7 +120,7 @@ def test_esc_interrupts(page):
 
 
 def test_inpaint_a_mask_drawn_with_the_mouse(page, tmp_path):
-    source = sample_image(tmp_path / "photo.png", (128, 128))
+    source = shapes_image(tmp_path / "scene.png", 128)          # a red circle in the centre
     _open_tab(page, "Inpaint")
     editor = _visible(page, ".ldm-inpaint-editor")
     empty = editor.get_by_text("Upload an image")
@@ -137,7 +141,8 @@ def test_inpaint_a_mask_drawn_with_the_mouse(page, tmp_path):
     page.mouse.down()
     page.mouse.move(cx + 40, cy, steps=4)        # few events: each one redraws the canvas in software
     page.mouse.up()
-    _visible(page, ".ldm-prompt textarea").fill("a green triangle")
+    _visible(page, ".ldm-prompt textarea").fill("a small blue star at the top left and a large green circle "
+                                                "in the center on a white background")
     _visible(page, "button.ldm-generate").click()
     info = _visible(page, ".ldm-info textarea")
     page.wait_for_function("el => /Seed: \\d+/.test(el.value)", arg=info.element_handle(), timeout=TIMEOUT_MS)
@@ -152,15 +157,15 @@ def test_inpaint_a_mask_drawn_with_the_mouse(page, tmp_path):
 
 
 def test_upscale_4x(page, tmp_path):
-    source = sample_image(tmp_path / "small.png", (48, 32))
+    source = shapes_image(tmp_path / "small.png", 64, crop=(64, 48))
     _open_tab(page, "Upscale")
     _visible(page, ".ldm-upscale-image").locator("input[type=file]").set_input_files(str(source))
-    page.get_by_text(re.compile(r"48x32 -> 192x128")).wait_for()    # the plan shows before running
+    page.get_by_text(re.compile(r"64x48 -> 256x192")).wait_for()    # the plan shows before running
     _visible(page, "button.ldm-generate").click()
     link = _visible(page, ".ldm-upscale-download a")
     link.wait_for()
     result = _fetch_image(page, link.get_attribute("href"))
-    assert result.size == (192, 128)
+    assert result.size == (256, 192)
     page.wait_for_timeout(300)
     _screenshot(page, "upscale")
 

@@ -7,7 +7,7 @@ Downsample, Upsample) and `ldm/models/autoencoder.py` (AutoencoderKL, VQModelInt
 `first_stage_model.*` weights of every released checkpoint load with strict=True, no renaming.
 
 Facts worth knowing before reading (FACTS.md section 3 and traps 9, 12, 13):
-* every GroupNorm is GroupNorm(32, eps=1e-6); the nonlinearity is x * sigmoid(x) (SiLU);
+* every GroupNorm is GroupNorm(32, eps=1e-6) (ddconfig.num_groups, ours only, changes the 32); the nonlinearity is x * sigmoid(x) (SiLU);
 * Downsample pads right and bottom by one pixel, then a stride-2 conv with padding 0 (asymmetric);
 * `attn_resolutions` are PIXEL sizes relative to `ddconfig.resolution` (not downsampling factors);
 * the decoder has num_res_blocks + 1 blocks per level, and `up` is indexed by level (up.0 = full
@@ -51,6 +51,9 @@ class DDConfig:
     attn_type: str = "vanilla"               # "vanilla" | "none" (vq-f4-noattn: no attention at all)
     give_pre_end: bool = False               # decoder returns features before norm_out/conv_out
     tanh_out: bool = False                   # decoder squashes its output with tanh
+    num_groups: int = 32                     # GroupNorm groups (not in the reference's YAML: always 32 there).
+                                             # Narrow models want fewer: at ch 32, 32 groups is a per-channel
+                                             # instance norm, which erases each channel's amplitude (colour)
 
     def __post_init__(self):
         # YAML gives lists; a frozen config wants hashable tuples.
@@ -59,9 +62,11 @@ class DDConfig:
         if self.attn_type not in ATTN_TYPES:
             raise ValueError(f"ddconfig.attn_type must be one of {ATTN_TYPES}, got {self.attn_type!r} "
                              "(the reference's 'linear' attention is not used by any released model)")
-        if self.ch <= 0 or self.ch % 32 != 0:
-            raise ValueError(f"ddconfig.ch must be a positive multiple of 32 (GroupNorm uses 32 "
-                             f"groups), got {self.ch}")
+        if self.num_groups <= 0:
+            raise ValueError(f"ddconfig.num_groups must be positive, got {self.num_groups}")
+        if self.ch <= 0 or self.ch % self.num_groups != 0:
+            raise ValueError(f"ddconfig.ch must be a positive multiple of num_groups (GroupNorm uses "
+                             f"{self.num_groups} groups), got {self.ch}")
         if not self.ch_mult or any(m <= 0 for m in self.ch_mult):
             raise ValueError(f"ddconfig.ch_mult must be a non-empty list of positive ints, got {self.ch_mult}")
         if self.num_res_blocks < 1:
@@ -128,21 +133,21 @@ def _residual(x: Tensor, h: Tensor) -> Tensor:
     return h.add_(x) if _in_place_ok(h) and _in_place_ok(x) else x + h
 
 
-def Normalize(channels: int) -> nn.GroupNorm:
+def Normalize(channels: int, groups: int = 32) -> nn.GroupNorm:
     # Every VAE norm: 32 groups, eps 1e-6 (the UNet uses 1e-5; FACTS.md trap 10).
-    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
+    return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
 
 
 class ResnetBlock(nn.Module):
     """norm1 -> SiLU -> conv1 -> norm2 -> SiLU -> dropout -> conv2, plus a (1x1) shortcut."""
 
-    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0):
+    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0, groups: int = 32):
         super().__init__()
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.norm1 = Normalize(in_channels)
+        self.norm1 = Normalize(in_channels, groups)
         self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
-        self.norm2 = Normalize(out_channels)
+        self.norm2 = Normalize(out_channels, groups)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, stride=1, padding=1)
         if in_channels != out_channels:
@@ -160,9 +165,9 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head self-attention over the H*W pixels, scale C^-0.5; q, k, v, proj_out are 1x1 convs."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, groups: int = 32):
         super().__init__()
-        self.norm = Normalize(channels)
+        self.norm = Normalize(channels, groups)
         self.q = nn.Conv2d(channels, channels, kernel_size=1, stride=1, padding=0)
         self.k = nn.Conv2d(channels, channels, kernel_size=1, stride=1, padding=0)
         self.v = nn.Conv2d(channels, channels, kernel_size=1, stride=1, padding=0)
@@ -214,9 +219,9 @@ def _make_mid(channels: int, cfg: DDConfig) -> nn.Module:
     # `mid.block_1`, `mid.attn_1`, `mid.block_2`. With attn_type "none" attn_1 is an Identity,
     # which has no parameters, so there is no `mid.attn_1.*` key at all (vq-f4-noattn).
     mid = nn.Module()
-    mid.block_1 = ResnetBlock(channels, channels, cfg.dropout)
-    mid.attn_1 = AttnBlock(channels) if cfg.attn_type == "vanilla" else nn.Identity()
-    mid.block_2 = ResnetBlock(channels, channels, cfg.dropout)
+    mid.block_1 = ResnetBlock(channels, channels, cfg.dropout, cfg.num_groups)
+    mid.attn_1 = AttnBlock(channels, cfg.num_groups) if cfg.attn_type == "vanilla" else nn.Identity()
+    mid.block_2 = ResnetBlock(channels, channels, cfg.dropout, cfg.num_groups)
     return mid
 
 
@@ -247,17 +252,17 @@ class Encoder(nn.Module):
             level.block = nn.ModuleList()
             level.attn = nn.ModuleList()
             for _ in range(cfg.num_res_blocks):
-                level.block.append(ResnetBlock(block_in, block_out, cfg.dropout))
+                level.block.append(ResnetBlock(block_in, block_out, cfg.dropout, cfg.num_groups))
                 block_in = block_out
                 if curr_res in cfg.attn_resolutions and cfg.attn_type == "vanilla":
-                    level.attn.append(AttnBlock(block_in))
+                    level.attn.append(AttnBlock(block_in, cfg.num_groups))
             if i_level != self.num_resolutions - 1:
                 level.downsample = Downsample(block_in, cfg.resamp_with_conv)
                 curr_res = curr_res // 2
             self.down.append(level)
 
         self.mid = _make_mid(block_in, cfg)
-        self.norm_out = Normalize(block_in)
+        self.norm_out = Normalize(block_in, cfg.num_groups)
         z_out = 2 * cfg.z_channels if cfg.double_z else cfg.z_channels
         self.conv_out = nn.Conv2d(block_in, z_out, kernel_size=3, stride=1, padding=1)
 
@@ -302,17 +307,17 @@ class Decoder(nn.Module):
             level.block = nn.ModuleList()
             level.attn = nn.ModuleList()
             for _ in range(cfg.num_res_blocks + 1):
-                level.block.append(ResnetBlock(block_in, block_out, cfg.dropout))
+                level.block.append(ResnetBlock(block_in, block_out, cfg.dropout, cfg.num_groups))
                 block_in = block_out
                 if curr_res in cfg.attn_resolutions and cfg.attn_type == "vanilla":
-                    level.attn.append(AttnBlock(block_in))
+                    level.attn.append(AttnBlock(block_in, cfg.num_groups))
             if i_level != 0:
                 level.upsample = Upsample(block_in, cfg.resamp_with_conv)
                 curr_res = curr_res * 2
             levels.insert(0, level)
         self.up = nn.ModuleList(levels)
 
-        self.norm_out = Normalize(block_in)
+        self.norm_out = Normalize(block_in, cfg.num_groups)
         self.conv_out = nn.Conv2d(block_in, cfg.out_ch, kernel_size=3, stride=1, padding=1)
 
     def forward(self, z: Tensor) -> Tensor:
