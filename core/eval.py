@@ -5,6 +5,7 @@ super-resolution model beat bicubic upscaling?
                                [--seed 0] [--sampler ddim --steps 50 --guidance 5] [--out results.json]
     python -m core.eval sr --model weights/shapes-sr4x.safetensors [--n-shapes 16] [--out results.json]
     python -m core.eval inpaint --model weights/shapes-txt2img.safetensors --n 64 [--out results.json]
+    python -m core.eval autoencoder --model weights/shapes-kl-f4.safetensors [--n 64] [--out results.json]
 
 shapes: random shapes-world captions (shared/shapes_world.md), one image each from a fixed seed
 (scene i gets seed + i, drawn alone, so an image equals the one txt2img gives for that prompt and
@@ -456,6 +457,50 @@ def eval_sr(m, n_shapes: int = 16, seed: int = 0, sampler: str | None = None, st
 
 
 # --------------------------------------------------------------------------------------------
+# Autoencoder: reconstruction PSNR / SSIM
+# --------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def reconstruct_uint8(ae, image: np.ndarray) -> np.ndarray:
+    """D(E(x)) of a uint8 (H, W, 3) image with the posterior mean (KL) or the quantised latent (VQ)."""
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1
+    param = next(ae.parameters())
+    h = ae.encode(x.to(param.device, param.dtype))
+    z = h.mode() if hasattr(h, "mode") else h
+    return to_uint8(ae.decode(z))[0]
+
+
+def eval_autoencoder(ae, n_shapes: int = 64, seed: int = 0, size: int = 64, photos: bool = True,
+                     max_side: int | None = 256, log=print) -> dict:
+    """Reconstruction PSNR and SSIM of a first stage on n_shapes held-out shapes-world scenes and on the
+    four evaluation photos (centre crops of at most max_side): mean, median and worst per set."""
+    if not hasattr(ae, "decoder") or not hasattr(ae, "cfg"):
+        raise ValueError(f"the autoencoder evaluation needs a first-stage model file; this is a "
+                         f"{type(ae).__name__} (for an LDM, evaluate its task: shapes, sr or inpaint)")
+    factor = ae.cfg.ddconfig.downsample_factor
+    sets = {"shapes": {f"scene_{i}": r for i, r in enumerate(
+        ShapesWorld(size=size, seed=SCENE_STREAM + seed)[i]["image"] for i in range(n_shapes))}}
+    if photos:
+        sets["photos"] = {k: center_crop(v, factor, max_side) for k, v in evaluation_photos().items()}
+    start = time.perf_counter()
+    out = {"task": "autoencoder", **_model_info(ae), "settings": {"n_shapes": n_shapes, "size": size, "seed": seed,
+                                                                  "max_side": max_side}}
+    for name, images in sets.items():
+        scores = {}
+        for key, image in images.items():
+            rec = reconstruct_uint8(ae, image)
+            scores[key] = {"psnr": psnr(rec, image), "ssim": ssim(rec, image)}
+        values = {m: [v[m] for v in scores.values()] for m in ("psnr", "ssim")}
+        out[name] = {"images": scores, **{f"{stat}_{m}": float(fn(values[m])) for m in values
+                                          for stat, fn in (("mean", np.mean), ("median", np.median),
+                                                           ("min", np.min))}}
+        if log:
+            log(f"{name}: PSNR median {out[name]['median_psnr']:.2f} dB (min {out[name]['min_psnr']:.2f})")
+    out["wall_time_s"] = round(time.perf_counter() - start, 2)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------
 
@@ -484,6 +529,10 @@ def _summary_lines(result: dict) -> list[str]:
             attrs = ", ".join(f"{a} {s[a]:.1%}" for a in (*ATTRIBUTES, "count", "background"))
             lines.append(f"{label} ({s['scenes']}): {s['scene_accuracy']:.1%} entirely right; {attrs}")
         return lines
+    if result["task"] == "autoencoder":
+        return [f"{part}: reconstruction PSNR mean {result[part]['mean_psnr']:.2f} dB, median "
+                f"{result[part]['median_psnr']:.2f}, worst {result[part]['min_psnr']:.2f}; SSIM mean "
+                f"{result[part]['mean_ssim']:.4f}" for part in ("shapes", "photos") if part in result]
     if result["task"] == "inpaint":
         s = result["summary"]
         return [f"inpaint ({result['settings']['method']}, {s['scenes']} edits): {s['scene_accuracy']:.1%} of edited "
@@ -501,7 +550,7 @@ def _summary_lines(result: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m core.eval", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="task", required=True)
-    for name in ("shapes", "sr", "inpaint"):
+    for name in ("shapes", "sr", "inpaint", "autoencoder"):
         p = sub.add_parser(name)
         p.add_argument("--model", required=True, help="a project .safetensors file")
         p.add_argument("--seed", type=int, default=0)
@@ -512,7 +561,10 @@ def main(argv: list[str] | None = None) -> dict:
         p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
         p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
         p.add_argument("--out", help="write the results here as JSON")
-    shapes, sr, inp = sub.choices["shapes"], sub.choices["sr"], sub.choices["inpaint"]
+    shapes, sr, inp, ae = (sub.choices[k] for k in ("shapes", "sr", "inpaint", "autoencoder"))
+    ae.add_argument("--n", type=int, default=64, help="held-out shapes-world scenes")
+    ae.add_argument("--max-side", type=int, default=256, help="centre crops of the photos, at most this side")
+    ae.add_argument("--no-photos", action="store_true", help="skip the four evaluation photos")
     inp.add_argument("--n", type=int, default=64, help="number of edits (one object recoloured each)")
     inp.add_argument("--guidance", type=float, help="classifier-free guidance scale; default: the model's")
     inp.add_argument("--mask-blur", type=int, default=2, help="feather of the paste-back, pixels")
@@ -535,6 +587,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.task == "shapes":
         result = eval_shapes(m, n=args.n, objects=args.objects, guidance_scale=args.guidance,
                              batch_size=args.batch_size, save_dir=args.save_images, log=log, **common)
+    elif args.task == "autoencoder":
+        result = eval_autoencoder(m, n_shapes=args.n, seed=args.seed, photos=not args.no_photos,
+                                  max_side=args.max_side, log=log)
     elif args.task == "inpaint":
         result = eval_inpaint(m, n=args.n, guidance_scale=args.guidance, mask_blur=args.mask_blur,
                               save_dir=args.save_images, log=log, **common)

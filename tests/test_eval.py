@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from core import save_model
-from core.eval import (EVAL_PHOTOS, area_downsample, bicubic_upscale, center_crop, eval_inpaint, eval_scenes,
+from core.eval import (EVAL_PHOTOS, area_downsample, bicubic_upscale, center_crop, eval_autoencoder, eval_inpaint,
+                       eval_scenes,
                        eval_shapes, eval_sr, evaluate_shapes, evaluate_sr, gaussian_window, inpaint_cases,
                        main, psnr, sr_upscaler, ssim, text_generator, to_uint8, write_json)
 from core.world import CELL_CENTRES, PALETTE, SIZES, Obj, Scene, caption, parse_caption, render
@@ -282,3 +283,24 @@ def test_eval_inpaint_with_a_tiny_text_model(text_model, tmp_path):
     assert all(rec["border_delta_e"] is not None and rec["border_delta_e"] >= 0 for rec in r["scenes"])
     assert r == {**eval_inpaint(text_model, n=2, seed=1, steps=1, guidance_scale=2.0, log=None),
                  "wall_time_s": r["wall_time_s"]}
+
+
+# ---------------------------------------------------------------- autoencoder
+
+
+def test_eval_autoencoder_scores_reconstructions(tmp_path, text_model):
+    ae = text_model.first_stage_model
+    r = eval_autoencoder(ae, n_shapes=3, size=32, photos=False, log=None)
+    assert r["task"] == "autoencoder" and set(r["shapes"]["images"]) == {"scene_0", "scene_1", "scene_2"}
+    s = r["shapes"]
+    assert s["min_psnr"] <= s["median_psnr"] <= max(v["psnr"] for v in s["images"].values())
+    # the scores are those of the reconstruction computed independently
+    from core.world import ShapesWorld
+    from core.eval import SCENE_STREAM, reconstruct_uint8
+    image = ShapesWorld(size=32, seed=SCENE_STREAM)[1]["image"]
+    assert s["images"]["scene_1"]["psnr"] == pytest.approx(psnr(reconstruct_uint8(ae, image), image))
+    path = save_model(ae, tmp_path / "ae.safetensors", dtype=torch.float32)
+    out = main(["autoencoder", "--model", str(path), "--n", "2", "--no-photos", "--out", str(tmp_path / "ae.json")])
+    assert out["settings"]["n_shapes"] == 2 and json.loads((tmp_path / "ae.json").read_text())["task"] == "autoencoder"
+    with pytest.raises(ValueError, match="first-stage"):
+        eval_autoencoder(text_model, n_shapes=1, photos=False, log=None)
