@@ -3,7 +3,7 @@
 # run reached and how long it took). Every stage resumes: run the script again after an interruption
 # and each run continues from its last checkpoint (a finished run is only exported again).
 #
-#   bash scripts/train_default_models.sh            # CPU: ~2.5 hours on 2 cores
+#   bash scripts/train_default_models.sh            # CPU: ~1.5 hours on 2 cores
 #
 # On a CUDA machine the same configs train in mixed precision; raise train.steps and batch_size in
 # scripts/train_configs/*.yaml for better models.
@@ -20,9 +20,8 @@ run() {   # run STAGE NAME [extra train args]: train (or resume) runs/NAME from 
   fi
 }
 
-# 1. The shared first stage: KL-f4 autoencoder (64x64x3 <-> 16x16x4). The first session trained it
-#    to step 542 of a 1000-step schedule, then resumed it with the schedule stretched to 1300 steps.
-run autoencoder shapes-kl-f4 --steps 1300
+# 1. The shared first stage: KL-f4 autoencoder (64x64x3 <-> 16x16x4).
+run autoencoder shapes-kl-f4
 python -m core.train export runs/shapes-kl-f4 --out weights/shapes-kl-f4.safetensors
 
 # 2. Text-to-image and 4x super-resolution LDMs on that first stage, one thread each, side by side.
@@ -34,6 +33,7 @@ python -m core.train export runs/shapes-sr4x --out weights/shapes-sr4x.safetenso
 
 # 3. Evaluation (JSON next to the weights' README figures).
 mkdir -p weights/eval
+python -m core.eval autoencoder --model weights/shapes-kl-f4.safetensors --n 64 --out weights/eval/autoencoder.json
 python -m core.eval shapes --model weights/shapes-txt2img.safetensors --n 200 --objects 1 --out weights/eval/txt2img-1obj.json
 python -m core.eval shapes --model weights/shapes-txt2img.safetensors --n 200 --objects 2 --out weights/eval/txt2img-2obj.json
 python -m core.eval inpaint --model weights/shapes-txt2img.safetensors --n 64 --out weights/eval/inpaint-blend.json
