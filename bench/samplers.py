@@ -2,7 +2,8 @@
 
 For each sampler and number of steps, the same scenes (shapes-world captions, fixed seeds) are drawn
 and judged by the project's checker (core.world.judge, through core.eval); the figure of merit is the
-fraction of scenes entirely right, next to the mean wall time per image. A sampler that needs fewer
+fraction of scenes entirely right and the mean accuracy of the judged attributes (colour, shape, size,
+cell), next to the mean wall time per image. A sampler that needs fewer
 steps for the same accuracy is the faster one, whatever its cost per step.
 
     python bench/samplers.py                                   # the default model, 64 scenes, all samplers
@@ -25,6 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import load_model                                   # noqa: E402
 from core.eval import eval_shapes, model_defaults             # noqa: E402
+
+ATTRIBUTES = ("colour", "shape", "size", "cell")
 
 DEFAULT_SAMPLERS = ("ddim", "plms", "euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_karras", "unipc")
 
@@ -56,15 +59,21 @@ def main(argv=None) -> dict:
             r = eval_shapes(m, n=args.n, objects=args.objects, sampler=sampler, karras=karras, steps=steps,
                             guidance_scale=guidance, log=None)
             seconds = (time.perf_counter() - start) / args.n
-            cells[(name, steps)] = {"scene_accuracy": r["summary"]["scene_accuracy"],
-                                    "object_accuracy": r["summary"]["object_accuracy"], "s_per_image": seconds}
-            print(f"  {name:16s} {steps:3d} steps: {r['summary']['scene_accuracy']:6.1%} of scenes right, "
-                  f"{seconds:.3f} s/image", flush=True)
+            summary = r["summary"]
+            attributes = sum(summary[a] for a in ATTRIBUTES) / len(ATTRIBUTES)
+            cells[(name, steps)] = {"scene_accuracy": summary["scene_accuracy"],
+                                    "object_accuracy": summary["object_accuracy"],
+                                    "attribute_accuracy": attributes,
+                                    **{a: summary[a] for a in ATTRIBUTES}, "s_per_image": seconds}
+            print(f"  {name:16s} {steps:3d} steps: {summary['scene_accuracy']:6.1%} of scenes right, "
+                  f"attributes {attributes:6.1%}, {seconds:.3f} s/image", flush=True)
 
+    print("\ncells: scenes entirely right / mean attribute accuracy (colour, shape, size, cell) / s per image")
     print("\n| sampler | " + " | ".join(f"{s} steps" for s in args.steps) + " |")
     print("|---|" + "---|" * len(args.steps))
     for name in args.samplers:
-        row = [f"{cells[(name, s)]['scene_accuracy']:.0%} ({cells[(name, s)]['s_per_image']:.2f} s)" for s in args.steps]
+        row = [f"{cells[(name, s)]['scene_accuracy']:.0%} / {cells[(name, s)]['attribute_accuracy']:.0%} / "
+               f"{cells[(name, s)]['s_per_image']:.2f} s" for s in args.steps]
         print(f"| {name} | " + " | ".join(row) + " |")
     result = {"model": args.model, "n": args.n, "objects": args.objects, "guidance_scale": guidance,
               "machine": machine,
