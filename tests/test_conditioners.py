@@ -443,3 +443,14 @@ def test_layout_embedder_errors():
         m([[(1, 0, 0, 1, 1)] * 3])
     with pytest.raises(ValueError, match="class_id, x0, y0, x1, y1"):
         m([[(1, 0, 0, 1)]])
+
+
+def test_compact_vocab_config_is_checked():
+    from core.models.conditioners import TransformerEmbedderConfig
+    ok = TransformerEmbedderConfig(n_embed=8, n_layer=1, vocab_size=3, tokenizer="clip", vocab=[0, 320, 49407])
+    assert ok.vocab == (0, 320, 49407)
+    for bad in (dict(vocab_size=3, tokenizer="clip", vocab=(5, 320, 49407)),      # pad id 0 not first
+                dict(vocab_size=4, tokenizer="clip", vocab=(0, 320, 49407)),      # size != len(vocab)
+                dict(vocab_size=3, tokenizer="bert", vocab=(0, 320, 49407))):     # clip only
+        with pytest.raises(ValueError, match="compact vocab"):
+            TransformerEmbedderConfig(n_embed=8, n_layer=1, **bad)

@@ -473,12 +473,25 @@ def test_export_round_trip(tmp_path, ae_file):
     assert defaults["steps"] == 7 and defaults["width"] == 16 and defaults["guidance_scale"] == 3.0
     record = json.loads(meta["ldm_studio_training"])
     assert record["steps"] == 3 and "shapes world" in record["data"] and record["metrics"]["step"] == 3
-    assert set(record) == {"data", "steps", "wall_time_s", "machine", "metrics", "command"}
-    # The file holds the EMA weights (fp16), the first stage and the text encoder.
+    assert set(record) == {"data", "steps", "wall_time_s", "machine", "metrics", "command", "vocab"}
+    # The file holds the EMA weights (fp16), the first stage and the text encoder, whose token
+    # embedding keeps only the rows of the BPE ids shapes-world captions use (pad id 0 first).
     ckpt = load_checkpoint(tmp_path / "exp" / "checkpoints" / "last.pt")
     sd = m.state_dict()
+    vocab = m.cond_stage_model.cfg.vocab
+    assert vocab[0] == 0 and 20 < len(vocab) < 100 and record["vocab"].startswith("49408 -> ")
+    emb = "cond_stage_model.transformer.token_emb.weight"
     for key, value in ckpt["ema"]["shadow"].items():
-        assert sd[key].dtype == torch.float16 and torch.equal(sd[key], value.half()), key
+        expected = value[torch.tensor(vocab)] if key == emb else value
+        assert sd[key].dtype == torch.float16 and torch.equal(sd[key], expected.half()), key
+    # ... and reads every caption exactly as the full table did; unknown words read as padding.
+    full = LatentDiffusion(load_config(ckpt["config"]).model)
+    full.load_state_dict({k: v.half().float() for k, v in ema_state_dict(ckpt).items()})
+    caps = ["a small red star at the top left and a large blue circle in the center on a gray background", ""]
+    with torch.no_grad():
+        assert torch.equal(full.get_learned_conditioning(caps), m.float().get_learned_conditioning(caps))
+    with pytest.warns(UserWarning, match="read as padding: elephant"):
+        m.get_learned_conditioning(["a purple elephant"])
     assert torch.equal(sd["first_stage_model.decoder.conv_out.weight"],
                        load_model(ae_file).decoder.conv_out.weight.half())
     ae_out = export_run(tmp_path / "exp", tmp_path / "w" / "again.safetensors", defaults={"guidance_scale": 5})

@@ -9,9 +9,9 @@ trained text transformer, and box layouts, each mapped to a cross-attention cont
   with strict=True.
 * `LayoutEmbedder`: ours, for the shapes world; no reference weights.
 """
-
 import math
 import operator
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from core.models.clip_text import tokenize_clip
+from core.models.clip_text import clip_bpe, tokenize_clip
 
 CLIP_VOCAB_SIZE = 49408      # open_clip's BPE, the tokenizer of our own text models
 
@@ -179,11 +179,19 @@ class TransformerEmbedderConfig:
     ff_mult: int = 4
     tokenizer: str = "bert"                # "bert" (ids only) | "clip" (tokenize() works)
     with_logits: bool = True               # keep the unused `to_logits` head (released files have it)
+    vocab: tuple[int, ...] | None = None   # ours, "clip" only: the BPE ids kept, in row order (the pad id 0
+                                           # first); other ids read row 0. None: all 49408 rows
 
     def __post_init__(self):
         if self.tokenizer not in ("bert", "clip"):
             raise ValueError(f"tokenizer must be 'bert' or 'clip', got {self.tokenizer!r}")
-        if self.tokenizer == "clip" and self.vocab_size < CLIP_VOCAB_SIZE:
+        if self.vocab is not None:
+            object.__setattr__(self, "vocab", tuple(int(i) for i in self.vocab))
+            if self.tokenizer != "clip" or len(self.vocab) != self.vocab_size or not self.vocab or self.vocab[0] != 0:
+                raise ValueError(f"a compact vocab needs tokenizer 'clip', vocab_size == len(vocab) and the pad "
+                                 f"id 0 first; got tokenizer {self.tokenizer!r}, vocab_size {self.vocab_size}, "
+                                 f"{len(self.vocab)} ids")
+        elif self.tokenizer == "clip" and self.vocab_size < CLIP_VOCAB_SIZE:
             raise ValueError(f"tokenizer 'clip' needs vocab_size >= {CLIP_VOCAB_SIZE}, got {self.vocab_size}")
         if min(self.n_embed, self.n_layer, self.max_seq_len, self.heads, self.dim_head, self.ff_mult) <= 0:
             raise ValueError(f"TransformerEmbedderConfig sizes must be positive: {self}")
@@ -197,6 +205,7 @@ class TransformerEmbedder(nn.Module):
         self.cfg = cfg
         self.transformer = TransformerWrapper(cfg.vocab_size, cfg.max_seq_len, cfg.n_embed, cfg.n_layer,
                                               cfg.heads, cfg.dim_head, cfg.ff_mult, cfg.with_logits)
+        self._vocab_rows: Tensor | None = None  # compact vocab: BPE id -> row (built on first use, on CPU)
 
     @property
     def device(self) -> torch.device:
@@ -206,7 +215,20 @@ class TransformerEmbedder(nn.Module):
         if self.cfg.tokenizer != "clip":
             raise ValueError("this text transformer was trained on BERT (bert-base-uncased) token ids, "
                              "and that tokenizer is not bundled; pass token ids to encode_tokens()")
-        return tokenize_clip(texts, self.cfg.max_seq_len, pad_id=0)        # (B, max_seq_len)
+        tokens = tokenize_clip(texts, self.cfg.max_seq_len, pad_id=0)      # (B, max_seq_len) BPE ids
+        if self.cfg.vocab is None:
+            return tokens
+        if self._vocab_rows is None:            # ids outside the vocab read row 0 (the pad)
+            table = torch.zeros(CLIP_VOCAB_SIZE, dtype=torch.long, device="cpu")
+            table[torch.tensor(self.cfg.vocab, device="cpu")] = torch.arange(len(self.cfg.vocab), device="cpu")
+            self._vocab_rows = table
+        rows = self._vocab_rows[tokens]
+        unknown = (rows == 0) & (tokens != 0)
+        if unknown.any():
+            words = sorted({clip_bpe().decode([int(t)]).strip() for t in tokens[unknown]})
+            warnings.warn(f"this model knows {len(self.cfg.vocab)} tokens; these were read as padding: "
+                          f"{', '.join(words)}", stacklevel=2)
+        return rows
 
     def encode_tokens(self, tokens: Tensor) -> Tensor:
         if tokens.ndim != 2 or tokens.dtype.is_floating_point:
