@@ -30,26 +30,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.shipped import default_size_config  # noqa: E402
 from core import load_model  # noqa: E402
 from core.checkpoints import config_from_yaml  # noqa: E402
 from core.models.diffusion import LatentDiffusion  # noqa: E402
 from core import pipelines  # noqa: E402
 
-# scripts/train_configs/shapes-txt2img.yaml with its first stage (shapes-kl-f4.yaml) written inline.
-DEFAULT_SIZE = {"model": {"target": "ldm.models.diffusion.ddpm.LatentDiffusion", "params": {
-    "linear_start": 0.00085, "linear_end": 0.012, "timesteps": 1000, "image_size": 16, "channels": 4,
-    "cond_stage_key": "caption", "conditioning_key": "crossattn", "use_ema": False, "scale_factor": 1.0,
-    "first_stage_config": {"target": "ldm.models.autoencoder.AutoencoderKL", "params": {
-        "embed_dim": 4, "ddconfig": {"double_z": True, "z_channels": 4, "resolution": 64, "in_channels": 3,
-                                     "out_ch": 3, "ch": 32, "ch_mult": [1, 2, 4], "num_res_blocks": 1,
-                                     "attn_resolutions": [], "dropout": 0.0}}},
-    "unet_config": {"target": "ldm.modules.diffusionmodules.openaimodel.UNetModel", "params": {
-        "image_size": 16, "in_channels": 4, "out_channels": 4, "model_channels": 64, "channel_mult": [1, 2, 2],
-        "num_res_blocks": 1, "attention_resolutions": [2, 4], "num_head_channels": 32,
-        "use_spatial_transformer": True, "transformer_depth": 1, "context_dim": 64, "legacy": False}},
-    "cond_stage_config": {"target": "ldm.modules.encoders.modules.TransformerEmbedder", "params": {
-        "n_embed": 64, "n_layer": 4, "vocab_size": 49408, "max_seq_len": 32, "heads": 4, "dim_head": 16,
-        "tokenizer": "clip", "with_logits": False}}}}}
+DEFAULT_SIZE = default_size_config("shapes-txt2img")   # scripts/train_configs/shapes-txt2img.yaml
 PROMPT = "a large red circle at the top left and a small blue star in the center on a gray background"
 
 

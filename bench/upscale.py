@@ -42,17 +42,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-DEFAULT_SIZE = {"model": {"target": "ldm.models.diffusion.ddpm.LatentDiffusion", "params": {
-    "linear_start": 0.0015, "linear_end": 0.0155, "timesteps": 1000, "image_size": 16, "channels": 4,
-    "cond_stage_key": "LR_image", "conditioning_key": "concat", "use_ema": False, "scale_factor": 1.0,
-    "first_stage_config": {"target": "ldm.models.autoencoder.AutoencoderKL", "params": {
-        "embed_dim": 4, "ddconfig": {"double_z": True, "z_channels": 4, "resolution": 64, "in_channels": 3,
-                                     "out_ch": 3, "ch": 32, "ch_mult": [1, 2, 4], "num_res_blocks": 1,
-                                     "attn_resolutions": [], "dropout": 0.0}}},
-    "cond_stage_config": "torch.nn.Identity",
-    "unet_config": {"target": "ldm.modules.diffusionmodules.openaimodel.UNetModel", "params": {
-        "image_size": 16, "in_channels": 7, "out_channels": 4, "model_channels": 64, "channel_mult": [1, 2, 2],
-        "num_res_blocks": 1, "attention_resolutions": [4], "num_head_channels": 32}}}}}
+from bench.shipped import default_size_config  # noqa: E402
+
+DEFAULT_SIZE = default_size_config("shapes-sr4x")   # scripts/train_configs/shapes-sr4x.yaml
 
 
 def _peak_rss_reset() -> None:

@@ -56,14 +56,13 @@ def shapes_vocab(n_captions: int = 4000) -> tuple[int, ...]:
     return (0, *sorted(ids))
 
 
-def compact_vocab(cfg, sd: dict) -> tuple:
-    """(config, state dict) with the text encoder's token embedding cut to shapes_vocab()."""
-    cond = cfg.model.cond_stage
+def compact_vocab(model_cfg, sd: dict) -> tuple:
+    """(model config, state dict) with the text encoder's token embedding cut to shapes_vocab()."""
     vocab = shapes_vocab()
     key = "cond_stage_model.transformer.token_emb.weight"
     sd = {**sd, key: sd[key][torch.tensor(vocab)]}
-    cond = dataclasses.replace(cond, vocab=vocab, vocab_size=len(vocab))
-    return dataclasses.replace(cfg.model, cond_stage=cond), sd
+    cond = dataclasses.replace(model_cfg.cond_stage, vocab=vocab, vocab_size=len(vocab))
+    return dataclasses.replace(model_cfg, cond_stage=cond), sd
 
 
 def export_run(run_dir: str | Path, out: str | Path, name: str | None = None,
@@ -94,7 +93,7 @@ def export_run(run_dir: str | Path, out: str | Path, name: str | None = None,
         cond = model_cfg.cond_stage
         if (isinstance(cond, TransformerEmbedderConfig) and cond.tokenizer == "clip" and cond.vocab is None
                 and cfg.data.source == "shapes"):
-            model_cfg, sd = compact_vocab(cfg, sd)
+            model_cfg, sd = compact_vocab(model_cfg, sd)
             record["vocab"] = f"{cond.vocab_size} -> {model_cfg.cond_stage.vocab_size} token rows (shapes-world captions)"
         model = LatentDiffusion(model_cfg)
         model.load_state_dict(sd)
