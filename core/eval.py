@@ -49,6 +49,7 @@ from PIL import Image
 
 from core.checkpoints import model_hash
 from core.models.conditioners import ClassEmbedder, LayoutEmbedder
+from core.models.distributions import DiagonalGaussianDistribution
 from core.samplers import SAMPLERS, sample
 from core.world import PALETTE, ShapesWorld, caption, judge, random_scene, render
 
@@ -466,7 +467,7 @@ def reconstruct_uint8(ae, image: np.ndarray) -> np.ndarray:
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1
     param = next(ae.parameters())
     h = ae.encode(x.to(param.device, param.dtype))
-    z = h.mode() if hasattr(h, "mode") else h
+    z = h.mode() if isinstance(h, DiagonalGaussianDistribution) else h     # VQ: h (a Tensor has .mode too)
     return to_uint8(ae.decode(z))[0]
 
 
@@ -478,24 +479,32 @@ def eval_autoencoder(ae, n_shapes: int = 64, seed: int = 0, size: int = 64, phot
         raise ValueError(f"the autoencoder evaluation needs a first-stage model file; this is a "
                          f"{type(ae).__name__} (for an LDM, evaluate its task: shapes, sr or inpaint)")
     factor = ae.cfg.ddconfig.downsample_factor
-    sets = {"shapes": {f"scene_{i}": r for i, r in enumerate(
-        ShapesWorld(size=size, seed=SCENE_STREAM + seed)[i]["image"] for i in range(n_shapes))}}
+    world = ShapesWorld(size=size, seed=SCENE_STREAM + seed)
+    samples = [world[i] for i in range(n_shapes)]
+    sets = {"shapes": {f"scene_{i}": s["image"] for i, s in enumerate(samples)}}
     if photos:
         sets["photos"] = {k: center_crop(v, factor, max_side) for k, v in evaluation_photos().items()}
     start = time.perf_counter()
     out = {"task": "autoencoder", **_model_info(ae), "settings": {"n_shapes": n_shapes, "size": size, "seed": seed,
                                                                   "max_side": max_side}}
     for name, images in sets.items():
-        scores = {}
-        for key, image in images.items():
+        scores, records = {}, []
+        for i, (key, image) in enumerate(images.items()):
             rec = reconstruct_uint8(ae, image)
             scores[key] = {"psnr": psnr(rec, image), "ssim": ssim(rec, image)}
+            if name == "shapes":        # the checker on D(E(x)): what a perfect LDM could reach at best
+                records.append(_record(i, 0, caption(samples[i]["scene"]), judge(rec, samples[i]["scene"])))
         values = {m: [v[m] for v in scores.values()] for m in ("psnr", "ssim")}
         out[name] = {"images": scores, **{f"{stat}_{m}": float(fn(values[m])) for m in values
                                           for stat, fn in (("mean", np.mean), ("median", np.median),
                                                            ("min", np.min))}}
+        if records:
+            out[name]["checker"] = _accuracy(records)
         if log:
-            log(f"{name}: PSNR median {out[name]['median_psnr']:.2f} dB (min {out[name]['min_psnr']:.2f})")
+            log(f"{name}: PSNR median {out[name]['median_psnr']:.2f} dB (min {out[name]['min_psnr']:.2f})"
+                + (f"; the checker finds {out[name]['checker']['scene_accuracy']:.0%} of the reconstructed "
+                   f"scenes entirely right (colour {out[name]['checker']['colour']:.0%}, shape "
+                   f"{out[name]['checker']['shape']:.0%})" if records else ""))
     out["wall_time_s"] = round(time.perf_counter() - start, 2)
     return out
 

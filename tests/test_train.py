@@ -30,12 +30,14 @@ from core.models.unet import UNetModel
 from core.train import (DataConfig, DegradationConfig, RunFolder, RunLockedError, TrainData, degrade, export_run,
                         load_config, make_config, random_mask, train)
 from core.train.autoencoder import psnr
+from core.train.config import TrainConfig
 from core.train.checkpoint import capture_rng, ema_state_dict, load_checkpoint, restore_rng, save_checkpoint
 from core.train.data import EVAL_PHOTOS, TRAIN_PHOTOS, resize_crop
 from core.train.ema import EMA
 from core.train.latents import encode_batch
 from core.train.ldm import conditioning, init_from_ldm
-from core.train.losses import LPIPS, adaptive_gan_weight, build_lpips, diffusion_target, hinge_d_loss
+from core.train.losses import (LPIPS, AutoencoderLossConfig, adaptive_gan_weight, autoencoder_loss, build_lpips,
+                               diffusion_loss, diffusion_target, hinge_d_loss, min_snr_weight)
 from core.train.runtime import learning_rate
 from core.world import SHAPES, ShapesWorld, class_label
 
@@ -177,6 +179,46 @@ def test_diffusion_targets_and_gan_losses():
     w = torch.tensor([1.0, 2.0], requires_grad=True)
     lam = adaptive_gan_weight(3 * w.sum(), (w ** 2).sum(), w, disc_weight=0.5)
     assert lam.item() == pytest.approx(0.5 * math.sqrt(18) / (math.sqrt(4 + 16) + 1e-4), rel=1e-6)
+
+
+def test_min_snr_weights_and_weighted_loss():
+    ac = torch.linspace(0.999, 0.001, 1000, dtype=torch.float64)
+    t = torch.tensor([0, 500, 999])
+    snr = (ac[t] / (1 - ac[t])).tolist()
+    eps = min_snr_weight(t, ac, 5.0, "eps").tolist()
+    v = min_snr_weight(t, ac, 5.0, "v").tolist()
+    for k in range(3):
+        assert eps[k] == pytest.approx(min(snr[k], 5.0) / snr[k], rel=1e-6)
+        assert v[k] == pytest.approx(min(snr[k], 5.0) / (snr[k] + 1), rel=1e-6)
+    assert eps[0] == pytest.approx(5.0 / 999, rel=1e-4) and eps[2] == pytest.approx(1.0)   # noiseless steps count less
+    with pytest.raises(ValueError, match="parameterization"):
+        min_snr_weight(t, ac, 5.0, "x0")
+    pred, target = torch.randn(3, 4, 2, 2), torch.randn(3, 4, 2, 2)
+    per_sample = (pred - target).pow(2).mean(dim=(1, 2, 3))
+    w = torch.tensor([0.5, 1.0, 2.0])
+    assert diffusion_loss(pred, target).item() == pytest.approx(per_sample.mean().item(), rel=1e-6)
+    assert diffusion_loss(pred, target, w).item() == pytest.approx((w * per_sample).mean().item(), rel=1e-6)
+    with pytest.raises(ValueError, match="min_snr_gamma"):
+        TrainConfig(min_snr_gamma=0.0)
+
+
+def test_autoencoder_loss_l2_term_and_logvar_init(tmp_path):
+    x, rec = torch.rand(2, 3, 4, 4) * 2 - 1, torch.rand(2, 3, 4, 4) * 2 - 1
+    reg = torch.tensor([3.0, 5.0])
+    plain, _ = autoencoder_loss(x, rec, reg, AutoencoderLossConfig(kl_weight=0.1), "kl", None, None, None)
+    both, terms = autoencoder_loss(x, rec, reg, AutoencoderLossConfig(kl_weight=0.1, pixel_l2_weight=10.0), "kl",
+                                   None, None, None)
+    d = x - rec
+    assert plain.item() == pytest.approx(d.abs().sum().item() / 2 + 0.1 * 4.0, rel=1e-5)
+    assert both.item() == pytest.approx((d.abs() + 10 * d ** 2).sum().item() / 2 + 0.1 * 4.0, rel=1e-5)
+    assert terms["l1"] == pytest.approx(d.abs().mean().item(), rel=1e-5)
+    # logvar_init: the run starts from a nearly deterministic posterior (the first checkpoint shows it).
+    cfg = ae_config(steps=1, ckpt_every=1, logvar_init=-8.0)
+    assert train("autoencoder", cfg, name="ae", runs_dir=tmp_path) == "finished"
+    bias = load_checkpoint(RunFolder(tmp_path / "ae").checkpoint_path)["model"]["quant_conv.bias"]
+    embed_dim = bias.shape[0] // 2
+    assert bias[embed_dim:].sub(-8.0).abs().max() < 0.01       # one small Adam step from -8
+    assert bias[:embed_dim].abs().max() < 1.0
 
 
 def test_lpips_is_off_without_weights_and_loads_taming_layout(tmp_path, caplog):
@@ -350,8 +392,9 @@ def _eval_loss(model: LatentDiffusion, x: torch.Tensor, captions) -> float:
         return ((model.apply_model(a.sqrt() * z0 + (1 - a).sqrt() * eps, t, c) - eps) ** 2).mean().item()
 
 
-def test_ldm_loop_lowers_the_loss(tmp_path, ae_file):
-    cfg = ldm_config(ae_file, steps=25, ckpt_every=25, log_every=5, precision="fp32")
+@pytest.mark.parametrize("min_snr_gamma", [None, 5.0])
+def test_ldm_loop_lowers_the_loss(tmp_path, ae_file, min_snr_gamma):
+    cfg = ldm_config(ae_file, steps=25, ckpt_every=25, log_every=5, precision="fp32", min_snr_gamma=min_snr_gamma)
     rc = load_config(cfg)
     torch.manual_seed(rc.train.seed)
     before = LatentDiffusion(rc.model)                          # the loop's initial weights (same seed)

@@ -68,6 +68,11 @@ def train_autoencoder(cfg: RunConfig, run: RunFolder, rt: Runtime, resume: bool 
     # 1. Model, discriminator and (with local weights) LPIPS.
     torch.manual_seed(tc.seed)
     ae = build_autoencoder(cfg.model).to(rt.device)
+    if tc.logvar_init is not None:
+        if not isinstance(ae, AutoencoderKL):
+            raise ValueError("train.logvar_init is for KL autoencoders (it sets the posterior's log-variance)")
+        with torch.no_grad():                       # quant_conv's output is (mean, logvar), embed_dim each
+            ae.quant_conv.bias[cfg.model.embed_dim:] = tc.logvar_init
     disc = NLayerDiscriminator(lc.disc_in_channels, lc.disc_ndf, lc.disc_num_layers).to(rt.device)
     lpips = build_lpips(tc.lpips_weights) if lc.perceptual_weight > 0 else None
     if lpips is not None:

@@ -65,6 +65,12 @@ class TrainConfig:
     cond_drop: float = 0.1               # LDM: conditioning dropout, so classifier-free guidance works
     lpips_weights: tuple[str, ...] = ()  # autoencoder: local LPIPS/VGG16 weight files (none: no LPIPS)
     init_from: str | None = None         # LDM: start from this LDM's weights (txt2img -> inpainting)
+    min_snr_gamma: float | None = None   # LDM: Min-SNR-gamma loss weighting (Hang et al. 2023; 5 there);
+                                         # None: the reference's uniform weighting
+    logvar_init: float | None = None     # KL autoencoder: initial bias of the posterior's log-variance
+                                         # channels (quant_conv). None: default init, where the sampled
+                                         # latent's noise (std ~1-10) drowns the signal for a long time;
+                                         # -8 (std 0.02) starts nearly deterministic, as trained VAEs end
 
     def __post_init__(self):
         if isinstance(self.lpips_weights, str):
@@ -81,6 +87,8 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.cond_drop < 1.0:
             raise ValueError(f"train.cond_drop must be in [0, 1), got {self.cond_drop}")
+        if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:
+            raise ValueError(f"train.min_snr_gamma must be > 0 (or null for uniform weights), got {self.min_snr_gamma}")
         if self.lr <= 0 or self.warmup_steps < 0 or self.grad_clip < 0:
             raise ValueError("train.lr must be > 0, train.warmup_steps and train.grad_clip >= 0")
 

@@ -32,7 +32,7 @@ from core.train.config import RunConfig
 from core.train.data import DataConfig, TrainData
 from core.train.ema import EMA
 from core.train.latents import LatentSource, encode_batch
-from core.train.losses import diffusion_loss, diffusion_target, q_sample
+from core.train.losses import diffusion_loss, diffusion_target, min_snr_weight, q_sample
 from core.train.run_folder import RunFolder
 from core.train.runtime import (Runtime, StopFlag, all_reduce_mean, check_replicas, learning_rate, machine,
                                 sample_indices, step_generator)
@@ -132,16 +132,20 @@ class DiffusionLoss(nn.Module):
     """One forward = the LDM loss of a batch; a module so that DistributedDataParallel can wrap it
     (the trainable conditioning encoder runs inside, so its gradients are all-reduced too)."""
 
-    def __init__(self, model: LatentDiffusion):
+    def __init__(self, model: LatentDiffusion, min_snr_gamma: float | None = None):
         super().__init__()
         self.model = model
+        self.min_snr_gamma = min_snr_gamma
 
     def forward(self, z0, t, noise, entry: dict, drop):
         m = self.model
         cond = conditioning(m, entry, drop)
         z_t = q_sample(z0, t, noise, m.alphas_cumprod)                               # (B, C, h, w)
         pred = m.apply_model(z_t, t, cond)
-        return diffusion_loss(pred, diffusion_target(z0, t, noise, m.alphas_cumprod, m.parameterization))
+        weight = None
+        if self.min_snr_gamma:
+            weight = min_snr_weight(t, m.alphas_cumprod, self.min_snr_gamma, m.parameterization)
+        return diffusion_loss(pred, diffusion_target(z0, t, noise, m.alphas_cumprod, m.parameterization), weight)
 
 
 @torch.no_grad()
@@ -229,7 +233,7 @@ def train_ldm(cfg: RunConfig, run: RunFolder, rt: Runtime, resume: bool = False,
     commands.append(command)
 
     # 4. The step as a module: DistributedDataParallel under torchrun, torch.compile on request.
-    net = DiffusionLoss(model)
+    net = DiffusionLoss(model, tc.min_snr_gamma)
     if rt.distributed:
         net = DistributedDataParallel(net, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
                                       broadcast_buffers=False)

@@ -40,9 +40,27 @@ def diffusion_target(x0, t, noise, alphas_cumprod, parameterization: str) -> tor
     raise ValueError(f"parameterization must be 'eps' or 'v', got {parameterization!r}")
 
 
-def diffusion_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean over C, H, W of the squared error per sample, then over the batch (the reference's l2)."""
-    return (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3)).mean()
+def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over C, H, W of the squared error per sample, then over the batch (the reference's l2);
+    `weight` (B,) weighs each sample's term (min_snr_weight)."""
+    per_sample = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))     # (B,)
+    return per_sample.mean() if weight is None else (weight * per_sample).mean()
+
+
+def min_snr_weight(t: torch.Tensor, alphas_cumprod: torch.Tensor, gamma: float, parameterization: str) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting
+    Strategy", eq. 7-8): the x0-loss weight min(SNR_t, gamma), written for the network's target, i.e.
+    min(SNR, gamma) / SNR for eps and min(SNR, gamma) / (SNR + 1) for v, with SNR_t = abar / (1 - abar).
+    Nearly noiseless steps (SNR >> gamma), whose gradients conflict with the rest, count less."""
+    a = alphas_cumprod[t].double()
+    snr = a / (1 - a)                                                                # (B,)
+    if parameterization == "eps":
+        w = snr.clamp(max=gamma) / snr
+    elif parameterization == "v":
+        w = snr.clamp(max=gamma) / (snr + 1)
+    else:
+        raise ValueError(f"parameterization must be 'eps' or 'v', got {parameterization!r}")
+    return w.float()
 
 
 # --------------------------------------------------------------------------------------------
@@ -56,6 +74,9 @@ class AutoencoderLossConfig:
     kl_weight: float = 1e-6             # KL models: weight of KL(q(z|x) || N(0, I))
     codebook_weight: float = 1.0        # VQ models: weight of the codebook + commitment loss
     pixelloss_weight: float = 1.0       # weight of L1
+    pixel_l2_weight: float = 0.0        # ours: weight of a squared-error term beside L1. Without LPIPS
+                                        # (no local VGG weights) L1 alone learns chroma very late: it
+                                        # weighs a wrong object colour no more than background noise
     perceptual_weight: float = 1.0      # weight of LPIPS (only with local weights)
     disc_weight: float = 0.5            # scales the adaptive GAN weight
     disc_factor: float = 1.0            # 0 switches the GAN off entirely
@@ -217,9 +238,12 @@ def autoencoder_loss(x, rec, reg, cfg: AutoencoderLossConfig, kind: str, lpips: 
     KL models sum the per-pixel loss and average over the batch (the KL is a sum too, so 1e-6 is
     small); VQ models take the mean, as the two reference losses do.
     """
-    rec_loss = (x.float() - rec.float()).abs()                                  # (B, 3, H, W)
+    diff = x.float() - rec.float()
+    rec_loss = diff.abs()                                                       # (B, 3, H, W)
     p_loss = lpips(x.float(), rec.float()) if lpips is not None else torch.zeros((), device=x.device)
     per_pixel = cfg.pixelloss_weight * rec_loss + cfg.perceptual_weight * p_loss
+    if cfg.pixel_l2_weight:
+        per_pixel = per_pixel + cfg.pixel_l2_weight * diff.pow(2)
     if kind == "kl":
         nll = per_pixel.sum() / x.shape[0]
         reg_term = cfg.kl_weight * reg.mean()
