@@ -545,12 +545,37 @@ def test_export_round_trip(tmp_path, ae_file):
         export_run(tmp_path / "exp", tmp_path / "w" / "bad.safetensors", defaults={"cfg": 5})
 
 
-@pytest.mark.parametrize("name", ["shapes-kl-f4", "shapes-txt2img", "shapes-sr4x", "shapes-inpaint"])
+def test_decoder_fine_tune_keeps_the_encoder_and_swaps_into_an_ldm(tmp_path, ae_file):
+    train("autoencoder", ae_config(steps=2, ckpt_every=2), name="ae", runs_dir=tmp_path)
+    ft = ae_config(steps=3, ckpt_every=3, init_from=str(tmp_path / "ae"), freeze_encoder=True)
+    assert train("autoencoder", ft, name="dec", runs_dir=tmp_path) == "finished"
+    first = ema_state_dict(load_checkpoint(tmp_path / "ae" / "checkpoints" / "last.pt"))
+    ckpt = load_checkpoint(tmp_path / "dec" / "checkpoints" / "last.pt")
+    second = ema_state_dict(ckpt)
+    frozen = [k for k in first if k.startswith(("encoder.", "quant_conv."))]
+    assert frozen and all(torch.equal(first[k], ckpt["model"][k]) and torch.equal(first[k], second[k]) for k in frozen)
+    assert not torch.equal(first["decoder.conv_out.weight"], second["decoder.conv_out.weight"])
+    # An LDM trained on the first pass takes the fine-tuned decoder at export; another encoder is refused.
+    train("ldm", ldm_config(str(tmp_path / "ae"), steps=1), name="ldm", runs_dir=tmp_path)
+    m = load_model(export_run(tmp_path / "ldm", tmp_path / "ldm.safetensors", first_stage=tmp_path / "dec"))
+    sd = m.state_dict()
+    assert torch.equal(sd["first_stage_model.decoder.conv_out.weight"], second["decoder.conv_out.weight"].half())
+    assert torch.equal(sd["first_stage_model.encoder.conv_in.weight"], first["encoder.conv_in.weight"].half())
+    assert json.loads(m.metadata["ldm_studio_training"])["first_stage"].startswith("decoder from")
+    with pytest.raises(ValueError, match="another encoder"):
+        export_run(tmp_path / "ldm", tmp_path / "bad.safetensors", first_stage=ae_file)
+    with pytest.raises(ValueError, match="train.init_from"):
+        train("autoencoder", ae_config(steps=1, freeze_encoder=True), name="x", runs_dir=tmp_path)
+
+
+@pytest.mark.parametrize("name", ["shapes-kl-f4", "shapes-kl-f4-decoder", "shapes-txt2img", "shapes-sr4x",
+                                  "shapes-inpaint"])
 def test_shipped_training_configs_load(name, ae_file):
     text = (Path(__file__).resolve().parents[1] / "scripts" / "train_configs" / f"{name}.yaml").read_text()
     cfg = load_config(text.replace("weights/shapes-kl-f4.safetensors", ae_file))
-    if name == "shapes-kl-f4":
+    if name.startswith("shapes-kl-f4"):
         assert cfg.stage == "autoencoder" and cfg.model.ddconfig.downsample_factor == 4
+        assert cfg.train.freeze_encoder == name.endswith("-decoder")
         ae = build_autoencoder(cfg.model)
         assert 0.5e6 < sum(p.numel() for p in ae.parameters()) < 4e6
         assert all(m.num_groups == cfg.model.ddconfig.num_groups for m in ae.modules() if isinstance(m, torch.nn.GroupNorm))

@@ -3,6 +3,7 @@
     python -m core.train autoencoder|ldm --config FILE.yaml [--resume] [--name NAME] [--runs-dir DIR]
                                          [--max-steps N] [--steps N]
     python -m core.train export runs/NAME --out weights/NAME.safetensors [--name DISPLAY_NAME] [--defaults JSON]
+                                        [--first-stage AUTOENCODER]
 
 The same training command under `torchrun --nproc_per_node N` trains with DistributedDataParallel.
 Exit status: 0 when the run finished or was stopped (SIGTERM saves a checkpoint first), 1 on failure.
@@ -37,13 +38,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", help="display name stored in the file (default: export.name or the run's name)")
     p.add_argument("--defaults", type=json.loads, metavar="JSON",
                    help="sampling defaults over the config's export.defaults, e.g. '{\"guidance_scale\": 5}'")
+    p.add_argument("--first-stage", metavar="AUTOENCODER",
+                   help="LDMs: take the first stage from this autoencoder file or run folder instead (a decoder "
+                        "fine-tuned with train.freeze_encoder; the encoder must be the LDM's own)")
     args = parser.parse_args(argv)
 
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stdout,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
     if args.command == "export":
-        path = export_run(args.run, args.out, name=args.name, defaults=args.defaults)
+        path = export_run(args.run, args.out, name=args.name, defaults=args.defaults, first_stage=args.first_stage)
         print(f"wrote {path}")
         return 0
     try:

@@ -22,7 +22,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from core.models.autoencoder import AutoencoderKL, build_autoencoder
-from core.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from core.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint, trained_state_dict
 from core.train.config import RunConfig
 from core.train.data import TrainData
 from core.train.ema import EMA
@@ -68,11 +68,19 @@ def train_autoencoder(cfg: RunConfig, run: RunFolder, rt: Runtime, resume: bool 
     # 1. Model, discriminator and (with local weights) LPIPS.
     torch.manual_seed(tc.seed)
     ae = build_autoencoder(cfg.model).to(rt.device)
-    if tc.logvar_init is not None:
+    if tc.init_from:                                # (a resumed run's checkpoint overrides this below)
+        ae.load_state_dict({k: v.float() for k, v in trained_state_dict(tc.init_from).items()}, strict=True)
+        log.info("initial weights from %s", tc.init_from)
+    elif tc.logvar_init is not None:
         if not isinstance(ae, AutoencoderKL):
             raise ValueError("train.logvar_init is for KL autoencoders (it sets the posterior's log-variance)")
         with torch.no_grad():                       # quant_conv's output is (mean, logvar), embed_dim each
             ae.quant_conv.bias[cfg.model.embed_dim:] = tc.logvar_init
+    if tc.freeze_encoder:
+        if not tc.init_from:
+            raise ValueError("train.freeze_encoder fine-tunes a trained decoder: give train.init_from too")
+        ae.encoder.requires_grad_(False)
+        ae.quant_conv.requires_grad_(False)
     disc = NLayerDiscriminator(lc.disc_in_channels, lc.disc_ndf, lc.disc_num_layers).to(rt.device)
     lpips = build_lpips(tc.lpips_weights) if lc.perceptual_weight > 0 else None
     if lpips is not None:
@@ -80,12 +88,14 @@ def train_autoencoder(cfg: RunConfig, run: RunFolder, rt: Runtime, resume: bool 
     if tc.channels_last:
         ae.to(memory_format=torch.channels_last)
         disc.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(ae.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
+    opt = torch.optim.AdamW([p for p in ae.parameters() if p.requires_grad], lr=tc.lr, betas=tc.betas,
+                            weight_decay=tc.weight_decay)
     opt_d = torch.optim.AdamW(disc.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
     ema = EMA(ae, tc.ema_decay)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.scaler)
-    log.info("%s autoencoder: %.2fM parameters, f=%d, %d latent channels; discriminator %.2fM from step %d",
-             kind.upper(), sum(p.numel() for p in ae.parameters()) / 1e6, cfg.model.ddconfig.downsample_factor,
+    log.info("%s autoencoder: %.2fM parameters (%.2fM trained), f=%d, %d latent channels; discriminator %.2fM "
+             "from step %d", kind.upper(), sum(p.numel() for p in ae.parameters()) / 1e6,
+             sum(p.numel() for p in ae.parameters() if p.requires_grad) / 1e6, cfg.model.ddconfig.downsample_factor,
              cfg.model.embed_dim, sum(p.numel() for p in disc.parameters()) / 1e6, lc.disc_start)
 
     # 2. Data, and the fixed held-out images of the reconstruction grids.

@@ -71,3 +71,12 @@ def ema_state_dict(ckpt: dict) -> dict:
     for name, value in ckpt["ema"]["shadow"].items():
         sd[name] = value.to(sd[name].dtype)
     return sd
+
+
+def trained_state_dict(path) -> dict:
+    """The weights of a trained model: an exported .safetensors, or a run folder (its EMA weights)."""
+    from core.checkpoints import read_checkpoint
+    path = Path(path)
+    if path.is_dir():
+        return ema_state_dict(load_checkpoint(path / "checkpoints" / "last.pt"))
+    return read_checkpoint(path)[0]

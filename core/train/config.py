@@ -64,7 +64,11 @@ class TrainConfig:
     sample_guidance: float = 3.0         # classifier-free guidance scale for the grids
     cond_drop: float = 0.1               # LDM: conditioning dropout, so classifier-free guidance works
     lpips_weights: tuple[str, ...] = ()  # autoencoder: local LPIPS/VGG16 weight files (none: no LPIPS)
-    init_from: str | None = None         # LDM: start from this LDM's weights (txt2img -> inpainting)
+    init_from: str | None = None         # start from trained weights: LDM: an LDM's (txt2img -> inpainting);
+                                         # autoencoder: an autoencoder's (file or run folder)
+    freeze_encoder: bool = False         # autoencoder: train the decoder only (encoder and quant_conv frozen),
+                                         # so the latent space an LDM was trained in stays the same (as
+                                         # Stable Diffusion's fine-tuned ft-MSE decoder)
     min_snr_gamma: float | None = None   # LDM: Min-SNR-gamma loss weighting (Hang et al. 2023; 5 there);
                                          # None: the reference's uniform weighting
     logvar_init: float | None = None     # KL autoencoder: initial bias of the posterior's log-variance
@@ -228,7 +232,7 @@ def _ae(ch: int, mult: list, nrb: int) -> dict:
                      "ch": ch, "ch_mult": mult, "num_res_blocks": nrb, "attn_resolutions": [], "dropout": 0.0},
         "lossconfig": {"target": "ldm.modules.losses.LPIPSWithDiscriminator",
                        "params": {"disc_start": 2000, "kl_weight": 1e-6, "disc_weight": 0.5,
-                                  "disc_num_layers": 2, "disc_ndf": 32}}}}
+                                  "disc_num_layers": 2, "disc_ndf": 32, "pixel_l2_weight": 10.0}}}}
 
 
 def _unet(mc: int, mult: list, nrb: int, attn: list) -> dict:
@@ -282,6 +286,9 @@ def make_config(stage: str, dataset: str = "shapes", model_size: str = "small", 
         if source == "shapes":
             data["photo_fraction"] = 0.2           # photos too, so the SR model's latents cover them
         train.update(lr=lr or 2e-4, betas=[0.5, 0.9], weight_decay=0.0)
+        train.setdefault("logvar_init", -8.0)       # a nearly deterministic posterior at the start
+        if init_from is not None:
+            train["init_from"] = init_from
         return {"model": model, "data": data, "train": train, "export": export}
 
     if first_stage is None and init_from is None:

@@ -28,6 +28,7 @@ from core.models.diffusion import LatentDiffusion
 from core.train.checkpoint import ema_state_dict, load_checkpoint
 from core.train.config import METADATA_SCALE_FACTOR, load_config
 from core.train.data import describe_data
+from core.train.ldm import first_stage_state_dict
 from core.train.run_folder import RunFolder
 
 DEFAULTS_KEYS = {"sampler": str, "karras": bool, "steps": int, "guidance_scale": float, "eta": float,
@@ -65,12 +66,33 @@ def compact_vocab(model_cfg, sd: dict) -> tuple:
     return dataclasses.replace(model_cfg, cond_stage=cond), sd
 
 
+def swap_decoder(sd: dict, first_stage: str | Path) -> dict:
+    """An LDM state dict with the first stage of `first_stage` (an autoencoder file or run folder) in
+    place of its own. Only a decoder may differ: the encoder (and quant_conv) must be the one the LDM
+    was trained on, up to fp16 rounding, else its latent space would not be the LDM's."""
+    new = first_stage_state_dict(first_stage)
+    prefix = "first_stage_model."
+    own = {k[len(prefix):] for k in sd if k.startswith(prefix)}
+    if set(new) != own:
+        raise ValueError(f"{first_stage} is not an autoencoder of this LDM's architecture "
+                         f"({len(own ^ set(new))} keys differ)")
+    changed = [k for k in new if k.startswith(("encoder.", "quant_conv."))
+               and not torch.equal(new[k].half(), sd[prefix + k].half())]
+    if changed:
+        raise ValueError(f"{first_stage} has another encoder than the one this LDM was trained on ({len(changed)} "
+                         f"tensors differ, e.g. {changed[0]}): its latents are not this LDM's. Only a decoder "
+                         "fine-tuned with train.freeze_encoder can be swapped in")
+    return {**sd, **{prefix + k: v for k, v in new.items()}}
+
+
 def export_run(run_dir: str | Path, out: str | Path, name: str | None = None,
-               dtype: torch.dtype = torch.float16, defaults: dict | None = None) -> Path:
+               dtype: torch.dtype = torch.float16, defaults: dict | None = None,
+               first_stage: str | Path | None = None) -> Path:
     """Write the EMA weights of `run_dir`'s last checkpoint to `out`; returns the path.
 
     defaults: sampling defaults stored with an LDM, over the config's export.defaults (for instance
-    the guidance scale an evaluation found best)."""
+    the guidance scale an evaluation found best). first_stage: an LDM's first stage taken from this
+    autoencoder instead (a decoder fine-tuned on the same, frozen, encoder; swap_decoder)."""
     run = RunFolder(run_dir)
     if not run.checkpoint_path.exists():
         raise FileNotFoundError(f"{run.path} has no checkpoint yet ({run.checkpoint_path}); train first")
@@ -82,6 +104,8 @@ def export_run(run_dir: str | Path, out: str | Path, name: str | None = None,
               "metrics": ckpt.get("metrics", {}), "command": " && ".join(dict.fromkeys(ckpt.get("commands", [])))}
     metadata = {"ldm_studio_name": name or cfg.export.get("name") or run.name}
     if cfg.stage == "autoencoder":
+        if first_stage is not None:
+            raise ValueError("first_stage= replaces an LDM's decoder; this run is an autoencoder")
         model = build_autoencoder(cfg.model)
         model.load_state_dict(sd)
         if ckpt.get("scale_factor") is None:
@@ -89,6 +113,9 @@ def export_run(run_dir: str | Path, out: str | Path, name: str | None = None,
         metadata[METADATA_SCALE_FACTOR] = repr(float(ckpt["scale_factor"]))
         record["metrics"] = {**record["metrics"], "scale_factor": float(ckpt["scale_factor"])}
     else:
+        if first_stage is not None:
+            sd = swap_decoder(sd, first_stage)
+            record["first_stage"] = f"decoder from {first_stage} (same encoder)"
         model_cfg = cfg.model
         cond = model_cfg.cond_stage
         if (isinstance(cond, TransformerEmbedderConfig) and cond.tokenizer == "clip" and cond.vocab is None

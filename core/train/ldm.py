@@ -16,18 +16,16 @@ import contextlib
 import dataclasses
 import logging
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from core.checkpoints import read_checkpoint
 from core.models.conditioners import ClassEmbedder, LayoutEmbedder, TransformerEmbedder
 from core.models.diffusion import LatentDiffusion
 from core.samplers import sample
-from core.train.checkpoint import capture_rng, ema_state_dict, load_checkpoint, restore_rng, save_checkpoint
+from core.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint, trained_state_dict
 from core.train.config import RunConfig
 from core.train.data import DataConfig, TrainData
 from core.train.ema import EMA
@@ -44,19 +42,16 @@ log = logging.getLogger("core.train")
 # Weights from earlier stages
 # --------------------------------------------------------------------------------------------
 
-def trained_state_dict(path) -> dict:
-    """The weights of a trained model: an exported .safetensors, or a run folder (its EMA weights)."""
-    path = Path(path)
-    if path.is_dir():
-        return ema_state_dict(load_checkpoint(path / "checkpoints" / "last.pt"))
-    return read_checkpoint(path)[0]
-
-
-def load_first_stage(model: LatentDiffusion, path) -> None:
+def first_stage_state_dict(path) -> dict:
+    """An autoencoder's weights from its file or run folder, or the first stage of a whole LDM's."""
     sd = trained_state_dict(path)
     if any(k.startswith("first_stage_model.") for k in sd):                 # a whole LDM
         sd = {k[len("first_stage_model."):]: v for k, v in sd.items() if k.startswith("first_stage_model.")}
-    model.first_stage_model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
+    return {k: v.float() for k, v in sd.items()}
+
+
+def load_first_stage(model: LatentDiffusion, path) -> None:
+    model.first_stage_model.load_state_dict(first_stage_state_dict(path), strict=True)
 
 
 def init_from_ldm(model: LatentDiffusion, path) -> None:
