@@ -3,7 +3,7 @@
 # run reached and how long it took). Every stage resumes: run the script again after an interruption
 # and each run continues from its last checkpoint (a finished run is only exported again).
 #
-#   bash scripts/train_default_models.sh            # CPU: ~1.5 hours on 2 cores
+#   bash scripts/train_default_models.sh            # CPU: ~2 hours on 2 cores
 #
 # On a CUDA machine the same configs train in mixed precision; raise train.steps and batch_size in
 # scripts/train_configs/*.yaml for better models.
@@ -24,11 +24,15 @@ run() {   # run STAGE NAME [extra train args]: train (or resume) runs/NAME from 
 run autoencoder shapes-kl-f4
 python -m core.train export runs/shapes-kl-f4 --out weights/shapes-kl-f4.safetensors
 
-# 2. Text-to-image and 4x super-resolution LDMs on that first stage, one thread each, side by side.
+# 2. One thread each, side by side: the text-to-image LDM on that first stage, and the first stage's
+#    decoder fine-tuned with its encoder frozen (the latent space does not move), then the 4x
+#    super-resolution LDM on the fine-tuned first stage.
 OMP_NUM_THREADS=1 run ldm shapes-txt2img &
-OMP_NUM_THREADS=1 run ldm shapes-sr4x &
+( OMP_NUM_THREADS=1 run autoencoder shapes-kl-f4-decoder &&
+  python -m core.train export runs/shapes-kl-f4-decoder --out weights/shapes-kl-f4.safetensors &&
+  OMP_NUM_THREADS=1 run ldm shapes-sr4x ) &
 wait
-python -m core.train export runs/shapes-txt2img --out weights/shapes-txt2img.safetensors
+python -m core.train export runs/shapes-txt2img --out weights/shapes-txt2img.safetensors --first-stage runs/shapes-kl-f4-decoder
 python -m core.train export runs/shapes-sr4x --out weights/shapes-sr4x.safetensors
 
 # 3. Evaluation (JSON next to the weights' README figures).
