@@ -611,6 +611,9 @@ def test_vq_autoencoder_trains_and_exports(tmp_path):
     params.update(n_embed=32)
     params["ddconfig"]["double_z"] = False
     params["lossconfig"]["params"] = {"disc_start": 1, "codebook_weight": 1.0, "disc_num_layers": 2, "disc_ndf": 16}
+    with pytest.raises(ValueError, match="logvar_init is for KL"):       # make_config's KL default is refused
+        train("autoencoder", cfg, name="vq-bad", runs_dir=tmp_path)
+    del cfg["train"]["logvar_init"]
     assert train("autoencoder", cfg, name="vq", runs_dir=tmp_path) == "finished"
     rows = RunFolder(tmp_path / "vq").read_metrics()
     assert "codebook" in rows[0] and "g_loss" in rows[1]
