@@ -71,7 +71,7 @@ def train_autoencoder(cfg: RunConfig, run: RunFolder, rt: Runtime, resume: bool 
     if tc.init_from:                                # (a resumed run's checkpoint overrides this below)
         ae.load_state_dict({k: v.float() for k, v in trained_state_dict(tc.init_from).items()}, strict=True)
         log.info("initial weights from %s", tc.init_from)
-    elif tc.logvar_init is not None:
+    elif tc.logvar_init is not None:                # (a fresh start only: trained weights carry their own)
         if not isinstance(ae, AutoencoderKL):
             raise ValueError("train.logvar_init is for KL autoencoders (it sets the posterior's log-variance)")
         with torch.no_grad():                       # quant_conv's output is (mean, logvar), embed_dim each
