@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.checkpoints import read_checkpoint
+
 
 def save_checkpoint(ckpt: dict, path: str | Path) -> Path:
     path = Path(path)
@@ -75,8 +77,15 @@ def ema_state_dict(ckpt: dict) -> dict:
 
 def trained_state_dict(path) -> dict:
     """The weights of a trained model: an exported .safetensors, or a run folder (its EMA weights)."""
-    from core.checkpoints import read_checkpoint
     path = Path(path)
     if path.is_dir():
         return ema_state_dict(load_checkpoint(path / "checkpoints" / "last.pt"))
     return read_checkpoint(path)[0]
+
+
+def first_stage_state_dict(path) -> dict:
+    """An autoencoder's weights (float32) from its file or run folder, or the first stage of a whole LDM's."""
+    sd = trained_state_dict(path)
+    if any(k.startswith("first_stage_model.") for k in sd):                 # a whole LDM
+        sd = {k[len("first_stage_model."):]: v for k, v in sd.items() if k.startswith("first_stage_model.")}
+    return {k: v.float() for k, v in sd.items()}

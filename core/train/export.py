@@ -25,10 +25,9 @@ from core.models.autoencoder import build_autoencoder
 from core.models.clip_text import tokenize_clip
 from core.models.conditioners import TransformerEmbedderConfig
 from core.models.diffusion import LatentDiffusion
-from core.train.checkpoint import ema_state_dict, load_checkpoint
+from core.train.checkpoint import ema_state_dict, first_stage_state_dict, load_checkpoint
 from core.train.config import METADATA_SCALE_FACTOR, load_config
 from core.train.data import describe_data
-from core.train.ldm import first_stage_state_dict
 from core.train.run_folder import RunFolder
 
 DEFAULTS_KEYS = {"sampler": str, "karras": bool, "steps": int, "guidance_scale": float, "eta": float,

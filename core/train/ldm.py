@@ -25,7 +25,8 @@ from torch.nn.parallel import DistributedDataParallel
 from core.models.conditioners import ClassEmbedder, LayoutEmbedder, TransformerEmbedder
 from core.models.diffusion import LatentDiffusion
 from core.samplers import sample
-from core.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint, trained_state_dict
+from core.train.checkpoint import (capture_rng, first_stage_state_dict, load_checkpoint, restore_rng, save_checkpoint,
+                                   trained_state_dict)
 from core.train.config import RunConfig
 from core.train.data import DataConfig, TrainData
 from core.train.ema import EMA
@@ -41,14 +42,6 @@ log = logging.getLogger("core.train")
 # --------------------------------------------------------------------------------------------
 # Weights from earlier stages
 # --------------------------------------------------------------------------------------------
-
-def first_stage_state_dict(path) -> dict:
-    """An autoencoder's weights from its file or run folder, or the first stage of a whole LDM's."""
-    sd = trained_state_dict(path)
-    if any(k.startswith("first_stage_model.") for k in sd):                 # a whole LDM
-        sd = {k[len("first_stage_model."):]: v for k, v in sd.items() if k.startswith("first_stage_model.")}
-    return {k: v.float() for k, v in sd.items()}
-
 
 def load_first_stage(model: LatentDiffusion, path) -> None:
     model.first_stage_model.load_state_dict(first_stage_state_dict(path), strict=True)
