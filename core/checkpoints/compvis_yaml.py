@@ -53,7 +53,7 @@ _IGNORED = {
              "arch", "layer", "layer_idx", "max_length", "max_seq_len", "text_cfg", "embed_dim",
              "text_config", "n_embed", "n_layer", "vocab_size", "n_classes", "tokenizer", "heads",
              "dim_head", "ff_mult", "quick_gelu", "max_objects", "n_freqs", "with_logits", "has_null_class",
-             "tokenizer"},
+             "vocab"},
 }
 
 
