@@ -47,14 +47,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from core import pipelines
 from core.checkpoints import model_hash
 from core.models.conditioners import ClassEmbedder, LayoutEmbedder
 from core.models.distributions import DiagonalGaussianDistribution
+from core.pipelines import defaults
+from core.pipelines.defaults import first_stage_factor, unet_factor
 from core.samplers import SAMPLERS, sample
 from core.world import PALETTE, ShapesWorld, caption, judge, random_scene, render
 
 # Used when neither the caller nor the model file's "ldm_studio_defaults" say otherwise.
-FALLBACK_DEFAULTS = {"sampler": "ddim", "karras": False, "steps": 50, "guidance_scale": 7.5, "eta": 0.0}
 OBJECT_CHOICES = {"1": 1, "2": 2, "3": 3, "mixed": None}
 SCENE_STREAM = 0x5EE1      # the evaluation scenes' own numpy stream, apart from the training world's
 EVAL_PHOTOS = ("chelsea", "coffee", "rocket", "motorcycle_left")
@@ -122,19 +124,8 @@ def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------------------------
 
 def model_defaults(m) -> dict:
-    """Sampling defaults from the file's "ldm_studio_defaults" metadata, else FALLBACK_DEFAULTS."""
-    stored = getattr(m, "metadata", {}).get("ldm_studio_defaults")
-    return {**FALLBACK_DEFAULTS, **(json.loads(stored) if stored else {})}
-
-
-def first_stage_factor(m) -> int:
-    """f: pixels per latent pixel (the autoencoder halves the side once per extra ch_mult level)."""
-    return 2 ** (len(m.config.first_stage.ddconfig.ch_mult) - 1)
-
-
-def unet_factor(m) -> int:
-    """Latent sides must be divisible by this (one halving per extra UNet level)."""
-    return 2 ** (len(m.config.unet.channel_mult) - 1)
+    """The sampling defaults a pipeline would use (the file's metadata over the task's reference)."""
+    return dataclasses.asdict(defaults.model_defaults(m))
 
 
 def to_uint8(x: torch.Tensor) -> list[np.ndarray]:
@@ -385,22 +376,21 @@ def bicubic_upscale(image: np.ndarray, factor: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((w * factor, h * factor), Image.Resampling.BICUBIC))
 
 
-def sr_upscaler(m, sampler: str, steps: int, seed: int = 0, eta: float = 0.0,
-                karras: bool = False) -> Callable[[np.ndarray], np.ndarray]:
-    """LR uint8 (h, w, 3) -> SR uint8 (h f, w f, 3) with a concat model (task "upscale-ldm"): the LR
-    image in [-1, 1] at latent size is c_concat; the whole image in one pass (no tiles)."""
+def sr_upscaler(m, sampler: str, steps: int, seed: int = 0, eta: float = 0.0, karras: bool = False,
+                back_projection: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+    """LR uint8 (h, w, 3) -> SR uint8 (h f, w f, 3) by core.pipelines.upscale, what a user gets, with
+    the whole image as one tile (these images are small) and an 'upscale-ldm' model (z ++ LR image)."""
     if m.task != "upscale-ldm":
         raise ValueError(f"the SR evaluation needs an 'upscale-ldm' model (z ++ LR image), this one "
                          f"is {m.task!r}")
-    param = next(m.parameters())
+    align = unet_factor(m)
 
     def upscale(lr: np.ndarray) -> np.ndarray:
-        c = torch.from_numpy(lr).permute(2, 0, 1)[None].to(param.device, torch.float32) / 127.5 - 1
-        h, w = lr.shape[:2]
-        z = sample(m, {"c_concat": [c.to(param.dtype)]}, None, guidance_scale=1.0, steps=steps,
-                   sampler=sampler, eta=eta, karras=karras,
-                   x_T=_noise([seed], (m.config.channels, h, w)), seed=seed)    # (1, C, h, w)
-        return to_uint8(m.decode_first_stage(z))[0]
+        whole = -(-max(lr.shape[:2]) // align) * align
+        result = pipelines.upscale(m, Image.fromarray(lr), tile=whole, overlap=0, steps=steps, seed=seed,
+                                   sampler=sampler, eta=eta, karras=karras, back_projection=back_projection,
+                                   vae_tile=0)
+        return np.asarray(result.convert("RGB"))
 
     return upscale
 
@@ -427,19 +417,20 @@ def evaluate_sr(upscale: Callable[[np.ndarray], np.ndarray], images: dict[str, n
 
 
 def eval_sr(m, n_shapes: int = 16, seed: int = 0, sampler: str | None = None, steps: int | None = None,
-            eta: float | None = None, karras: bool | None = None, max_side: int | None = None,
-            photos: bool = True, shapes_size: int = 256, log=print) -> dict:
+            eta: float | None = None, karras: bool | None = None, back_projection: int | None = None,
+            max_side: int | None = None, photos: bool = True, shapes_size: int = 256, log=print) -> dict:
     """The SR evaluation of a loaded 'upscale-ldm' model on the evaluation photos (centre crops, at
     most max_side) and n_shapes shapes-world scenes of shapes_size pixels (whole)."""
     d = model_defaults(m)
     settings = {"n_shapes": n_shapes, "shapes_size": shapes_size, "seed": seed, "sampler": sampler or d["sampler"],
                 "karras": d["karras"] if karras is None else karras, "steps": steps or d["steps"],
                 "eta": d["eta"] if eta is None else eta, "max_side": max_side,
+                "back_projection": d["back_projection"] if back_projection is None else back_projection,
                 "metric_space": "RGB 0-255, SSIM Gaussian 11x11 sigma 1.5, valid windows"}
     factor = first_stage_factor(m)
     grid = factor * unet_factor(m)
     upscale = sr_upscaler(m, settings["sampler"], settings["steps"], seed, settings["eta"],
-                          settings["karras"])
+                          settings["karras"], settings["back_projection"])
     start = time.perf_counter()
     out = {"task": "sr", **_model_info(m), "factor": factor, "settings": settings}
     if photos:
@@ -587,6 +578,7 @@ def main(argv: list[str] | None = None) -> dict:
     sr.add_argument("--shapes-size", type=int, default=256, help="side of the shapes-world scenes")
     sr.add_argument("--max-side", type=int, help="crop the photos to at most this side (default: whole)")
     sr.add_argument("--no-photos", action="store_true", help="skip the four evaluation photos")
+    sr.add_argument("--back-projection", type=int, help="rounds after decoding; default: the model's")
     args = parser.parse_args(argv)
 
     from core import load_model
@@ -604,8 +596,7 @@ def main(argv: list[str] | None = None) -> dict:
                               save_dir=args.save_images, log=log, **common)
     else:
         result = eval_sr(m, n_shapes=args.n_shapes, max_side=args.max_side, photos=not args.no_photos,
-                         shapes_size=args.shapes_size,
-                         log=log, **common)
+                         shapes_size=args.shapes_size, back_projection=args.back_projection, log=log, **common)
     result["command"] = "python -m core.eval " + " ".join(sys.argv[1:] if argv is None else argv)
     for line in _summary_lines(result):
         print(line)

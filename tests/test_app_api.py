@@ -146,6 +146,10 @@ def test_upscale_is_4x_with_before_after(client, tmp_path):
         assert "parameters" in im.info
     before, after = (_png(x) for x in slider)
     assert Image.open(before).size == Image.open(after).size == (192, 128)
+    assert "Back-projection" not in info                          # the tiny test model's default: off
+    _, _, info, _ = client.predict(image=handle_file(str(source)), seed=7, back_projection=2, api_name="/upscale")
+    assert "Back-projection: 2" in info
+    assert "Back-projection must be" in _error(client, "/upscale", image=handle_file(str(source)), back_projection=40)
     assert "Upload an image" in _error(client, "/upscale")
 
 

@@ -3,6 +3,7 @@ uint8 conversion), seeds, defaults, conditioning layouts of the dedicated models
 guarantees and reports, progress / interruption, and bad inputs."""
 
 import dataclasses
+import importlib
 import json
 import threading
 
@@ -310,6 +311,46 @@ def test_ldm_sr_concatenates_the_low_res_image():
     assert out.size == (80, 48) and out.info["ldm_studio"]["upscale"] == 4.0
     expected = torch.from_numpy(np.asarray(lr, np.float32) / 127.5 - 1).permute(2, 0, 1)
     assert torch.allclose(seen[0][0][0, 3:6, :12, :20], expected, atol=1e-6)
+
+
+def _box_down(a: np.ndarray, f: int) -> np.ndarray:
+    h, w, c = a.shape
+    return a.reshape(h // f, f, w // f, f, c).astype(np.float64).mean(axis=(1, 3))
+
+
+def test_back_projection_restores_the_input_and_is_banded_exactly(monkeypatch):
+    U = importlib.import_module("core.pipelines.upscale")          # the module (the package exports the function)
+    g = torch.Generator().manual_seed(0)
+    lr = torch.rand(1, 3, 10, 7, generator=g) * 2 - 1
+    x = F.interpolate(lr, scale_factor=4, mode="nearest") + 0.3 * torch.randn(1, 3, 40, 28, generator=g)
+    error = lambda y: (F.avg_pool2d(y, 4) - lr).abs().mean().item()          # noqa: E731
+    once, twice = U.back_project(x, lr, 1), U.back_project(x, lr, 2)
+    assert error(U.back_project(x, lr, 8)) < error(twice) < error(once) < 0.3 * error(x)   # converges to lr
+    assert torch.equal(U.back_project(x, lr, 0), x.float())
+    monkeypatch.setattr(U, "BACK_PROJECTION_BAND", 3)                            # 4 bands with their halos
+    assert torch.allclose(U.back_project(x, lr, 2), twice, atol=1e-6)
+
+
+def test_upscale_back_projection_default_argument_and_record(tmp_path):
+    m = tiny_model("ldm_sr")
+    lr = _photo(16, 12)
+    plain = np.asarray(P.upscale(m, lr, steps=1, seed=0), np.float64)
+    projected = P.upscale(m, lr, steps=1, seed=0, back_projection=3)
+    target = np.asarray(lr, np.float64)
+    gap = lambda a: np.abs(_box_down(a, 4) - target).mean()                   # noqa: E731
+    assert gap(np.asarray(projected, np.float64)) < 0.1 * gap(plain)
+    assert projected.info["ldm_studio"]["back_projection"] == 3
+    assert "Back-projection: 3" in projected.info["parameters"]
+    assert "Back-projection" not in P.upscale(m, lr, steps=1, seed=0).info["parameters"]
+    # A file's defaults ask for it; the caller's 0 turns it off.
+    path = tmp_path / "sr.safetensors"
+    save_model(m, path, dtype=None, metadata={"ldm_studio_defaults": json.dumps({"back_projection": 3})})
+    stored = load_model(path)
+    assert np.array_equal(np.asarray(P.upscale(stored, lr, steps=1, seed=0)), np.asarray(projected))
+    assert np.array_equal(np.asarray(P.upscale(stored, lr, steps=1, seed=0, back_projection=0)), plain)
+    for bad in (-1, 17, 1.5, True):
+        with pytest.raises(ValueError, match=r"back_projection must be a whole number of rounds in \[0, 16\]"):
+            P.upscale(m, lr, steps=1, back_projection=bad)
 
 
 def test_sd_x4_noise_augmentation_and_level():

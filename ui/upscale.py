@@ -9,7 +9,7 @@ from PIL import Image
 
 from core import pipelines
 from core.pipelines.defaults import first_stage_factor, model_defaults, unet_factor
-from core.pipelines.upscale import plan_tiles
+from core.pipelines.upscale import MAX_BACK_PROJECTION, plan_tiles
 from ui.controls import model_picker, optional_float, optional_int, picker_update, prompt_row, seed_value
 from ui.errors import user_errors
 from ui.follow import follow, job_memory, info_text, pipeline_progress
@@ -19,6 +19,16 @@ from ui.studio import Studio
 from ui.txt2img import interrupt
 
 TAB = "upscale"
+
+
+def back_projection_rounds(value) -> int | None:
+    """The field -> rounds; None (the model's default) for empty or negative."""
+    if value is None or value == "" or float(value) < 0:
+        return None
+    if not float(value).is_integer() or float(value) > MAX_BACK_PROJECTION:
+        raise ValueError(f"Back-projection must be a whole number of rounds from 0 to {MAX_BACK_PROJECTION} "
+                         f"(-1: the model's default); got {value}.")
+    return int(value)
 
 
 def _settings(tile, overlap, steps) -> dict:
@@ -69,14 +79,16 @@ def slider_value(state: JobState):
 @user_errors
 def upscale(studio: Studio, prompt: str = "", image: str | None = None, negative_prompt: str = "",
             model: str | None = None, tile: int | None = None, overlap: int | None = None,
-            steps: int | None = None, guidance_scale: float | None = None, seed: int = -1, progress=gr.Progress()):
+            steps: int | None = None, guidance_scale: float | None = None, seed: int = -1,
+            back_projection: int | None = -1, progress=gr.Progress()):
     """Upscale an image (4x) tile by tile. The prompts are for text-conditioned upscalers (SD x4);
-    LDM super-resolution takes none. Returns (before, after) for the slider, the full-resolution PNG,
+    LDM super-resolution takes none. back_projection: rounds after decoding (-1: the model's
+    default). Returns (before, after) for the slider, the full-resolution PNG,
     and its parameters."""
     entry = studio.models.entry(TAB, model)
     low = open_image(image, studio.settings.max_side)
     options = dict(**_settings(tile, overlap, steps), guidance_scale=optional_float(guidance_scale, "CFG scale"),
-                   seed=seed_value(seed))
+                   seed=seed_value(seed), back_projection=back_projection_rounds(back_projection))
 
     def work(job):
         m = studio.models.load(entry)
@@ -126,6 +138,8 @@ def build(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
                 steps = gr.Number(None, label="Sampling steps (0: model default)", precision=0)
                 guidance_scale = gr.Number(None, label="CFG scale, SD x4 (0: model default)")
                 seed = gr.Number(-1, label="Seed (-1: random)", precision=0)
+            back_projection = gr.Number(-1, label="Back-projection rounds onto the input (-1: model default, 0: off)",
+                                        precision=0)
         with gr.Column(scale=1):
             slider = gr.ImageSlider(label="Before / after", type="filepath", format="png", max_height=520,
                                     elem_classes=["ldm-upscale-slider"])
@@ -136,7 +150,7 @@ def build(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
     gr.on([row.generate.click], partial(upscale, studio),
           inputs_kwargs={"prompt": row.prompt, "image": image, "negative_prompt": row.negative_prompt,
                          "model": picker, "tile": tile, "overlap": overlap, "steps": steps,
-                         "guidance_scale": guidance_scale, "seed": seed},
+                         "guidance_scale": guidance_scale, "seed": seed, "back_projection": back_projection},
           outputs=[slider, download, info, job], api_name="upscale", concurrency_id="device", concurrency_limit=1)
     gr.on([image.change, picker.change, tile.change, overlap.change, steps.change], partial(estimate, studio),
           inputs_kwargs={"image": image, "model": picker, "tile": tile, "overlap": overlap, "steps": steps},

@@ -1,8 +1,8 @@
 """What a pipeline uses when the caller gives None, and the sizes a model can produce.
 
 Order of precedence, per field: the caller's value; the model file's "ldm_studio_defaults"
-metadata (JSON {"sampler", "karras", "steps", "guidance_scale", "eta", "width", "height"}, any
-subset); the reference defaults for the model's task below (FACTS.md section 7: SD1 / LDM text 7.5,
+metadata (JSON {"sampler", "karras", "steps", "guidance_scale", "eta", "width", "height",
+"noise_level", "back_projection"}, any subset); the reference defaults for the model's task below (FACTS.md section 7: SD1 / LDM text 7.5,
 SD2 v-models 9, 50 DDIM steps, eta 1.0 for the LDM super-resolution notebook and the SD2
 inpainting demo, noise level 20 for the x4 upscaler).
 """
@@ -35,6 +35,7 @@ class Defaults:
     width: int = 512                   # pixels
     height: int = 512
     noise_level: int = 20              # x4 upscaler: noise augmentation level of the low-res image
+    back_projection: int = 0           # super-resolution: rounds of back-projection onto the input
 
 
 def first_stage_factor(m) -> int:

@@ -51,6 +51,7 @@ PARAMETERS = [
     ("Tile overlap", "overlap", int),
     ("Upscale", "upscale", float),
     ("Noise level", "noise_level", int),
+    ("Back-projection", "back_projection", int),
     ("Task", "task", str),
     ("Version", "version", str),
 ]

@@ -7,7 +7,8 @@ Diffusion checkpoint; an autoencoder file holds the autoencoder and its latent s
 metadata also carries (contracts.md):
     ldm_studio_name       display name
     ldm_studio_training   {"data", "steps", "wall_time_s", "machine", "metrics", "command"}
-    ldm_studio_defaults   {"sampler", "karras", "steps", "guidance_scale", "eta", "width", "height"} (LDMs)
+    ldm_studio_defaults   core.pipelines.defaults.Defaults' fields: {"sampler", "karras", "steps",
+                          "guidance_scale", "eta", "width", "height", "noise_level", "back_projection"} (LDMs)
 
 A text model trained on the shapes world keeps only the token-embedding rows of the BPE ids its
 captions use (cond_stage vocab): 49408 x D rows of which ~40 were ever trained (6.3 MB of 22 MB).
@@ -25,13 +26,13 @@ from core.models.autoencoder import build_autoencoder
 from core.models.clip_text import tokenize_clip
 from core.models.conditioners import TransformerEmbedderConfig
 from core.models.diffusion import LatentDiffusion
+from core.pipelines.defaults import Defaults
 from core.train.checkpoint import ema_state_dict, first_stage_state_dict, load_checkpoint
 from core.train.config import METADATA_SCALE_FACTOR, load_config
 from core.train.data import describe_data
 from core.train.run_folder import RunFolder
 
-DEFAULTS_KEYS = {"sampler": str, "karras": bool, "steps": int, "guidance_scale": float, "eta": float,
-                 "width": int, "height": int}
+DEFAULTS_KEYS = {f.name: f.type for f in dataclasses.fields(Defaults)}     # name -> str, bool, int, float
 
 
 def _defaults(cfg, override: dict | None = None) -> dict:
