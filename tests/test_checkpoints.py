@@ -214,3 +214,15 @@ def test_yaml_errors_are_clear():
         config_from_yaml(FAMILIES["sd2"].replace("FrozenOpenCLIPEmbedder", "SomethingElse"))
     with pytest.raises(ValueError, match="model:"):
         config_from_yaml("just: text")
+
+
+def test_each_conditioner_warns_about_parameters_it_does_not_read():
+    from core.checkpoints import config_from_yaml
+    classes = FAMILIES["ldm_class"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                        # its own parameters and the reference's
+        config_from_yaml(classes.replace("key: class_label}", "key: class_label, ucg_rate: 0.1}"))
+    # n_layer is a TransformerEmbedder's parameter, not a ClassEmbedder's: the config is wrong.
+    with pytest.warns(UserWarning, match=r"cond_stage_config \(ClassEmbedder\) has parameters LDM Studio "
+                                         r"does not use: n_layer"):
+        config_from_yaml(classes.replace("key: class_label}", "key: class_label, n_layer: 4}"))

@@ -49,11 +49,8 @@ _IGNORED = {
                     "remap", "sane_index_shape", "batch_resize_range", "scheduler_config", "lr_g_factor",
                     "use_ema"},
     "unet": {"ckpt_path"},
-    "cond": {"device", "freeze", "version", "use_tokenizer", "embedding_dropout", "pretrained", "key",
-             "arch", "layer", "layer_idx", "max_length", "max_seq_len", "text_cfg", "embed_dim",
-             "text_config", "n_embed", "n_layer", "vocab_size", "n_classes", "tokenizer", "heads",
-             "dim_head", "ff_mult", "quick_gelu", "max_objects", "n_freqs", "with_logits", "has_null_class",
-             "vocab"},
+    # any conditioner (what each one reads is its config's fields, checked in _cond_stage)
+    "cond": {"device", "freeze", "version", "use_tokenizer", "embedding_dropout", "pretrained", "ucg_rate"},
 }
 
 
@@ -109,12 +106,15 @@ def _cond_stage(block):
     target, p = _target(block, "cond_stage_config")
     if target == "torch.nn.Identity":
         return COND_STAGE_IDENTITY
-    _warn_unknown(f"cond_stage_config ({target.rsplit('.', 1)[-1]})", p, _IGNORED["cond"])
+    where = f"cond_stage_config ({target.rsplit('.', 1)[-1]})"
+    check = lambda known: _warn_unknown(where, p, set(known) | _IGNORED["cond"])      # noqa: E731
     if target == _ENCODERS + "FrozenOpenCLIPEmbedder":
+        check(("arch", "layer", "max_length", "text_cfg", "embed_dim", "quick_gelu"))
         extra = {k: p[k] for k in ("text_cfg", "embed_dim", "quick_gelu") if k in p}
         return FrozenOpenCLIPEmbedderConfig(arch=p.get("arch", "ViT-H-14"), layer=p.get("layer", "last"),
                                             max_length=p.get("max_length", 77), **extra)
     if target == _ENCODERS + "FrozenCLIPEmbedder":
+        check(("layer", "layer_idx", "max_length", "text_config"))
         shape = dict(p.get("text_config") or {})
         version = p.get("version", "openai/clip-vit-large-patch14")
         common = {"layer": p.get("layer", "last"), "layer_idx": p.get("layer_idx"),
@@ -131,14 +131,17 @@ def _cond_stage(block):
         return FrozenCLIPEmbedderConfig.from_version(version, **common)
     if target in (_ENCODERS + "BERTEmbedder", _ENCODERS + "TransformerEmbedder"):
         known = _fields(TransformerEmbedderConfig)
+        check(known)
         bert = target.endswith("BERTEmbedder")
         return TransformerEmbedderConfig(**{"tokenizer": "bert" if bert else "clip",
                                             **{k: v for k, v in p.items() if k in known}})
     if target == _ENCODERS + "ClassEmbedder":
+        check(_fields(ClassEmbedderConfig))
         return ClassEmbedderConfig(embed_dim=p["embed_dim"], n_classes=p.get("n_classes", 1000),
                                    key=p.get("key", "class"), has_null_class=p.get("has_null_class"))
     if target == "core.models.conditioners.LayoutEmbedder":
         known = _fields(LayoutEmbedderConfig)
+        check(known)
         return LayoutEmbedderConfig(**{k: v for k, v in p.items() if k in known})
     raise ValueError(f"config: cond stage {target!r} is not supported. Supported: FrozenOpenCLIPEmbedder, "
                      "FrozenCLIPEmbedder, BERTEmbedder, TransformerEmbedder, ClassEmbedder, torch.nn.Identity, "
