@@ -3,6 +3,7 @@
 Everything runs in this process on tiny models (16x16 images, 4x4 latents); the command-line,
 SIGKILL and DDP tests, which need subprocesses, are in test_train_cli.py.
 """
+import dataclasses
 import contextlib
 import json
 import logging
@@ -146,6 +147,16 @@ def test_sr_pairs_and_masks():
     assert ((m.mean(dim=(1, 2, 3)) > 0) & (m.mean(dim=(1, 2, 3)) < 1)).all()
     assert torch.equal(data.batch([2])["mask"][0], m[2])
     assert np.array_equal(random_mask(32, np.random.default_rng(1)), random_mask(32, np.random.default_rng(1)))
+    # filters: [area] makes the low-res image the 4x4 block means, rounded (what core.eval does; OpenCV's
+    # fixed-point rounding may differ by one level).
+    area = TrainData(dataclasses.replace(cfg, degradation=DegradationConfig(blur=0, noise=0, jpeg=0,
+                                                                            filters=["area"])))
+    pair = area.batch(range(4))
+    exact = torch.floor((torch.nn.functional.avg_pool2d(pair["image"], 4) + 1) * 127.5 + 0.5) / 127.5 - 1
+    levels = ((pair["lr"] - exact) * 127.5).abs()
+    assert levels.max() < 1.01 and (levels > 0.5).float().mean() < 0.02
+    with pytest.raises(ValueError, match="filters must name some of"):
+        DegradationConfig(filters=["lanczos"])
     # Degradations change the low-res image.
     hr = data.sample(0)["image"]
     clean = degrade(hr, 4, np.random.default_rng(0), DegradationConfig(0, 0, 0))

@@ -39,6 +39,9 @@ TRAIN_PHOTOS = ("astronaut", "brick", "camera", "cell", "clock", "coins", "color
 EVAL_PHOTOS = ("chelsea", "coffee", "rocket", "motorcycle_left")
 
 
+DOWN_FILTERS = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
+
+
 @dataclass(frozen=True)
 class DegradationConfig:
     """The BSR-style degradation of an SR pair's low-res image (Rombach et al. 2022, App. D.6; BSRGAN's
@@ -46,11 +49,16 @@ class DegradationConfig:
     blur: float = 0.3                    # probability of a Gaussian blur (sigma 0.3-1.5 px, high-res)
     noise: float = 0.2                   # probability of Gaussian noise (sigma 1-8 / 255, low-res)
     jpeg: float = 0.2                    # probability of JPEG compression (quality 50-95, low-res)
+    filters: tuple[str, ...] = tuple(DOWN_FILTERS)   # the down-sampling filter is drawn from these
 
     def __post_init__(self):
         for name in ("blur", "noise", "jpeg"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"data.degradation.{name} is a probability in [0, 1], got {getattr(self, name)}")
+        filters = (self.filters,) if isinstance(self.filters, str) else tuple(self.filters)
+        if not filters or set(filters) - set(DOWN_FILTERS):
+            raise ValueError(f"data.degradation.filters must name some of {list(DOWN_FILTERS)}, got {self.filters!r}")
+        object.__setattr__(self, "filters", filters)
 
 
 @dataclass(frozen=True)
@@ -138,7 +146,7 @@ def degrade(hr: np.ndarray, factor: int, rng: np.random.Generator, cfg: Degradat
     if rng.random() < cfg.blur:
         x = cv2.GaussianBlur(x, (0, 0), float(rng.uniform(0.3, 1.5)))
     h, w = x.shape[:2]
-    interpolation = (cv2.INTER_AREA, cv2.INTER_LINEAR, cv2.INTER_CUBIC)[int(rng.integers(3))]
+    interpolation = DOWN_FILTERS[cfg.filters[int(rng.integers(len(cfg.filters)))]]
     x = cv2.resize(x, (w // factor, h // factor), interpolation=interpolation)
     if rng.random() < cfg.noise:
         noisy = x.astype(np.float32) + rng.normal(0.0, rng.uniform(1.0, 8.0), x.shape)
