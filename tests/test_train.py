@@ -579,11 +579,15 @@ def test_decoder_fine_tune_keeps_the_encoder_and_swaps_into_an_ldm(tmp_path, ae_
         train("autoencoder", ae_config(steps=1, freeze_encoder=True), name="x", runs_dir=tmp_path)
 
 
-@pytest.mark.parametrize("name", ["shapes-kl-f4", "shapes-kl-f4-decoder", "shapes-txt2img", "shapes-sr4x",
-                                  "shapes-inpaint"])
+SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "scripts" / "train_configs"
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml")))
 def test_shipped_training_configs_load(name, ae_file):
-    text = (Path(__file__).resolve().parents[1] / "scripts" / "train_configs" / f"{name}.yaml").read_text()
-    cfg = load_config(text.replace("weights/shapes-kl-f4.safetensors", ae_file))
+    text = (SHIPPED_CONFIGS / f"{name}.yaml").read_text()
+    for shipped in ("weights/shapes-kl-f4.safetensors", "weights/shapes-txt2img.safetensors"):
+        text = text.replace(shipped, ae_file)                   # first stages (and init weights) of the test's own
+    cfg = load_config(text)
     if name.startswith("shapes-kl-f4"):
         assert cfg.stage == "autoencoder" and cfg.model.ddconfig.downsample_factor == 4
         assert cfg.train.freeze_encoder == name.endswith("-decoder")
@@ -591,7 +595,8 @@ def test_shipped_training_configs_load(name, ae_file):
         assert 0.5e6 < sum(p.numel() for p in ae.parameters()) < 4e6
         assert all(m.num_groups == cfg.model.ddconfig.num_groups for m in ae.modules() if isinstance(m, torch.nn.GroupNorm))
         return
-    task = {"shapes-txt2img": "conditional", "shapes-sr4x": "upscale-ldm", "shapes-inpaint": "inpaint-sd"}[name]
+    task = {"shapes-txt2img": "conditional", "shapes-sr4x": "upscale-ldm",
+            "shapes-inpaint": "inpaint-sd"}[name.split("-continue")[0]]
     assert cfg.stage == "ldm" and cfg.model.task == task and cfg.model.scale_factor == 0.5
     with torch.device("meta"):
         n = sum(p.numel() for p in UNetModel(cfg.model.unet).parameters())
