@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlap", type=int, default=None, help="tile overlap in input pixels (default tile/4)")
     p.add_argument("--tile-batch", type=int, default=1, help="tiles per UNet call")
     p.add_argument("--noise-level", type=int, default=None, help="x4 upscaler: noise augmentation level")
+    p.add_argument("--scale", type=float, default=None,
+                   help="output side / input side, above 1 and at most the model's factor (default: the factor, 4)")
     p.add_argument("--back-projection", type=int, default=None, metavar="ROUNDS",
                    help="rounds of back-projection onto the input after decoding (default: the model's)")
     return parser
@@ -184,7 +186,7 @@ def _run(args, stop: threading.Event, bar: ProgressBar) -> list:
                                  **common)
     return [pipelines.upscale(m, args.image, tile=args.tile, overlap=args.overlap, prompt=args.prompt,
                               negative_prompt=args.negative_prompt, guidance_scale=args.guidance_scale,
-                              noise_level=args.noise_level, back_projection=args.back_projection,
+                              noise_level=args.noise_level, back_projection=args.back_projection, scale=args.scale,
                               tile_batch=args.tile_batch, **common)]
 
 

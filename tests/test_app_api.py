@@ -149,6 +149,9 @@ def test_upscale_is_4x_with_before_after(client, tmp_path):
     assert "Back-projection" not in info                          # the tiny test model's default: off
     _, _, info, _ = client.predict(image=handle_file(str(source)), seed=7, back_projection=2, api_name="/upscale")
     assert "Back-projection: 2" in info
+    _, download, info, _ = client.predict(image=handle_file(str(source)), seed=7, scale=2, api_name="/upscale")
+    with Image.open(_png(download)) as im:
+        assert im.size == (96, 64) and "Upscale: 2," in info
     assert "Back-projection must be" in _error(client, "/upscale", image=handle_file(str(source)), back_projection=40)
     assert "Upload an image" in _error(client, "/upscale")
 

@@ -353,6 +353,20 @@ def test_upscale_back_projection_default_argument_and_record(tmp_path):
             P.upscale(m, lr, steps=1, back_projection=bad)
 
 
+def test_upscale_scale_below_the_model_factor_resizes_its_result():
+    m = tiny_model("ldm_sr")
+    lr = _photo(16, 12)
+    full = P.upscale(m, lr, steps=1, seed=0)
+    half = P.upscale(m, lr, steps=1, seed=0, scale=2.5)
+    assert full.size == (64, 48) and half.size == (40, 30)
+    expected = full.resize((40, 30), Image.Resampling.LANCZOS)
+    assert np.array_equal(np.asarray(half), np.asarray(expected))
+    assert half.info["ldm_studio"]["upscale"] == 2.5 and "Size: 40x30" in half.info["parameters"]
+    for bad in (1, 4.5, 0, "2", True):
+        with pytest.raises(ValueError, match=r"scale must be a number in \(1, 4\]"):
+            P.upscale(m, lr, steps=1, scale=bad)
+
+
 def test_sd_x4_noise_augmentation_and_level():
     m = tiny_model("sd_x4")
     lr = _photo(16, 16)

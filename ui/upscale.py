@@ -1,5 +1,6 @@
-"""The Upscale tab: any image -> 4x, tile by tile, with a before/after slider and the full-resolution
-PNG to download. Shows the number of tiles and an estimated time before running. `/upscale` API."""
+"""The Upscale tab: any image -> 4x (or less, resized down), tile by tile, with a before/after slider
+and the full-resolution PNG to download. Shows the number of tiles and an estimated time before
+running. `/upscale` API."""
 import time
 from functools import partial
 from types import SimpleNamespace
@@ -9,7 +10,7 @@ from PIL import Image
 
 from core import pipelines
 from core.pipelines.defaults import first_stage_factor, model_defaults, unet_factor
-from core.pipelines.upscale import MAX_BACK_PROJECTION, plan_tiles
+from core.pipelines.upscale import MAX_BACK_PROJECTION, plan_tiles, scaled_size
 from ui.controls import model_picker, optional_float, optional_int, picker_update, prompt_row, seed_value
 from ui.errors import user_errors
 from ui.follow import follow, job_memory, info_text, pipeline_progress
@@ -31,13 +32,18 @@ def back_projection_rounds(value) -> int | None:
     return int(value)
 
 
+def scale_value(value) -> float | None:
+    """The Scale field -> the pipeline's scale (None: the model's own factor)."""
+    return None if value is None or value == "" else float(value)
+
+
 def _settings(tile, overlap, steps) -> dict:
     return dict(tile=optional_int(tile, "Tile size"), overlap=optional_int(overlap, "Tile overlap"),
                 steps=optional_int(steps, "Sampling steps", maximum=1000))
 
 
 def plan(m, width: int, height: int, tile: int | None = None, overlap: int | None = None,
-         steps: int | None = None) -> dict:
+         steps: int | None = None, scale: float | None = None) -> dict:
     """What core.pipelines.upscale will do for a width x height input: output size, tiles per step
     (the pipeline's own tile plan) and steps."""
     f, align = first_stage_factor(m), unet_factor(m)
@@ -45,20 +51,22 @@ def plan(m, width: int, height: int, tile: int | None = None, overlap: int | Non
     defaults = model_defaults(m)
     guided = m.task == "upscale-sd" and defaults.guidance_scale != 1.0
     tile, overlap, tiles = plan_tiles(m, h, w, tile or None, overlap, 2 if guided else 1)
-    return {"width": width * f, "height": height * f, "tiles": tiles, "tile": tile, "overlap": overlap,
+    out_w, out_h = scaled_size(width, height, scale) if scale and scale != f else (width * f, height * f)
+    return {"width": out_w, "height": out_h, "tiles": tiles, "tile": tile, "overlap": overlap,
             "steps": steps or defaults.steps}
 
 
 @user_errors
 def estimate(studio: Studio, image: str | None = None, model: str | None = None, tile: int | None = None,
-             overlap: int | None = None, steps: int | None = None) -> str:
+             overlap: int | None = None, steps: int | None = None, scale: float | None = None) -> str:
     """What an upscale will do before it runs: output size, tiles, and a time estimate from the last
     upscale this server ran (seconds per tile-step)."""
     if not image:
         return "Upload an image to see the output size, the number of tiles and an estimated time."
     entry = studio.models.entry(TAB, model)
     low = open_image(image, studio.settings.max_side)
-    p = plan(studio.models.load(entry), low.width, low.height, **_settings(tile, overlap, steps))
+    p = plan(studio.models.load(entry), low.width, low.height, **_settings(tile, overlap, steps),
+             scale=scale_value(scale))
     text = (f"{low.width}x{low.height} -> **{p['width']}x{p['height']}**: {p['tiles']} tile(s) of "
             f"{p['tile']} px (overlap {p['overlap']}) x {p['steps']} steps")
     last = studio.jobs.last_finished(TAB)
@@ -80,19 +88,21 @@ def slider_value(state: JobState):
 def upscale(studio: Studio, prompt: str = "", image: str | None = None, negative_prompt: str = "",
             model: str | None = None, tile: int | None = None, overlap: int | None = None,
             steps: int | None = None, guidance_scale: float | None = None, seed: int = -1,
-            back_projection: int | None = -1, progress=gr.Progress()):
+            back_projection: int | None = -1, scale: float | None = None, progress=gr.Progress()):
     """Upscale an image (4x) tile by tile. The prompts are for text-conditioned upscalers (SD x4);
     LDM super-resolution takes none. back_projection: rounds after decoding (-1: the model's
-    default). Returns (before, after) for the slider, the full-resolution PNG,
-    and its parameters."""
+    default); scale: output side / input side (None: the model's factor, 4). Returns (before,
+    after) for the slider, the full-resolution PNG, and its parameters."""
     entry = studio.models.entry(TAB, model)
     low = open_image(image, studio.settings.max_side)
     options = dict(**_settings(tile, overlap, steps), guidance_scale=optional_float(guidance_scale, "CFG scale"),
-                   seed=seed_value(seed), back_projection=back_projection_rounds(back_projection))
+                   seed=seed_value(seed), back_projection=back_projection_rounds(back_projection),
+                   scale=scale_value(scale))
 
     def work(job):
         m = studio.models.load(entry)
-        p = plan(m, low.width, low.height, tile=options["tile"], overlap=options["overlap"], steps=options["steps"])
+        p = plan(m, low.width, low.height, tile=options["tile"], overlap=options["overlap"], steps=options["steps"],
+                 scale=options["scale"])
         if max(p["width"], p["height"]) > studio.settings.max_side:
             raise ValueError(f"The result would be {p['width']}x{p['height']} pixels; this app makes at most "
                              f"{studio.settings.max_side} per side (--max-size).")
@@ -138,8 +148,10 @@ def build(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
                 steps = gr.Number(None, label="Sampling steps (0: model default)", precision=0)
                 guidance_scale = gr.Number(None, label="CFG scale, SD x4 (0: model default)")
                 seed = gr.Number(-1, label="Seed (-1: random)", precision=0)
-            back_projection = gr.Number(-1, label="Back-projection rounds onto the input (-1: model default, 0: off)",
-                                        precision=0)
+            with gr.Row():
+                scale = gr.Slider(1.5, 4, value=4, step=0.5, label="Scale (the model makes 4x; less is resized down)")
+                back_projection = gr.Number(-1, label="Back-projection rounds onto the input (-1: model default, "
+                                            "0: off)", precision=0)
         with gr.Column(scale=1):
             slider = gr.ImageSlider(label="Before / after", type="filepath", format="png", max_height=520,
                                     elem_classes=["ldm-upscale-slider"])
@@ -150,10 +162,13 @@ def build(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
     gr.on([row.generate.click], partial(upscale, studio),
           inputs_kwargs={"prompt": row.prompt, "image": image, "negative_prompt": row.negative_prompt,
                          "model": picker, "tile": tile, "overlap": overlap, "steps": steps,
-                         "guidance_scale": guidance_scale, "seed": seed, "back_projection": back_projection},
+                         "guidance_scale": guidance_scale, "seed": seed, "back_projection": back_projection,
+                         "scale": scale},
           outputs=[slider, download, info, job], api_name="upscale", concurrency_id="device", concurrency_limit=1)
-    gr.on([image.change, picker.change, tile.change, overlap.change, steps.change], partial(estimate, studio),
-          inputs_kwargs={"image": image, "model": picker, "tile": tile, "overlap": overlap, "steps": steps},
+    gr.on([image.change, picker.change, tile.change, overlap.change, steps.change, scale.change],
+          partial(estimate, studio),
+          inputs_kwargs={"image": image, "model": picker, "tile": tile, "overlap": overlap, "steps": steps,
+                         "scale": scale},
           outputs=[plan_text], api_visibility="private", concurrency_limit=None, show_progress="hidden")
     row.interrupt.click(partial(interrupt, studio), inputs=[job], outputs=None, api_visibility="private",
                         queue=False)

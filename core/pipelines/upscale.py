@@ -5,7 +5,8 @@ The low-resolution image, in [-1, 1] at the latent's size, is concatenated to th
 * "upscale-ldm" (LDM-SR, bsr_sr): [z, LR]; no text, no guidance; DDIM with eta 1 by default;
 * "upscale-sd" (SD x4 upscaler): [z, LR noised to `noise_level`], the level as the class label
   (c_adm) and the prompt through cross-attention; the same noised LR and level for both CFG halves.
-The output is f times the input (the VAE's factor: 4 for both).
+The model's output is f times the input (the VAE's factor: 4 for both); a smaller `scale` resizes
+that result down (Lanczos), as other web UIs' upscalers do.
 
 Back-projection (Irani & Peleg 1991), `back_projection` rounds after decoding: the SR result, box
 down-sampled f times, should give back the input; each round adds the bicubic up-sampling of what
@@ -23,6 +24,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from core.pipelines import vae
 from core.pipelines.defaults import (MAX_UPSCALE_SIDE, first_stage_factor, model_defaults,
@@ -94,6 +96,20 @@ def _check_rounds(value) -> int:
     return value
 
 
+def scaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
+    """The output size for an input of width x height at `scale` (rounded, at least 1 px)."""
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _check_scale(value, f: int) -> float:
+    if value is None:
+        return float(f)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 < value <= f:
+        raise ValueError(f"scale must be a number in (1, {f}] for this {f}x model (smaller scales resize its "
+                         f"result down; for more, upscale the result again); got {value!r}.")
+    return float(value)
+
+
 def _check_tile(name, value, align) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % align:
         raise ValueError(f"{name} must be a positive multiple of {align} (input pixels = latent pixels); "
@@ -120,7 +136,7 @@ def plan_tiles(m, h: int, w: int, tile: int | None = None, overlap: int | None =
 @torch.no_grad()
 def upscale(m, image, tile=None, overlap=None, steps=None, seed=None, *, prompt="", negative_prompt="",
             sampler=None, guidance_scale=None, eta=None, karras=None, noise_level=None, back_projection=None,
-            tile_batch=1, vae_tile=None, vae_stat_tiles=None, memory_budget=None, callback=None, should_stop=None):
+            scale=None, tile_batch=1, vae_tile=None, vae_stat_tiles=None, memory_budget=None, callback=None, should_stop=None):
     """Upscale `image` (PIL, path or array) f times with a super-resolution model -> a PIL image.
 
     tile, overlap: UNet tile size and overlap in INPUT pixels (= latent pixels for these models);
@@ -128,6 +144,7 @@ def upscale(m, image, tile=None, overlap=None, steps=None, seed=None, *, prompt=
     noise_level: the x4 upscaler's augmentation level (default 20, at most the model's max).
     back_projection: rounds of back-projection onto the input after decoding (None = the model's
         default: 0 unless its file says otherwise).
+    scale: output side / input side, in (1, f] (None = f, the model's own factor).
     vae_tile: VAE core size in latent pixels (None = only when the whole decode does not fit, 0 = never).
     vae_stat_tiles: tiles measuring the tiled VAE's shared GroupNorm statistics (None = all: exact,
         about (GroupNorms / 2) decoder passes; k = k tiles spread over the image: cheaper, an estimate).
@@ -150,6 +167,7 @@ def upscale(m, image, tile=None, overlap=None, steps=None, seed=None, *, prompt=
     rounds = _check_rounds(defaults.back_projection if back_projection is None else back_projection)
     picture = load_image(image)
     f, align = first_stage_factor(m), unet_factor(m)
+    scale = _check_scale(scale, f)
     out_w, out_h = picture.width * f, picture.height * f
     if max(out_w, out_h) > MAX_UPSCALE_SIDE:
         raise ValueError(f"the result would be {out_w}x{out_h}; upscale makes at most {MAX_UPSCALE_SIDE} px "
@@ -205,7 +223,9 @@ def upscale(m, image, tile=None, overlap=None, steps=None, seed=None, *, prompt=
     if rounds:
         x = back_project(x, lr, rounds)
     result = tensor_to_images(x[..., :out_h, :out_w])[0]
-    params = base_parameters(m, "upscale", settings, seed, out_w, out_h, prompt, negative_prompt)
-    params.update(tile=tile, overlap=overlap, upscale=float(f), noise_level=level,
+    if scale != f:
+        result = result.resize(scaled_size(picture.width, picture.height, scale), Image.Resampling.LANCZOS)
+    params = base_parameters(m, "upscale", settings, seed, *result.size, prompt, negative_prompt)
+    params.update(tile=tile, overlap=overlap, upscale=float(scale), noise_level=level,
                   back_projection=rounds or None)
     return attach_parameters(result, params)
