@@ -281,8 +281,13 @@ def test_inpaint_masks_and_options(sd2):
         P.inpaint(sd2, image, _mask().resize((32, 32)), "x", steps=1, seed=0)
     with pytest.raises(ValueError, match="inpaint_area"):
         P.inpaint(sd2, image, _mask(), "x", steps=1, inpaint_area="everything")
-    with pytest.raises(ValueError, match="width/height"):
-        P.inpaint(sd2, image, _mask(), "x", steps=1, width=32)
+    # The whole picture at another processing size (A1111's "resize to"), pasted back at its own size.
+    small = P.inpaint(sd2, image, _mask(), "x", steps=1, seed=0, width=32, height=32)[0]
+    assert small.size == (64, 64) and "Size: 32x32" in small.info["parameters"]
+    outside = np.asarray(_mask()) == 0
+    assert np.array_equal(np.asarray(small)[outside], np.asarray(image)[outside])
+    with pytest.raises(ValueError, match="multiple"):
+        P.inpaint(sd2, image, _mask(), "x", steps=1, width=30, height=32)
     with pytest.raises(ValueError, match="takes no prompt"):
         P.inpaint(tiny_model("ldm_inpaint"), image, _mask(), "a cat", steps=1)
     for content in ("fill", "latent_noise", "latent_nothing"):

@@ -61,7 +61,8 @@ class SamplingControls:
             [c for c in (self.width, self.height) if c is not None]
 
 
-def sampling_controls(size: bool = True, batch: bool = True) -> SamplingControls:
+def sampling_controls(size: bool = True, batch: bool = True, size_zero: str = "model default") -> SamplingControls:
+    """The sampling fields; width/height (when `size`) say what 0 means with `size_zero`."""
     with gr.Row():
         sampler = gr.Dropdown(SAMPLER_CHOICES, value=None, label="Sampling method", scale=3,
                               info="empty: the model's default")
@@ -73,8 +74,8 @@ def sampling_controls(size: bool = True, batch: bool = True) -> SamplingControls
     width = height = batch_count = None
     if size:
         with gr.Row():
-            width = gr.Number(None, label="Width (0: model default)", precision=0, step=8)
-            height = gr.Number(None, label="Height (0: model default)", precision=0, step=8)
+            width = gr.Number(None, label=f"Width (0: {size_zero})", precision=0, step=8)
+            height = gr.Number(None, label=f"Height (0: {size_zero})", precision=0, step=8)
     with gr.Row(equal_height=True):
         seed = gr.Number(-1, label="Seed (-1: random)", precision=0, scale=4)
         random_seed = gr.Button("random", scale=1, min_width=70, size="sm", elem_classes=["ldm-random-seed"])

@@ -12,7 +12,7 @@ import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
 from core import pipelines
-from ui.controls import check_batch, model_picker, prompt_row, results_panel, sampling_controls
+from ui.controls import check_batch, model_picker, optional_int, prompt_row, results_panel, sampling_controls
 from ui.errors import user_errors
 from ui.follow import follow, job_memory, gallery_value, info_text, pipeline_progress, resume
 from ui.images import mask_from_layers, mask_from_upload, open_image, run_and_save
@@ -58,14 +58,18 @@ def inpaint(studio: Studio, prompt: str, image: dict | None = None, mask: str | 
             negative_prompt: str = "", model: str | None = None, mask_blur: int = 4, inpaint_area: str = "whole",
             padding: int = 32, masked_content: str = "original", strength: float = 1.0,
             sampler: str | None = None, karras: bool = False, steps: int | None = None,
-            guidance_scale: float | None = None, seed: int = -1, batch_count: int = 1, progress=gr.Progress()):
+            guidance_scale: float | None = None, seed: int = -1, batch_count: int = 1, width: int | None = None,
+            height: int | None = None, progress=gr.Progress()):
     """Redraw the masked part of an image following a prompt. `image` is the editor value
     {"background": image, "layers": [strokes], "composite": ...}; `mask` (optional) an uploaded
-    mask, white = repaint, used instead of the strokes. Returns the images and their parameters."""
+    mask, white = repaint, used instead of the strokes. width/height: the processing size (the tab
+    fills in the model's, as other web UIs do; None: the picture's own size, or the model's for
+    "only masked"); the result keeps the picture's size. Returns the images and their parameters."""
     entry = studio.models.entry(TAB, model)
     init, painted = image_and_mask(image, mask, studio.settings.max_side)
     options = sampling_options(sampler, karras, steps, guidance_scale, seed)
     n, strength = check_batch(batch_count), check_strength(strength)
+    size = dict(width=optional_int(width, "Width"), height=optional_int(height, "Height"))
 
     def work(job):
         m = studio.models.load(entry)
@@ -73,7 +77,7 @@ def inpaint(studio: Studio, prompt: str, image: dict | None = None, mask: str | 
                                                       negative_prompt=negative_prompt or "", mask_blur=int(mask_blur),
                                                       inpaint_area=inpaint_area, padding=int(padding),
                                                       masked_content=masked_content, strength=strength, n=n,
-                                                      **options, callback=pipeline_progress(job),
+                                                      **size, **options, callback=pipeline_progress(job),
                                                       should_stop=job.should_stop),
                             studio.settings.outputs_dir)
 
@@ -100,7 +104,7 @@ def build(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
                 inpaint_area = gr.Radio(INPAINT_AREAS, value="whole", label="Inpaint area")
                 padding = gr.Slider(0, 256, value=32, step=4, label="Only masked padding, pixels")
             masked_content = gr.Radio(MASKED_CONTENT, value="original", label="Masked content")
-            controls = sampling_controls(size=False)
+            controls = sampling_controls(size_zero="the picture's size")
         with gr.Column(scale=1):
             results = results_panel(label="Result")
     job = job_memory("inpaint")
@@ -113,7 +117,7 @@ def build(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
           concurrency_id="device", concurrency_limit=1)
     row.interrupt.click(partial(interrupt, studio), inputs=[job], outputs=None, api_visibility="private",
                         queue=False)
-    wire_model_controls(studio, demo, TAB, picker, refresh, controls, job, with_size=False)
+    wire_model_controls(studio, demo, TAB, picker, refresh, controls, job)
     demo.load(partial(resume, studio.jobs), inputs=[job], outputs=[results.gallery, results.info],
               api_visibility="private")
     return SimpleNamespace(picker=picker, editor=editor, results=results)

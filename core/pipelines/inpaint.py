@@ -74,8 +74,9 @@ def inpaint(m, image, mask, prompt="", negative_prompt="", steps=None, guidance_
 
     strength: fraction of the schedule run over the masked area (1 = from noise).
     mask_blur: feather width in pixels of the paste-back (inside the mask only).
-    inpaint_area: "whole" (the image at its own size) or "only_masked" (crop around the mask grown
-        by `padding` px, processed at width x height, default the model's size, pasted back).
+    inpaint_area: "whole" (the picture, processed at width x height when they are given, else at its
+        own size) or "only_masked" (crop around the mask grown by `padding` px, processed at width x
+        height, default the model's size); either is pasted back at the picture's own size.
     masked_content: what the masked area starts from: "original", "fill" (colours from around the
         hole), "latent_noise", "latent_nothing".
     color_match: shift the generated colours by the mean difference measured on the outer ring.
@@ -108,11 +109,10 @@ def inpaint(m, image, mask, prompt="", negative_prompt="", steps=None, guidance_
 
     # 3. The region to process: the whole picture, or a crop around the mask.
     if area == "whole":
-        if width is not None or height is not None:
-            raise ValueError("width/height set the processing size of inpaint_area='only_masked'; the "
-                             "whole picture is processed at its own size.")
         box = (0, 0, W, H)
-        proc_w, proc_h = W, H
+        proc_w, proc_h = (W, H) if width is None and height is None else check_size(
+            m, defaults.width if width is None else width, defaults.height if height is None else height,
+            "inpainting")
     else:
         proc_w, proc_h = check_size(m, defaults.width if width is None else width,
                                     defaults.height if height is None else height, "inpainting")
