@@ -82,7 +82,7 @@ def child(spec: dict) -> None:
     from core.models.diffusion import LatentDiffusion
 
     torch.set_num_threads(spec["threads"])
-    dtype = getattr(torch, spec["dtype"]) if spec["dtype"] else None
+    dtype = getattr(torch, spec["dtype"] or ("float16" if spec["device"].startswith("cuda") else "float32"))
     if spec["model"]:
         m = load_model(spec["model"], device=spec["device"], dtype=dtype)
     else:
