@@ -60,7 +60,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=3, help="timed images (after one warm-up)")
     ap.add_argument("--size", type=int, default=None, help="image side (default: the model's)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
-    ap.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"], help="weights dtype (default: float32 on the CPU, float16 on CUDA, as the app)")
+    ap.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                    help="weights dtype (default: float32 on the CPU, float16 on CUDA, as the app)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     args = ap.parse_args()
     if args.threads:

@@ -56,7 +56,6 @@ from core.pipelines.defaults import first_stage_factor, unet_factor
 from core.samplers import SAMPLERS, sample
 from core.world import PALETTE, ShapesWorld, caption, judge, random_scene, render
 
-# Used when neither the caller nor the model file's "ldm_studio_defaults" say otherwise.
 OBJECT_CHOICES = {"1": 1, "2": 2, "3": 3, "mixed": None}
 SCENE_STREAM = 0x5EE1      # the evaluation scenes' own numpy stream, apart from the training world's
 EVAL_PHOTOS = ("chelsea", "coffee", "rocket", "motorcycle_left")

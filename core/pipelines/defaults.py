@@ -2,9 +2,9 @@
 
 Order of precedence, per field: the caller's value; the model file's "ldm_studio_defaults"
 metadata (JSON {"sampler", "karras", "steps", "guidance_scale", "eta", "width", "height",
-"noise_level", "back_projection"}, any subset); the reference defaults for the model's task below (FACTS.md section 7: SD1 / LDM text 7.5,
-SD2 v-models 9, 50 DDIM steps, eta 1.0 for the LDM super-resolution notebook and the SD2
-inpainting demo, noise level 20 for the x4 upscaler).
+"noise_level", "back_projection"}, any subset); the reference defaults for the model's task below
+(FACTS.md section 7: SD1 / LDM text 7.5, SD2 v-models 9, 50 DDIM steps, eta 1.0 for the LDM
+super-resolution notebook and the SD2 inpainting demo, noise level 20 for the x4 upscaler).
 """
 
 import json

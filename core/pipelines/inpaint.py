@@ -108,15 +108,12 @@ def inpaint(m, image, mask, prompt="", negative_prompt="", steps=None, guidance_
     original = np.asarray(picture, dtype=np.float32) / 255.0                # (H, W, 3)
 
     # 3. The region to process: the whole picture, or a crop around the mask.
-    if area == "whole":
-        box = (0, 0, W, H)
-        proc_w, proc_h = (W, H) if width is None and height is None else check_size(
-            m, defaults.width if width is None else width, defaults.height if height is None else height,
-            "inpainting")
+    if area == "whole" and width is None and height is None:
+        proc_w, proc_h = W, H
     else:
         proc_w, proc_h = check_size(m, defaults.width if width is None else width,
                                     defaults.height if height is None else height, "inpainting")
-        box = crop_region(dilate(hard, mask_blur), padding, proc_w / proc_h)
+    box = (0, 0, W, H) if area == "whole" else crop_region(dilate(hard, mask_blur), padding, proc_w / proc_h)
     x0b, y0b, x1b, y1b = box
     crop = picture.crop(box).resize((proc_w, proc_h), Image.Resampling.LANCZOS)
     crop_mask = Image.fromarray((hard[y0b:y1b, x0b:x1b] * 255).astype(np.uint8)).resize(

@@ -12,7 +12,7 @@ Back-projection (Irani & Peleg 1991), `back_projection` rounds after decoding: t
 down-sampled f times, should give back the input; each round adds the bicubic up-sampling of what
 they disagree on. The model's details stay, its drift in tone and colour goes. Off (0) for the
 reference models, so that they reproduce the reference; our shapes-sr4x file asks for 2 in its
-defaults (+4.5 dB on the evaluation photos, +3 dB on shapes scenes, weights/README.md).
+defaults (+4.6 dB on the evaluation photos, +2.9 dB on shapes scenes, weights/README.md).
 
 Large images: the latent is denoised in overlapping tiles blended at EVERY step (tiled_unet.py),
 then decoded by the tiled VAE with whole-image GroupNorm statistics (tiled_vae.py). The tile
@@ -136,7 +136,8 @@ def plan_tiles(m, h: int, w: int, tile: int | None = None, overlap: int | None =
 @torch.no_grad()
 def upscale(m, image, tile=None, overlap=None, steps=None, seed=None, *, prompt="", negative_prompt="",
             sampler=None, guidance_scale=None, eta=None, karras=None, noise_level=None, back_projection=None,
-            scale=None, tile_batch=1, vae_tile=None, vae_stat_tiles=None, memory_budget=None, callback=None, should_stop=None):
+            scale=None, tile_batch=1, vae_tile=None, vae_stat_tiles=None, memory_budget=None, callback=None,
+            should_stop=None):
     """Upscale `image` (PIL, path or array) f times with a super-resolution model -> a PIL image.
 
     tile, overlap: UNet tile size and overlap in INPUT pixels (= latent pixels for these models);
