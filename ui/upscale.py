@@ -51,7 +51,7 @@ def plan(m, width: int, height: int, tile: int | None = None, overlap: int | Non
     defaults = model_defaults(m)
     guided = m.task == "upscale-sd" and defaults.guidance_scale != 1.0
     tile, overlap, tiles = plan_tiles(m, h, w, tile or None, overlap, 2 if guided else 1)
-    out_w, out_h = scaled_size(width, height, scale) if scale and scale != f else (width * f, height * f)
+    out_w, out_h = scaled_size(width, height, scale or f)
     return {"width": out_w, "height": out_h, "tiles": tiles, "tile": tile, "overlap": overlap,
             "steps": steps or defaults.steps}
 
