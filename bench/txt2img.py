@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.shipped import default_size_config  # noqa: E402
-from core import load_model  # noqa: E402
+from core import inference_dtype, load_model  # noqa: E402
 from core.checkpoints import config_from_yaml  # noqa: E402
 from core.models.diffusion import LatentDiffusion  # noqa: E402
 from core import pipelines  # noqa: E402
@@ -66,7 +66,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = getattr(torch, args.dtype or ("float16" if args.device.startswith("cuda") else "float32"))
+    dtype = getattr(torch, args.dtype or inference_dtype(args.device))
     m, source = get_model(args.model, args.device, dtype)
 
     step_times: list[float] = []

@@ -76,13 +76,13 @@ def test_picture(side: int):
 def child(spec: dict) -> None:
     import torch
 
-    from core import load_model
+    from core import inference_dtype, load_model
     from core import pipelines
     from core.checkpoints import config_from_yaml
     from core.models.diffusion import LatentDiffusion
 
     torch.set_num_threads(spec["threads"])
-    dtype = getattr(torch, spec["dtype"] or ("float16" if spec["device"].startswith("cuda") else "float32"))
+    dtype = getattr(torch, spec["dtype"] or inference_dtype(spec["device"]))
     if spec["model"]:
         m = load_model(spec["model"], device=spec["device"], dtype=dtype)
     else:

@@ -165,9 +165,9 @@ class ProgressBar:
 def _run(args, stop: threading.Event, bar: ProgressBar) -> list:
     import torch
 
-    from core import load_model, pipelines
+    from core import inference_dtype, load_model, pipelines
 
-    dtype = getattr(torch, DTYPES[args.dtype or ("float16" if args.device.startswith("cuda") else "float32")])
+    dtype = getattr(torch, DTYPES[args.dtype] if args.dtype else inference_dtype(args.device))
     m = load_model(args.model, config=args.config, device=args.device, dtype=dtype)
     common = dict(steps=args.steps, sampler=args.sampler, seed=args.seed, karras=args.karras,
                   eta=args.eta, vae_tile=args.vae_tile, callback=bar, should_stop=stop)

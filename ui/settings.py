@@ -10,6 +10,8 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core import inference_dtype
+
 DEFAULT_PORT = 7860
 DEFAULT_MAX_SIDE = 4096            # pixels: the largest image side accepted or produced
 DEFAULT_MAX_UPLOAD_MB = 50         # per uploaded file (images, zips of training images)
@@ -103,7 +105,7 @@ def parse_args(argv: list[str] | None = None) -> AppSettings:
     if args.max_size < 64:
         parser.error("--max-size must be at least 64 pixels")
     device = args.device or default_device()
-    dtype = args.dtype or ("float16" if device.startswith("cuda") else "float32")
+    dtype = args.dtype or inference_dtype(device)
     return AppSettings(weights_dir=args.weights, outputs_dir=args.outputs, runs_dir=args.runs,
                        data_root=args.data_root, device=device, dtype=dtype, max_side=args.max_size,
                        max_upload_mb=args.max_upload_mb, host="0.0.0.0" if args.listen else "127.0.0.1",
