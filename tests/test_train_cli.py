@@ -140,3 +140,12 @@ def test_torchrun_ddp_two_gloo_processes(tmp_path):
     ckpt = load_checkpoint(run.checkpoint_path)
     assert ckpt["data_position"] == 3 * 2 * 2                  # steps x batch x processes
     assert "2x CPU" in ckpt["machine"]
+
+
+def test_export_errors_are_one_line_and_write_nothing(tmp_path, capsys):
+    from core.train.__main__ import main
+    for source in (tmp_path / "missing.safetensors", tmp_path / "no-run"):
+        assert main(["export", str(source), "--out", str(tmp_path / "out.safetensors")]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out.safetensors").exists()

@@ -14,10 +14,10 @@ session.py (one run from start to outcome), export.py, __main__.py (the CLI).
 
 from core.train.config import RunConfig, TrainConfig, dump_config, load_config, make_config
 from core.train.data import DataConfig, DegradationConfig, TrainData, degrade, random_mask
-from core.train.export import export_run
+from core.train.export import export_run, reexport_file
 from core.train.run_folder import RunFolder, RunLockedError
 from core.train.session import train
 
 __all__ = ["DataConfig", "DegradationConfig", "RunConfig", "RunFolder", "RunLockedError", "TrainConfig",
            "TrainData", "degrade", "dump_config", "export_run", "load_config", "make_config", "random_mask",
-           "train"]
+           "reexport_file", "train"]

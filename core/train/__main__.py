@@ -4,6 +4,7 @@
                                          [--max-steps N] [--steps N]
     python -m core.train export runs/NAME --out weights/NAME.safetensors [--name DISPLAY_NAME] [--defaults JSON]
                                         [--first-stage AUTOENCODER]
+    python -m core.train export weights/NAME.safetensors --out F [--first-stage AE] [--defaults JSON] [--name N]
 
 The same training command under `torchrun --nproc_per_node N` trains with DistributedDataParallel.
 Exit status: 0 when the run finished or was stopped (SIGTERM saves a checkpoint first), 1 on failure.
@@ -15,7 +16,7 @@ import logging
 import os
 import sys
 
-from core.train.export import export_run
+from core.train.export import export_run, reexport_file
 from core.train.session import train
 
 
@@ -33,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--max-steps", type=int, help="stop (resumably) at this step")
         p.add_argument("--steps", type=int, help="change the run's total number of steps (e.g. to extend it)")
     p = sub.add_parser("export", help="write a run's EMA weights as an fp16 .safetensors")
-    p.add_argument("run", help="the run folder, e.g. runs/shapes-txt2img")
+    p.add_argument("run", help="the run folder, e.g. runs/shapes-txt2img, or an exported LDM file to rewrite "
+                               "with --first-stage / --defaults / --name")
     p.add_argument("--out", required=True, help="output file, e.g. weights/shapes-txt2img.safetensors")
     p.add_argument("--name", help="display name stored in the file (default: export.name or the run's name)")
     p.add_argument("--defaults", type=json.loads, metavar="JSON",
@@ -47,7 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stdout,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
     if args.command == "export":
-        path = export_run(args.run, args.out, name=args.name, defaults=args.defaults, first_stage=args.first_stage)
+        write = reexport_file if args.run.endswith(".safetensors") else export_run
+        try:
+            path = write(args.run, args.out, name=args.name, defaults=args.defaults, first_stage=args.first_stage)
+        except (OSError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
         print(f"wrote {path}")
         return 0
     try:

@@ -1,6 +1,10 @@
 """Export a run's EMA weights as a self-contained fp16 .safetensors that `core.load_model` reads.
 
     python -m core.train export runs/NAME --out weights/NAME.safetensors
+    python -m core.train export weights/NAME.safetensors --out F [--first-stage AE] [--defaults JSON]
+
+The second form re-exports a model file whose run is gone: the same tensors and record, with another
+decoder swapped in and/or other sampling defaults.
 
 An LDM file holds UNet + first stage + conditioner and its config (core.save_model), like a Stable
 Diffusion checkpoint; an autoencoder file holds the autoencoder and its latent scale factor. The
@@ -21,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.checkpoints import save_model
+from core.checkpoints import load_model, read_checkpoint, save_model
 from core.models.autoencoder import build_autoencoder
 from core.models.clip_text import tokenize_clip
 from core.models.conditioners import TransformerEmbedderConfig
@@ -40,12 +44,15 @@ def _defaults(cfg, override: dict | None = None) -> dict:
     guided = cfg.model.task in ("conditional", "inpaint-sd")          # has an unconditional embedding for CFG
     defaults = {"sampler": "ddim", "karras": False, "steps": 50, "guidance_scale": 3.0 if guided else 1.0,
                 "eta": 0.0, "width": side, "height": side}
-    given = {**dict(cfg.export.get("defaults") or {}), **(override or {})}
+    return _merge_defaults(defaults, {**dict(cfg.export.get("defaults") or {}), **(override or {})})
+
+
+def _merge_defaults(defaults: dict, given: dict) -> dict:
+    """defaults updated by `given`, each value cast to its Defaults field's type; unknown keys raise."""
     unknown = sorted(set(given) - set(DEFAULTS_KEYS))
     if unknown:
         raise ValueError(f"sampling defaults have unknown keys {unknown}; valid: {sorted(DEFAULTS_KEYS)}")
-    defaults.update({k: DEFAULTS_KEYS[k](v) for k, v in given.items()})
-    return defaults
+    return {**defaults, **{k: DEFAULTS_KEYS[k](v) for k, v in given.items()}}
 
 
 def shapes_vocab(n_captions: int = 4000) -> tuple[int, ...]:
@@ -127,3 +134,29 @@ def export_run(run_dir: str | Path, out: str | Path, name: str | None = None,
         metadata["ldm_studio_defaults"] = json.dumps(_defaults(cfg, defaults))
     metadata["ldm_studio_training"] = json.dumps(record)
     return save_model(model, out, dtype=dtype, metadata=metadata)
+
+
+def reexport_file(src: str | Path, out: str | Path, name: str | None = None, defaults: dict | None = None,
+                  first_stage: str | Path | None = None) -> Path:
+    """Rewrite an exported LDM file (its run folder gone) with another decoder and/or other sampling
+    defaults: the other tensors, the config and the training record stay; the record notes the change."""
+    src = Path(src)
+    _, metadata = read_checkpoint(src)
+    if "ldm_studio_defaults" not in metadata:
+        raise ValueError(f"{src.name} is not an LDM file exported by this project (no ldm_studio_defaults); "
+                         "re-export works on those, export a run folder otherwise")
+    if first_stage is None and not defaults and name is None:
+        raise ValueError("nothing to change: give --first-stage, --defaults or --name")
+    model = load_model(src, dtype=torch.float32)
+    record = json.loads(metadata.get("ldm_studio_training", "{}"))
+    if first_stage is not None:
+        model.load_state_dict(swap_decoder(model.state_dict(), first_stage))
+        record["first_stage"] = f"decoder from {first_stage} (same encoder)"
+    kept = {k: v for k, v in metadata.items()                   # save_model writes the config and format anew
+            if k.startswith("ldm_studio_") and k not in ("ldm_studio_config", "ldm_studio_format")}
+    kept["ldm_studio_defaults"] = json.dumps(_merge_defaults(json.loads(metadata["ldm_studio_defaults"]),
+                                                             defaults or {}))
+    kept["ldm_studio_training"] = json.dumps(record)
+    if name is not None:
+        kept["ldm_studio_name"] = name
+    return save_model(model, out, dtype=torch.float16, metadata=kept)
