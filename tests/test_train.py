@@ -38,7 +38,7 @@ from core.train.ema import EMA
 from core.train.latents import encode_batch
 from core.train.ldm import conditioning, init_from_ldm
 from core.train.losses import (LPIPS, AutoencoderLossConfig, adaptive_gan_weight, autoencoder_loss, build_lpips,
-                               diffusion_loss, diffusion_target, hinge_d_loss, min_snr_weight)
+                               diffusion_loss, diffusion_target, edge_map, hinge_d_loss, min_snr_weight)
 from core.train.runtime import learning_rate
 from core.world import SHAPES, ShapesWorld, class_label
 
@@ -231,6 +231,22 @@ def test_autoencoder_loss_l2_term_and_logvar_init(tmp_path):
     assert bias[embed_dim:].sub(-8.0).abs().max() < 0.01       # one small Adam step from -8
     assert bias[:embed_dim].abs().max() < 1.0
 
+
+def test_edge_weight_counts_errors_on_outlines_more():
+    x = torch.full((1, 3, 8, 8), -1.0)
+    x[..., 2:6, 2:6] = 1.0                                                  # a white square on black
+    edges = edge_map(x)[0, 0]
+    assert edges[0, 0] == 0 and edges[4, 4] == 0                           # flat: outside, inside
+    assert edges[1, 3] == 1 and edges[2, 3] == 1 and edges[3, 3] == 0      # both sides of the outline
+    reg, cfg = torch.zeros(1), AutoencoderLossConfig(edge_weight=4.0)
+    on_edge, flat = x.clone(), x.clone()
+    on_edge[..., 2, 3] -= 0.5                                               # the same error, on the outline
+    flat[..., 4, 4] -= 0.5                                                  # ... and inside the square
+    e, _ = autoencoder_loss(x, on_edge, reg, cfg, "kl", None, None, None)
+    f, _ = autoencoder_loss(x, flat, reg, cfg, "kl", None, None, None)
+    assert e.item() == pytest.approx(5 * f.item()) and f.item() == pytest.approx(3 * 0.5)
+    with pytest.raises(ValueError, match="edge_weight"):
+        AutoencoderLossConfig(edge_weight=-1.0)
 
 def test_lpips_is_off_without_weights_and_loads_taming_layout(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="core.train"):

@@ -77,6 +77,9 @@ class AutoencoderLossConfig:
     pixel_l2_weight: float = 0.0        # ours: weight of a squared-error term beside L1. Without LPIPS
                                         # (no local VGG weights) L1 alone learns chroma very late: it
                                         # weighs a wrong object colour no more than background noise
+    edge_weight: float = 0.0            # ours: the pixel terms weigh 1 + edge_weight * edge_map(x), so
+                                        # the few pixels that carry a small shape's outline (a star's
+                                        # points) count as much as the flat areas about it
     perceptual_weight: float = 1.0      # weight of LPIPS (only with local weights)
     disc_weight: float = 0.5            # scales the adaptive GAN weight
     disc_factor: float = 1.0            # 0 switches the GAN off entirely
@@ -85,9 +88,9 @@ class AutoencoderLossConfig:
     disc_ndf: int = 64                  # width of the first discriminator layer
 
     def __post_init__(self):
-        if self.disc_start < 0 or self.disc_num_layers < 1 or self.disc_ndf < 1:
-            raise ValueError(f"AutoencoderLossConfig: disc_start >= 0, disc_num_layers >= 1 and disc_ndf >= 1 "
-                             f"are needed, got {self}")
+        if self.disc_start < 0 or self.disc_num_layers < 1 or self.disc_ndf < 1 or self.edge_weight < 0:
+            raise ValueError(f"AutoencoderLossConfig: disc_start >= 0, disc_num_layers >= 1, disc_ndf >= 1 and "
+                             f"edge_weight >= 0 are needed, got {self}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,6 +232,13 @@ def build_lpips(weight_files) -> LPIPS | None:
 # The first-stage generator objective (eq. 25)
 # --------------------------------------------------------------------------------------------
 
+def edge_map(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) in [-1, 1] -> (B, 1, H, W) in [0, 1]: half the largest per-channel range (max - min)
+    of each pixel's 3x3 neighbourhood, so 0 on flat areas and up to 1 on both sides of an edge."""
+    spread = F.max_pool2d(x, 3, 1, 1) + F.max_pool2d(-x, 3, 1, 1)              # max - min
+    return (spread.amax(dim=1, keepdim=True) / 2).clamp(0.0, 1.0)
+
+
 def autoencoder_loss(x, rec, reg, cfg: AutoencoderLossConfig, kind: str, lpips: LPIPS | None,
                      disc: nn.Module | None, last_layer: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
     """The autoencoder's loss and its logged terms.
@@ -241,9 +251,12 @@ def autoencoder_loss(x, rec, reg, cfg: AutoencoderLossConfig, kind: str, lpips: 
     diff = x.float() - rec.float()
     rec_loss = diff.abs()                                                       # (B, 3, H, W)
     p_loss = lpips(x.float(), rec.float()) if lpips is not None else torch.zeros((), device=x.device)
-    per_pixel = cfg.pixelloss_weight * rec_loss + cfg.perceptual_weight * p_loss
+    pixel = cfg.pixelloss_weight * rec_loss
     if cfg.pixel_l2_weight:
-        per_pixel = per_pixel + cfg.pixel_l2_weight * diff.pow(2)
+        pixel = pixel + cfg.pixel_l2_weight * diff.pow(2)
+    if cfg.edge_weight:
+        pixel = pixel * (1 + cfg.edge_weight * edge_map(x.float()))
+    per_pixel = pixel + cfg.perceptual_weight * p_loss
     if kind == "kl":
         nll = per_pixel.sum() / x.shape[0]
         reg_term = cfg.kl_weight * reg.mean()

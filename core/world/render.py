@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .scene import BACKGROUNDS, PALETTE, SHAPES, STAR_INNER_RATIO, Scene
+from .scene import BACKGROUNDS, PALETTE, STAR_INNER_RATIO, Scene
 
 SUPERSAMPLE = 4  # sub-samples per pixel and axis: the spec's 4x canvas
 
