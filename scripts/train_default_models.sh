@@ -44,7 +44,20 @@ python -m core.train export runs/shapes-txt2img-continue --out weights/shapes-tx
 OMP_NUM_THREADS=1 run ldm shapes-txt2img-continue2
 python -m core.train export runs/shapes-txt2img-continue2 --out weights/shapes-txt2img.safetensors
 
-# 4. Evaluation (JSON next to the weights' README figures).
+# 4. Side by side: a third round of the text model, and two more decoder fine-tunes on the same frozen
+#    encoder: one weighted towards outlines (the shared first stage and the text model's decoder), then
+#    one on photo crops (the super-resolution model's decoder only).
+OMP_NUM_THREADS=1 run ldm shapes-txt2img-continue3 &
+( OMP_NUM_THREADS=1 run autoencoder shapes-kl-f4-decoder-edges &&
+  OMP_NUM_THREADS=1 run autoencoder shapes-kl-f4-decoder-photos ) &
+wait
+python -m core.train export runs/shapes-kl-f4-decoder-edges --out weights/shapes-kl-f4.safetensors
+python -m core.train export runs/shapes-txt2img-continue3 --out weights/shapes-txt2img.safetensors \
+  --first-stage runs/shapes-kl-f4-decoder-edges
+python -m core.train export weights/shapes-sr4x.safetensors --out weights/shapes-sr4x.safetensors \
+  --first-stage runs/shapes-kl-f4-decoder-photos
+
+# 5. Evaluation (JSON next to the weights' README figures).
 mkdir -p weights/eval
 python -m core.eval autoencoder --model weights/shapes-kl-f4.safetensors --n 64 --out weights/eval/autoencoder.json
 python -m core.eval shapes --model weights/shapes-txt2img.safetensors --n 200 --objects 1 --out weights/eval/txt2img-1obj.json
