@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.checkpoints import load_model, read_checkpoint, save_model
+from core.checkpoints import load_model, save_model
 from core.models.autoencoder import build_autoencoder
 from core.models.clip_text import tokenize_clip
 from core.models.conditioners import TransformerEmbedderConfig
@@ -140,14 +140,13 @@ def reexport_file(src: str | Path, out: str | Path, name: str | None = None, def
                   first_stage: str | Path | None = None) -> Path:
     """Rewrite an exported LDM file (its run folder gone) with another decoder and/or other sampling
     defaults: the other tensors, the config and the training record stay; the record notes the change."""
-    src = Path(src)
-    _, metadata = read_checkpoint(src)
-    if "ldm_studio_defaults" not in metadata:
-        raise ValueError(f"{src.name} is not an LDM file exported by this project (no ldm_studio_defaults); "
-                         "re-export works on those, export a run folder otherwise")
     if first_stage is None and not defaults and name is None:
         raise ValueError("nothing to change: give --first-stage, --defaults or --name")
-    model = load_model(src, dtype=torch.float32)
+    model = load_model(src, dtype=torch.float32)                # one read: the metadata comes with it
+    metadata = model.metadata
+    if "ldm_studio_defaults" not in metadata:
+        raise ValueError(f"{Path(src).name} is not an LDM file exported by this project (no ldm_studio_defaults); "
+                         "re-export works on those, export a run folder otherwise")
     record = json.loads(metadata.get("ldm_studio_training", "{}"))
     if first_stage is not None:
         model.load_state_dict(swap_decoder(model.state_dict(), first_stage))

@@ -248,14 +248,15 @@ def autoencoder_loss(x, rec, reg, cfg: AutoencoderLossConfig, kind: str, lpips: 
     KL models sum the per-pixel loss and average over the batch (the KL is a sum too, so 1e-6 is
     small); VQ models take the mean, as the two reference losses do.
     """
-    diff = x.float() - rec.float()
+    x, rec = x.float(), rec.float()
+    diff = x - rec
     rec_loss = diff.abs()                                                       # (B, 3, H, W)
-    p_loss = lpips(x.float(), rec.float()) if lpips is not None else torch.zeros((), device=x.device)
+    p_loss = lpips(x, rec) if lpips is not None else torch.zeros((), device=x.device)
     pixel = cfg.pixelloss_weight * rec_loss
     if cfg.pixel_l2_weight:
         pixel = pixel + cfg.pixel_l2_weight * diff.pow(2)
     if cfg.edge_weight:
-        pixel = pixel * (1 + cfg.edge_weight * edge_map(x.float()))
+        pixel = pixel * (1 + cfg.edge_weight * edge_map(x))
     per_pixel = pixel + cfg.perceptual_weight * p_loss
     if kind == "kl":
         nll = per_pixel.sum() / x.shape[0]
