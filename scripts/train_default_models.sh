@@ -3,7 +3,7 @@
 # run reached and how long it took). Every stage resumes: run the script again after an interruption
 # and each run continues from its last checkpoint (a finished run is only exported again).
 #
-#   bash scripts/train_default_models.sh            # CPU: ~6 hours on 2 cores
+#   bash scripts/train_default_models.sh            # CPU: ~8 hours on 2 cores
 #
 # On a CUDA machine the same configs train in mixed precision; raise train.steps and batch_size in
 # scripts/train_configs/*.yaml for better models.
@@ -57,7 +57,17 @@ python -m core.train export runs/shapes-txt2img-continue3 --out weights/shapes-t
 python -m core.train export weights/shapes-sr4x.safetensors --out weights/shapes-sr4x.safetensors \
   --first-stage runs/shapes-kl-f4-decoder-photos
 
-# 5. Evaluation (JSON next to the weights' README figures).
+# 5. A fourth decoder pass (outlines weighed 9x, the encoder still frozen), then two more rounds of the
+#    text model, each from the export before it; the last export takes the new decoder.
+run autoencoder shapes-kl-f4-decoder-edges2
+python -m core.train export runs/shapes-kl-f4-decoder-edges2 --out weights/shapes-kl-f4.safetensors
+run ldm shapes-txt2img-continue4
+python -m core.train export runs/shapes-txt2img-continue4 --out weights/shapes-txt2img.safetensors
+run ldm shapes-txt2img-continue5
+python -m core.train export runs/shapes-txt2img-continue5 --out weights/shapes-txt2img.safetensors \
+  --first-stage runs/shapes-kl-f4-decoder-edges2
+
+# 6. Evaluation (JSON next to the weights' README figures).
 mkdir -p weights/eval
 python -m core.eval autoencoder --model weights/shapes-kl-f4.safetensors --n 64 --out weights/eval/autoencoder.json
 python -m core.eval shapes --model weights/shapes-txt2img.safetensors --n 200 --objects 1 --out weights/eval/txt2img-1obj.json

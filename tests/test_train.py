@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import random
+import re
 import signal
 import subprocess
 import threading
@@ -630,7 +631,7 @@ def test_shipped_training_configs_load(name, ae_file):
         assert all(m.num_groups == cfg.model.ddconfig.num_groups for m in ae.modules() if isinstance(m, torch.nn.GroupNorm))
         return
     task = {"shapes-txt2img": "conditional", "shapes-sr4x": "upscale-ldm",
-            "shapes-inpaint": "inpaint-sd"}[name.split("-continue")[0]]
+            "shapes-inpaint": "inpaint-sd"}[re.sub(r"(-continue)?\d*$", "", name)]   # continue4, inpaint2
     assert cfg.stage == "ldm" and cfg.model.task == task and cfg.model.scale_factor == 0.5
     with torch.device("meta"):
         n = sum(p.numel() for p in UNetModel(cfg.model.unet).parameters())
