@@ -66,11 +66,18 @@ python -m core.train export runs/shapes-txt2img-continue4 --out weights/shapes-t
 run ldm shapes-txt2img-continue5
 python -m core.train export runs/shapes-txt2img-continue5 --out weights/shapes-txt2img.safetensors \
   --first-stage runs/shapes-kl-f4-decoder-edges2
+# (rounds 6 and 7, tried from this export and not shipped: weights/README.md)
+# 6. An eighth round from round 5's export (two-object scenes half the time, half the learning rate);
+#    its export samples with DPM++ 2M Karras, 30 steps, by default (the config's export.defaults).
+run ldm shapes-txt2img-continue8
+python -m core.train export runs/shapes-txt2img-continue8 --out weights/shapes-txt2img.safetensors
 
-# 6. Evaluation (JSON next to the weights' README figures).
+# 7. Evaluation (JSON next to the weights' README figures).
 mkdir -p weights/eval
 python -m core.eval autoencoder --model weights/shapes-kl-f4.safetensors --n 64 --out weights/eval/autoencoder.json
 python -m core.eval shapes --model weights/shapes-txt2img.safetensors --n 200 --objects 1 --out weights/eval/txt2img-1obj.json
 python -m core.eval shapes --model weights/shapes-txt2img.safetensors --n 200 --objects 2 --out weights/eval/txt2img-2obj.json
+python -m core.eval shapes --model weights/shapes-txt2img.safetensors --n 200 --objects 1 --seed 1 --out weights/eval/txt2img-1obj-seed1.json
+python -m core.eval shapes --model weights/shapes-txt2img.safetensors --n 200 --objects 2 --seed 1 --out weights/eval/txt2img-2obj-seed1.json
 python -m core.eval inpaint --model weights/shapes-txt2img.safetensors --n 64 --out weights/eval/inpaint-blend.json
 python -m core.eval sr --model weights/shapes-sr4x.safetensors --max-side 128 --n-shapes 8 --out weights/eval/sr4x.json
