@@ -79,5 +79,7 @@ python -m core.eval shapes --model weights/shapes-txt2img.safetensors --n 200 --
 python -m core.eval shapes --model weights/shapes-txt2img.safetensors --n 200 --objects 2 --out weights/eval/txt2img-2obj.json
 python -m core.eval shapes --model weights/shapes-txt2img.safetensors --n 200 --objects 1 --seed 1 --out weights/eval/txt2img-1obj-seed1.json
 python -m core.eval shapes --model weights/shapes-txt2img.safetensors --n 200 --objects 2 --seed 1 --out weights/eval/txt2img-2obj-seed1.json
+python -m core.eval shapes --model weights/shapes-txt2img.safetensors --n 200 --objects 1 --seed 2 --out weights/eval/txt2img-1obj-seed2.json
+python -m core.eval shapes --model weights/shapes-txt2img.safetensors --n 200 --objects 2 --seed 2 --out weights/eval/txt2img-2obj-seed2.json
 python -m core.eval inpaint --model weights/shapes-txt2img.safetensors --n 64 --out weights/eval/inpaint-blend.json
 python -m core.eval sr --model weights/shapes-sr4x.safetensors --max-side 128 --n-shapes 8 --out weights/eval/sr4x.json
