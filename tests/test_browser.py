@@ -175,7 +175,9 @@ def test_train_loss_curve_then_stop(page, client, app_server):
     _open_tab(page, "Train")
     page.get_by_label("tiny", exact=True).check()
     page.get_by_label("Image size (px)", exact=True).fill("32")
-    page.get_by_label("Steps", exact=True).fill("40")        # a metrics line every 2 steps
+    # Far more steps than the test lasts (a metrics line every 10): the run must still be running when
+    # Stop is clicked, or it would end "finished" instead of "stopped".
+    page.get_by_label("Steps", exact=True).fill("2000")
     page.get_by_label("Batch size", exact=True).fill("2")
     page.get_by_label("Run name (optional)", exact=True).fill(name)
     _visible(page, "button.ldm-train-start").click()
