@@ -66,7 +66,7 @@ python -m core.train export runs/shapes-txt2img-continue4 --out weights/shapes-t
 run ldm shapes-txt2img-continue5
 python -m core.train export runs/shapes-txt2img-continue5 --out weights/shapes-txt2img.safetensors \
   --first-stage runs/shapes-kl-f4-decoder-edges2
-# (rounds 6 and 7, tried from this export and not shipped: weights/README.md)
+# (rounds 6 and 7, tried from this export, and 9, from round 8's, were not shipped: weights/README.md)
 # 6. An eighth round from round 5's export (two-object scenes half the time, half the learning rate);
 #    its export samples with DPM++ 2M Karras, 30 steps, by default (the config's export.defaults).
 run ldm shapes-txt2img-continue8
