@@ -77,9 +77,11 @@ mkdir -p weights/eval
 python -m core.eval autoencoder --model weights/shapes-kl-f4.safetensors --n 64 --out weights/eval/autoencoder.json
 python -m core.eval shapes --model weights/shapes-txt2img.safetensors --n 200 --objects 1 --out weights/eval/txt2img-1obj.json
 python -m core.eval shapes --model weights/shapes-txt2img.safetensors --n 200 --objects 2 --out weights/eval/txt2img-2obj.json
-python -m core.eval shapes --model weights/shapes-txt2img.safetensors --n 200 --objects 1 --seed 1 --out weights/eval/txt2img-1obj-seed1.json
-python -m core.eval shapes --model weights/shapes-txt2img.safetensors --n 200 --objects 2 --seed 1 --out weights/eval/txt2img-2obj-seed1.json
-python -m core.eval shapes --model weights/shapes-txt2img.safetensors --n 200 --objects 1 --seed 2 --out weights/eval/txt2img-1obj-seed2.json
-python -m core.eval shapes --model weights/shapes-txt2img.safetensors --n 200 --objects 2 --seed 2 --out weights/eval/txt2img-2obj-seed2.json
+for seed in 1 2; do      # two more sets of captions, to check the defaults chosen on seed 0's
+  for n in 1 2; do
+    python -m core.eval shapes --model weights/shapes-txt2img.safetensors --n 200 --objects $n --seed $seed \
+      --out weights/eval/txt2img-${n}obj-seed$seed.json
+  done
+done
 python -m core.eval inpaint --model weights/shapes-txt2img.safetensors --n 64 --out weights/eval/inpaint-blend.json
 python -m core.eval sr --model weights/shapes-sr4x.safetensors --max-side 128 --n-shapes 8 --out weights/eval/sr4x.json
