@@ -5,6 +5,9 @@
     python -m core.generate img2img --model M --image in.png --prompt "..." --strength 0.6
     python -m core.generate inpaint --model M --image in.png --mask mask.png --prompt "..."
     python -m core.generate upscale --model weights/shapes-sr.safetensors --image small.png
+    python -m core.generate class --model cin256-v2.ckpt --config cin256-v2.yaml --class-label 207
+    python -m core.generate layout --model M --layout boxes.json      # [[class_id, x0, y0, x1, y1], ...]
+    python -m core.generate uncond --model M --n 4
     python -m core.generate txt2img --help
 
 Files are named NNNNN-SEED.png in --outdir (default outputs/YYYY-MM-DD/), numbered after the
@@ -15,8 +18,7 @@ the images already finished and exits with 130 (a second Ctrl-C aborts at once).
 
 import argparse
 import datetime
-import os
-import re
+import json
 import signal
 import sys
 import threading
@@ -37,7 +39,8 @@ def _common(p: argparse.ArgumentParser, prompts: bool = True, count: bool = True
                    help="weights file: a project .safetensors (config inside) or an original .ckpt/.safetensors")
     g.add_argument("--config", metavar="YAML",
                    help="the CompVis/Stability YAML an original checkpoint was released with")
-    g.add_argument("--device", default="cpu", help="where to run: cpu, cuda, cuda:1 ... (default cpu)")
+    g.add_argument("--device", default=None, help="where to run: cpu, cuda, cuda:1 ... (default: cuda when "
+                   "available, else cpu, as the app)")
     g.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="weights precision (default: float32 on the CPU, where float16 is many times slower, "
                         "float16 on CUDA, as the app)")
@@ -61,17 +64,19 @@ def _common(p: argparse.ArgumentParser, prompts: bool = True, count: bool = True
         s.add_argument("--negative-prompt", default="", help="what to steer away from")
     if count:
         s.add_argument("--n", type=int, default=1, help="number of images (default 1)")
+        s.add_argument("--batch-size", type=int, default=1,
+                       help="images per UNet batch (faster on a GPU; each image still depends only on its seed)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core.generate", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{txt2img,img2img,inpaint,upscale}")
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{txt2img,img2img,inpaint,upscale,class,uncond,layout}")
 
     p = sub.add_parser("txt2img", help="text to image")
     _common(p)
-    p.add_argument("--width", type=int, default=None, help="pixels, a multiple of the model's grid")
-    p.add_argument("--height", type=int, default=None, help="pixels, a multiple of the model's grid")
+    _size(p)
 
     p = sub.add_parser("img2img", help="image to image (SDEdit)")
     _common(p)
@@ -79,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strength", type=float, default=0.75, help="fraction of the schedule re-run (0, 1]")
     p.add_argument("--width", type=int, default=None, help="resize the image to this width first")
     p.add_argument("--height", type=int, default=None, help="resize the image to this height first")
+    p.add_argument("--resize-mode", default="just_resize",
+                   choices=["just_resize", "crop_and_resize", "resize_and_fill"],
+                   help="how the image is brought to --width x --height (AUTOMATIC1111's modes 0, 1, 2)")
 
     p = sub.add_parser("inpaint", help="repaint the white part of a mask")
     _common(p)
@@ -107,30 +115,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output side / input side, above 1 and at most the model's factor (default: the factor, 4)")
     p.add_argument("--back-projection", type=int, default=None, metavar="ROUNDS",
                    help="rounds of back-projection onto the input after decoding (default: the model's)")
+
+    p = sub.add_parser("class", help="class-conditional sampling (e.g. cin256)")
+    _common(p, prompts=False)
+    p.add_argument("--class-label", type=int, required=True, help="the class number")
+    _size(p)
+    p = sub.add_parser("uncond", help="unconditional sampling")
+    _common(p, prompts=False)
+    _size(p)
+    p = sub.add_parser("layout", help="layout to image")
+    _common(p, prompts=False)
+    p.add_argument("--layout", required=True, metavar="FILE",
+                   help="a JSON file: a list of [class_id, x0, y0, x1, y1] boxes, coordinates in [0, 1]")
+    _size(p)
     return parser
+
+
+def _size(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--width", type=int, default=None, help="pixels, a multiple of the model's grid")
+    p.add_argument("--height", type=int, default=None, help="pixels, a multiple of the model's grid")
 
 
 # ---------------------------------------------------------------------------------------------
 # Output files and progress
 # ---------------------------------------------------------------------------------------------
-
-_NUMBERED = re.compile(r"^(\d{5,})-")
-
-
-def reserve_path(outdir: Path, seed) -> Path:
-    """outdir/NNNNN-SEED.png with NNNNN after the highest number present; created exclusively, so
-    two runs writing to the same folder never overwrite each other."""
-    outdir.mkdir(parents=True, exist_ok=True)
-    numbers = [int(m.group(1)) for m in map(_NUMBERED.match, os.listdir(outdir)) if m]
-    index = max(numbers, default=-1) + 1
-    while True:
-        path = outdir / f"{index:05d}-{seed}.png"
-        try:
-            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            return path
-        except FileExistsError:
-            index += 1
-
 
 class ProgressBar:
     """A one-line progress bar on stderr (redrawn with carriage returns)."""
@@ -165,37 +173,60 @@ class ProgressBar:
 def _run(args, stop: threading.Event, bar: ProgressBar) -> list:
     import torch
 
-    from core import inference_dtype, load_model, pipelines
+    from core import default_device, inference_dtype, load_model, pipelines
 
-    dtype = getattr(torch, DTYPES[args.dtype] if args.dtype else inference_dtype(args.device))
-    m = load_model(args.model, config=args.config, device=args.device, dtype=dtype)
+    device = args.device or default_device()
+    dtype = getattr(torch, DTYPES[args.dtype] if args.dtype else inference_dtype(device))
+    m = load_model(args.model, config=args.config, device=device, dtype=dtype)
     common = dict(steps=args.steps, sampler=args.sampler, seed=args.seed, karras=args.karras,
-                  eta=args.eta, vae_tile=args.vae_tile, callback=bar, should_stop=stop)
+                  eta=args.eta, vae_tile=args.vae_tile, callback=bar, should_stop=stop,
+                  guidance_scale=args.guidance_scale)
+    many = dict(n=args.n, batch_size=args.batch_size) if args.command != "upscale" else {}
     if args.command == "txt2img":
-        return pipelines.txt2img(m, args.prompt, args.negative_prompt, guidance_scale=args.guidance_scale,
-                                 width=args.width, height=args.height, n=args.n, **common)
+        return pipelines.txt2img(m, args.prompt, args.negative_prompt, width=args.width, height=args.height,
+                                 **many, **common)
     if args.command == "img2img":
         return pipelines.img2img(m, args.image, args.prompt, args.strength, args.negative_prompt,
-                                 guidance_scale=args.guidance_scale, width=args.width, height=args.height,
-                                 n=args.n, **common)
+                                 width=args.width, height=args.height, resize_mode=args.resize_mode,
+                                 **many, **common)
     if args.command == "inpaint":
         return pipelines.inpaint(m, args.image, args.mask, args.prompt, args.negative_prompt,
-                                 guidance_scale=args.guidance_scale, n=args.n, strength=args.strength,
-                                 mask_blur=args.mask_blur, inpaint_area=args.inpaint_area,
+                                 strength=args.strength, mask_blur=args.mask_blur, inpaint_area=args.inpaint_area,
                                  padding=args.padding, masked_content=args.masked_content,
                                  width=args.width, height=args.height, color_match=args.color_match,
-                                 **common)
-    return [pipelines.upscale(m, args.image, tile=args.tile, overlap=args.overlap, prompt=args.prompt,
-                              negative_prompt=args.negative_prompt, guidance_scale=args.guidance_scale,
-                              noise_level=args.noise_level, back_projection=args.back_projection, scale=args.scale,
-                              tile_batch=args.tile_batch, **common)]
+                                 **many, **common)
+    if args.command == "upscale":
+        return [pipelines.upscale(m, args.image, tile=args.tile, overlap=args.overlap, prompt=args.prompt,
+                                  negative_prompt=args.negative_prompt, noise_level=args.noise_level,
+                                  back_projection=args.back_projection, scale=args.scale,
+                                  tile_batch=args.tile_batch, **common)]
+    size = dict(width=args.width, height=args.height)
+    if args.command == "class":
+        return pipelines.sample_class(m, args.class_label, **size, **many, **common)
+    if args.command == "layout":
+        return pipelines.sample_layout(m, _read_layout(args.layout), **size, **many, **common)
+    if args.guidance_scale not in (None, 1.0):
+        raise ValueError("an unconditional model has nothing to guide towards; leave --cfg-scale out.")
+    del common["guidance_scale"]
+    return pipelines.sample_unconditional(m, **size, **many, **common)
+
+
+def _read_layout(path: str) -> list:
+    try:
+        layout = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--layout {path}: not JSON ({err}); give a list of [class_id, x0, y0, x1, y1].") from None
+    if not isinstance(layout, list):
+        raise ValueError(f"--layout {path}: give a JSON list of [class_id, x0, y0, x1, y1] boxes.")
+    return layout
 
 
 def _save(images, outdir: Path) -> None:
     from core.pipelines import save_png
+    from core.pipelines.outputs import reserve_output
 
     for image in images:
-        path = reserve_path(outdir, image.info.get("ldm_studio", {}).get("seed", "x"))
+        path = reserve_output(outdir, image.info.get("ldm_studio", {}).get("seed"))
         save_png(image, path)
         print(path, flush=True)
 
@@ -221,7 +252,7 @@ def main(argv=None) -> int:
         images = _run(args, stop, bar)
     except SamplingInterrupted as interrupted:
         bar.close()
-        _save(getattr(interrupted, "images", []), outdir)
+        _save(interrupted.images + interrupted.partial, outdir)
         print(f"interrupted: {interrupted}", file=sys.stderr)
         return 130
     except (ValueError, CheckpointError, MemoryError, OSError) as err:

@@ -88,8 +88,12 @@ def test_native_round_trip_fp16(tmp_path, family):
     loaded = load_model(path)  # no config: it is in the metadata
     assert loaded.metadata["note"] == "test"
     assert loaded.config == model.config
-    assert next(loaded.model.parameters()).dtype == torch.float16
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:                     # stored in float16 ...
+        assert f.get_tensor(next(k for k in f.keys() if k.startswith("model."))).dtype == torch.float16
+    assert next(loaded.model.parameters()).dtype == torch.float32       # ... run in float32 on the CPU
     assert loaded.alphas_cumprod.dtype == torch.float32
+    assert next(load_model(path, dtype=torch.float16).model.parameters()).dtype == torch.float16
     loaded32 = load_model(path, dtype=torch.float32)
     for a, b in zip(_outputs(model, family), _outputs(loaded32, family)):
         torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)

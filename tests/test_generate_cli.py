@@ -2,6 +2,7 @@
 and every flag documented."""
 
 import argparse
+import dataclasses
 import os
 import subprocess
 import sys
@@ -10,7 +11,10 @@ from pathlib import Path
 import pytest
 
 from core import save_model
-from core.generate import build_parser, main, reserve_path
+from core.models.conditioners import LayoutEmbedderConfig
+from core.models.diffusion import LatentDiffusion
+from core.generate import build_parser, main
+from core.pipelines.outputs import reserve_output as reserve_path
 from core.pipelines import read_infotext
 from tests.tiny_models import tiny_model
 
@@ -64,7 +68,7 @@ def test_cli_missing_files_and_wrong_model(model_file, tmp_path, capsys):
 def test_every_flag_is_documented():
     parser = build_parser()
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(subparsers.choices) == {"txt2img", "img2img", "inpaint", "upscale"}
+    assert set(subparsers.choices) == {"txt2img", "img2img", "inpaint", "upscale", "class", "uncond", "layout"}
     for name, sub in subparsers.choices.items():
         for action in sub._actions:
             if isinstance(action, argparse._HelpAction):
@@ -78,3 +82,27 @@ def test_reserve_path_counts_past_existing_files(tmp_path):
     (tmp_path / "notes.txt").write_text("")
     assert reserve_path(tmp_path, 5).name == "00042-5.png"
     assert reserve_path(tmp_path, 5).name == "00043-5.png"                  # the first is taken now
+
+
+@pytest.mark.parametrize("family, args", [
+    ("ldm_class", ["class", "--class-label", "3"]),
+    ("ldm_uncond", ["uncond", "--n", "2", "--batch-size", "2"]),
+    ("ldm_layout", ["layout", "--layout", "LAYOUT"]),
+])
+def test_class_uncond_and_layout_models_from_the_cli(tmp_path, capsys, family, args):
+    """The conditional samplers the core has are reachable from the command line (issue 18 §2)."""
+    model = tiny_model(family)
+    if family == "ldm_layout":                      # our layout embedder (CompVis' reads layout token ids)
+        model = LatentDiffusion(dataclasses.replace(model.config, cond_stage=LayoutEmbedderConfig(32, n_classes=5)))
+    path = save_model(model, tmp_path / f"{family}.safetensors", metadata={"ldm_studio_defaults": '{"steps": 2}'})
+    layout = tmp_path / "boxes.json"
+    layout.write_text("[[1, 0.1, 0.1, 0.5, 0.5], [2, 0.5, 0.5, 0.9, 0.9]]")
+    args = [str(layout) if a == "LAYOUT" else a for a in args]
+    assert main([*args, "--model", str(path), "--seed", "3", "--outdir", str(tmp_path / "out"), "--quiet",
+                 "--device", "cpu"]) == 0
+    written = capsys.readouterr().out.split()
+    assert written and all(Path(p).is_file() for p in written)
+    info = read_infotext(written[0])
+    assert info["seed"] == 3 and info["steps"] == 2
+    assert main(["txt2img", "--model", str(path), "--prompt", "x", "--quiet", "--outdir", str(tmp_path)]) == 2
+    assert "txt2img (text to image) cannot run this model" in capsys.readouterr().err

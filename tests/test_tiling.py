@@ -8,7 +8,7 @@ from PIL import Image
 
 from core import pipelines as P
 from core.pipelines import memory
-from core.pipelines.tiled_unet import TiledModel
+from core.pipelines.tiling import TileState, tiled
 from core.pipelines.tiled_vae import tiled_apply
 from core.pipelines.tiles import blend_weights, core_tiles, overlapping_tiles
 from core.pipelines.vae import decoder_context, encoder_context
@@ -66,9 +66,10 @@ def test_blending_reproduces_any_pointwise_model_exactly():
     x = torch.randn(2, 3, 20, 28)
     c = {"c_concat": [torch.randn(2, 2, 20, 28)]}
     t = torch.tensor([3, 7])
-    tiled = TiledModel(fake, tile=8, overlap=4)
-    assert torch.allclose(tiled.apply_model(x, t, c), fake.apply_model(x, t, c), atol=1e-6)
-    assert tiled.max_tile == (8, 8)
+    state = TileState(8)
+    tiled_fn = tiled(8, 4, 2, state)(fake.apply_model)
+    assert torch.allclose(tiled_fn(x, t, c), fake.apply_model(x, t, c), atol=1e-6)
+    assert state.max_tile == (8, 8)
     w = blend_weights(overlapping_tiles(20, 28, 8, 4, 2)[0], 20, 28, 4)
     assert w.min() > 0 and w.max() == 1.0
 
@@ -242,7 +243,7 @@ def test_tiled_unet_shrinks_its_tile_on_out_of_memory():
     m.apply_model = limited
     x, t = torch.randn(1, 3, 24, 24), torch.tensor([500])
     cond = {"c_concat": [torch.randn(1, 3, 24, 24)]}
-    tiled = TiledModel(m, tile=16, overlap=4)
+    state = TileState(16)
     with pytest.warns(UserWarning, match="out of memory"):
-        out = tiled.apply_model(x, t, cond)
-    assert tiled.tile == 8 and tiled.max_tile == (8, 8) and out.shape == (1, 3, 24, 24)
+        out = tiled(16, 4, 2, state)(limited)(x, t, cond)
+    assert state.tile == 8 and state.max_tile == (8, 8) and out.shape == (1, 3, 24, 24)

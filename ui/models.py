@@ -14,24 +14,16 @@ import torch
 from safetensors import safe_open
 
 from core import load_model
+from core.capabilities import Capabilities, capabilities
 from core.checkpoints.compvis_yaml import config_from_yaml
 from core.checkpoints.config_json import config_from_json
-from core.models.clip_text import FrozenCLIPEmbedderConfig, FrozenOpenCLIPEmbedderConfig
-from core.models.conditioners import TransformerEmbedderConfig
-from core.models.diffusion import LatentDiffusionConfig
 
 MAX_LOADED = 3          # one per generation tab (text-to-image, inpainting, upscaling) fits on a CPU
 MODEL_SUFFIXES = (".safetensors", ".ckpt")
-TEXT_CONDITIONERS = (FrozenOpenCLIPEmbedderConfig, FrozenCLIPEmbedderConfig, TransformerEmbedderConfig)
 
-# Which models each tab offers, by `m.task` (core/models/diffusion.py). Inpainting works with a
-# dedicated inpainting model and, by latent blending, with any text-to-image model.
-TAB_TASKS = {
-    "txt2img": ("conditional",),
-    "img2img": ("conditional",),
-    "inpaint": ("inpaint-sd", "inpaint-ldm", "conditional"),
-    "upscale": ("upscale-ldm", "upscale-sd"),
-}
+# The tabs are named by the task they run; a tab lists the models whose capabilities serve it
+# (core/capabilities.py): inpainting takes a dedicated inpainting model or, by latent blending,
+# any text or unconditional model.
 TAB_NAMES = {"txt2img": "text-to-image", "img2img": "image-to-image", "inpaint": "inpainting",
              "upscale": "upscaling"}
 
@@ -40,11 +32,16 @@ TAB_NAMES = {"txt2img": "text-to-image", "img2img": "image-to-image", "inpaint":
 class ModelEntry:
     name: str                   # path relative to the weights folder: the picker's value and the API's `model`
     path: Path
-    task: str                   # m.task, or "autoencoder" for a standalone first stage
+    caps: Capabilities          # what it can do (core/capabilities.py), from its config alone
     label: str                  # ldm_studio_name, else the file name
-    text: bool = False          # conditioned on a prompt (CLIP, OpenCLIP or a jointly trained transformer)
     defaults: dict = field(default_factory=dict)   # ldm_studio_defaults: sampler, steps, width, ...
     config: str | None = None   # the YAML read beside a .ckpt / foreign .safetensors
+    model_config: object = None # the parsed config (LatentDiffusionConfig / AutoencoderConfig)
+
+    @property
+    def task(self) -> str:
+        """The model's family ("conditional", "upscale-ldm", ..., "autoencoder"), as the console shows it."""
+        return self.caps.family
 
 
 def _read_entry(weights_dir: Path, path: Path) -> ModelEntry:
@@ -69,10 +66,9 @@ def _read_entry(weights_dir: Path, path: Path) -> ModelEntry:
         defaults = {}
     name = path.relative_to(weights_dir).as_posix()
     label = metadata.get("ldm_studio_name") or path.stem
-    if not isinstance(cfg, LatentDiffusionConfig):
-        return ModelEntry(name, path, "autoencoder", label, config=config_file)
-    return ModelEntry(name, path, cfg.task, label, text=isinstance(cfg.cond_stage, TEXT_CONDITIONERS),
-                      defaults=defaults if isinstance(defaults, dict) else {}, config=config_file)
+    caps = capabilities(cfg)
+    return ModelEntry(name, path, caps, label, defaults=defaults if isinstance(defaults, dict) else {},
+                      config=config_file, model_config=cfg)
 
 
 class ModelCache:
@@ -101,9 +97,8 @@ class ModelCache:
 
     def for_tab(self, tab: str) -> list[ModelEntry]:
         """The models a tab can use, dedicated ones first (an inpainting model before a text one)."""
-        tasks = TAB_TASKS[tab]
-        entries = [e for e in self.scan()[0] if e.task in tasks and (e.task != "conditional" or e.text)]
-        return sorted(entries, key=lambda e: (tasks.index(e.task), e.name))
+        entries = [e for e in self.scan()[0] if e.caps.serves(tab)]
+        return sorted(entries, key=lambda e: (not e.caps.dedicated_inpainting, e.name))
 
     def choices(self, tab: str) -> list[tuple[str, str]]:
         return [(f"{e.label} ({e.name})" if e.label != Path(e.name).stem else e.name, e.name)
@@ -138,7 +133,3 @@ class ModelCache:
             model = load_model(entry.path, config=entry.config, device=self.device, dtype=self.dtype)
             self._loaded[entry.name] = (mtime, model)
             return model
-
-    def loaded_names(self) -> list[str]:
-        with self._lock:
-            return list(self._loaded)

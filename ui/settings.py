@@ -10,7 +10,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core import inference_dtype
+from core import default_device, inference_dtype
 
 DEFAULT_PORT = 7860
 DEFAULT_MAX_SIDE = 4096            # pixels: the largest image side accepted or produced
@@ -36,11 +36,6 @@ class AppSettings:
     def max_pixels(self) -> int:
         """Decompression-bomb limit: an upload may not hold more pixels than a max_side square."""
         return self.max_side * self.max_side
-
-
-def default_device() -> str:
-    import torch
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def parse_auth(value: str) -> tuple[tuple[str, str], ...]:

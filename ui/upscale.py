@@ -9,8 +9,7 @@ import gradio as gr
 from PIL import Image
 
 from core import pipelines
-from core.pipelines.defaults import first_stage_factor, model_defaults, unet_factor
-from core.pipelines.upscale import MAX_BACK_PROJECTION, plan_tiles, scaled_size
+from core.pipelines.upscale import MAX_BACK_PROJECTION, scaled_size
 from ui.controls import model_picker, optional_float, optional_int, picker_update, prompt_row, seed_value
 from ui.errors import user_errors
 from ui.follow import follow, job_memory, info_text, pipeline_progress
@@ -20,6 +19,7 @@ from ui.studio import Studio
 from ui.txt2img import interrupt
 
 TAB = "upscale"
+UPSCALERS = {"model": "Diffusion model (picked below)", "lanczos": "Lanczos (instant, no model)"}
 
 
 def back_projection_rounds(value) -> int | None:
@@ -42,40 +42,60 @@ def _settings(tile, overlap, steps) -> dict:
                 steps=optional_int(steps, "Sampling steps", maximum=1000))
 
 
-def plan(m, width: int, height: int, tile: int | None = None, overlap: int | None = None,
-         steps: int | None = None, scale: float | None = None) -> dict:
-    """What core.pipelines.upscale will do for a width x height input: output size, tiles per step
-    (the pipeline's own tile plan) and steps."""
-    f, align = first_stage_factor(m), unet_factor(m)
-    h, w = -(-height // align) * align, -(-width // align) * align          # padded to the UNet grid
-    defaults = model_defaults(m)
-    guided = m.task == "upscale-sd" and defaults.guidance_scale != 1.0
-    tile, overlap, tiles = plan_tiles(m, h, w, tile or None, overlap, 2 if guided else 1)
-    out_w, out_h = scaled_size(width, height, scale or f)
-    return {"width": out_w, "height": out_h, "tiles": tiles, "tile": tile, "overlap": overlap,
-            "steps": steps or defaults.steps}
+def plan_for(studio: Studio, entry, width: int, height: int, tile=None, overlap=None, steps=None,
+             scale=None) -> pipelines.UpscalePlan:
+    """The pipeline's own plan (core.pipelines.plan_upscale) for this input, from the model file's
+    config and defaults alone: nothing is loaded. Refuses what the app would refuse (--max-size)."""
+    defaults = pipelines.Defaults(**{k: v for k, v in entry.defaults.items()
+                                     if k in pipelines.Defaults.__dataclass_fields__})
+    settings = pipelines.SamplingSettings.resolve(defaults, steps=steps)
+    plan = pipelines.plan_upscale(entry.model_config, width, height, settings, tile=tile, overlap=overlap,
+                                  scale=scale, dtype=studio.models.dtype, device=studio.models.device)
+    if max(plan.out_width, plan.out_height) > studio.settings.max_side:
+        raise ValueError(f"The result would be {plan.out_width}x{plan.out_height} pixels; this app makes at most "
+                         f"{studio.settings.max_side} per side (--max-size). Give a smaller image or a lower scale.")
+    return plan
 
 
 @user_errors
 def estimate(studio: Studio, image: str | None = None, model: str | None = None, tile: int | None = None,
-             overlap: int | None = None, steps: int | None = None, scale: float | None = None) -> str:
+             overlap: int | None = None, steps: int | None = None, scale: float | None = None,
+             upscaler: str = "model") -> str:
     """What an upscale will do before it runs: output size, tiles, and a time estimate from the last
-    upscale this server ran (seconds per tile-step)."""
+    upscale this server ran (its seconds per UNet latent-pixel step, times this plan's)."""
     if not image:
         return "Upload an image to see the output size, the number of tiles and an estimated time."
-    entry = studio.models.entry(TAB, model)
     low = open_image(image, studio.settings.max_side)
-    p = plan(studio.models.load(entry), low.width, low.height, **_settings(tile, overlap, steps),
-             scale=scale_value(scale))
-    text = (f"{low.width}x{low.height} -> **{p['width']}x{p['height']}**: {p['tiles']} tile(s) of "
-            f"{p['tile']} px (overlap {p['overlap']}) x {p['steps']} steps")
+    if upscaler == "lanczos":
+        w, h = scaled_size(low.width, low.height, scale_value(scale) or 4.0)
+        return f"{low.width}x{low.height} -> **{w}x{h}** by Lanczos resampling (instant, no model)"
+    try:
+        p = plan_for(studio, studio.models.entry(TAB, model), low.width, low.height,
+                     **_settings(tile, overlap, steps), scale=scale_value(scale))
+    except ValueError as err:
+        return f"**Cannot upscale this:** {err}"
+    text = (f"{low.width}x{low.height} -> **{p.out_width}x{p.out_height}**: {p.tiles} tile(s) of "
+            f"{p.tile} px (overlap {p.overlap}) x {p.steps} steps")
     last = studio.jobs.last_finished(TAB)
-    per_tile_step = last.extra.get("seconds_per_tile_step") if last else None
-    if per_tile_step:
-        text += f", about {per_tile_step * p['tiles'] * p['steps']:.0f} s on this machine"
+    per_unit = last.extra.get("seconds_per_unet_pixel_step") if last else None
+    if per_unit:
+        text += f", about {_duration(per_unit * p.unet_pixel_steps)} on this machine"
     else:
         text += "; a time estimate appears after the first upscale"
     return text
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def prompt_visibility(studio: Studio, model: str | None, upscaler: str = "model") -> list:
+    """The prompt boxes show only for upscalers that read a prompt (the SD x4 upscaler)."""
+    try:
+        reads = upscaler == "model" and studio.models.entry(TAB, model).caps.prompt
+    except ValueError:
+        reads = False
+    return [gr.update(visible=reads), gr.update(visible=reads)]
 
 
 def slider_value(state: JobState):
@@ -88,39 +108,56 @@ def slider_value(state: JobState):
 def upscale(studio: Studio, prompt: str = "", image: str | None = None, negative_prompt: str = "",
             model: str | None = None, tile: int | None = None, overlap: int | None = None,
             steps: int | None = None, guidance_scale: float | None = None, seed: int = -1,
-            back_projection: int | None = -1, scale: float | None = None, progress=gr.Progress()):
+            back_projection: int | None = -1, scale: float | None = None, upscaler: str = "model",
+            progress=gr.Progress()):
     """Upscale an image (4x) tile by tile. The prompts are for text-conditioned upscalers (SD x4);
     LDM super-resolution takes none. back_projection: rounds after decoding (-1: the model's
-    default); scale: output side / input side (None: the model's factor, 4). Returns (before,
-    after) for the slider, the full-resolution PNG, and its parameters."""
-    entry = studio.models.entry(TAB, model)
+    default); scale: output side / input side (None: the model's factor, 4); upscaler: "model" (the
+    diffusion model, default) or "lanczos" (instant resampling, no model). Returns (before, after)
+    for the slider, the full-resolution PNG, and its parameters."""
     low = open_image(image, studio.settings.max_side)
-    options = dict(**_settings(tile, overlap, steps), guidance_scale=optional_float(guidance_scale, "CFG scale"),
-                   seed=seed_value(seed), back_projection=back_projection_rounds(back_projection),
-                   scale=scale_value(scale))
-
-    def work(job):
-        m = studio.models.load(entry)
-        p = plan(m, low.width, low.height, tile=options["tile"], overlap=options["overlap"], steps=options["steps"],
-                 scale=options["scale"])
-        if max(p["width"], p["height"]) > studio.settings.max_side:
-            raise ValueError(f"The result would be {p['width']}x{p['height']} pixels; this app makes at most "
-                             f"{studio.settings.max_side} per side (--max-size).")
-        before = job.folder / "before.png"                  # the input at the output size, for the slider
-        low.resize((p["width"], p["height"]), Image.Resampling.NEAREST).save(before)
-        job.note(before=str(before), tiles=p["tiles"])
-        started = time.monotonic()
-        def generate():
-            return [pipelines.upscale(m, low, prompt=prompt or "", negative_prompt=negative_prompt or "", **options,
-                                      callback=pipeline_progress(job), should_stop=job.should_stop)]
-
-        images = run_and_save(generate, studio.settings.outputs_dir)
-        job.note(seconds_per_tile_step=(time.monotonic() - started) / (p["tiles"] * p["steps"]))
-        return images
-
-    job = studio.jobs.submit(TAB, work)
+    if upscaler not in UPSCALERS:
+        raise ValueError(f"upscaler must be one of {', '.join(UPSCALERS)}; got {upscaler!r}.")
+    if upscaler == "lanczos":
+        job = studio.jobs.submit(TAB, partial(_lanczos_work, studio, low, scale_value(scale) or 4.0))
+    else:
+        entry = studio.models.entry(TAB, model)
+        options = dict(**_settings(tile, overlap, steps), guidance_scale=optional_float(guidance_scale, "CFG scale"),
+                       seed=seed_value(seed), back_projection=back_projection_rounds(back_projection),
+                       scale=scale_value(scale))
+        plan = plan_for(studio, entry, low.width, low.height, options["tile"], options["overlap"],
+                        options["steps"], options["scale"])
+        job = studio.jobs.submit(TAB, partial(_model_work, studio, entry, low, plan, options, prompt or "",
+                                              negative_prompt or ""))
     for state in follow(studio.jobs, job.id, progress):
         yield slider_value(state), (state.images[0] if state.images else None), info_text(state), state.id
+
+
+def _before(job, low: Image.Image, width: int, height: int) -> None:
+    before = job.folder / "before.png"                      # the input at the output size, for the slider
+    low.resize((width, height), Image.Resampling.NEAREST).save(before)
+    job.note(before=str(before))
+
+
+def _model_work(studio: Studio, entry, low, plan, options: dict, prompt: str, negative_prompt: str, job):
+    m = studio.models.load(entry)
+    _before(job, low, plan.out_width, plan.out_height)
+    job.note(tiles=plan.tiles)
+    started = time.monotonic()
+
+    def generate():
+        return [pipelines.upscale(m, low, prompt=prompt, negative_prompt=negative_prompt, **options,
+                                  callback=pipeline_progress(job), should_stop=job.should_stop)]
+
+    images = run_and_save(generate, studio.settings.outputs_dir)
+    job.note(seconds_per_unet_pixel_step=(time.monotonic() - started) / plan.unet_pixel_steps)
+    return images
+
+
+def _lanczos_work(studio: Studio, low, scale: float, job):
+    result = pipelines.lanczos(low, scale, max_side=studio.settings.max_side)
+    _before(job, low, *result.size)
+    return run_and_save(lambda: [result], studio.settings.outputs_dir)
 
 
 def resume(studio: Studio, job_id: str | None):
@@ -140,6 +177,8 @@ def build(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
                              sources=["upload", "clipboard"], height=320, elem_classes=["ldm-upscale-image"])
             plan_text = gr.Markdown("Upload an image to see the output size, the number of tiles and an estimated "
                                     "time.", elem_classes=["ldm-upscale-plan"])
+            upscaler = gr.Radio([(label, key) for key, label in UPSCALERS.items()], value="model", label="Upscaler",
+                                elem_classes=["ldm-upscaler"])
             picker, refresh = model_picker(studio, TAB)
             with gr.Row():
                 tile = gr.Number(None, label="Tile size, px of the input (0: automatic)", precision=0)
@@ -163,13 +202,18 @@ def build(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
           inputs_kwargs={"prompt": row.prompt, "image": image, "negative_prompt": row.negative_prompt,
                          "model": picker, "tile": tile, "overlap": overlap, "steps": steps,
                          "guidance_scale": guidance_scale, "seed": seed, "back_projection": back_projection,
-                         "scale": scale},
+                         "scale": scale, "upscaler": upscaler},
           outputs=[slider, download, info, job], api_name="upscale", concurrency_id="device", concurrency_limit=1)
-    gr.on([image.change, picker.change, tile.change, overlap.change, steps.change, scale.change],
+    gr.on([image.change, picker.change, tile.change, overlap.change, steps.change, scale.change, upscaler.change],
           partial(estimate, studio),
           inputs_kwargs={"image": image, "model": picker, "tile": tile, "overlap": overlap, "steps": steps,
-                         "scale": scale},
+                         "scale": scale, "upscaler": upscaler},
           outputs=[plan_text], api_visibility="private", concurrency_limit=None, show_progress="hidden")
+    show_prompts = partial(prompt_visibility, studio)
+    gr.on([picker.change, upscaler.change], show_prompts, inputs=[picker, upscaler],
+          outputs=[row.prompt, row.negative_prompt], api_visibility="private", queue=False)
+    demo.load(show_prompts, inputs=[picker, upscaler], outputs=[row.prompt, row.negative_prompt],
+              api_visibility="private", queue=False)
     row.interrupt.click(partial(interrupt, studio), inputs=[job], outputs=None, api_visibility="private",
                         queue=False)
     refresh.click(partial(picker_update, studio, TAB), inputs=[picker], outputs=[picker],

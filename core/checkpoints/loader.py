@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from core import inference_dtype
 from core.checkpoints.clip_keys import hf_clip_text_to_ours, is_hf_clip_text_keys
 from core.checkpoints.compvis_yaml import config_from_yaml
 from core.checkpoints.config_json import config_from_json, config_to_json
@@ -157,7 +158,8 @@ def load_model(path: str | Path, config=None, device=None, dtype: torch.dtype | 
     path:   a project-native .safetensors (config in its metadata), or an original CompVis / Stability
             checkpoint together with `config`, the YAML it was released with (path, text or dict) or
             one of our config dataclasses.
-    device, dtype: where and in what precision to put the weights (default: CPU, as stored).
+    device, dtype: where and in what precision to run (default: the CPU, in core.inference_dtype's
+            precision for the device: float32 on the CPU, float16 on CUDA — not the stored dtype).
     strict: missing or unexpected keys are an error naming them; strict=False loads what matches
             and warns with the list.
     """
@@ -169,7 +171,8 @@ def load_model(path: str | Path, config=None, device=None, dtype: torch.dtype | 
     elif not isinstance(cfg, AutoencoderConfig):
         raise CheckpointError(f"{path.name}: unsupported config type {type(cfg).__name__}")
     model = _build(cfg, sd, strict, path.name)
-    model = _cast(model, device, dtype).eval()
+    device = torch.device(device or "cpu")
+    model = _cast(model, device, dtype or getattr(torch, inference_dtype(device))).eval()
     model.checkpoint_path = str(path)
     model.metadata = dict(metadata)
     return model

@@ -12,23 +12,6 @@ import warnings
 
 import torch
 
-from core.pipelines.defaults import conditioning_kind
-
-
-def require_kind(m, wanted: tuple[str, ...], pipeline: str) -> str:
-    """The model's conditioning kind, or a ValueError saying which pipeline fits this model."""
-    kind = conditioning_kind(m)
-    if kind in wanted:
-        return kind
-    fits = {"text": "txt2img / img2img / inpaint", "class": "sample_class", "layout": "sample_layout",
-            "none": "sample_unconditional (or img2img / inpaint without a prompt)",
-            "lr_image": "upscale", "text+lr_image": "upscale", "masked_image": "inpaint",
-            "text+mask": "inpaint"}
-    task = m.task
-    use = "upscale" if task.startswith("upscale") else "inpaint" if task.startswith("inpaint") else fits[kind]
-    raise ValueError(f"{pipeline} cannot run this model: it is a {task!r} model conditioned on {kind}; "
-                     f"use {use} with it.")
-
 
 def _check_prompt(text, name: str) -> str:
     if text is None:

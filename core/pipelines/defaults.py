@@ -11,7 +11,7 @@ import json
 import warnings
 from dataclasses import dataclass, fields, replace
 
-from core.models.conditioners import ClassEmbedder, LayoutEmbedder
+from core.capabilities import capabilities
 
 METADATA_DEFAULTS = "ldm_studio_defaults"
 METADATA_NAME = "ldm_studio_name"
@@ -40,7 +40,7 @@ class Defaults:
 
 def first_stage_factor(m) -> int:
     """f: image pixels per latent pixel along a side."""
-    return m.config.first_stage.ddconfig.downsample_factor
+    return capabilities(m).factor
 
 
 def unet_factor(m) -> int:
@@ -51,44 +51,25 @@ def unet_factor(m) -> int:
 def size_multiple(m) -> int:
     """Image sides must be multiples of f * 2^(UNet levels - 1): each UNet down-sampling halves the
     latent and the up path concatenates skips of the same size (SD 1/2: 8 * 8 = 64 px)."""
-    return first_stage_factor(m) * unet_factor(m)
-
-
-def conditioning_kind(m) -> str:
-    """What the model is conditioned on: 'text', 'class', 'layout', 'none' (unconditional),
-    'lr_image' (LDM super-resolution), 'text+lr_image' (SD x4 upscaler), 'masked_image' (LDM
-    inpainting) or 'text+mask' (SD inpainting)."""
-    task = m.task
-    dense = {"upscale-ldm": "lr_image", "upscale-sd": "text+lr_image", "inpaint-ldm": "masked_image",
-             "inpaint-sd": "text+mask", "unconditional": "none"}
-    if task in dense:
-        return dense[task]
-    if isinstance(m.cond_stage_model, ClassEmbedder):
-        return "class"
-    if isinstance(m.cond_stage_model, LayoutEmbedder):
-        return "layout"
-    return "text"
+    return capabilities(m).grid
 
 
 def _task_defaults(m) -> Defaults:
-    side = m.config.image_size * first_stage_factor(m)          # the training resolution in pixels
-    base = Defaults(width=side, height=side)
-    task, kind = m.task, conditioning_kind(m)
-    if task == "upscale-ldm":
+    caps = capabilities(m)
+    base = Defaults(width=caps.native_size, height=caps.native_size)     # the training resolution
+    family, kind = caps.family, caps.conditioning
+    if family == "upscale-ldm":
         return replace(base, guidance_scale=1.0, eta=1.0)        # LDM-SR notebook: DDIM, eta 1, no CFG
-    if task == "upscale-sd":
+    if family == "upscale-sd":
         return replace(base, guidance_scale=9.0)                 # SD x4 demo: scale 9, noise level 20
-    if task == "inpaint-ldm":
-        return replace(base, guidance_scale=1.0)                 # no text, no CFG
-    if task == "inpaint-sd":
+    if family == "inpaint-sd":
         return replace(base, guidance_scale=7.5, eta=1.0)        # SD2 inpainting demo: eta 1
-    if kind == "none":
-        return replace(base, guidance_scale=1.0)
-    if kind == "class":
-        has_null = m.cond_stage_model.null_class is not None
-        return replace(base, guidance_scale=3.0 if has_null else 1.0)   # cin256-v2 notebook: 3.0
+    if kind == "class" and caps.guidance:
+        return replace(base, guidance_scale=3.0)                 # cin256-v2 notebook: 3.0
     if kind == "layout":
         return replace(base, guidance_scale=3.0)
+    if not caps.guidance:
+        return replace(base, guidance_scale=1.0)                 # no unconditional branch: no CFG
     return replace(base, guidance_scale=9.0 if m.parameterization == "v" else 7.5)
 
 

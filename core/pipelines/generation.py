@@ -1,88 +1,29 @@
-"""What every pipeline shares: settle the sampling settings, make n images with one seed each, report
-progress, stop when asked, and record the parameters on each image.
+"""What every pipeline shares around the latent core: seeds, the output's decode, the parameters
+recorded on each image, and what an interrupted run hands back.
 
-Seeds: image i gets seed + i, and is sampled on its own with core.samplers' CPU generator seeded
-by it, so `n=1, seed=s + i` reproduces image i exactly. seed=None draws a random 32-bit seed,
-which is recorded like any other.
+Seeds: image i gets seed + i and its own CPU generator (core/pipelines/denoise.py), so `n=1,
+seed=s + i` reproduces image i exactly, whatever the batch size. seed=None (or -1) draws a random
+32-bit seed, which is recorded like any other.
 
-Interruption: when `should_stop` is set (or the callback raises SamplingInterrupted), the
-pipeline raises core.samplers.SamplingInterrupted with `.images`, the images finished before the
-stop (each with its parameters); the image in progress is dropped.
+Interruption: when `should_stop` is set, the pipeline raises core.samplers.SamplingInterrupted
+with `.images` (the finished images, each with its parameters) and `.partial` (the interrupted
+batch decoded from its latest clean-latent estimate, marked "interrupted" in its parameters).
 """
-
-import math
 import random
-from dataclasses import dataclass
 
 import torch
 
 from core.pipelines import vae
-from core.pipelines.defaults import VERSION, Defaults, model_name
+from core.pipelines.defaults import VERSION, model_name
 from core.pipelines.images import tensor_to_images
 from core.pipelines.infotext import attach_parameters, cached_model_hash
 from core.pipelines.progress import Progress
-from core.samplers import SAMPLER_DISPLAY_NAMES, SAMPLERS, SIGMA_SAMPLERS, SamplingInterrupted
+from core.samplers import SamplingInterrupted, SamplingSettings
+from core.samplers.settings import whole_number
 
 MAX_SEED = 2 ** 63 - 1
-
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    sampler: str              # a key of core.samplers.SAMPLERS
-    karras: bool              # Karras sigmas (sigma-space samplers only)
-    steps: int
-    guidance_scale: float
-    eta: float                # DDIM's eta; 0 for every other sampler
-
-
-def sampler_name(name) -> tuple[str, bool | None]:
-    """Our sampler key for a key or a display name ("DPM++ 2M", "Euler a", "DPM++ 2M Karras");
-    the second value is True when the name itself asks for Karras sigmas."""
-    if not isinstance(name, str):
-        raise ValueError(f"sampler must be a name such as 'ddim'; got {name!r}.")
-    key = name.strip()
-    if key in SAMPLERS:
-        return key, None
-    by_display = {v.lower(): k for k, v in SAMPLER_DISPLAY_NAMES.items()}
-    lowered = key.lower()
-    if lowered in by_display:
-        return by_display[lowered], None
-    if lowered.endswith(" karras") and lowered[:-7] in by_display:
-        return by_display[lowered[:-7]], True
-    valid = ", ".join(f"{k} ({SAMPLER_DISPLAY_NAMES[k]})" for k in SAMPLERS)
-    raise ValueError(f"unknown sampler {name!r}; choose one of: {valid}.")
-
-
-def _finite(name, value, minimum=None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number; got {value!r}.")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}; got {value!r}.")
-    return float(value)
-
-
-def resolve_settings(defaults: Defaults, sampler=None, karras=None, steps=None, guidance_scale=None,
-                     eta=None) -> SamplingSettings:
-    """The caller's values over the model's defaults, checked (ValueError with what is valid)."""
-    explicit_sampler = sampler is not None
-    name, named_karras = sampler_name(sampler if explicit_sampler else defaults.sampler)
-    if karras is None:
-        karras = named_karras if named_karras is not None else (
-            defaults.karras if not explicit_sampler or name == defaults.sampler else False)
-        karras = bool(karras) and name in SIGMA_SAMPLERS
-    elif karras and name not in SIGMA_SAMPLERS:
-        raise ValueError(f"Karras sigmas apply to the samplers {', '.join(SIGMA_SAMPLERS)}, not to {name!r}.")
-    steps = defaults.steps if steps is None else steps
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
-        raise ValueError(f"steps must be a whole number >= 1; got {steps!r}.")
-    guidance_scale = _finite("guidance_scale", defaults.guidance_scale if guidance_scale is None
-                             else guidance_scale, minimum=0.0)
-    if eta is None:
-        eta = defaults.eta if name == "ddim" else 0.0
-    eta = _finite("eta", eta, minimum=0.0)
-    if eta and name != "ddim":
-        raise ValueError(f"eta applies to the 'ddim' sampler only (got sampler {name!r}); leave eta at 0.")
-    return SamplingSettings(name, bool(karras), steps, guidance_scale, eta)
+MAX_BATCH_SIZE = 64
+OUTPUTS = ("image", "latent")
 
 
 def resolve_seed(seed) -> int:
@@ -95,10 +36,25 @@ def resolve_seed(seed) -> int:
     return seed
 
 
-def check_count(n) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n (the number of images) must be a whole number >= 1; got {n!r}.")
-    return n
+def resolve_seeds(seed, n) -> tuple[int, ...]:
+    """The n images' seeds: seed, seed + 1, ... (a random first one for None / -1)."""
+    n = whole_number("n (the number of images)", n, minimum=1)
+    first = resolve_seed(seed)
+    if first + n - 1 > MAX_SEED:
+        raise ValueError(f"seed + n - 1 must stay below 2^63; got seed {first} and n {n}.")
+    return tuple(first + i for i in range(n))
+
+
+def check_batch_size(batch_size) -> int:
+    """Images per UNet batch (the memory-for-speed trade; results do not depend on it)."""
+    return whole_number("batch_size", batch_size, minimum=1, maximum=MAX_BATCH_SIZE)
+
+
+def check_output(output) -> str:
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be 'image' (PIL images with their parameters) or 'latent' (the "
+                         f"latents, for a further pass); got {output!r}.")
+    return output
 
 
 def base_parameters(m, task: str, settings: SamplingSettings, seed: int, width: int, height: int,
@@ -108,47 +64,35 @@ def base_parameters(m, task: str, settings: SamplingSettings, seed: int, width: 
             "sampler": settings.sampler, "karras": settings.karras,
             "guidance_scale": settings.guidance_scale, "seed": seed, "width": width, "height": height,
             "model_hash": cached_model_hash(getattr(m, "checkpoint_path", None)), "model": model_name(m),
-            "rng": "CPU", "eta": settings.eta if settings.sampler == "ddim" and settings.eta else None, "task": task,
-            "version": VERSION}
-
-
-def sampler_callback(m, callback, image: int, images: int):
-    """core.samplers' callback(i, total, x, pred_x0) -> our Progress reports (None if no callback)."""
-    if callback is None:
-        return None
-
-    def report(i, total, x, pred_x0):
-        callback(Progress("sample", i + 1, total, image, images, latent=pred_x0, model=m))
-    return report
-
-
-def decode_callback(callback, image: int, images: int):
-    if callback is None:
-        return None
-    return lambda done, total: callback(Progress("decode", done, total, image, images))
+            "rng": "CPU", "eta": settings.eta if settings.sampler == "ddim" and settings.eta else None,
+            "task": task, "version": VERSION}
 
 
 @torch.no_grad()
-def generate(m, n: int, seed: int, sample_one, finish_one, callback=None, vae_tile=None):
-    """n images: z = sample_one(i, seed_i, sampler_callback) -> latent (1, C, h, w); decoded (tiled
-    when large); finish_one(i, seed_i, x) turns the decoded (1, 3, H, W) in [-1, 1] into a PIL image
-    with its parameters. Raises SamplingInterrupted with `.images` = the finished ones."""
-    images = []
-    for i in range(n):
-        seed_i = seed + i
-        try:
-            z = sample_one(i, seed_i, sampler_callback(m, callback, i, n))
-        except SamplingInterrupted as stop:
-            stop.images = images
-            raise
-        x = vae.decode(m, z, tile=vae_tile, on_tile=decode_callback(callback, i, n))
-        images.append(finish_one(i, seed_i, x))
-    return images
+def decode(m, z: torch.Tensor, vae_tile=None, callback=None, images: int = 1, stat_tiles=vae.STAT_TILES) -> list:
+    """Latents (B, C, h, w) -> decoded float32 images (1, 3, H, W) in [-1, 1], one at a time (the
+    VAE's memory is planned per image); vae_tile, stat_tiles as core.pipelines.vae.decode."""
+    out = []
+    for i in range(z.shape[0]):
+        on_tile = None if callback is None else (
+            lambda done, total, i=i: callback(Progress("decode", done, total, i, images)))
+        out.append(vae.decode(m, z[i:i + 1], tile=vae_tile, stat_tiles=stat_tiles, on_tile=on_tile))
+    return out
 
 
-def finish_plain(params_for, reports_for=None):
-    """A finish_one for pipelines whose decoded image is the result: truncate to uint8, attach."""
-    def finish(i, seed_i, x):
-        image = tensor_to_images(x)[0]
-        return attach_parameters(image, params_for(i, seed_i), reports_for(i) if reports_for else None)
-    return finish
+def plain_images(m, z, params_for, vae_tile=None, callback=None) -> list:
+    """Decoded latents as PIL images carrying params_for(i) (truncated to uint8, as saved)."""
+    return [attach_parameters(tensor_to_images(x)[0], params_for(i))
+            for i, x in enumerate(decode(m, z, vae_tile, callback, images=z.shape[0]))]
+
+
+def interrupted(m, stop: SamplingInterrupted, record, params_for, vae_tile=None) -> SamplingInterrupted:
+    """Fill in what an interrupted run made: `.images` = record(finished latents), `.partial` = the
+    interrupted batch decoded from its pred_x0 (parameters marked "interrupted at step k of n")."""
+    stop.images = record(stop.latents) if stop.latents is not None else []
+    if stop.pred_x0 is not None:
+        done = 0 if stop.latents is None else stop.latents.shape[0]
+        note = f"interrupted at step {stop.step} of {stop.total}"
+        stop.partial = [attach_parameters(tensor_to_images(x)[0], {**params_for(done + i), "interrupted": note})
+                        for i, x in enumerate(decode(m, stop.pred_x0.to(m.dtype), vae_tile))]
+    return stop

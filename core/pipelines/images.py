@@ -151,3 +151,58 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
         return x, (h, w)
     mode = "reflect" if ph < h and pw < w else "replicate"
     return F.pad(x, (0, pw, 0, ph), mode=mode), (h, w)
+
+
+# AUTOMATIC1111's img2img resize modes (its 0, 1, 2), for an image brought to another size.
+RESIZE_MODES = {"just_resize": "Just resize", "crop_and_resize": "Crop and resize",
+                "resize_and_fill": "Resize and fill"}
+
+
+def resize_mode_key(mode) -> str:
+    """Our key for a resize mode given as a key, A1111's label or its number (0, 1, 2)."""
+    keys = list(RESIZE_MODES)
+    if isinstance(mode, int) and not isinstance(mode, bool) and 0 <= mode < len(keys):
+        return keys[mode]
+    if isinstance(mode, str):
+        by_label = {v.lower(): k for k, v in RESIZE_MODES.items()}
+        key = mode.strip().lower()
+        if key in RESIZE_MODES or key in by_label:
+            return by_label.get(key, key)
+    raise ValueError(f"resize_mode must be one of {', '.join(keys)} (or A1111's 0, 1, 2); got {mode!r}.")
+
+
+def resize_image(image: Image.Image, width: int, height: int, mode: str = "just_resize") -> Image.Image:
+    """`image` at width x height (Lanczos):
+    just_resize: stretched; crop_and_resize: scaled to cover, centre cropped; resize_and_fill:
+    scaled to fit, the rest filled by stretching the picture's outer rows / columns (as A1111)."""
+    mode = resize_mode_key(mode)
+    if image.size == (width, height):
+        return image
+    if mode == "just_resize":
+        return image.resize((width, height), Image.Resampling.LANCZOS)
+    ratio = width / height
+    cover = (mode == "crop_and_resize") == (image.width / image.height > ratio)
+    w, h = (round(height * image.width / image.height), height) if cover else \
+        (width, round(width * image.height / image.width))
+    scaled = image.resize((max(w, 1), max(h, 1)), Image.Resampling.LANCZOS)
+    if mode == "crop_and_resize":
+        left, top = (scaled.width - width) // 2, (scaled.height - height) // 2
+        return scaled.crop((left, top, left + width, top + height))
+    out = Image.new("RGB", (width, height))
+    left, top = (width - scaled.width) // 2, (height - scaled.height) // 2
+    out.paste(scaled, (left, top))
+    if scaled.width < width:                   # fill left / right from the outer columns
+        if left:
+            out.paste(scaled.crop((0, 0, 1, scaled.height)).resize((left, scaled.height)), (0, top))
+        right = width - left - scaled.width
+        if right:
+            out.paste(scaled.crop((scaled.width - 1, 0, scaled.width, scaled.height)).resize((right, scaled.height)),
+                      (left + scaled.width, top))
+    if scaled.height < height:                 # fill top / bottom from the outer rows
+        if top:
+            out.paste(scaled.crop((0, 0, scaled.width, 1)).resize((scaled.width, top)), (left, 0))
+        bottom = height - top - scaled.height
+        if bottom:
+            out.paste(scaled.crop((0, scaled.height - 1, scaled.width, scaled.height)).resize((scaled.width, bottom)),
+                      (left, top + scaled.height))
+    return out

@@ -50,8 +50,10 @@ PARAMETERS = [
     ("Tile size", "tile", int),
     ("Tile overlap", "overlap", int),
     ("Upscale", "upscale", float),
+    ("Upscaler", "upscaler", str),
     ("Noise level", "noise_level", int),
     ("Back-projection", "back_projection", int),
+    ("Interrupted", "interrupted", str),           # a partial image: "interrupted at step k of n"
     ("Task", "task", str),
     ("Version", "version", str),
 ]

@@ -16,40 +16,38 @@ paste-back that leaves every pixel outside the mask exactly as it was.
 
 Reports (image.info["ldm_studio"]): border_delta_e / border_delta_e_raw = mean CIEDE2000 between
 the generated picture and the original on a ring of `ring_width` px just outside the mask, after /
-before the colour match (what the seam will show); outside_psnr / outside_psnr_raw = PSNR outside
-the mask of the result / of the raw generation (100 = identical).
+before the colour match (what the seam will show); outside_psnr_raw = PSNR outside the mask of the
+raw generation (what the first stage's round trip changed there; the result itself equals the
+original outside the mask, bit for bit).
 """
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from core.capabilities import capabilities
 from core.pipelines import vae
 from core.pipelines.color import delta_e_2000, psnr, srgb_to_lab
-from core.pipelines.conditioning import require_kind, text_conditioning
-from core.pipelines.defaults import check_size, first_stage_factor, model_defaults, size_multiple
-from core.pipelines.generation import (base_parameters, check_count, generate, resolve_seed,
-                                       resolve_settings)
-from core.pipelines.images import (image_to_tensor, load_image, load_mask, pad_to_multiple, to_unit,
-                                   unit_to_uint8)
-from core.pipelines.img2img import check_strength
+from core.pipelines.conditioning import text_conditioning
+from core.pipelines.defaults import check_size, model_defaults
+from core.pipelines.denoise import denoise_batches
+from core.pipelines.generation import (base_parameters, check_batch_size, decode, interrupted,
+                                       resolve_seeds)
+from core.pipelines.images import image_to_tensor, load_image, load_mask, pad_to_multiple, to_unit, \
+    unit_to_uint8
 from core.pipelines.infotext import attach_parameters
 from core.pipelines.masks import crop_region, dilate, feather, fill_holes, outer_ring
-from core.samplers import sample
-from core.samplers.noise import cpu_generator, randn
+from core.samplers import SamplingInterrupted, SamplingSettings, check_strength
+from core.samplers.noise import cpu_generator, randn, stream_seed
+from core.samplers.settings import whole_number
 
 INPAINT_AREAS = {"whole": "Whole picture", "only_masked": "Only masked"}
 MASKED_CONTENT = {"original": "original", "fill": "fill", "latent_noise": "latent noise",
                   "latent_nothing": "latent nothing"}
-
-
-def _whole_number(name, value, minimum=0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be a whole number >= {minimum}; got {value!r}.")
-    return value
 
 
 def _choice(name, value, options: dict) -> str:
@@ -66,9 +64,17 @@ def _resize01(a: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(a, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
 
 
+@dataclass(frozen=True)
+class Region:
+    """Where the repaint happens: the box of the picture processed, at proc_w x proc_h."""
+    box: tuple[int, int, int, int]           # (x0, y0, x1, y1) in the picture
+    proc_w: int
+    proc_h: int
+
+
 def inpaint(m, image, mask, prompt="", negative_prompt="", steps=None, guidance_scale=None, sampler=None,
             seed=None, n=1, *, strength=1.0, mask_blur=4, inpaint_area="whole", padding=32,
-            masked_content="original", width=None, height=None, eta=None, karras=None,
+            masked_content="original", width=None, height=None, eta=None, karras=None, batch_size=1,
             color_match=True, ring_width=8, vae_tile=None, callback=None, should_stop=None) -> list:
     """Repaint the white part of `mask` in `image` (PIL, path or array each); one PIL image per seed.
 
@@ -82,120 +88,149 @@ def inpaint(m, image, mask, prompt="", negative_prompt="", steps=None, guidance_
     color_match: shift the generated colours by the mean difference measured on the outer ring.
     Other arguments as txt2img. Pixels outside the mask are returned unchanged.
     """
-    # 1. Check the model and the options.
-    kind = require_kind(m, ("text", "none", "masked_image", "text+mask"), "inpaint")
-    if kind in ("none", "masked_image") and prompt:
-        raise ValueError(f"this model ({m.task}) takes no prompt; give prompt=''.")
+    # 1. Resolve: the model can do it; options, settings and seeds, checked once.
+    caps = capabilities(m).require("inpaint")
+    if not caps.prompt and prompt:
+        raise ValueError(f"this model ({caps.family}) takes no prompt; give prompt=''.")
     strength = check_strength(strength)
-    mask_blur, padding = _whole_number("mask_blur", mask_blur), _whole_number("padding", padding)
-    ring_width = _whole_number("ring_width", ring_width, 1)
+    mask_blur, padding = whole_number("mask_blur", mask_blur), whole_number("padding", padding)
+    ring_width = whole_number("ring_width", ring_width, 1)
     area = _choice("inpaint_area", inpaint_area, INPAINT_AREAS)
     content = _choice("masked_content", masked_content, MASKED_CONTENT)
     defaults = model_defaults(m)
-    settings = resolve_settings(defaults, sampler, karras, steps, guidance_scale, eta)
-    n, seed = check_count(n), resolve_seed(seed)
+    settings = SamplingSettings.resolve(defaults, sampler, karras, steps, guidance_scale, eta)
+    seeds, batch_size = resolve_seeds(seed, n), check_batch_size(batch_size)
 
-    # 2. The image and its mask (white = repaint), binarised at 0.5.
+    # 2. The image, its mask (white = repaint, binarised at 0.5) and the region to process.
     picture = load_image(image)
-    W, H = picture.size
-    hard = (load_mask(mask, (W, H)) >= 0.5).astype(np.float32)              # (H, W) 1 = repaint
+    hard = _hard_mask(mask, picture.size)                                   # (H, W) 1 = repaint
+    region = _region(m, defaults, hard, area, padding, mask_blur, width, height)
+    x, mask_t = _processed_tensors(m, picture, hard, region, area)          # (1, 3, Hp, Wp), (1, 1, Hp, Wp)
+
+    # 3. What the masked area starts from (one clean latent per image), and the conditioning.
+    z_init = vae.encode(m, _initial_image(x, mask_t, content), tile=vae_tile)   # (1, C, h, w)
+    latent_mask = F.max_pool2d(mask_t, caps.factor).to(z_init.dtype)        # (1, 1, h, w): any repainted px
+    z0 = torch.cat([_start_latent(z_init, latent_mask, content, s) for s in seeds])
+    cond, uncond = _conditioning(m, caps, x, mask_t, z_init, prompt, negative_prompt, vae_tile)
+
+    def params_for(i):
+        params = base_parameters(m, "inpaint", settings, seeds[i], region.proc_w, region.proc_h, prompt,
+                                 negative_prompt)
+        return {**params, "strength": strength, "mask_blur": mask_blur, "inpaint_area": INPAINT_AREAS[area],
+                "padding": padding if area == "only_masked" else None, "masked_content": MASKED_CONTENT[content]}
+
+    def record(z):
+        return [_paste_back(picture, hard, region, x_i, mask_blur, ring_width, color_match, params_for(i))
+                for i, x_i in enumerate(decode(m, z, vae_tile, callback, images=z.shape[0]))]
+
+    # 4. Denoise: dedicated models see mask + masked image; any other model blends latents.
+    try:
+        z = denoise_batches(m, cond, uncond, settings, tuple(z0.shape[1:]), seeds, batch_size, x0=z0,
+                            mask=None if caps.dedicated_inpainting else latent_mask, strength=strength,
+                            callback=callback, should_stop=should_stop)
+    except SamplingInterrupted as stop:
+        raise interrupted(m, stop, record, params_for, vae_tile)
+
+    # 5. Decode, back into the full picture, colour match, paste back, measure, record.
+    return record(z)
+
+
+def _hard_mask(mask, size) -> np.ndarray:
+    hard = (load_mask(mask, size) >= 0.5).astype(np.float32)               # (H, W) 1 = repaint
     if hard.sum() == 0:
         raise ValueError("the mask is empty (no white pixels), so there is nothing to repaint; paint "
                          "the area to change in white.")
     if hard.min() == 1:
         warnings.warn("the mask covers the whole image: nothing of the original is kept (this is "
-                      "text-to-image at the image's size)", stacklevel=2)
-    original = np.asarray(picture, dtype=np.float32) / 255.0                # (H, W, 3)
+                      "text-to-image at the image's size)", stacklevel=3)
+    return hard
 
-    # 3. The region to process: the whole picture, or a crop around the mask.
+
+def _region(m, defaults, hard, area, padding, mask_blur, width, height) -> Region:
+    """The whole picture, or a crop around the mask grown by `padding`; and the size it runs at."""
+    H, W = hard.shape
     if area == "whole" and width is None and height is None:
         proc_w, proc_h = W, H
     else:
         proc_w, proc_h = check_size(m, defaults.width if width is None else width,
                                     defaults.height if height is None else height, "inpainting")
     box = (0, 0, W, H) if area == "whole" else crop_region(dilate(hard, mask_blur), padding, proc_w / proc_h)
-    x0b, y0b, x1b, y1b = box
-    crop = picture.crop(box).resize((proc_w, proc_h), Image.Resampling.LANCZOS)
+    return Region(box, proc_w, proc_h)
+
+
+def _processed_tensors(m, picture, hard, region: Region, area):
+    """The region at its processing size, padded to the model's grid: image (1, 3, Hp, Wp) in
+    [-1, 1] and mask (1, 1, Hp, Wp) in {0, 1}."""
+    x0b, y0b, x1b, y1b = region.box
+    size = (region.proc_w, region.proc_h)
+    crop = picture.crop(region.box).resize(size, Image.Resampling.LANCZOS)
     crop_mask = Image.fromarray((hard[y0b:y1b, x0b:x1b] * 255).astype(np.uint8)).resize(
-        (proc_w, proc_h), Image.Resampling.BILINEAR)
-    param = next(m.parameters())
-    grid = size_multiple(m)
-    x, _ = pad_to_multiple(image_to_tensor(crop, param.device), grid)       # (1, 3, Hp, Wp)
+        size, Image.Resampling.BILINEAR)
+    x, _ = pad_to_multiple(image_to_tensor(crop, m.device), capabilities(m).grid)   # (1, 3, Hp, Wp)
     if area == "whole":
         check_size(m, x.shape[-1], x.shape[-2], "inpainting the whole picture (use "
                    "inpaint_area='only_masked' for a local edit of a large image)")
     mask_t = torch.from_numpy((np.asarray(crop_mask) >= 128).astype(np.float32))[None, None]
-    mask_t = F.pad(mask_t, (0, x.shape[-1] - proc_w, 0, x.shape[-2] - proc_h)).to(param.device)  # (1, 1, Hp, Wp)
+    return x, F.pad(mask_t, (0, x.shape[-1] - size[0], 0, x.shape[-2] - size[1])).to(m.device)
 
-    # 4. What the masked area starts from, and the clean latent.
-    if content == "fill":
-        filled = fill_holes((x[0].permute(1, 2, 0).cpu().numpy() + 1) / 2, mask_t[0, 0].cpu().numpy())
-        x_init = torch.from_numpy(filled * 2 - 1).permute(2, 0, 1)[None].to(x)
-    else:
-        x_init = x
-    z_init = vae.encode(m, x_init, tile=vae_tile)                            # (1, C, h, w)
-    f = first_stage_factor(m)
-    latent_mask = F.max_pool2d(mask_t, f).to(z_init.dtype)                   # (1, 1, h, w): any repainted px
 
-    # 5. Conditioning: dedicated models get mask + masked image concatenated; others blend latents.
-    task = m.task
-    if task == "inpaint-sd":
+def _initial_image(x, mask_t, content):
+    """The picture the clean latent is encoded from: the original, or its hole filled from around."""
+    if content != "fill":
+        return x
+    filled = fill_holes((x[0].permute(1, 2, 0).cpu().numpy() + 1) / 2, mask_t[0, 0].cpu().numpy())
+    return torch.from_numpy(filled * 2 - 1).permute(2, 0, 1)[None].to(x)
+
+
+def _start_latent(z_init, latent_mask, content, seed: int):
+    """The clean latent one image starts from: latent noise (its own stream) or zeros in the hole."""
+    if content == "latent_noise":
+        noise = randn(z_init.shape, cpu_generator(stream_seed(seed, "latent_noise")), z_init.device, z_init.dtype)
+        return z_init * (1 - latent_mask) + noise * latent_mask
+    if content == "latent_nothing":
+        return z_init * (1 - latent_mask)
+    return z_init
+
+
+def _conditioning(m, caps, x, mask_t, z_init, prompt, negative_prompt, vae_tile):
+    """(cond, uncond). Dedicated models get mask + masked image concatenated (FACTS.md section 9,
+    trap 6); a text or unconditional model gets only its own conditioning and blends latents."""
+    if caps.family == "inpaint-sd":                                        # [z, mask, masked latent]
         c_text, u_text = text_conditioning(m, prompt, negative_prompt)
         mask_nearest = F.interpolate(mask_t, size=z_init.shape[-2:], mode="nearest")
         masked_latent = vae.encode(m, x * (mask_t < 0.5), tile=vae_tile)      # hole = 0 (grey)
         cond = {"c_concat": [torch.cat([mask_nearest.to(masked_latent), masked_latent], dim=1)],
                 "c_crossattn": [c_text]}
-        uncond = u_text                                                      # replaces c_crossattn only
-    elif task == "inpaint-ldm":
+        return cond, u_text                                                 # replaces c_crossattn only
+    if caps.family == "inpaint-ldm":                                       # [z, masked latent, mask +-1]
         masked = (1 - mask_t) * (x + 1) / 2 * 2 - 1                           # hole = black (-1)
         masked_latent = vae.encode(m, masked, tile=vae_tile)
         mask_pm = F.interpolate(mask_t, size=z_init.shape[-2:], mode="nearest") * 2 - 1
-        cond, uncond = {"c_concat": [torch.cat([masked_latent, mask_pm.to(masked_latent)], dim=1)]}, None
-    elif kind == "text":                                                     # any text model: blending
-        cond, uncond = text_conditioning(m, prompt, negative_prompt)
-    else:
-        cond, uncond = None, None
-    blend = task not in ("inpaint-sd", "inpaint-ldm")
+        return {"c_concat": [torch.cat([masked_latent, mask_pm.to(masked_latent)], dim=1)]}, None
+    if caps.prompt:
+        return text_conditioning(m, prompt, negative_prompt)
+    return None, None
 
-    # 6. Sample each image.
-    def sample_one(i, seed_i, step_callback):
-        z0 = z_init
-        if content == "latent_noise":
-            noise = randn(z_init.shape, cpu_generator(seed_i + 2 ** 62), z_init.device, z_init.dtype)
-            z0 = z_init * (1 - latent_mask) + noise * latent_mask
-        elif content == "latent_nothing":
-            z0 = z_init * (1 - latent_mask)
-        return sample(m, cond, uncond, settings.guidance_scale, settings.steps, settings.sampler,
-                      settings.eta, shape=tuple(z0.shape), seed=seed_i, callback=step_callback,
-                      karras=settings.karras, x0=z0, mask=latent_mask if blend else None,
-                      strength=strength, should_stop=should_stop)
 
-    # 7. Back into the full picture, colour match, paste back, measure.
-    hard_bool = hard > 0.5
+def _paste_back(picture, hard, region: Region, decoded, mask_blur, ring_width, color_match, params):
+    """The decoded region back in the full picture: resized to its box, colour-matched on the ring
+    just outside the mask, feathered inside the mask; every pixel outside the mask is the original's."""
+    x0b, y0b, x1b, y1b = region.box
+    original_u8 = np.asarray(picture)
+    original = original_u8.astype(np.float32) / 255.0                      # (H, W, 3)
+    gen = to_unit(decoded[..., :region.proc_h, :region.proc_w])             # (1, 3, ph, pw) in [0, 1]
+    if (y1b - y0b, x1b - x0b) != (region.proc_h, region.proc_w):
+        gen = _resize01(gen, (y1b - y0b, x1b - x0b))
+    full = original.copy()
+    full[y0b:y1b, x0b:x1b] = gen[0].permute(1, 2, 0).cpu().numpy()
     ring = outer_ring(hard, ring_width)
     ring[:y0b] = ring[y1b:] = False                                          # where the crop generated
     ring[:, :x0b] = ring[:, x1b:] = False
+    reports = _match_and_measure(full, original, ring, hard > 0.5, color_match)
     soft = feather(hard, mask_blur)[..., None]                               # (H, W, 1), 0 outside
-    original_u8 = np.asarray(picture)
-
-    def finish_one(i, seed_i, decoded):
-        gen = to_unit(decoded[..., :proc_h, :proc_w])                         # (1, 3, ph, pw) in [0, 1]
-        if (y1b - y0b, x1b - x0b) != (proc_h, proc_w):
-            gen = _resize01(gen, (y1b - y0b, x1b - x0b))
-        full = original.copy()
-        full[y0b:y1b, x0b:x1b] = gen[0].permute(1, 2, 0).cpu().numpy()
-        reports = _match_and_measure(full, original, ring, hard_bool, color_match)
-        result = unit_to_uint8(original * (1 - soft) + reports.pop("_matched") * soft)
-        result = np.where(soft > 0, result, original_u8)                     # outside: bit-exact original
-        reports["outside_psnr"] = (psnr(result[~hard_bool] / 255.0, original_u8[~hard_bool] / 255.0)
-                                   if (~hard_bool).any() else None)
-        params = base_parameters(m, "inpaint", settings, seed_i, proc_w, proc_h, prompt, negative_prompt)
-        params.update(strength=strength, mask_blur=mask_blur, inpaint_area=INPAINT_AREAS[area],
-                      padding=padding if area == "only_masked" else None,
-                      masked_content=MASKED_CONTENT[content])
-        return attach_parameters(Image.fromarray(result, mode="RGB"), params, reports)
-
-    return generate(m, n, seed, sample_one, finish_one, callback, vae_tile)
+    result = unit_to_uint8(original * (1 - soft) + reports.pop("_matched") * soft)
+    result = np.where(soft > 0, result, original_u8)                         # outside: bit-exact original
+    return attach_parameters(Image.fromarray(result, mode="RGB"), params, reports)
 
 
 def _match_and_measure(generated: np.ndarray, original: np.ndarray, ring: np.ndarray, hard: np.ndarray,

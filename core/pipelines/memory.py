@@ -18,7 +18,6 @@ predictions are on the safe side there. `run_with_oom_retry` covers what they mi
 """
 
 import math
-import os
 import warnings
 
 import torch
@@ -55,8 +54,9 @@ def _attention_bytes(batch: int, heads: int, tokens: int, elem: int) -> int:
 
 
 def unet_peak_bytes(m, height: int, width: int, batch: int, dtype=None) -> int:
-    """Predicted activation peak of one UNet forward on a (batch, C, height, width) latent tile."""
-    cfg = m.config.unet
+    """Predicted activation peak of one UNet forward on a (batch, C, height, width) latent tile, for a
+    model or its LatentDiffusionConfig (then give dtype)."""
+    cfg = getattr(m, "config", m).unet
     elem = _element_size(dtype or m.dtype)
     nrb = cfg.num_res_blocks
     nrb = list(nrb) if isinstance(nrb, (list, tuple)) else [nrb] * len(cfg.channel_mult)
@@ -164,15 +164,3 @@ def run_with_oom_retry(fn, tile: int, align: int, smallest: int | None = None, w
             smaller = max(smallest, tile // 2 // align * align)
             warnings.warn(f"out of memory with {what} size {tile}; retrying with {smaller}", stacklevel=2)
             tile = smaller
-
-
-def peak_rss_bytes() -> int | None:
-    """This process's peak resident set (VmHWM), for benchmarks; None where /proc is missing."""
-    try:
-        with open(f"/proc/{os.getpid()}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None

@@ -1,46 +1,70 @@
 """Text to image (Rombach et al. 2022, Sec. 4.3): noise -> latent by the sampler under the prompt's
 guidance -> image by the decoder."""
 
-from core.pipelines.conditioning import require_kind, text_conditioning
-from core.pipelines.defaults import check_size, first_stage_factor, model_defaults
-from core.pipelines.generation import (base_parameters, check_count, finish_plain, generate,
-                                       resolve_seed, resolve_settings)
-from core.samplers import sample
+from core.capabilities import capabilities
+from core.pipelines.conditioning import text_conditioning
+from core.pipelines.defaults import check_size, model_defaults
+from core.pipelines.denoise import denoise_batches
+from core.pipelines.generation import (base_parameters, check_batch_size, check_output, interrupted,
+                                       plain_images, resolve_seeds)
+from core.samplers import SamplingInterrupted, SamplingSettings
 
 
 def txt2img(m, prompt, negative_prompt="", steps=None, guidance_scale=None, sampler=None, seed=None,
-            width=None, height=None, n=1, *, eta=None, karras=None, vae_tile=None, callback=None,
-            should_stop=None) -> list:
-    """Images for a prompt, each a PIL image with its parameters in image.info.
+            width=None, height=None, n=1, **options):
+    """Images for a prompt: a list of PIL images, each with its parameters in image.info.
 
-    steps, guidance_scale, sampler, width, height, eta, karras: None = the model's defaults
+    steps, guidance_scale, sampler, width, height: None = the model's defaults
         (core.pipelines.defaults). sampler: a core.samplers.SAMPLERS key or its display name.
     seed: image i uses seed + i (None: random, recorded). n: how many images.
-    vae_tile: None = decode tiled only when needed, 0 = never, N = tiles of N latent pixels.
-    callback(Progress): after each step (Progress.preview() gives a cheap preview image).
-    should_stop: a threading.Event; when set, raises core.samplers.SamplingInterrupted whose
-        `.images` are the images finished so far.
+    options:
+      batch_size: images per UNet batch (faster on a GPU; each image still depends only on its seed);
+      eta, karras: None = the model's defaults;
+      vae_tile: None = decode tiled only when needed, 0 = never, N = tiles of N latent pixels;
+      callback(Progress): after each step (Progress.preview() gives a cheap preview image);
+      should_stop: a threading.Event; when set, raises core.samplers.SamplingInterrupted whose
+        `.images` are the images finished so far and `.partial` the interrupted ones;
+      output: "image", or "latent" for the latents (n, C, h, w) (a further pass takes them).
     """
-    # 1. Check the model and the inputs, fill in the defaults.
-    require_kind(m, ("text",), "txt2img")
-    defaults = model_defaults(m)
-    width, height = check_size(m, defaults.width if width is None else width,
-                               defaults.height if height is None else height, "txt2img")
-    settings = resolve_settings(defaults, sampler, karras, steps, guidance_scale, eta)
-    n, seed = check_count(n), resolve_seed(seed)
-
-    # 2. Conditioning: the prompt and the negative prompt (the unconditional half of CFG).
+    # 1. The model can do it. 2. The prompt and the negative prompt (the unconditional half of CFG).
+    capabilities(m).require("txt2img")
     cond, uncond = text_conditioning(m, prompt, negative_prompt)
-    f = first_stage_factor(m)
-    shape = (1, m.config.channels, height // f, width // f)
+    extra = {"prompt": prompt, "negative_prompt": negative_prompt}
+    # 3. Noise -> latents -> images, one seed each.
+    return sample_images(m, "txt2img", cond, uncond, extra, n, seed, steps, sampler, guidance_scale,
+                         width, height, **options)
 
-    # 3. Sample each image from its own seed, 4. decode, 5. record the parameters.
-    def sample_one(i, seed_i, step_callback):
-        return sample(m, cond, uncond, settings.guidance_scale, settings.steps, settings.sampler,
-                      settings.eta, shape=shape, seed=seed_i, callback=step_callback,
-                      karras=settings.karras, should_stop=should_stop)
 
-    def params_for(i, seed_i):
-        return base_parameters(m, "txt2img", settings, seed_i, width, height, prompt, negative_prompt)
+def sample_images(m, task, cond, uncond, extra: dict, n, seed, steps, sampler, guidance_scale, width, height, *,
+            batch_size=1, eta=None, karras=None, vae_tile=None, callback=None, should_stop=None,
+            output="image"):
+    """n images from noise under (cond, uncond), made by the caller for `task`; `extra`: parameters
+    recorded besides the sampling ones (the class, the layout). Other arguments as txt2img."""
+    # 1. Resolve the settings, size and seeds.
+    caps, defaults = capabilities(m), model_defaults(m)
+    width, height = check_size(m, defaults.width if width is None else width,
+                               defaults.height if height is None else height, task)
+    settings = SamplingSettings.resolve(defaults, sampler, karras, steps, guidance_scale, eta)
+    if uncond is None and settings.guidance_scale != 1.0:
+        if guidance_scale is not None:
+            raise ValueError("this model has no unconditional embedding (no null class), so it cannot use "
+                             "classifier-free guidance; use guidance_scale=1.")
+        settings = SamplingSettings(settings.sampler, settings.karras, settings.steps, 1.0, settings.eta)
+    seeds, batch_size, output = resolve_seeds(seed, n), check_batch_size(batch_size), check_output(output)
 
-    return generate(m, n, seed, sample_one, finish_plain(params_for), callback, vae_tile)
+    def params_for(i):
+        return {**base_parameters(m, task, settings, seeds[i], width, height), **extra}
+
+    def record(z):
+        return z if output == "latent" else plain_images(m, z, params_for, vae_tile, callback)
+
+    # 2. Denoise every image from its own seed.
+    latent_shape = (caps.latent_channels, height // caps.factor, width // caps.factor)
+    try:
+        z = denoise_batches(m, cond, uncond, settings, latent_shape, seeds, batch_size, callback=callback,
+                            should_stop=should_stop)
+    except SamplingInterrupted as stop:
+        raise interrupted(m, stop, record, params_for, vae_tile)
+
+    # 3. Decode and record.
+    return record(z)

@@ -14,55 +14,32 @@ they disagree on. The model's details stay, its drift in tone and colour goes. O
 reference models, so that they reproduce the reference; our shapes-sr4x file asks for 2 in its
 defaults (+4.6 dB on the evaluation photos, +2.9 dB on shapes scenes, weights/README.md).
 
-Large images: the latent is denoised in overlapping tiles blended at EVERY step (tiled_unet.py),
+Large images: the latent is denoised in overlapping tiles blended at EVERY step (tiling.py),
 then decoded by the tiled VAE with whole-image GroupNorm statistics (tiled_vae.py). The tile
 sizes come from the memory planner unless given; out-of-memory retries with smaller tiles.
 Interrupted runs raise core.samplers.SamplingInterrupted (its `.images` is empty).
 """
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from core.pipelines import vae
-from core.pipelines.defaults import (MAX_UPSCALE_SIDE, first_stage_factor, model_defaults,
-                                     unet_factor)
-from core.pipelines.generation import (base_parameters, decode_callback, resolve_seed,
-                                       resolve_settings, sampler_callback)
+from core.capabilities import capabilities
+from core.pipelines.defaults import MAX_UPSCALE_SIDE, VERSION, model_defaults
+from core.pipelines.denoise import denoise
+from core.pipelines.generation import base_parameters, decode, interrupted, resolve_seed
 from core.pipelines.images import image_to_tensor, load_image, pad_to_multiple, tensor_to_images
 from core.pipelines.infotext import attach_parameters
 from core.pipelines.memory import budget_bytes, plan_tile, unet_peak_bytes
 from core.pipelines.progress import Progress
-from core.pipelines.tiled_unet import TiledModel
 from core.pipelines.tiles import overlapping_tiles
-from core.samplers import SamplingInterrupted, TIMESTEP_SAMPLERS, ddim_timesteps, ddpm_timesteps, sample
-from core.samplers.noise import cpu_generator
-
-UPSCALE_TASKS = ("upscale-ldm", "upscale-sd")
-
-
-def plan_unet_tile(m, h: int, w: int, batch: int, budget: int | None = None) -> int:
-    """The largest latent tile (a multiple of the UNet grid; at most the latent itself and
-    max(2 x the training size, 64), as CompVis' LDM-SR notebook tiles at 2x) whose predicted UNet
-    peak fits the memory budget."""
-    align = unet_factor(m)
-    largest = min(max(h, w), max(2 * m.config.image_size, 64))
-    largest = math.ceil(largest / align) * align
-    param = next(m.parameters())
-    return plan_tile(lambda t: unet_peak_bytes(m, t, t, batch, param.dtype),
-                     budget_bytes(param.device, budget), align, largest)
-
-
-def sampler_steps(m, settings) -> int:
-    """How many steps the sampler will report (DDIM/PLMS run more than `steps` when it does not
-    divide the schedule length, FACTS.md section 7)."""
-    if settings.sampler not in TIMESTEP_SAMPLERS:
-        return settings.steps
-    make = ddpm_timesteps if settings.sampler == "ddpm" else ddim_timesteps
-    return len(make(m.num_timesteps, settings.steps))
-
+from core.pipelines.tiling import TileState, tiled
+from core.samplers import SamplingInterrupted, SamplingSettings, schedule_length
+from core.samplers.noise import cpu_generator, stream_seed
+from core.samplers.settings import whole_number
 
 BACK_PROJECTION_BAND = 64     # low-res rows per band: the temporaries stay small for any image size
 MAX_BACK_PROJECTION = 16
@@ -89,19 +66,12 @@ def back_project(x: torch.Tensor, lr: torch.Tensor, rounds: int) -> torch.Tensor
     return x
 
 
-def _check_rounds(value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_BACK_PROJECTION:
-        raise ValueError(f"back_projection must be a whole number of rounds in [0, {MAX_BACK_PROJECTION}]; "
-                         f"got {value!r}.")
-    return value
-
-
 def scaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
     """The output size for an input of width x height at `scale` (rounded, at least 1 px)."""
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _check_scale(value, f: int) -> float:
+def check_scale(value, f: int) -> float:
     if value is None:
         return float(f)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 < value <= f:
@@ -110,27 +80,60 @@ def _check_scale(value, f: int) -> float:
     return float(value)
 
 
-def _check_tile(name, value, align) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % align:
-        raise ValueError(f"{name} must be a positive multiple of {align} (input pixels = latent pixels); "
-                         f"got {value!r}.")
-    return value
+@dataclass(frozen=True)
+class UpscalePlan:
+    """What an upscale will do, decided before it runs (the pipeline runs exactly this; the UI shows it)."""
+    width: int                  # the input
+    height: int
+    out_width: int              # the result, after `scale`
+    out_height: int
+    factor: int                 # the model's own factor f
+    scale: float
+    latent: tuple[int, int]     # (h, w): the input padded to the UNet grid (= latent pixels)
+    tile: int                   # UNet tile side, latent pixels (>= the latent: one piece)
+    overlap: int
+    tiles: int                  # tiles per network evaluation
+    steps: int                  # sampler steps as reported (DDIM may run more than asked)
+    guided: bool                # two halves per evaluation (classifier-free guidance)
+
+    @property
+    def unet_pixel_steps(self) -> int:
+        """Latent pixels the UNet processes over the whole run (tiles x steps x tile area x CFG
+        halves): the unit a time estimate scales with."""
+        area = min(self.tile, self.latent[0]) * min(self.tile, self.latent[1])
+        return self.steps * self.tiles * area * (2 if self.guided else 1)
 
 
-def plan_tiles(m, h: int, w: int, tile: int | None = None, overlap: int | None = None, batch: int = 1,
-               budget: int | None = None) -> tuple[int, int, int]:
-    """The UNet tile plan for an (h, w) latent padded to the UNet grid: (tile, overlap, tiles per step).
-    tile None = the largest that fits in memory for `batch`; overlap None = a quarter of the tile."""
-    align = unet_factor(m)
+def plan_upscale(model_or_config, width: int, height: int, settings: SamplingSettings, *, tile=None,
+                 overlap=None, scale=None, tile_batch: int = 1, dtype=torch.float32, device="cpu",
+                 memory_budget=None) -> UpscalePlan:
+    """The plan for a width x height input (checked: ValueError in words). tile / overlap in input
+    pixels (= latent pixels for these models); tile None = the largest tile whose predicted UNet
+    peak fits the memory budget (at most max(2x the training size, 64), as CompVis' LDM-SR notebook
+    tiles at 2x); overlap None = a quarter of the tile."""
+    cfg = getattr(model_or_config, "config", model_or_config)
+    caps = capabilities(cfg).require("upscale")
+    f, align = caps.factor, caps.grid // caps.factor
+    scale = check_scale(scale, f)
+    if max(width, height) * f > MAX_UPSCALE_SIDE:
+        raise ValueError(f"the result would be {width * f}x{height * f}; upscale makes at most "
+                         f"{MAX_UPSCALE_SIDE} px per side, so give an image of at most {MAX_UPSCALE_SIDE // f} "
+                         "px per side.")
+    h, w = -(-height // align) * align, -(-width // align) * align
+    guided = caps.guidance and settings.guidance_scale != 1.0
     if tile is None:
-        tile = plan_unet_tile(m, h, w, batch, budget)
-    tile = _check_tile("tile", tile, align)
-    if overlap is None:
-        overlap = tile // 4 // align * align
-    if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap < tile:
-        raise ValueError(f"overlap must be a whole number in [0, tile={tile}); got {overlap!r}.")
-    n_tiles = len(overlapping_tiles(h, w, tile, overlap, align)) if max(h, w) > tile else 1
-    return tile, overlap, n_tiles
+        largest = math.ceil(min(max(h, w), max(2 * cfg.image_size, 64)) / align) * align
+        batch = (2 if guided else 1) * tile_batch
+        tile = plan_tile(lambda t: unet_peak_bytes(cfg, t, t, batch, dtype),
+                         budget_bytes(device, memory_budget), align, largest)
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile <= 0 or tile % align:
+        raise ValueError(f"tile must be a positive multiple of {align} (input pixels = latent pixels); "
+                         f"got {tile!r}.")
+    overlap = tile // 4 // align * align if overlap is None else overlap
+    whole_number("overlap", overlap, 0, tile - 1)
+    tiles = len(overlapping_tiles(h, w, tile, overlap, align)) if max(h, w) > tile else 1
+    return UpscalePlan(width, height, *scaled_size(width, height, scale), f, scale, (h, w), tile, overlap, tiles,
+                       schedule_length(settings, cfg.timesteps), guided)
 
 
 @torch.no_grad()
@@ -150,83 +153,101 @@ def upscale(m, image, tile=None, overlap=None, steps=None, seed=None, *, prompt=
     vae_stat_tiles: tiles measuring the tiled VAE's shared GroupNorm statistics (None = all: exact,
         about (GroupNorms / 2) decoder passes; k = k tiles spread over the image: cheaper, an estimate).
     memory_budget: bytes a tile may use (default 60% of the free memory).
-    Other arguments as txt2img; prompts only for "upscale-sd".
+    Other arguments as txt2img; prompts only for the SD x4 upscaler.
     """
-    # 1. Check the model and the inputs.
-    if m.task not in UPSCALE_TASKS:
-        raise ValueError(f"upscale needs a super-resolution model ({' or '.join(UPSCALE_TASKS)}); this "
-                         f"is a {m.task!r} model. For a larger picture from it, use txt2img at a larger "
-                         "size or img2img.")
-    if m.task == "upscale-ldm":
-        if prompt or negative_prompt:
-            raise ValueError("this super-resolution model (LDM-SR) takes no prompt; leave prompt empty.")
-        if guidance_scale not in (None, 1, 1.0):
-            raise ValueError("LDM-SR has no unconditional mode, so guidance_scale must be 1 (or None).")
+    # 1. Resolve: the model can do it; settings, seed and the tile plan, checked once.
+    caps = capabilities(m).require("upscale")
+    if not caps.prompt and (prompt or negative_prompt):
+        raise ValueError("this super-resolution model (LDM-SR) takes no prompt; leave prompt empty.")
+    if not caps.guidance and guidance_scale not in (None, 1, 1.0):
+        raise ValueError("LDM-SR has no unconditional mode, so guidance_scale must be 1 (or None).")
     defaults = model_defaults(m)
-    settings = resolve_settings(defaults, sampler, karras, steps, guidance_scale, eta)
+    settings = SamplingSettings.resolve(defaults, sampler, karras, steps, guidance_scale, eta)
     seed = resolve_seed(seed)
-    rounds = _check_rounds(defaults.back_projection if back_projection is None else back_projection)
+    rounds = whole_number("back_projection", defaults.back_projection if back_projection is None
+                          else back_projection, 0, MAX_BACK_PROJECTION)
     picture = load_image(image)
-    f, align = first_stage_factor(m), unet_factor(m)
-    scale = _check_scale(scale, f)
-    out_w, out_h = picture.width * f, picture.height * f
-    if max(out_w, out_h) > MAX_UPSCALE_SIDE:
-        raise ValueError(f"the result would be {out_w}x{out_h}; upscale makes at most {MAX_UPSCALE_SIDE} px "
-                         f"per side, so give an image of at most {MAX_UPSCALE_SIDE // f} px per side.")
-    param = next(m.parameters())
-    lr, _ = pad_to_multiple(image_to_tensor(picture, param.device, param.dtype), align)  # (1, 3, h, w)
-    h, w = lr.shape[-2:]
+    plan = plan_upscale(m, picture.width, picture.height, settings, tile=tile, overlap=overlap, scale=scale,
+                        tile_batch=whole_number("tile_batch", tile_batch, 1), dtype=m.dtype, device=m.device,
+                        memory_budget=memory_budget)
+    align = caps.grid // caps.factor                                        # UNet grid, in latent pixels
+    lr, _ = pad_to_multiple(image_to_tensor(picture, m.device, m.dtype), align)   # (1, 3, h, w)
 
     # 2. Conditioning: the low-res image concatenated to z (noised, with its level, for the x4 model).
-    if m.task == "upscale-ldm":
-        cond, uncond, level = {"c_concat": [lr]}, None, None
-    else:
-        level = defaults.noise_level if noise_level is None else noise_level
-        max_level = m.low_scale_model.max_noise_level
-        if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= max_level:
-            raise ValueError(f"noise_level must be a whole number in [0, {max_level}]; got {level!r}.")
-        x_aug, levels = m.low_scale_model(lr.float(), torch.tensor([level], device=lr.device),
-                                          generator=cpu_generator(seed))
-        c_text = m.get_learned_conditioning([prompt or ""])
-        uncond = m.get_learned_conditioning([negative_prompt or ""])
-        cond = {"c_concat": [x_aug.to(param.dtype)], "c_crossattn": [c_text], "c_adm": levels}
+    cond, uncond, level = _conditioning(m, caps, lr, defaults, noise_level, seed, prompt, negative_prompt)
 
-    # 3. Tiles: planned from memory unless given.
-    guided = uncond is not None and settings.guidance_scale != 1.0
-    tile, overlap, _ = plan_tiles(m, h, w, tile, overlap, (2 if guided else 1) * max(1, int(tile_batch)),
-                                  memory_budget)
-    state = {"step": 0, "total": sampler_steps(m, settings)}
+    def params_for(_):
+        params = base_parameters(m, "upscale", settings, seed, plan.out_width, plan.out_height, prompt,
+                                 negative_prompt)
+        return {**params, "tile": plan.tile, "overlap": plan.overlap, "upscale": plan.scale, "noise_level": level,
+                "back_projection": rounds or None}
 
-    def on_tile(done, n_tiles):
-        if callback is not None:
-            callback(Progress("sample", state["step"], state["total"], tile=done, tiles=n_tiles))
+    def record(z):
+        x = decode(m, z, vae_tile, callback, stat_tiles=vae_stat_tiles)[0]
+        return [_finish(x, lr, rounds, plan, params_for(0))]
 
-    step_report = sampler_callback(m, callback, 0, 1)
-
-    def on_step(i, total, x, pred_x0):
-        state.update(step=i + 1, total=total)
-        if step_report is not None:
-            step_report(i, total, x, pred_x0)
-
-    model = TiledModel(m, tile, overlap, tile_batch, on_tile) if max(h, w) > tile else m
-
-    # 4. Sample the whole latent (its noise drawn once from the seed, so tiling does not change it).
+    # 3. Denoise the whole latent, tile by tile at every step (its noise drawn once from the seed).
+    on_step, on_tile = _reporters(m, callback, plan)
+    wrap = None if plan.tiles == 1 else tiled(plan.tile, plan.overlap, align, TileState(plan.tile), tile_batch,
+                                               on_tile)
     try:
-        z = sample(model, cond, uncond, settings.guidance_scale, settings.steps, settings.sampler,
-                   settings.eta, shape=(1, m.config.channels, h, w), seed=seed, callback=on_step,
-                   karras=settings.karras, should_stop=should_stop)
+        z = denoise(m, cond, uncond, settings, (1, caps.latent_channels, *plan.latent), [cpu_generator(seed)],
+                    wrap=wrap, callback=on_step, should_stop=should_stop)
     except SamplingInterrupted as stop:
-        stop.images = []
-        raise
+        stop.latents = None
+        raise interrupted(m, stop, record, params_for, vae_tile)
 
-    # 5. Decode (tiled when large), back-project onto the input, crop the padding, record the parameters.
-    x = vae.decode(m, z, tile=vae_tile, stat_tiles=vae_stat_tiles, on_tile=decode_callback(callback, 0, 1))
+    # 4. Decode (tiled when large), back-project onto the input, crop, resize to `scale`, record.
+    return record(z)[0]
+
+
+def _conditioning(m, caps, lr, defaults, noise_level, seed, prompt, negative_prompt):
+    """(cond, uncond, noise level). LDM-SR: [z, LR]. SD x4: [z, LR noised to the level] with the
+    level as c_adm; the augmentation noise has its own stream (not x_T's)."""
+    if caps.family == "upscale-ldm":
+        return {"c_concat": [lr]}, None, None
+    level = defaults.noise_level if noise_level is None else noise_level
+    level = whole_number("noise_level", level, 0, m.low_scale_model.max_noise_level)
+    x_aug, levels = m.low_scale_model(lr.float(), torch.tensor([level], device=lr.device),
+                                      generator=cpu_generator(stream_seed(seed, "noise_augmentation")))
+    cond = {"c_concat": [x_aug.to(m.dtype)], "c_crossattn": [m.get_learned_conditioning([prompt or ""])],
+            "c_adm": levels}
+    return cond, m.get_learned_conditioning([negative_prompt or ""]), level
+
+
+def _finish(x, lr, rounds: int, plan: UpscalePlan, params: dict) -> Image.Image:
     if rounds:
         x = back_project(x, lr, rounds)
+    out_h, out_w = plan.height * plan.factor, plan.width * plan.factor
     result = tensor_to_images(x[..., :out_h, :out_w])[0]
-    if scale != f:
-        result = result.resize(scaled_size(picture.width, picture.height, scale), Image.Resampling.LANCZOS)
-    params = base_parameters(m, "upscale", settings, seed, *result.size, prompt, negative_prompt)
-    params.update(tile=tile, overlap=overlap, upscale=float(scale), noise_level=level,
-                  back_projection=rounds or None)
+    if plan.scale != plan.factor:
+        result = result.resize((plan.out_width, plan.out_height), Image.Resampling.LANCZOS)
     return attach_parameters(result, params)
+
+
+def _reporters(m, callback, plan: UpscalePlan):
+    """(after each step, after each tile batch within a step) -> Progress reports; (None, None) if no callback."""
+    if callback is None:
+        return None, None
+    state = {"step": 0}
+
+    def on_step(i, total, x, pred_x0):
+        state["step"] = i + 1
+        callback(Progress("sample", i + 1, total, latent=pred_x0, model=m))
+
+    def on_tile(done, n_tiles):
+        callback(Progress("sample", state["step"], plan.steps, tile=done, tiles=n_tiles))
+    return on_step, on_tile
+
+
+def lanczos(image, scale: float = 4.0, max_side: int = MAX_UPSCALE_SIDE) -> Image.Image:
+    """The fast, non-diffusion upscaler: Lanczos resampling by `scale` in (1, 8], with its parameters."""
+    picture = load_image(image)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 1 < scale <= 8:
+        raise ValueError(f"scale must be a number in (1, 8]; got {scale!r}.")
+    width, height = scaled_size(picture.width, picture.height, scale)
+    if max(width, height) > max_side:
+        raise ValueError(f"the result would be {width}x{height}; at most {max_side} px per side.")
+    result = picture.resize((width, height), Image.Resampling.LANCZOS)
+    return attach_parameters(result, {"prompt": "", "width": width, "height": height, "upscale": float(scale),
+                                      "upscaler": "Lanczos", "task": "upscale", "version": VERSION})

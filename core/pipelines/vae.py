@@ -6,11 +6,16 @@
   about (number of GroupNorms / 2 + 1) untiled runs (the statistics passes stop early), so it is
   used only when the untiled run does not fit in memory.
 * A float16 / bfloat16 VAE can overflow to inf/NaN on some latents (the well-known "black image"
-  problem of SD VAEs in half precision); decode then runs again in float32 and warns.
+  problem of SD VAEs in half precision); decode then runs again in float32 and warns. It runs on a
+  float32 COPY of the first stage (made once per model), never converting the shared model in place
+  while another thread may be using it.
 """
 
+import copy
 import math
+import threading
 import warnings
+import weakref
 
 import torch
 
@@ -52,6 +57,29 @@ def _first_stage_param(m):
     return next(m.first_stage_model.parameters())
 
 
+class FirstStageView:
+    """A first stage alone, as the decode path uses a model (config, first_stage_model,
+    decode_first_stage): here a float32 copy of the model's, for the fp16-overflow fallback."""
+
+    def __init__(self, m, first_stage):
+        self.config, self.first_stage_model, self.scale_factor = m.config, first_stage, m.scale_factor
+
+    def decode_first_stage(self, z):
+        return self.first_stage_model.decode(z.float() / self.scale_factor)
+
+
+_FLOAT32_COPIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_COPYING = threading.Lock()
+
+
+def float32_first_stage(m) -> FirstStageView:
+    """The model's first stage in float32, copied once and kept while the model lives."""
+    with _COPYING:
+        if m not in _FLOAT32_COPIES:
+            _FLOAT32_COPIES[m] = FirstStageView(m, copy.deepcopy(m.first_stage_model).float())
+        return _FLOAT32_COPIES[m]
+
+
 def plan_decode_tile(m, h: int, w: int, batch: int, budget: int | None = None) -> int:
     """Latent core size for decoding (batch, C, h, w): 0 (untiled) when the whole decode fits."""
     param = _first_stage_param(m)
@@ -91,12 +119,7 @@ def decode(m, z: torch.Tensor, tile: int | None = None, stat_tiles: int | None =
     if dtype in (torch.float16, torch.bfloat16) and not torch.isfinite(x).all():
         warnings.warn(f"the VAE decoder overflowed in {dtype} (NaN/inf); decoding again in float32",
                       stacklevel=3)
-        fs = m.first_stage_model
-        fs.float()
-        try:
-            x = _decode_once(m, z.float(), tile, stat_tiles, on_tile)
-        finally:
-            fs.to(dtype)
+        x = _decode_once(float32_first_stage(m), z.float(), tile, stat_tiles, on_tile)
     return x
 
 

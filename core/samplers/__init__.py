@@ -5,15 +5,18 @@
 
 Files: schedules.py (timestep lists, sigmas, Karras), denoisers.py (CFG, eps/v -> eps or D(x, sigma),
 inpainting blend), timestep_samplers.py (DDIM, PLMS, DDPM), sigma_samplers.py (Euler, Euler a,
-Heun, DPM++ 2M), unipc.py (UniPC), noise.py (CPU-seeded noise), sampling.py (`sample`).
+Heun, DPM++ 2M), unipc.py (UniPC), registry.py (the samplers by name), settings.py (the frozen,
+checked SamplingSettings), noise.py (CPU-seeded noise), sampling.py (`sample_denoiser`, `sample`).
 """
 from core.samplers.denoisers import CFGDenoiser, EpsDenoiser, KDenoiser
-from core.samplers.sampling import (DEFAULT_SCHEDULE_NAME, KARRAS_SCHEDULE_NAME,
-                                    SAMPLER_DISPLAY_NAMES, SAMPLERS, SIGMA_SAMPLERS,
-                                    TIMESTEP_SAMPLERS, SamplingInterrupted, sample)
+from core.samplers.registry import (DEFAULT_SCHEDULE_NAME, KARRAS_SCHEDULE_NAME, SAMPLER_DISPLAY_NAMES,
+                                    SAMPLERS, SIGMA_SAMPLERS, TIMESTEP_SAMPLERS)
+from core.samplers.sampling import SamplingInterrupted, sample, sample_denoiser, schedule_length
 from core.samplers.schedules import ddim_timesteps, ddpm_timesteps, get_sigmas, karras_sigmas
+from core.samplers.settings import SamplingSettings, check_strength, sampler_name
 
-__all__ = ["sample", "SamplingInterrupted", "SAMPLERS", "TIMESTEP_SAMPLERS", "SIGMA_SAMPLERS",
+__all__ = ["sample", "sample_denoiser", "schedule_length", "SamplingInterrupted", "SamplingSettings",
+           "sampler_name", "check_strength", "SAMPLERS", "TIMESTEP_SAMPLERS", "SIGMA_SAMPLERS",
            "SAMPLER_DISPLAY_NAMES", "KARRAS_SCHEDULE_NAME", "DEFAULT_SCHEDULE_NAME",
            "CFGDenoiser", "EpsDenoiser", "KDenoiser",
            "ddim_timesteps", "ddpm_timesteps", "get_sigmas", "karras_sigmas"]

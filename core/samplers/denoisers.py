@@ -139,14 +139,6 @@ class KDenoiser:
         self.log_sigmas = self.sigmas.log()
         self.parameterization = parameterization
 
-    @property
-    def sigma_min(self) -> float:
-        return self.sigmas.min().item()
-
-    @property
-    def sigma_max(self) -> float:
-        return self.sigmas.max().item()
-
     def __call__(self, x, sigma, **extra_args):
         s = append_dims(sigma, x.ndim)                              # (B, 1, 1, 1)
         c_in = 1 / (s ** 2 + 1).sqrt()

@@ -1,11 +1,16 @@
-"""`sample()`: the one entry point from a LatentDiffusion model and its conditioning to a latent z.
+"""Sampling: from a denoiser and starting noise to a latent z, in numbered steps.
 
-It only builds things and hands them over, in numbered steps: check the inputs, draw the noise on
-the CPU, wrap `m.apply_model` into a guided denoiser, pick the schedule (timesteps or sigmas),
-optionally start part-way (img2img) and pin a known region (inpainting), run the sampler chosen
-by name, and stop cleanly between steps when asked.
+`sample_denoiser(guided, alphas_cumprod, parameterization, noise, settings, ...)` is the core, as
+k-diffusion's samplers are: it is given a *denoiser* — any function guided(x, t, **extra_args) ->
+the network's raw output (eps or v) — and knows nothing of models or prompts. It picks the
+schedule (timesteps or sigmas), wraps the denoiser into what the chosen sampler family needs
+(eps at t, or D(x, sigma)), optionally starts part-way (img2img) and pins a known region
+(inpainting), runs the sampler chosen by name, and stops cleanly between steps when asked.
+
+`sample(m, cond, uncond, ...)` is the model-level convenience of the public API (DESIGN.md): it
+wraps `m.apply_model` and classifier-free guidance around the core. The pipelines compose the same
+wrappers themselves (core/pipelines/denoise.py), with tiling and per-image generators.
 """
-import math
 import operator
 from functools import partial
 
@@ -14,39 +19,109 @@ import torch
 from core.samplers.denoisers import (CFGDenoiser, EpsDenoiser, InpaintEpsBlend, InpaintSigmaBlend,
                                      KDenoiser)
 from core.samplers.noise import cpu_generator, randn
+from core.samplers.registry import SAMPLERS, TIMESTEP_SAMPLERS
 from core.samplers.schedules import ddim_timesteps, ddpm_timesteps, get_sigmas
-from core.samplers.sigma_samplers import (sample_dpmpp_2m, sample_euler, sample_euler_ancestral,
-                                          sample_heun)
-from core.samplers.timestep_samplers import sample_ddim, sample_ddpm, sample_plms
-from core.samplers.unipc import sample_unipc
-
-# Samplers over the model's discrete timesteps: denoiser(x, t) -> eps.
-TIMESTEP_SAMPLERS = {"ddim": sample_ddim, "plms": sample_plms, "ddpm": sample_ddpm}
-# Samplers over noise levels: denoiser(x, sigma) -> pred_x0; each takes karras=True.
-SIGMA_SAMPLERS = {"euler": sample_euler, "euler_a": sample_euler_ancestral, "heun": sample_heun,
-                  "dpmpp_2m": sample_dpmpp_2m, "unipc": sample_unipc}
-SAMPLERS = {**TIMESTEP_SAMPLERS, **SIGMA_SAMPLERS}
-
-# AUTOMATIC1111's names, as written in its PNG "parameters" ("Sampler: DPM++ 2M, Schedule type:
-# Karras"); `karras=True` is the schedule type KARRAS_SCHEDULE_NAME, otherwise "Automatic".
-SAMPLER_DISPLAY_NAMES = {"ddim": "DDIM", "plms": "PLMS", "ddpm": "DDPM", "euler": "Euler",
-                         "euler_a": "Euler a", "heun": "Heun", "dpmpp_2m": "DPM++ 2M",
-                         "unipc": "UniPC"}
-KARRAS_SCHEDULE_NAME = "Karras"
-DEFAULT_SCHEDULE_NAME = "Automatic"
+from core.samplers.settings import SamplingSettings, check_strength
 
 
 class SamplingInterrupted(Exception):
-    """Raised out of `sample()` when sampling is stopped between two steps.
+    """Raised out of sampling when it is stopped between two steps.
 
     Carries the latest state: `x` (the sampler's current x, model dtype), `pred_x0` (the latest
     estimate of the clean latent, the thing to decode for a preview; None if stopped before the
-    first step), `step` (steps completed) and `total`.
+    first step), `step` (steps completed) and `total`. The pipelines fill in what they finished:
+    `latents` (the finished images' latents), `images` (those images, with their parameters) and
+    `partial` (the interrupted images decoded from pred_x0, marked as such; empty if none).
     """
 
     def __init__(self, x=None, pred_x0=None, step=0, total=0):
         super().__init__(f"Sampling interrupted after step {step} of {total}.")
         self.x, self.pred_x0, self.step, self.total = x, pred_x0, step, total
+        self.latents = None
+        self.images: list = []
+        self.partial: list = []
+
+
+def schedule_length(settings: SamplingSettings, num_timesteps: int) -> int:
+    """How many steps the sampler reports: DDIM/PLMS/DDPM walk the reference step list, which has
+    more than `steps` entries when steps does not divide the schedule length (FACTS.md section 7)."""
+    if settings.sampler not in TIMESTEP_SAMPLERS:
+        return settings.steps
+    make = ddpm_timesteps if settings.sampler == "ddpm" else ddim_timesteps
+    return len(make(num_timesteps, settings.steps))
+
+
+@torch.no_grad()
+def sample_denoiser(guided, alphas_cumprod, parameterization: str, noise, settings: SamplingSettings, *,
+                    extra_args=None, x0=None, mask=None, strength=None, start_step=None, callback=None,
+                    should_stop=None, generator=None):
+    """A latent z (B, C, H, W) from starting noise N(0, 1) (B, C, H, W), float32 or wider.
+
+    guided(x, t, **extra_args) -> the raw output (eps or v) at integer timesteps t (B,): the network
+        with classifier-free guidance and any other wrapper already around it.
+    settings: a SamplingSettings (valid by construction). generator: a CPU torch.Generator, or one
+        per image (a list), for ancestral noise.
+    x0 / mask / strength / start_step, callback, should_stop: as `sample`.
+    """
+    # 1. The kept latent and the mask, checked against the noise's shape.
+    x0, mask = _check_x0_mask(x0, mask, strength, start_step, tuple(noise.shape), noise.device, noise.dtype)
+    img2img = strength is not None or start_step is not None
+    extra_args = extra_args or {}
+
+    # 2. Schedule, starting point and denoiser for the chosen family.
+    if settings.sampler in TIMESTEP_SAMPLERS:
+        make_steps = ddpm_timesteps if settings.sampler == "ddpm" else ddim_timesteps
+        schedule = make_steps(len(alphas_cumprod), settings.steps)
+        schedule = schedule[_start_index(len(schedule), strength, start_step):]
+        denoiser = EpsDenoiser(guided, alphas_cumprod, parameterization)
+        if img2img:
+            a_t = alphas_cumprod[schedule[0]]
+            x = a_t.sqrt() * x0 + (1 - a_t).sqrt() * noise
+        else:
+            x = noise
+        if mask is not None:
+            denoiser = InpaintEpsBlend(denoiser, x0, mask, noise)
+        total = len(schedule)
+    else:
+        schedule = get_sigmas(alphas_cumprod, settings.steps, karras=settings.karras)
+        schedule = schedule[_start_index(settings.steps, strength, start_step):]
+        denoiser = KDenoiser(guided, alphas_cumprod, parameterization)
+        x = x0 + schedule[0] * noise if img2img else schedule[0] * noise
+        if mask is not None:
+            denoiser = InpaintSigmaBlend(denoiser, x0, mask, noise)
+        total = len(schedule) - 1
+    run = SAMPLERS[settings.sampler]
+    if settings.sampler == "ddim":
+        run = partial(run, eta=settings.eta)
+    elif settings.sampler == "euler_a":
+        run = partial(run, eta=settings.ancestral_eta)
+
+    # 3. Sample, stopping between steps when asked.
+    latest = {"x": x, "pred_x0": None, "step": 0}
+
+    def interrupted():
+        return SamplingInterrupted(latest["x"], latest["pred_x0"], latest["step"], total)
+
+    def step_callback(i, total, x, pred_x0):
+        latest.update(x=x, pred_x0=pred_x0, step=i + 1)
+        if callback is not None:
+            callback(i, total, x, pred_x0)
+        if _stop_requested(should_stop):
+            raise interrupted()
+
+    try:
+        if _stop_requested(should_stop):
+            raise interrupted()
+        z = run(denoiser, x, schedule, extra_args=extra_args, callback=step_callback, generator=generator)
+    except SamplingInterrupted as stop:
+        if stop.x is None:                          # raised bare by the user's callback
+            raise interrupted() from None
+        raise
+
+    # 4. The kept region is exactly x0 (DDIM ends at alphas_cumprod[0], not at the data).
+    if mask is not None:
+        z = mask * z + (1 - mask) * x0
+    return z
 
 
 @torch.no_grad()
@@ -81,17 +156,36 @@ def sample(m, cond, uncond=None, guidance_scale=7.5, steps=50, sampler="ddim", e
     # 1. Check the arguments before touching the model.
     if sampler not in SAMPLERS:
         raise ValueError(f"Unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}.")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
-        raise ValueError(f"steps must be a positive whole number; got {steps!r}.")
-    _check_number("guidance_scale", guidance_scale)
-    _check_number("eta", eta, minimum=0.0)
-    _check_number("ancestral_eta", ancestral_eta, minimum=0.0)
-    if eta != 0 and sampler != "ddim":
-        raise ValueError(f"eta only applies to sampler 'ddim' ({sampler!r} is not DDIM); use "
-                         "ancestral_eta for 'euler_a', or leave eta at 0.")
-    if karras and sampler not in SIGMA_SAMPLERS:
-        raise ValueError(f"Karras sigmas apply to the sigma-space samplers "
-                         f"({', '.join(SIGMA_SAMPLERS)}), not to {sampler!r}.")
+    settings = SamplingSettings(sampler, bool(karras), steps, guidance_scale, eta, ancestral_eta)
+    shape = _latent_shape(x_T, shape)
+
+    # 2. Device and dtypes come from the model; sampler arithmetic runs in at least float32.
+    param = next(m.parameters())
+    device, model_dtype = param.device, param.dtype
+    dtype = torch.promote_types(model_dtype, torch.float32)
+
+    # 3. Noise: x_T, and ancestral noise, from one CPU generator.
+    generator = cpu_generator(seed)
+    noise = x_T.to(device=device, dtype=dtype) if x_T is not None else randn(shape, generator, device, dtype)
+
+    # 4. m.apply_model -> guided raw output; cond/uncond/scale travel as extra_args.
+    def model_fn(x, t, c):
+        return m.apply_model(x.to(model_dtype), t, c).to(dtype)
+
+    extra_args = {"cond": cond, "uncond": uncond, "cond_scale": guidance_scale}
+    try:
+        z = sample_denoiser(CFGDenoiser(model_fn), m.alphas_cumprod.to(device=device, dtype=dtype),
+                            m.parameterization, noise, settings, extra_args=extra_args, x0=x0, mask=mask,
+                            strength=strength, start_step=start_step, callback=callback,
+                            should_stop=should_stop, generator=generator)
+    except SamplingInterrupted as stop:
+        stop.x = stop.x.to(model_dtype)
+        stop.pred_x0 = None if stop.pred_x0 is None else stop.pred_x0.to(model_dtype)
+        raise
+    return z.to(model_dtype)
+
+
+def _latent_shape(x_T, shape) -> tuple:
     if x_T is None and shape is None:
         raise ValueError("Give the latent shape (B, C, H, W) as shape=, or the starting noise as x_T=.")
     if shape is not None:
@@ -105,93 +199,7 @@ def sample(m, cond, uncond=None, guidance_scale=7.5, steps=50, sampler="ddim", e
         shape = tuple(x_T.shape)
     if len(shape) != 4 or min(shape) <= 0:
         raise ValueError(f"The latent must be (B, C, H, W) with positive sizes; got {shape}.")
-
-    # 2. Device and dtypes come from the model; sampler arithmetic runs in at least float32.
-    param = next(m.parameters())
-    device, model_dtype = param.device, param.dtype
-    dtype = torch.promote_types(model_dtype, torch.float32)
-    alphas_cumprod = m.alphas_cumprod.to(device=device, dtype=dtype)                # (T,)
-
-    # 3. Noise: x_T, and ancestral noise, from one CPU generator.
-    generator = cpu_generator(seed)
-    noise = (x_T.to(device=device, dtype=dtype) if x_T is not None
-             else randn(shape, generator, device, dtype))                         # (B, C, H, W)
-
-    # 4. m.apply_model -> guided raw output; cond/uncond/scale travel as extra_args.
-    def model_fn(x, t, c):
-        return m.apply_model(x.to(model_dtype), t, c).to(dtype)
-
-    guided = CFGDenoiser(model_fn)
-    extra_args = {"cond": cond, "uncond": uncond, "cond_scale": guidance_scale}
-    x0, mask = _check_x0_mask(x0, mask, strength, start_step, shape, device, dtype)
-
-    # 5. Schedule, starting point and denoiser for the chosen family.
-    img2img = strength is not None or start_step is not None
-    if sampler in TIMESTEP_SAMPLERS:
-        make_steps = ddpm_timesteps if sampler == "ddpm" else ddim_timesteps
-        schedule = make_steps(len(alphas_cumprod), steps)
-        start = _start_index(len(schedule), strength, start_step)
-        schedule = schedule[start:]
-        denoiser = EpsDenoiser(guided, alphas_cumprod, m.parameterization)
-        if img2img:
-            a_t = alphas_cumprod[schedule[0]]
-            x = a_t.sqrt() * x0 + (1 - a_t).sqrt() * noise
-        else:
-            x = noise
-        if mask is not None:
-            denoiser = InpaintEpsBlend(denoiser, x0, mask, noise)
-    else:
-        schedule = get_sigmas(alphas_cumprod, steps, karras=karras)
-        start = _start_index(steps, strength, start_step)
-        schedule = schedule[start:]
-        denoiser = KDenoiser(guided, alphas_cumprod, m.parameterization)
-        x = x0 + schedule[0] * noise if img2img else schedule[0] * noise
-        if mask is not None:
-            denoiser = InpaintSigmaBlend(denoiser, x0, mask, noise)
-    run = SAMPLERS[sampler]
-    if sampler == "ddim":
-        run = partial(run, eta=eta)
-    elif sampler == "euler_a":
-        run = partial(run, eta=ancestral_eta)
-
-    # 6. Sample, stopping between steps when asked.
-    total = len(schedule) if sampler in TIMESTEP_SAMPLERS else len(schedule) - 1
-    latest = {"x": x, "pred_x0": None, "step": 0}
-
-    def interrupted():
-        pred_x0 = latest["pred_x0"]
-        return SamplingInterrupted(latest["x"].to(model_dtype),
-                                   None if pred_x0 is None else pred_x0.to(model_dtype),
-                                   latest["step"], total)
-
-    def step_callback(i, total, x, pred_x0):
-        latest.update(x=x, pred_x0=pred_x0, step=i + 1)
-        if callback is not None:
-            callback(i, total, x, pred_x0)
-        if _stop_requested(should_stop):
-            raise interrupted()
-
-    try:
-        if _stop_requested(should_stop):
-            raise interrupted()
-        z = run(denoiser, x, schedule, extra_args=extra_args, callback=step_callback,
-                generator=generator)
-    except SamplingInterrupted as stop:
-        if stop.x is None:                          # raised bare by the user's callback
-            raise interrupted() from None
-        raise
-
-    # 7. The kept region is exactly x0 (DDIM ends at alphas_cumprod[0], not at the data).
-    if mask is not None:
-        z = mask * z + (1 - mask) * x0
-    return z.to(model_dtype)
-
-
-def _check_number(name, value, minimum=None):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number; got {value!r}.")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}; got {value!r}.")
+    return shape
 
 
 def _check_x0_mask(x0, mask, strength, start_step, shape, device, dtype):
@@ -224,9 +232,7 @@ def _start_index(n: int, strength, start_step) -> int:
     if strength is not None and start_step is not None:
         raise ValueError("Give strength or start_step, not both.")
     if strength is not None:
-        _check_number("strength", strength)
-        if not 0 < strength <= 1:
-            raise ValueError(f"strength must be in (0, 1] (1 = ignore most of x0); got {strength}.")
+        strength = check_strength(strength)
         return n - max(1, int(strength * n + 1e-6))
     if start_step is not None:
         if isinstance(start_step, bool) or not isinstance(start_step, int) or not 0 <= start_step < n:

@@ -1,0 +1,100 @@
+"""The one latent-level core every pipeline samples through.
+
+    z = denoise(m, cond, uncond, settings, shape, generators, x0=..., mask=..., wrap=...)
+
+It takes resolved, frozen settings and returns latents: it never decodes, never records
+parameters and never knows the tab. The denoiser is composed here, in one visible place
+(innermost first):
+
+    network(m)                 x, t, cond -> eps or v        (m.apply_model, model dtype)
+    wrap(...)                  e.g. tiled(): the same, tile by tile with blended overlaps
+    CFGDenoiser                classifier-free guidance on the raw output
+    core.samplers.sample_denoiser: eps/v -> eps at t or D(x, sigma); inpainting blend; the sampler
+
+`denoise_batches` runs n images as batches of `batch_size` (one UNet batch each), image i from its
+own seed's CPU generator, so an image is reproducible alone from its recorded seed.
+"""
+import torch
+
+from core.pipelines.progress import Progress
+from core.samplers import CFGDenoiser, SamplingInterrupted, SamplingSettings, sample_denoiser
+from core.samplers.noise import cpu_generator, randn
+
+
+def network(m, dtype):
+    """m.apply_model as a raw denoiser that takes and returns `dtype` (the sampler's arithmetic)."""
+    model_dtype = m.dtype
+
+    def model_fn(x, t, cond):
+        return m.apply_model(x.to(model_dtype), t, cond).to(dtype)
+    return model_fn
+
+
+@torch.no_grad()
+def denoise(m, cond, uncond, settings: SamplingSettings, shape: tuple, generators: list, *, x0=None,
+            mask=None, strength=None, wrap=None, callback=None, should_stop=None) -> torch.Tensor:
+    """Latents (B, C, h, w) in the model's dtype for B = len(generators) images.
+
+    cond / uncond: as core.samplers.sample (uncond None or guidance 1: one pass per step).
+    generators: one CPU generator per image: its x_T and ancestral noise.
+    x0, mask, strength: img2img (x0 + strength) and inpainting by blending (x0 + mask).
+    wrap(model_fn) -> model_fn: a wrapper around the network (tiling).
+    callback(i, total, x, pred_x0) after each step; should_stop: an Event (SamplingInterrupted).
+    """
+    param = next(m.parameters())
+    dtype = torch.promote_types(param.dtype, torch.float32)                    # sampler arithmetic
+    noise = randn(shape, generators, param.device, dtype)                      # (B, C, h, w)
+    model_fn = network(m, dtype)
+    if wrap is not None:
+        model_fn = wrap(model_fn)
+    extra_args = {"cond": cond, "uncond": uncond, "cond_scale": settings.guidance_scale}
+    z = sample_denoiser(CFGDenoiser(model_fn), m.alphas_cumprod.to(param.device, dtype), m.parameterization,
+                        noise, settings, extra_args=extra_args, x0=x0, mask=mask, strength=strength,
+                        callback=callback, should_stop=should_stop, generator=generators)
+    return z.to(param.dtype)
+
+
+def batches(seeds: tuple, batch_size: int) -> list[tuple]:
+    """The seeds in consecutive batches of at most batch_size."""
+    return [tuple(seeds[i:i + batch_size]) for i in range(0, len(seeds), batch_size)]
+
+
+@torch.no_grad()
+def denoise_batches(m, cond, uncond, settings: SamplingSettings, latent_shape: tuple, seeds: tuple,
+                    batch_size: int = 1, *, x0=None, mask=None, strength=None, wrap=None, callback=None,
+                    should_stop=None) -> torch.Tensor:
+    """Latents (n, C, h, w) for n = len(seeds) images of latent_shape (C, h, w), batch by batch.
+
+    x0 / mask: (1, ...) shared by every image, or (n, ...) one per image. callback(Progress) after
+    each step. A stop raises SamplingInterrupted with `.latents` = the finished images' latents
+    (n_done, C, h, w) and `.pred_x0` the interrupted batch's estimate.
+    """
+    finished = []
+    for first, group in zip(range(0, len(seeds), batch_size), batches(seeds, batch_size)):
+        rows = slice(first, first + len(group))
+        try:
+            z = denoise(m, cond, uncond, settings, (len(group), *latent_shape), [cpu_generator(s) for s in group],
+                        x0=_rows(x0, rows), mask=_rows(mask, rows), strength=strength, wrap=wrap,
+                        callback=_step_reporter(m, callback, first, len(seeds)), should_stop=should_stop)
+        except SamplingInterrupted as stop:
+            stop.latents = torch.cat(finished) if finished else None
+            raise
+        finished.append(z)
+    return torch.cat(finished)
+
+
+def _rows(t, rows: slice):
+    """A per-image tensor's rows for this batch; a (1, ...) tensor is shared by all."""
+    if t is None or t.shape[0] == 1:
+        return t
+    return t[rows]
+
+
+def _step_reporter(m, callback, first: int, images: int):
+    """core.samplers' callback(i, total, x, pred_x0) -> a Progress report (None if no callback)."""
+    if callback is None:
+        return None
+
+    def report(i, total, x, pred_x0):
+        callback(Progress("sample", i + 1, total, first, images, latent=pred_x0, model=m))
+    return report

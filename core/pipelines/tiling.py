@@ -1,0 +1,79 @@
+"""Tiled denoising as a denoiser wrapper: `wrap=tiled(...)` runs the network tile by tile.
+
+Because the UNet is convolutional, a latent of any size can be denoised in overlapping tiles. The
+tiles must AGREE, or seams appear: every network evaluation runs all tiles and blends their
+outputs (eps or v) in the overlaps with linear ramps, so the sampler steps one consistent latent
+(the MultiDiffusion idea, Bar-Tal et al. 2023; CompVis' LDM-SR notebook folds its tiles with a
+border weighting the same way, FACTS.md section 9). Peak memory is one tile batch's. Out of memory
+inside an evaluation halves the tile and redoes that evaluation (earlier steps stay valid).
+"""
+import torch
+
+from core.pipelines.memory import run_with_oom_retry
+from core.pipelines.tiles import blend_weights, overlapping_tiles
+
+
+class TileState:
+    """What the wrapper did, for progress, tests and benches: the tile size in use (after any
+    out-of-memory retry) and the largest (h, w) the network was given."""
+
+    def __init__(self, tile: int):
+        self.tile, self.max_tile = tile, (0, 0)
+
+
+def tiled(tile: int, overlap: int, align: int, state: TileState | None = None, tile_batch: int = 1,
+          on_tile=None):
+    """wrap(model_fn) -> model_fn over tiles of `tile` latent pixels overlapping by `overlap` (both
+    multiples of `align`); c_concat tensors are cut like x, other conditioning is repeated.
+    on_tile(done, total) after each tile batch; `state` records the tile size and the largest tile."""
+    state = state or TileState(tile)
+
+    def wrap(model_fn):
+        def tiled_fn(x, t, cond):                                             # x (B, C, H, W)
+            def one_pass(size):
+                state.tile = size
+                return _blend(model_fn, x, t, cond, size, min(overlap, max(0, size - align)), align,
+                              tile_batch, state, on_tile)
+            return run_with_oom_retry(one_pass, state.tile, align, what="UNet tile", device=x.device)
+        return tiled_fn
+    return wrap
+
+
+def _blend(model_fn, x, t, cond, tile, overlap, align, tile_batch, state, on_tile):
+    B, _, H, W = x.shape
+    tiles = overlapping_tiles(H, W, tile, overlap, align)
+    out = torch.zeros_like(x, dtype=torch.float32)
+    weight_sum = torch.zeros(1, 1, H, W, device=x.device)
+    for k in range(0, len(tiles), tile_batch):
+        group = tiles[k:k + tile_batch]
+        xs = torch.cat([x[..., tl.y0:tl.y1, tl.x0:tl.x1] for tl in group])          # (g*B, C, th, tw)
+        o = model_fn(xs, torch.cat([t] * len(group)), _slice_cond(cond, group, H, W))
+        state.max_tile = max(state.max_tile, tuple(xs.shape[-2:]))
+        for j, tl in enumerate(group):
+            w = blend_weights(tl, H, W, overlap, device=x.device)                  # (th, tw)
+            out[..., tl.y0:tl.y1, tl.x0:tl.x1] += o[j * B:(j + 1) * B].float() * w
+            weight_sum[..., tl.y0:tl.y1, tl.x0:tl.x1] += w
+        if on_tile is not None:
+            on_tile(min(k + len(group), len(tiles)), len(tiles))
+    return (out / weight_sum).to(x.dtype)
+
+
+def _slice_cond(cond: dict, group, H: int, W: int) -> dict:
+    """c_concat tensors (B, c, H, W) are cut like x; the rest (text, noise level) is repeated."""
+    if not isinstance(cond, dict):
+        raise ValueError("tiled denoising takes its conditioning as a dict ({'c_concat': [...], ...}).")
+    return {key: [_cut(c, group, H, W) for c in value] if key == "c_concat" else _repeat(value, len(group))
+            for key, value in cond.items()}
+
+
+def _cut(c, group, H: int, W: int):
+    if tuple(c.shape[-2:]) != (H, W):
+        raise ValueError(f"c_concat is {tuple(c.shape[-2:])} but the latent is {(H, W)}; "
+                         "concatenated conditions must be at latent resolution.")
+    return torch.cat([c[..., tl.y0:tl.y1, tl.x0:tl.x1] for tl in group])
+
+
+def _repeat(value, n: int):
+    if isinstance(value, (list, tuple)):
+        return [_repeat(v, n) for v in value]
+    return None if value is None else torch.cat([value] * n)
