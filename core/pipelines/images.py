@@ -42,17 +42,22 @@ def _array_to_pil(a: np.ndarray) -> Image.Image:
     return Image.fromarray(a)
 
 
+def read_image_file(path) -> Image.Image:
+    """The image at `path`, fully read (PNG text chunks in .info), as stored; ValueError in words."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im                                           # loaded: usable after the file closes
+    except OSError as e:                                        # PIL.UnidentifiedImageError included
+        raise ValueError(f"cannot read {path} as an image: {e}") from None
+
+
 def _open(image) -> Image.Image:
     if isinstance(image, (str, Path)):
-        path = Path(image)
-        if not path.is_file():
-            raise ValueError(f"image file not found: {path}")
-        try:
-            with Image.open(path) as im:
-                im.load()
-                return ImageOps.exif_transpose(im)                 # a rotated copy, or a plain copy
-        except OSError as e:                                    # PIL.UnidentifiedImageError included
-            raise ValueError(f"cannot read {path} as an image: {e}") from None
+        return ImageOps.exif_transpose(read_image_file(image))  # a rotated copy, or a plain copy
     if isinstance(image, Image.Image):
         return ImageOps.exif_transpose(image)
     if isinstance(image, torch.Tensor):

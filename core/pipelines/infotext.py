@@ -20,6 +20,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from core.checkpoints import model_hash
+from core.pipelines.images import read_image_file
 from core.samplers import (DEFAULT_SCHEDULE_NAME, KARRAS_SCHEDULE_NAME, SAMPLER_DISPLAY_NAMES,
                            SIGMA_SAMPLERS)
 
@@ -214,15 +215,7 @@ def read_infotext(image_or_path) -> dict:
     Raises ValueError when the image carries no "parameters" text.
     """
     if isinstance(image_or_path, (str, Path)):
-        path = Path(image_or_path)
-        if not path.is_file():
-            raise ValueError(f"image file not found: {path}")
-        try:
-            with Image.open(path) as im:
-                im.load()
-                text = im.info.get("parameters")
-        except OSError as e:
-            raise ValueError(f"cannot read {path} as an image: {e}") from None
+        text = read_image_file(image_or_path).info.get("parameters")
     elif isinstance(image_or_path, Image.Image):
         text = image_or_path.info.get("parameters")
     else:
