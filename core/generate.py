@@ -77,6 +77,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("txt2img", help="text to image")
     _common(p)
     _size(p)
+    h = p.add_argument_group("hires fix (a second img2img pass at a larger size, as AUTOMATIC1111's)")
+    h.add_argument("--hires", action="store_true", help="turn the hires fix on")
+    h.add_argument("--hires-scale", type=float, default=2.0, help="upscale factor of the second pass (default 2)")
+    h.add_argument("--hires-width", type=int, default=None, help="target width instead of a scale")
+    h.add_argument("--hires-height", type=int, default=None, help="target height instead of a scale")
+    h.add_argument("--hires-upscaler", default="Latent",
+                   help="Latent, 'Latent (antialiased)', 'Latent (bicubic)', 'Latent (nearest-exact)', Lanczos, "
+                        "Nearest, or the path of a super-resolution model file")
+    h.add_argument("--hires-steps", type=int, default=None, help="second-pass steps (default: as the first)")
+    h.add_argument("--hires-strength", type=float, default=0.7, help="denoising strength of the second pass")
+    h.add_argument("--hires-prompt", default=None, help="second-pass prompt (default: the prompt)")
+    h.add_argument("--hires-negative-prompt", default=None, help="second-pass negative prompt")
+    h.add_argument("--hires-sampler", default=None, help="second-pass sampler (default: the first's)")
 
     p = sub.add_parser("img2img", help="image to image (SDEdit)")
     _common(p)
@@ -182,6 +195,8 @@ def _run(args, stop: threading.Event, bar: ProgressBar) -> list:
                   eta=args.eta, vae_tile=args.vae_tile, callback=bar, should_stop=stop,
                   guidance_scale=args.guidance_scale)
     many = dict(n=args.n, batch_size=args.batch_size) if args.command != "upscale" else {}
+    if args.command == "txt2img" and args.hires:
+        return _hires(args, m, device, dtype, many, common)
     if args.command == "txt2img":
         return pipelines.txt2img(m, args.prompt, args.negative_prompt, width=args.width, height=args.height,
                                  **many, **common)
@@ -209,6 +224,20 @@ def _run(args, stop: threading.Event, bar: ProgressBar) -> list:
         raise ValueError("an unconditional model has nothing to guide towards; leave --cfg-scale out.")
     del common["guidance_scale"]
     return pipelines.sample_unconditional(m, **size, **many, **common)
+
+
+def _hires(args, m, device, dtype, many: dict, common: dict) -> list:
+    from core import load_model, pipelines
+
+    sr_model, upscaler = None, args.hires_upscaler
+    if Path(upscaler).suffix in (".safetensors", ".ckpt"):
+        sr_model, upscaler = load_model(upscaler, device=device, dtype=dtype), "model"
+    hires = pipelines.HiresSettings(args.hires_scale, args.hires_width, args.hires_height, upscaler,
+                                    args.hires_steps, args.hires_strength, args.hires_prompt,
+                                    args.hires_negative_prompt, args.hires_sampler)
+    del common["eta"]
+    return pipelines.txt2img_hires(m, args.prompt, hires, args.negative_prompt, width=args.width,
+                                   height=args.height, sr_model=sr_model, **many, **common)
 
 
 def _read_layout(path: str) -> list:

@@ -39,6 +39,13 @@ PARAMETERS = [
     ("Variation seed", "variation_seed", int),
     ("Variation seed strength", "variation_seed_strength", float),
     ("Denoising strength", "strength", float),
+    ("Hires upscale", "hr_scale", float),
+    ("Hires resize", "hr_resize", str),                # width x height, when a target size was given
+    ("Hires steps", "hr_steps", int),
+    ("Hires upscaler", "hr_upscaler", str),
+    ("Hires sampler", "hr_sampler", str),
+    ("Hires prompt", "hr_prompt", str),
+    ("Hires negative prompt", "hr_negative_prompt", str),
     ("Clip skip", "clip_skip", int),
     ("RNG", "rng", str),
     ("Eta DDIM", "eta", float),                  # DDIM's eta (the reference's label)
@@ -95,7 +102,7 @@ def _quote(text: str) -> str:
 
 
 def _format_value(key: str, kind, value, params: dict) -> str | None:
-    if key == "sampler":
+    if key in ("sampler", "hr_sampler"):
         return SAMPLER_DISPLAY_NAMES.get(value, str(value))
     if key == "karras":
         if params.get("sampler") not in SIGMA_SAMPLERS:
@@ -166,6 +173,9 @@ def _typed(label: str, value: str, out: dict) -> None:
             out["sampler"], out["karras"] = _SAMPLER_FROM_DISPLAY[name[:-7]], True
         else:
             out["sampler"] = _SAMPLER_FROM_DISPLAY.get(name, name)
+        return
+    elif label == "Hires sampler":
+        out["hr_sampler"] = _SAMPLER_FROM_DISPLAY.get(value.strip(), value.strip())
         return
     elif label == "Schedule type":
         if value in (KARRAS_SCHEDULE_NAME, DEFAULT_SCHEDULE_NAME):
