@@ -34,6 +34,19 @@ def test_psnr_known_values():
         psnr(a, b[:4])
 
 
+def test_psnr_per_image_of_a_batch_of_tensors():
+    """What training logs: one PSNR per image of [-1, 1] tensors (peak-to-peak 2)."""
+    x = torch.zeros(2, 3, 4, 4)
+    y = x.clone()
+    y[0] += 0.2                                                 # [0, 1] error 0.1 -> mse 0.01 -> 20 dB
+    y[1, 0, 0, 0] = 1.0                                         # one value off by 0.5 in [0, 1]
+    per_image = psnr(x, y, data_range=2.0, dim=(1, 2, 3))
+    assert per_image.shape == (2,)
+    assert torch.allclose(per_image, torch.tensor([20.0, 10 * math.log10(48 / 0.25)], dtype=torch.float64))
+    assert psnr(x, y, data_range=2.0) == pytest.approx(10 * math.log10(4 / ((0.04 * 48 + 1) / 96)))
+    assert psnr(x, x, data_range=2.0, dim=(1, 2, 3)).isinf().all()
+
+
 def _ssim_reference(a, b, L=255.0):
     """Wang et al. 2004 written out window by window in float64 (no convolution)."""
     a, b = a.astype(np.float64), b.astype(np.float64)

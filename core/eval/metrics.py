@@ -1,23 +1,28 @@
-"""Image quality metrics of the evaluations: PSNR and SSIM on RGB images (0-255, all three channels,
-no border shaved), as the super-resolution literature reports them.
+"""Image quality metrics: PSNR (the one in the project: evaluations and training logs) and SSIM, on RGB
+images (0-255, all three channels, no border shaved), as the super-resolution literature reports them.
 
 SSIM is Wang, Bovik, Sheikh & Simoncelli 2004 with an 11-tap Gaussian window, sigma 1.5,
 K1 = 0.01, K2 = 0.03, over 'valid' windows only (as their reference MATLAB code), averaged over
 channels.
 """
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 
-def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
-    """10 log10(L^2 / MSE) over all pixels and channels; inf for identical images."""
+def psnr(a, b, data_range: float = 255.0, dim=None):
+    """PSNR in dB, 10 log10(L^2 / MSE), of two images of the same shape: numpy arrays (uint8, L = 255)
+    or torch tensors (e.g. decoder output in [-1, 1], L = 2), in float64; inf where they are identical.
+
+    dim None: one float over every value; dims such as (1, 2, 3) for a (B, C, H, W) batch: a tensor
+    holding one PSNR per image (what training logs).
+    """
     a, b = _pair(a, b)
-    mse = float(np.mean((a - b) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(data_range ** 2 / mse)
+    squared = (a - b) ** 2
+    mse = squared.mean() if dim is None else squared.mean(dim=dim)
+    value = 10 * torch.log10(data_range ** 2 / mse)                  # mse 0 -> inf
+    return float(value) if dim is None else value
 
 
 def gaussian_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:
@@ -39,7 +44,7 @@ def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 255.0, size: int = 11
         a, b = a[..., None], b[..., None]
     if min(a.shape[:2]) < size:
         raise ValueError(f"SSIM needs images of at least {size}x{size} pixels, got {a.shape[:2]}")
-    x = torch.from_numpy(np.stack([a, b])).permute(0, 3, 1, 2)      # (2, C, H, W) float64
+    x = torch.stack([a, b]).permute(0, 3, 1, 2)                      # (2, C, H, W) float64
     c = x.shape[1]
     g = torch.from_numpy(gaussian_window(size, sigma))
     kh = g.view(1, 1, size, 1).expand(c, 1, size, 1)
@@ -58,8 +63,10 @@ def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 255.0, size: int = 11
     return float(ssim_map.mean())
 
 
-def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+def _pair(a, b) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two arrays or tensors of the same shape -> float64 tensors (on the tensors' device)."""
+    a, b = (torch.as_tensor(np.asarray(t) if not isinstance(t, torch.Tensor) else t, dtype=torch.float64)
+            for t in (a, b))
     if a.shape != b.shape:
         raise ValueError(f"images must have the same shape, got {a.shape} and {b.shape}")
     return a, b
