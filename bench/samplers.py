@@ -1,10 +1,11 @@
 """Sampler quality against steps on the default text-to-image model.
 
 For each sampler and number of steps, the same scenes (shapes-world captions, fixed seeds) are drawn
-and judged by the project's checker (core.world.judge, through core.eval); the figure of merit is the
-fraction of scenes entirely right and the mean accuracy of the judged attributes (colour, shape, size,
-cell), next to the mean wall time per image. A sampler that needs fewer
-steps for the same accuracy is the faster one, whatever its cost per step.
+by core.pipelines.txt2img (through core.eval.eval_shapes, so each image is the one a user gets for
+its seed) and judged by the project's checker (core.world.judge); the figure of merit is the
+fraction of scenes entirely right and the mean accuracy of the judged attributes (colour, shape,
+size, cell), next to the mean wall time per image. A sampler that needs fewer steps for the same
+accuracy is the faster one, whatever its cost per step.
 
     python bench/samplers.py                                   # the default model, 64 scenes, all samplers
     python bench/samplers.py --n 128 --steps 5 10 20 50 --samplers ddim dpmpp_2m euler_a
@@ -25,7 +26,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core import load_model                                   # noqa: E402
-from core.eval import eval_shapes, model_defaults             # noqa: E402
+from core.eval import eval_shapes                             # noqa: E402
+from core.pipelines import model_defaults                     # noqa: E402
 
 ATTRIBUTES = ("colour", "shape", "size", "cell")
 
@@ -48,7 +50,7 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
 
     m = load_model(args.model, dtype=torch.float32)
-    guidance = args.guidance if args.guidance is not None else model_defaults(m)["guidance_scale"]
+    guidance = args.guidance if args.guidance is not None else model_defaults(m).guidance_scale
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     print(f"{args.model}: {args.n} scenes ({args.objects} objects) per cell, CFG {guidance}; {machine}")
     cells = {}

@@ -6,6 +6,10 @@ Its weights are tiny models of the real families (tests/tiny_models.py): "sd2" f
 image, "sd2_inpaint" for inpainting, "ldm_sr" for 4x upscaling, each with ldm_studio_defaults
 metadata asking for few steps at a small size, so a generation takes well under a second.
 With LDM_TEST_WEIGHTS=DIR the server gets DIR's models instead (scripts/screenshots.sh).
+
+Two tiers (README): `python -m pytest -q tests` runs everything (CI); `python -m pytest -q -m "not
+slow" tests` leaves out the tests marked slow below (SLOW_MODULES, SLOW_TESTS), for a run of about
+a minute while working.
 """
 import json
 import os
@@ -122,3 +126,29 @@ def pytest_runtest_makereport(item, call):
     report = yield
     setattr(item, f"report_{report.when}", report)
     return report
+
+
+# The slow tier, by module and by test function (every parametrisation): what takes seconds each on
+# a 2-core machine. Measured with `python -m pytest -q tests --durations=40`.
+SLOW_MODULES = {
+    "test_browser.py": "headless Chromium against a live app.py",
+    "test_app_api.py": "gradio_client against a live app.py",
+    "test_train_cli.py": "training subprocesses: SIGTERM / SIGKILL and resume, torchrun DDP",
+}
+SLOW_TESTS = {
+    "test_real_trainer_tiny_run_stop_and_resume", "test_memory_estimate_formula_and_against_a_measured_step",
+    "test_cli_writes_pngs_with_parameters_and_never_overwrites",
+    "test_family_loads_from_original_layout", "test_safetensors_original_layout",
+    "test_vq_encode_is_prequant_and_decode_quantises", "test_kl_forward_is_reproducible_with_generator",
+    "test_vq_forward_gradient_reaches_encoder", "test_non_square_and_larger_than_training_size",
+    "test_encode_decode_shapes", "test_gradients_flow_and_checkpointing_matches",
+    "test_decoder_fine_tune_keeps_the_encoder_and_swaps_into_an_ldm", "test_export_round_trip",
+    "test_ldm_loop_lowers_the_loss", "test_autoencoder_loop_lowers_the_loss_and_measures_the_scale_factor",
+    "test_resume_continues_exactly_where_it_stopped", "test_defaults_from_metadata_and_reference",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in SLOW_MODULES or getattr(item, "originalname", item.name) in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)

@@ -4,13 +4,16 @@ project-native files round-trip; bad files give clear errors."""
 import pickle
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from core import load_model, save_model
 from core.checkpoints import CheckpointError, model_hash
+from core.checkpoints.files import numpy_core, read_checkpoint
 from core.models.schedule import SCHEDULE_BUFFERS
 from tests.tiny_models import FAMILIES, example_inputs, original_state_dict, tiny_model
 
@@ -121,6 +124,21 @@ def test_model_hash_is_sha256_prefix(tmp_path):
 
 
 # ---- bad files -----------------------------------------------------------------------------------
+
+def test_numpy_core_is_found_under_numpy_1_and_2(tmp_path):
+    """Issue 18 defect 5: numpy 1.26 (requirements' floor) has numpy.core but no numpy._core."""
+    real, stub = SimpleNamespace(multiarray="multiarray"), SimpleNamespace()
+    numpy_1_25 = SimpleNamespace(core=real)
+    numpy_1_26 = SimpleNamespace(_core=stub, core=real)           # 1.26.4: a stub _core for numpy 2 pickles
+    numpy_2 = SimpleNamespace(_core=real, core=SimpleNamespace(multiarray="deprecated alias"))
+    assert numpy_core(numpy_1_25) is real and numpy_core(numpy_1_26) is real and numpy_core(numpy_2) is real
+    assert numpy_core().multiarray.scalar is np.float64(0.5).__reduce__()[0]     # what pickles name
+    # A Lightning-style checkpoint holding a numpy scalar (pickled through multiarray.scalar) loads.
+    path = tmp_path / "with-numpy.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "best_score": np.float64(0.25)}, path)
+    state_dict, _ = read_checkpoint(path)
+    assert list(state_dict) == ["w"] and torch.equal(state_dict["w"], torch.ones(2))
+
 
 class _Evil:
     def __reduce__(self):

@@ -19,8 +19,6 @@ from core.train.dataset_check import (UnsafeArchiveError, check_dataset, extract
                                       resolve_data_path)
 from core.train.runs import RunInfo, RunLockedError, RunManager, check_name, pid_alive
 
-ROOT = Path(__file__).resolve().parents[1]
-
 FAKE_TRAINER = textwrap.dedent('''
     """A stand-in for `python -m core.train` that writes a run folder by the contract."""
     import argparse, json, os, signal, sys, time
@@ -233,7 +231,6 @@ def test_start_from_a_config_file_and_the_command_line_given(manager, tmp_path):
                            f"--runs-dir {tmp_path}/runs")
 
 
-@pytest.mark.skipif(not (ROOT / "core/train/__main__.py").exists(), reason="core.train CLI not written yet")
 def test_real_trainer_tiny_run_stop_and_resume(tmp_path):
     """A 2-step autoencoder run through the real `python -m core.train` CLI, stopped after step 1
     (--max-steps), resumed and finished, watched by the manager. Slower than the rest (two fresh

@@ -31,7 +31,6 @@ from core.models.diffusion import LatentDiffusion
 from core.models.unet import UNetModel
 from core.train import (DataConfig, DegradationConfig, RunFolder, RunLockedError, TrainData, degrade, export_run,
                         load_config, make_config, random_mask, reexport_file, train)
-from core.train.autoencoder import psnr
 from core.train.config import TrainConfig
 from core.train.checkpoint import capture_rng, ema_state_dict, load_checkpoint, restore_rng, save_checkpoint
 from core.train.data import EVAL_PHOTOS, TRAIN_PHOTOS, resize_crop
@@ -306,14 +305,6 @@ def test_checkpoint_is_atomic_and_rng_round_trips(tmp_path, monkeypatch):
     restore_rng(load_checkpoint(path)["rng"])
     b = (torch.rand(3), np.random.rand(), random.random())
     assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
-
-
-def test_psnr():
-    x = torch.zeros(2, 3, 4, 4)
-    y = x.clone()
-    y[0] += 0.2                                                 # [0, 1] error 0.1 -> mse 0.01 -> 20 dB
-    y[1, 0, 0, 0] = 2.0                                         # clamped to 1: one pixel off by 0.5 in [0, 1]
-    assert torch.allclose(psnr(x, y), torch.tensor([20.0, 10 * math.log10(48 / 0.25)]))
 
 
 def test_learning_rate_warmup_and_cosine():

@@ -35,6 +35,15 @@ def _inert(name: str) -> tuple[type, str]:
     return type(name.rsplit(".", 1)[-1], (_Inert,), {}), name
 
 
+def numpy_core(numpy=np):
+    """numpy's core package under either major version: numpy 2 names it numpy._core (numpy.core is a
+    deprecated alias there); numpy 1.26 has the real one at numpy.core and only a stub numpy._core
+    (no `multiarray` until imported), so `getattr(np, "_core", None) or np.core` is not enough.
+    Pickles name it the way the numpy that wrote them did, so both names are allowed below."""
+    core = getattr(numpy, "_core", None)
+    return core if hasattr(core, "multiarray") else numpy.core
+
+
 # Objects Lightning-era LDM / SD checkpoints are known to hold besides the weights.
 _HARMLESS = [
     _inert("pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"),
@@ -47,8 +56,8 @@ _HARMLESS = [
     _inert("omegaconf.nodes.AnyNode"),
     _inert("typing.Any"),
     (np.dtype, "numpy.dtype"),
-    (np._core.multiarray.scalar, "numpy.core.multiarray.scalar"),
-    (np._core.multiarray.scalar, "numpy._core.multiarray.scalar"),
+    (numpy_core().multiarray.scalar, "numpy.core.multiarray.scalar"),
+    (numpy_core().multiarray.scalar, "numpy._core.multiarray.scalar"),
     (np.dtypes.Float64DType, "numpy.dtypes.Float64DType"),
     (np.dtypes.Float32DType, "numpy.dtypes.Float32DType"),
     (np.dtypes.Int64DType, "numpy.dtypes.Int64DType"),

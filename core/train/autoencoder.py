@@ -21,6 +21,7 @@ import time
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from core.eval.metrics import psnr
 from core.models.autoencoder import AutoencoderKL, build_autoencoder
 from core.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint, trained_state_dict
 from core.train.config import RunConfig
@@ -32,12 +33,6 @@ from core.train.runtime import (Runtime, StopFlag, all_reduce_mean, check_replic
                                 sample_indices, step_generator)
 
 log = logging.getLogger("core.train")
-
-
-def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB of images in [-1, 1] (peak 1 after mapping to [0, 1]), (B,)."""
-    mse = ((x.float().clamp(-1, 1) - y.float().clamp(-1, 1)) / 2).pow(2).mean(dim=(1, 2, 3))
-    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
 
 
 @torch.no_grad()
@@ -151,7 +146,7 @@ def train_autoencoder(cfg: RunConfig, run: RunFolder, rt: Runtime, resume: bool 
         ae.train()
         run.save_grid(torch.cat([held, rec_ema]), step, nrow=tc.n_samples)
         run.save_grid(torch.cat([held, rec_raw]), step, raw=True, nrow=tc.n_samples)
-        return float(psnr(held, rec_ema).mean())
+        return float(psnr(held, rec_ema.clamp(-1, 1), data_range=2.0, dim=(1, 2, 3)).mean())
 
     if rt.is_main:
         run.truncate_metrics(step)
@@ -202,7 +197,8 @@ def train_autoencoder(cfg: RunConfig, run: RunFolder, rt: Runtime, resume: bool 
                         scaler.scale(d_loss / tc.grad_accum).backward()
                     terms.update(d_loss=d_loss.item(), logits_real=logits_real.mean().item(),
                                  logits_fake=logits_fake.mean().item())
-                terms.update(loss=loss.item(), psnr=float(psnr(x, rec.detach()).mean()))
+                batch_psnr = psnr(x, rec.detach().clamp(-1, 1), data_range=2.0, dim=(1, 2, 3))   # (B,)
+                terms.update(loss=loss.item(), psnr=float(batch_psnr.mean()))
                 for k, v in terms.items():
                     terms_sum[k] = terms_sum.get(k, 0.0) + v / tc.grad_accum
             scaler.unscale_(opt)
