@@ -229,8 +229,10 @@ def test_eval_shapes_json_structure_and_determinism(text_model, tmp_path):
 def test_wrong_model_kinds_are_refused(text_model):
     with pytest.raises(ValueError, match="text-to-image"):
         text_generator(tiny_model("ldm_sr"), 32, 32, DDIM_1)
-    with pytest.raises(ValueError, match="upscale-ldm"):
+    with pytest.raises(ValueError, match=r"upscale \(upscaling\) cannot run this model"):
         sr_upscaler(text_model, DDIM_1)
+    with pytest.raises(ValueError, match="needs an 'upscale-ldm' model"):
+        sr_upscaler(tiny_model("sd_x4"), DDIM_1)
     with pytest.raises(ValueError, match="not a multiple of 16"):
         text_generator(text_model, 40, 40, DDIM_1)
 

@@ -18,10 +18,11 @@ import numpy as np
 from PIL import Image
 
 from core import pipelines
+from core.capabilities import capabilities
 from core.eval.results import mean, model_info
 from core.eval.shapes import SCENE_STREAM, accuracy, judged_record
 from core.pipelines.defaults import first_stage_factor
-from core.pipelines.generation import resolve_settings
+from core.samplers import SamplingSettings
 from core.world import PALETTE, caption, judge, random_scene, render
 
 
@@ -57,7 +58,7 @@ def eval_inpaint(m, n: int = 64, seed: int = 0, sampler: str | None = None, step
     """Inpaint every case of inpaint_cases with `m` (a dedicated inpainting model, or any text-to-image
     model by latent blending) and report the fraction of edited scenes entirely right (checker) and
     the border colour difference (CIEDE2000) the pipeline measures."""
-    sampling = resolve_settings(pipelines.model_defaults(m), sampler, karras, steps, guidance_scale, eta)
+    sampling = SamplingSettings.resolve(pipelines.model_defaults(m), sampler, karras, steps, guidance_scale, eta)
     size = m.config.image_size * first_stage_factor(m)
     records = []
     start = time.perf_counter()
@@ -78,7 +79,7 @@ def eval_inpaint(m, n: int = 64, seed: int = 0, sampler: str | None = None, step
     summary["border_delta_e"] = mean(r["border_delta_e"] for r in records if r["border_delta_e"] is not None)
     settings = {"n": n, "seed": seed, "sampler": sampling.sampler, "karras": sampling.karras, "steps": sampling.steps,
                 "guidance_scale": sampling.guidance_scale, "eta": sampling.eta, "mask_blur": mask_blur,
-                "method": "dedicated model" if m.task.startswith("inpaint") else "latent blending"}
+                "method": "dedicated model" if capabilities(m).dedicated_inpainting else "latent blending"}
     return {"task": "inpaint", **model_info(m), "settings": settings, "summary": summary, "scenes": records,
             "wall_time_s": round(time.perf_counter() - start, 2)}
 

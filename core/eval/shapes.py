@@ -17,9 +17,9 @@ from PIL import Image
 
 from core import pipelines
 from core.eval.results import mean, model_info
-from core.pipelines.conditioning import require_kind
+from core.capabilities import capabilities
 from core.pipelines.defaults import check_size
-from core.pipelines.generation import SamplingSettings, resolve_settings
+from core.samplers import SamplingSettings
 from core.world import caption, judge, random_scene
 
 OBJECT_CHOICES = {"1": 1, "2": 2, "3": 3, "mixed": None}
@@ -41,7 +41,7 @@ def text_generator(m, width: int, height: int, settings: SamplingSettings
                    ) -> Callable[[list[str], list[int]], list[np.ndarray]]:
     """captions, seeds -> uint8 (H, W, 3) images, each `pipelines.txt2img(m, caption, seed=seed)`
     under `settings` with the empty negative prompt."""
-    require_kind(m, ("text",), "the shapes evaluation (text-to-image)")
+    capabilities(m).require("txt2img")
     check_size(m, width, height, "the shapes evaluation")
 
     def generate(captions: list[str], seeds: list[int]) -> list[np.ndarray]:
@@ -111,7 +111,7 @@ def eval_shapes(m, n: int = 200, objects: str = "mixed", seed: int = 0, sampler:
                 batch_size: int = 16, save_dir=None, log=print) -> dict:
     """The shapes evaluation of a loaded text-to-image model; settings default to the model's own."""
     defaults = pipelines.model_defaults(m)
-    sampling = resolve_settings(defaults, sampler, karras, steps, guidance_scale, eta)
+    sampling = SamplingSettings.resolve(defaults, sampler, karras, steps, guidance_scale, eta)
     width, height = width or defaults.width, height or defaults.height
     settings = {"n": n, "objects": objects, "seed": seed, "sampler": sampling.sampler, "karras": sampling.karras,
                 "steps": sampling.steps, "guidance_scale": sampling.guidance_scale, "eta": sampling.eta,

@@ -15,11 +15,12 @@ import numpy as np
 from PIL import Image
 
 from core import pipelines
+from core.capabilities import capabilities
 from core.eval.metrics import psnr, ssim
 from core.eval.results import mean, model_info
 from core.eval.shapes import SCENE_STREAM
 from core.pipelines.defaults import first_stage_factor, unet_factor
-from core.pipelines.generation import SamplingSettings, resolve_settings
+from core.samplers import SamplingSettings
 from core.world import ShapesWorld
 
 EVAL_PHOTOS = ("chelsea", "coffee", "rocket", "motorcycle_left")
@@ -67,9 +68,10 @@ def sr_upscaler(m, settings: SamplingSettings, seed: int = 0, back_projection: i
                 ) -> Callable[[np.ndarray], np.ndarray]:
     """LR uint8 (h, w, 3) -> SR uint8 (h f, w f, 3) by core.pipelines.upscale, what a user gets, with
     the whole image as one tile (these images are small) and an 'upscale-ldm' model (z ++ LR image)."""
-    if m.task != "upscale-ldm":
+    caps = capabilities(m).require("upscale")
+    if caps.family != "upscale-ldm":
         raise ValueError(f"the SR evaluation needs an 'upscale-ldm' model (z ++ LR image), this one "
-                         f"is {m.task!r}")
+                         f"is {caps.family!r}")
     align = unet_factor(m)
 
     def upscale(lr: np.ndarray) -> np.ndarray:
@@ -109,7 +111,7 @@ def eval_sr(m, n_shapes: int = 16, seed: int = 0, sampler: str | None = None, st
     """The SR evaluation of a loaded 'upscale-ldm' model on the evaluation photos (centre crops, at
     most max_side) and n_shapes shapes-world scenes of shapes_size pixels (whole)."""
     defaults = pipelines.model_defaults(m)
-    sampling = resolve_settings(defaults, sampler, karras, steps, None, eta)
+    sampling = SamplingSettings.resolve(defaults, sampler, karras, steps, None, eta)
     rounds = defaults.back_projection if back_projection is None else back_projection
     settings = {"n_shapes": n_shapes, "shapes_size": shapes_size, "seed": seed, "sampler": sampling.sampler,
                 "karras": sampling.karras, "steps": sampling.steps, "eta": sampling.eta, "max_side": max_side,
