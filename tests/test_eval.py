@@ -227,7 +227,7 @@ def test_eval_shapes_json_structure_and_determinism(text_model, tmp_path):
 
 
 def test_wrong_model_kinds_are_refused(text_model):
-    with pytest.raises(ValueError, match="text-to-image"):
+    with pytest.raises(ValueError, match=r"txt2img \(text to image\) cannot run this model"):
         text_generator(tiny_model("ldm_sr"), 32, 32, DDIM_1)
     with pytest.raises(ValueError, match=r"upscale \(upscaling\) cannot run this model"):
         sr_upscaler(text_model, DDIM_1)
