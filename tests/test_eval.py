@@ -15,7 +15,7 @@ from core.eval import (EVAL_PHOTOS, SCENE_STREAM, area_downsample, bicubic_upsca
                        eval_inpaint, eval_scenes, eval_shapes, eval_sr, evaluate_shapes, evaluate_sr, gaussian_window,
                        inpaint_cases, psnr, reconstruct_uint8, sr_upscaler, ssim, text_generator, write_json)
 from core.eval.__main__ import main
-from core.pipelines.generation import SamplingSettings
+from core.samplers import SamplingSettings
 from core.world import CELL_CENTRES, PALETTE, SIZES, Obj, Scene, caption, parse_caption, render
 from tests.tiny_models import tiny_model
 
