@@ -96,18 +96,26 @@ def swap_decoder(sd: dict, first_stage: str | Path) -> dict:
     return {**sd, **{prefix + k: v for k, v in new.items()}}
 
 
+def file_metadata(path: str | Path) -> dict:
+    """A .safetensors file's metadata (the header only, no tensors); {} when it cannot be read."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except (OSError, SafetensorError):
+        return {}
+
+
+def exported_from(path: str | Path, run_id: str | None) -> bool:
+    """Whether the model file `path` exists and was exported from the run `run_id`."""
+    return run_id is not None and Path(path).is_file() and file_metadata(path).get(METADATA_RUN_ID) == run_id
+
+
 def check_overwrite(out: Path, run_id: str | None) -> None:
     """Refuse to replace `out` unless it was exported from the run `run_id`: a run named like a
     shipped model (or any file copied into weights/) must never overwrite it."""
-    if not out.exists():
+    if not out.exists() or exported_from(out, run_id):
         return
-    try:
-        with safe_open(str(out), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (OSError, SafetensorError):
-        meta = {}
-    if run_id is not None and meta.get(METADATA_RUN_ID) == run_id:
-        return
+    meta = file_metadata(out)
     what = f"the model {meta['ldm_studio_name']!r}" if meta.get("ldm_studio_name") else "a model"
     raise ValueError(f"{out} already holds {what}, which was not exported from this run, so it is left as it is. "
                      f"Export under another file name (python -m core.train export RUN --out OTHER.safetensors), "
