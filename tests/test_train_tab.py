@@ -8,25 +8,16 @@ from dataclasses import replace
 
 import gradio as gr
 import pytest
-import torch
 
 from core import load_model, save_model
 from core.models.autoencoder import build_autoencoder
 from core.train import load_config, train
 from core.train.runs import RunManager
 from tests.test_runs import FAKE_TRAINER, _wait_for
-from tests.test_train_robustness import tiny_ae
+from tests.test_train_robustness import one_thread, tiny_ae  # noqa: F401  (one_thread: autouse fixture)
 from ui import train as tab
 from ui.settings import AppSettings
 from ui.studio import Studio
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +55,8 @@ def test_the_only_autoencoder_is_preselected(studio, tmp_path):
 
 def test_autoencoder_curve_is_psnr_and_the_exported_box_follows_the_run(studio):
     table, picker, curve, sample, line, exported, shown = tab.run_view(studio, "ae-run")
-    assert curve.y == "psnr" and "PSNR" in curve.title and "dB" in curve.title
+    assert "PSNR" in curve.title and curve.y_title == "PSNR (dB)"
+    assert curve.value["columns"] == ["step", "value"] and 0 < curve.value["data"][-1][1] < 60     # dB, not ~1e4
     assert "reconstruction PSNR" in line and " dB" in line and "loss" not in line
     assert exported == ""                                             # not exported yet
 

@@ -210,12 +210,13 @@ def runs_table(studio: Studio) -> pd.DataFrame:
 
 def curve_of(info, metrics: list[dict]) -> gr.LinePlot:
     """The run's training curve: an autoencoder's reconstruction PSNR (its loss, a sum over pixels
-    in the tens of thousands, tells a user nothing), an LDM's loss."""
-    key, title = ("psnr", "Reconstruction PSNR (dB, higher is better)") if info.stage == "autoencoder" \
-        and any("psnr" in r for r in metrics) else ("loss", "Training loss")
+    in the tens of thousands, tells a user nothing), an LDM's loss. The plotted column is always
+    "value" (a plot whose y column changes name draws the new one as categories)."""
+    key, title, y_title = ("psnr", "Reconstruction PSNR (higher is better)", "PSNR (dB)") \
+        if info.stage == "autoencoder" and any("psnr" in r for r in metrics) else ("loss", "Training loss", "loss")
     rows = [r for r in metrics if "step" in r and key in r]
-    return gr.LinePlot(pd.DataFrame({"step": [r["step"] for r in rows], key: [float(r[key]) for r in rows]}),
-                       y=key, title=title)
+    return gr.LinePlot(pd.DataFrame({"step": [r["step"] for r in rows], "value": [float(r[key]) for r in rows]}),
+                       title=title, y_title=y_title)
 
 
 def run_view(studio: Studio, name: str | None, seen: str | None = None):
@@ -226,7 +227,7 @@ def run_view(studio: Studio, name: str | None, seen: str | None = None):
     if name not in names:
         name = names[0] if names else None
     if name is None:
-        return table, gr.update(choices=[], value=None), pd.DataFrame({"step": [], "loss": []}), None, \
+        return table, gr.update(choices=[], value=None), pd.DataFrame({"step": [], "value": []}), None, \
             "No run yet.", "", ""
     info = studio.runs.status(name)
     metrics = studio.runs.metrics(name)
@@ -331,7 +332,7 @@ def build(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
                 use = gr.Button("Use this model", scale=1, elem_classes=["ldm-train-use"])
             status = gr.Markdown("No run yet.", elem_classes=["ldm-run-status"])
             with gr.Row():
-                curve = gr.LinePlot(x="step", y="loss", title="Training loss", height=280, x_axis_format="d",
+                curve = gr.LinePlot(x="step", y="value", title="Training curve", y_title="loss", height=280, x_axis_format="d",
                                     elem_classes=["ldm-loss-curve"])
                 sample = gr.Image(label="Latest samples (EMA)", type="filepath", interactive=False, height=280)
             exported = gr.Textbox(label="Exported model", interactive=False, elem_classes=["ldm-exported"])
