@@ -41,7 +41,7 @@ from pathlib import Path
 
 import yaml
 
-from core.train.config import STAGES
+from core.train.config import STAGES, stage_of
 from core.train.run_folder import RunLockedError, pid_alive, write_json_atomic
 
 __all__ = ["RunManager", "RunInfo", "RunLockedError", "STAGES", "check_name", "stage_of", "pid_alive",
@@ -88,17 +88,6 @@ def check_name(name: str) -> str:
         raise ValueError(f"run name {name!r} is not allowed: use 1-100 letters, digits, '.', '_' or "
                          f"'-', starting with a letter or digit (it becomes a folder name)")
     return name
-
-
-def stage_of(config: dict) -> str:
-    """The CLI stage a training config is for, read off its model target as core.train.config does:
-    first-stage targets (ldm.models.autoencoder.*, taming's VQModel) train "autoencoder", the rest "ldm"."""
-    model = config.get("model")
-    target = model.get("target", "") if isinstance(model, dict) else ""
-    if not target:
-        raise ValueError("the config has no model.target to tell its stage; pass stage='autoencoder' or 'ldm'")
-    is_ae = target.startswith("ldm.models.autoencoder.") or target == "taming.models.vqgan.VQModel"
-    return "autoencoder" if is_ae else "ldm"
 
 
 def _read_json(path: Path) -> dict:
