@@ -212,7 +212,7 @@ def curve_of(info, metrics: list[dict]) -> gr.LinePlot:
     """The run's training curve: an autoencoder's reconstruction PSNR (its loss, a sum over pixels
     in the tens of thousands, tells a user nothing), an LDM's loss. The plotted column is always
     "value" (a plot whose y column changes name draws the new one as categories)."""
-    key, title, y_title = ("psnr", "Reconstruction PSNR (higher is better)", "PSNR (dB)") \
+    key, title, y_title = ("psnr", "Reconstruction PSNR in dB (higher is better)", "PSNR (dB)") \
         if info.stage == "autoencoder" and any("psnr" in r for r in metrics) else ("loss", "Training loss", "loss")
     rows = [r for r in metrics if "step" in r and key in r]
     return gr.LinePlot(pd.DataFrame({"step": [r["step"] for r in rows], "value": [float(r[key]) for r in rows]}),
