@@ -201,7 +201,8 @@ class RunManager:
         return [r for r in self.list() if r.status in ACTIVE]
 
     def _refuse_over_cap(self) -> None:
-        active = self.active()
+        """A run being stopped does not count: the user asked it to end, and it does so after one save."""
+        active = [r for r in self.active() if r.status == "running"]
         if len(active) >= self.max_running:
             names = ", ".join(r.name for r in active)
             raise ValueError(f"{len(active)} training run{'s' if len(active) > 1 else ''} already running ({names}); "
