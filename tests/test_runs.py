@@ -176,6 +176,60 @@ def test_second_start_into_a_locked_folder_is_refused(manager, tmp_path):
         manager.start({"steps": 5, "step_time": 0.01}, name="busy", stage="ldm")
 
 
+def test_one_run_at_a_time_unless_allowed_more(manager, tmp_path):
+    """Two trainers on two cores make generation crawl: a second start (or resume) is refused while
+    max_running runs are active, with a message naming the run and the flag."""
+    manager.start({"steps": 1000, "step_time": 0.01}, name="first", stage="ldm")
+    message = r"1 training run already running \(first\); this app trains at most 1 at a time " \
+              r"\(--max-training-runs\)\. Stop first or wait"
+    with pytest.raises(ValueError, match=message):
+        manager.start({"steps": 1000, "step_time": 0.01}, name="second", stage="ldm")
+    assert not (tmp_path / "runs/second").exists()
+    manager.stop("first")
+    manager.start({"steps": 1000, "step_time": 0.01}, name="second", stage="ldm")
+    with pytest.raises(ValueError, match=r"already running \(second\)"):
+        manager.resume("first")                                                # a resume is a start too
+    assert [r.name for r in manager.active()] == ["second"]
+
+    two = RunManager(tmp_path / "runs", command=manager.command, max_running=2)
+    two.resume("first")
+    assert sorted(r.name for r in two.active()) == ["first", "second"]
+    with pytest.raises(ValueError, match=r"2 training runs already running \((first, second|second, first)\)"):
+        two.start({"steps": 1000, "step_time": 0.01}, name="third", stage="ldm")
+    for name in ("first", "second"):
+        two.stop(name)
+    with pytest.raises(ValueError, match="at least 1"):
+        RunManager(tmp_path / "runs", max_running=0)
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat's fields after the command name (state is [0], niceness [16]); None once gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def test_trainers_run_niced_with_one_thread(manager):
+    """bench/train_contention.py: a trainer at niceness 10 with one torch thread keeps generation near
+    its idle speed; the manager starts every trainer so (the pid is the trainer's own, nice execs it)."""
+    info = manager.start({"steps": 1000, "step_time": 0.01}, name="polite", stage="ldm")
+    _wait_for(lambda: manager.metrics("polite"))
+    assert int(_proc_stat(info.pid)[16]) == 10
+    environ = Path(f"/proc/{info.pid}/environ").read_bytes().split(b"\0")
+    assert b"OMP_NUM_THREADS=1" in environ
+    assert "OMP_NUM_THREADS=1 nice -n 10 " in manager.log("polite")
+    manager.stop("polite")
+
+
+def test_an_ended_trainer_is_reaped_without_being_asked(manager, tmp_path):
+    """No zombie: nobody calls status() after the start, yet the finished trainer's pid disappears."""
+    info = manager.start({"steps": 3, "step_time": 0.01}, name="quick", stage="ldm")
+    state = tmp_path / "runs/quick/state.json"
+    _wait_for(lambda: json.loads(state.read_text()).get("status") == "finished")
+    _wait_for(lambda: _proc_stat(info.pid) is None, timeout=5.0)           # a zombie stays, state "Z"
+
+
 def test_lock_held_by_a_live_foreign_process_is_refused(tmp_path):
     folder = tmp_path / "runs" / "other"
     folder.mkdir(parents=True)

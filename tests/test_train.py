@@ -360,6 +360,9 @@ def test_config_errors_are_clear(ae_file):
         load_config(cfg)
     with pytest.raises(ValueError, match="first_stage="):
         make_config("txt2img", "shapes", "tiny")
+    # The stage is told in one place (config.stage_of), for load_config and the run manager alike.
+    with pytest.raises(ValueError, match="no model.target to tell its stage"):
+        load_config({"model": {"params": {}}, "train": {"steps": 1}})
 
 
 # --------------------------------------------------------------------------------------------

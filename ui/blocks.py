@@ -50,6 +50,7 @@ def build_app(settings: AppSettings | None = None) -> gr.Blocks:
     studio = Studio.create(settings)
     with gr.Blocks(title="LDM Studio", analytics_enabled=False) as demo:
         banner = gr.Markdown(models_banner(studio), elem_classes=["ldm-banner"])
+        train.build_notice(studio, demo)            # "Training X in the background ... Stop training"
         with gr.Tabs() as tabs:
             with gr.Tab("Text to image", id="txt2img"):
                 t2i = txt2img.build(studio, demo)

@@ -31,6 +31,7 @@ class AppSettings:
     port: int = DEFAULT_PORT
     share: bool = False
     auth: tuple[tuple[str, str], ...] = field(default=())  # (user, password) pairs; empty = no login
+    max_training_runs: int = 1                   # training runs at a time (each takes the CPU/GPU from generation)
 
     @property
     def max_pixels(self) -> int:
@@ -87,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"largest image side accepted or produced, in pixels (default {DEFAULT_MAX_SIDE})")
     p.add_argument("--max-upload-mb", type=int, default=DEFAULT_MAX_UPLOAD_MB,
                    help=f"largest uploaded file in MB (default {DEFAULT_MAX_UPLOAD_MB})")
+    p.add_argument("--max-training-runs", type=int, default=1, metavar="N",
+                   help="training runs that may run at once (default 1: each one slows generation down)")
     return p
 
 
@@ -99,9 +102,11 @@ def parse_args(argv: list[str] | None = None) -> AppSettings:
         parser.error(str(err))
     if args.max_size < 64:
         parser.error("--max-size must be at least 64 pixels")
+    if args.max_training_runs < 1:
+        parser.error("--max-training-runs must be at least 1")
     device = args.device or default_device()
     dtype = args.dtype or inference_dtype(device)
     return AppSettings(weights_dir=args.weights, outputs_dir=args.outputs, runs_dir=args.runs,
                        data_root=args.data_root, device=device, dtype=dtype, max_side=args.max_size,
                        max_upload_mb=args.max_upload_mb, host="0.0.0.0" if args.listen else "127.0.0.1",
-                       port=args.port, share=args.share, auth=auth)
+                       port=args.port, share=args.share, auth=auth, max_training_runs=args.max_training_runs)

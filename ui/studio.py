@@ -23,7 +23,7 @@ class Studio:
         return cls(settings=settings,
                    models=ModelCache(settings.weights_dir, settings.device, settings.dtype),
                    jobs=JobRunner(settings.outputs_dir / "jobs"),
-                   runs=RunManager(settings.runs_dir))
+                   runs=RunManager(settings.runs_dir, max_running=settings.max_training_runs))
 
 
 def models_banner(studio: Studio) -> str:

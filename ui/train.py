@@ -16,11 +16,13 @@ import pandas as pd
 
 from core.train.config import make_config
 from core.train.dataset_check import check_dataset, extract_zip, resolve_data_path
-from core.train.export import export_run
+from core.train.export import exported_from, export_run
 from ui.errors import user_errors
 from ui.studio import Studio
 
 REFRESH_S = 2.0
+FEW_STEPS = 500                    # "Use this model" warns below this: the default models trained 5000+
+FIRST_STAGE_LABEL = "Autoencoder (LDM stages)"
 DATASETS = [("The built-in shapes world", "shapes"), ("A folder under the data root", "folder"),
             ("An uploaded zip of images (+ captions)", "zip")]
 RUN_COLUMNS = ["name", "stage", "status", "step", "total", "loss", "images/s", "ETA"]
@@ -88,6 +90,15 @@ def first_stage_choices(studio: Studio) -> list[tuple[str, str]]:
     return choices
 
 
+def first_stage_update(studio: Studio, current: str | None) -> dict:
+    """The autoencoder picker's choices and value: `current` while it is still offered, else the
+    only autoencoder when there is exactly one (nothing to choose), else none."""
+    choices = first_stage_choices(studio)
+    values = [v for _, v in choices]
+    value = current if current in values else (values[0] if len(values) == 1 else None)
+    return {"choices": choices, "value": value}
+
+
 def _dataset(studio: Studio, dataset: str, folder: str | None, zip_file: str | None,
              image_size: int) -> tuple[str, list]:
     """The `dataset` argument of make_config and the dataset check's warnings. User folders must lie
@@ -145,8 +156,13 @@ def train_start(studio: Studio, stage: str = "autoencoder", dataset: str = "shap
         raise ValueError("Steps and batch size must be at least 1.")
     sources = [v for _, v in first_stage_choices(studio)]
     if first_stage and first_stage not in sources:
-        raise ValueError(f"first_stage {first_stage!r} is not a trained autoencoder of this app; choose one of: "
+        raise ValueError(f"{first_stage!r} (field '{FIRST_STAGE_LABEL}', API first_stage) is not a trained "
+                         f"autoencoder of this app; choose one of: "
                          f"{', '.join(sources) or 'none yet (train an autoencoder first)'}.")
+    if stage != "autoencoder" and not first_stage and not init_from:
+        raise ValueError(f"An LDM trains in the latent space of an autoencoder: choose one in the field "
+                         f"'{FIRST_STAGE_LABEL}' (API first_stage)"
+                         + (". None is trained yet: train an autoencoder first." if not sources else "."))
     init_path = str(studio.models.entry("txt2img", init_from).path) if init_from else None
     source, warnings = _dataset(studio, dataset, folder, zip_file, image_size)
     for warning in warnings:
@@ -172,7 +188,15 @@ def train_export(studio: Studio, name: str | None = None) -> str:
         raise ValueError(f"Run {name!r} is still {info.status}; stop it (or let it finish) first.")
     if not (Path(info.folder) / "checkpoints" / "last.pt").is_file():
         raise ValueError(f"Run {name!r} has no checkpoint yet.")
-    return str(export_run(info.folder, Path(studio.settings.weights_dir) / f"{name}.safetensors"))
+    if info.step < FEW_STEPS:
+        gr.Warning(f"Run {name!r} trained only {info.step} steps: expect noise or blur from it (the default "
+                   f"models trained 5000 steps and more). Resume it to train longer, then export again.")
+    return str(export_run(info.folder, exported_path(studio, name), name=name))
+
+
+def exported_path(studio: Studio, name: str) -> Path:
+    """Where "Use this model" puts run `name`: weights/NAME.safetensors, displayed as NAME."""
+    return Path(studio.settings.weights_dir) / f"{name}.safetensors"
 
 
 def runs_table(studio: Studio) -> pd.DataFrame:
@@ -184,30 +208,90 @@ def runs_table(studio: Studio) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
 
+def curve_of(info, metrics: list[dict]) -> gr.LinePlot:
+    """The run's training curve: an autoencoder's reconstruction PSNR (its loss, a sum over pixels
+    in the tens of thousands, tells a user nothing), an LDM's loss. The plotted column is always
+    "value" (a plot whose y column changes name draws the new one as categories)."""
+    key, title, y_title = ("psnr", "Reconstruction PSNR in dB (higher is better)", "PSNR (dB)") \
+        if info.stage == "autoencoder" and any("psnr" in r for r in metrics) else ("loss", "Training loss", "loss")
+    rows = [r for r in metrics if "step" in r and key in r]
+    return gr.LinePlot(pd.DataFrame({"step": [r["step"] for r in rows], "value": [float(r[key]) for r in rows]}),
+                       title=title, y_title=y_title)
+
+
 def run_view(studio: Studio, name: str | None, seen: str | None = None):
-    """(runs table, run picker, loss curve, latest samples, status line, what was shown) for the Timer
-    and events; when nothing changed since `seen`, every output is skipped (no redraw)."""
+    """(runs table, run picker, training curve, latest samples, status line, exported model, what was
+    shown) for the Timer and events; when nothing changed since `seen`, every output is skipped."""
     table = runs_table(studio)
     names = list(table["name"])
     if name not in names:
         name = names[0] if names else None
     if name is None:
-        return table, gr.update(choices=[], value=None), pd.DataFrame({"step": [], "loss": []}), None, \
-            "No run yet.", ""
+        return table, gr.update(choices=[], value=None), pd.DataFrame({"step": [], "value": []}), None, \
+            "No run yet.", "", ""
     info = studio.runs.status(name)
-    rows = [r for r in studio.runs.metrics(name) if "step" in r and "loss" in r]
-    shown = f"{table.to_json()}|{name}|{len(rows)}|{info.status}|{info.latest_sample}"
+    metrics = studio.runs.metrics(name)
+    exported = exported_path(studio, name)
+    exported = str(exported) if exported_from(exported, info.run_id) else ""
+    shown = f"{table.to_json()}|{name}|{len(metrics)}|{info.status}|{info.latest_sample}|{exported}"
     if shown == seen:
-        return (gr.skip(),) * 6
-    curve = pd.DataFrame({"step": [r["step"] for r in rows], "loss": [float(r["loss"]) for r in rows]})
+        return (gr.skip(),) * 7
     line = f"**{name}**: {info.status}, step {info.step}" + (f" of {info.total_steps}" if info.total_steps else "")
-    if info.loss is not None:
+    psnr = metrics[-1].get("psnr") if metrics and info.stage == "autoencoder" else None
+    if psnr is not None:
+        line += f", reconstruction PSNR {float(psnr):.1f} dB"
+    elif info.loss is not None:
         line += f", loss {info.loss:.4f}"
     if info.eta_s:
         line += f", about {_eta(info.eta_s)} left"
     if info.error:
         line += f"\n\n{info.error}"
-    return table, gr.update(choices=names, value=name), curve, info.latest_sample, line, shown
+    return table, gr.update(choices=names, value=name), curve_of(info, metrics), info.latest_sample, line, \
+        exported, shown
+
+
+def training_notice(studio: Studio) -> str:
+    """The line above the tabs while training runs ("" when none does): each trainer takes CPU (or
+    GPU) time from generation, so a user who finds generation slow sees why, and how to stop it."""
+    active = studio.runs.active()
+    if not active:
+        return ""
+    runs = ", ".join(f"**{r.name}** ({r.status}, step {r.step}" + (f" of {r.total_steps})" if r.total_steps else ")")
+                     for r in active)
+    return (f"Training {runs} in the background: generation shares the machine with it and is slower until "
+            f"it ends. **Stop training** here, or watch it in the **Train** tab.")
+
+
+@user_errors
+def stop_active(studio: Studio) -> str:
+    """Stop every active run (each saves a checkpoint first and can be resumed); the notice after."""
+    for r in studio.runs.active():
+        studio.runs.stop(r.name, timeout=30.0)
+    return training_notice(studio)
+
+
+def build_notice(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
+    """The training notice and its Stop button, refreshed by a gr.Timer; shown on every tab."""
+    with gr.Row(visible=False, elem_classes=["ldm-training-notice"]) as row:
+        notice = gr.Markdown("", elem_classes=["ldm-training-notice-text"])
+        stop = gr.Button("Stop training", variant="stop", size="sm", scale=0,
+                         elem_classes=["ldm-training-notice-stop"])
+
+    def show(text: str, seen: str | None = None):
+        if text == seen:
+            return gr.skip(), gr.skip(), seen
+        return gr.Row(visible=bool(text)), text, text
+
+    def refresh(seen: str | None = None):
+        return show(training_notice(studio), seen)
+
+    shown = gr.State("")
+    gr.Timer(REFRESH_S).tick(refresh, inputs=[shown], outputs=[row, notice, shown], api_visibility="private",
+                             queue=False, show_progress="hidden")
+    demo.load(refresh, outputs=[row, notice, shown], api_visibility="private", queue=False)
+    stop.click(partial(stop_active, studio), outputs=[notice], api_visibility="private",
+               concurrency_limit=None).then(refresh, outputs=[row, notice, shown], api_visibility="private")
+    return SimpleNamespace(row=row, notice=notice, stop=stop)
 
 
 def build(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
@@ -217,7 +301,7 @@ def build(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
     with gr.Row():
         with gr.Column(scale=1):
             stage = gr.Radio(STAGES, value="autoencoder", label="What to train")
-            first_stage = gr.Dropdown(first_stage_choices(studio), value=None, label="Autoencoder (LDM stages)",
+            first_stage = gr.Dropdown(**first_stage_update(studio, None), label=FIRST_STAGE_LABEL,
                                       info="a trained first stage: an exported file or an autoencoder run")
             init_from = gr.Dropdown(studio.models.choices("txt2img"), value=None, label="Start from (inpainting)",
                                     info="optional: a text-to-image model to fine-tune")
@@ -248,13 +332,13 @@ def build(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
                 use = gr.Button("Use this model", scale=1, elem_classes=["ldm-train-use"])
             status = gr.Markdown("No run yet.", elem_classes=["ldm-run-status"])
             with gr.Row():
-                curve = gr.LinePlot(x="step", y="loss", title="Training loss", height=280, x_axis_format="d",
+                curve = gr.LinePlot(x="step", y="value", title="Training curve", y_title="loss", height=280, x_axis_format="d",
                                     elem_classes=["ldm-loss-curve"])
                 sample = gr.Image(label="Latest samples (EMA)", type="filepath", interactive=False, height=280)
             exported = gr.Textbox(label="Exported model", interactive=False, elem_classes=["ldm-exported"])
 
     shown = gr.State("")
-    view_outputs = [table, run, curve, sample, status, shown]
+    view_outputs = [table, run, curve, sample, status, exported, shown]
     view = partial(run_view, studio)
     timer = gr.Timer(REFRESH_S)
     timer.tick(view, inputs=[run, shown], outputs=view_outputs, api_visibility="private", queue=False,
@@ -280,11 +364,11 @@ def build(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
     use.click(partial(train_export, studio), inputs=[run], outputs=[exported], api_name="train_export",
               concurrency_limit=None)
 
-    def refresh_sources():
-        return gr.update(choices=first_stage_choices(studio)), gr.update(choices=studio.models.choices("txt2img"))
+    def refresh_sources(current):
+        return gr.update(**first_stage_update(studio, current)), gr.update(choices=studio.models.choices("txt2img"))
 
-    gr.on([demo.load, exported.change, stage.change], refresh_sources, outputs=[first_stage, init_from],
-          api_visibility="private", queue=False)
+    gr.on([demo.load, exported.change, stage.change], refresh_sources, inputs=[first_stage],
+          outputs=[first_stage, init_from], api_visibility="private", queue=False)
 
     def status_api(name: str = "") -> dict:
         """The state of training run `name` (empty: the most recent run), with its metrics so far."""

@@ -200,6 +200,7 @@ def save_model(model: nn.Module, path: str | Path, dtype: torch.dtype | None = t
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={k: str(v) for k, v in meta.items()})
+    tmp.chmod(0o644)                             # safetensors creates 0600; a model is for every user to read
     tmp.replace(path)
     return path
 

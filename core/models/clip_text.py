@@ -48,6 +48,11 @@ def clip_bpe() -> SimpleTokenizer:
     return SimpleTokenizer()
 
 
+def excerpt(text: str, limit: int = 120) -> str:
+    """`text` cut to `limit` characters for a log line (a prompt may be megabytes long)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
 def tokenize_clip(texts: list[str] | str, length: int, pad_id: int) -> Tensor:
     """[BOS] + BPE(text) + [EOS], padded with `pad_id` to `length` -> LongTensor (B, length).
 
@@ -69,7 +74,7 @@ def tokenize_clip(texts: list[str] | str, length: int, pad_id: int) -> Tensor:
         if len(ids) > length:
             warnings.warn(f"prompt {i} is {len(ids) - 2} tokens long; the text encoder reads at most "
                           f"{length - 2}, so the last {len(ids) - length} tokens were dropped: "
-                          f"{bpe.decode(ids[length - 1:-1]).strip()!r}", stacklevel=3)
+                          f"{excerpt(bpe.decode(ids[length - 1:-1][:200]).strip())!r}", stacklevel=3)
             ids = ids[:length - 1] + [bpe.eot_token_id]
         tokens[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
     return tokens

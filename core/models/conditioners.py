@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from core.models.clip_text import clip_bpe, tokenize_clip
+from core.models.clip_text import clip_bpe, excerpt, tokenize_clip
 
 CLIP_VOCAB_SIZE = 49408      # open_clip's BPE, the tokenizer of our own text models
 
@@ -227,7 +227,7 @@ class TransformerEmbedder(nn.Module):
         if unknown.any():
             words = sorted({clip_bpe().decode([int(t)]).strip() for t in tokens[unknown]})
             warnings.warn(f"this model knows {len(self.cfg.vocab)} tokens; these were read as padding: "
-                          f"{', '.join(words)}", stacklevel=2)
+                          f"{excerpt(', '.join(words))}", stacklevel=2)
         return rows
 
     def encode_tokens(self, tokens: Tensor) -> Tensor:

@@ -163,6 +163,18 @@ def _fill_first_stage(params: dict, init_from: str | None) -> str | None:
     return fs_params.get("ckpt_path")
 
 
+def stage_of(raw: dict) -> str:
+    """The stage a training config (as read from YAML) trains, from its model target: first-stage
+    targets (ldm.models.autoencoder.*, taming's VQModel) train "autoencoder", the rest "ldm". The one
+    place that tells (load_config and the run manager ask here)."""
+    model = raw.get("model")
+    target = model.get("target", "") if isinstance(model, dict) else ""
+    if not target:
+        raise ValueError("the config has no model.target to tell its stage; pass stage='autoencoder' or 'ldm'")
+    is_ae = target.startswith("ldm.models.autoencoder.") or target == "taming.models.vqgan.VQModel"
+    return "autoencoder" if is_ae else "ldm"
+
+
 def load_config(source, stage: str | None = None) -> RunConfig:
     """Read a training config (a YAML path, YAML text or dict) into a RunConfig."""
     if isinstance(source, dict):
@@ -179,12 +191,11 @@ def load_config(source, stage: str | None = None) -> RunConfig:
     data = DataConfig(**_known(DataConfig, raw.get("data") or {}, "data"))
     model_block = copy.deepcopy(raw["model"])
     params = model_block.setdefault("params", {})
-    target = model_block.get("target", "")
-    is_ae = target.startswith("ldm.models.autoencoder.") or target == "taming.models.vqgan.VQModel"
-    found = "autoencoder" if is_ae else "ldm"
+    found = stage_of(raw)
+    is_ae = found == "autoencoder"
     if stage is not None and stage != found:
         raise ValueError(f"this config trains {'an autoencoder' if is_ae else 'a latent diffusion model'} "
-                         f"(model target {target}); run `python -m core.train {found} --config ...`")
+                         f"(model target {model_block.get('target')}); run `python -m core.train {found} --config ...`")
     loss, first_stage_path = None, None
     if is_ae:
         loss_params = ((params.get("lossconfig") or {}).get("params") or {})

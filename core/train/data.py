@@ -269,8 +269,8 @@ class Photos:
             try:
                 import skimage.data
             except ImportError as err:
-                raise ImportError("natural-image crops need scikit-image (a training-only dependency): "
-                                  "pip install -r requirements-dev.txt") from err
+                raise ImportError("natural-image crops need scikit-image, which requirements.txt installs: "
+                                  "pip install -r requirements.txt") from err
             Photos._cache.update({name: as_rgb(getattr(skimage.data, name)()) for name in TRAIN_PHOTOS})
         self.photos = [Photos._cache[name] for name in TRAIN_PHOTOS]
 

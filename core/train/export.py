@@ -10,6 +10,8 @@ An LDM file holds UNet + first stage + conditioner and its config (core.save_mod
 Diffusion checkpoint; an autoencoder file holds the autoencoder and its latent scale factor. The
 metadata also carries (contracts.md):
     ldm_studio_name       display name
+    ldm_studio_run_id     the run's identity (RunFolder.run_id): an export replaces an existing file only
+                          when that file came from the same run (check_overwrite)
     ldm_studio_training   {"data", "steps", "wall_time_s", "machine", "metrics", "command"}
     ldm_studio_defaults   core.pipelines.defaults.Defaults' fields: {"sampler", "karras", "steps",
                           "guidance_scale", "eta", "width", "height", "noise_level", "back_projection"} (LDMs)
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 
 from core.checkpoints import load_model, save_model
 from core.models.autoencoder import build_autoencoder
@@ -36,6 +39,7 @@ from core.train.config import METADATA_SCALE_FACTOR, load_config
 from core.train.data import describe_data
 from core.train.run_folder import RunFolder
 
+METADATA_RUN_ID = "ldm_studio_run_id"
 DEFAULTS_KEYS = {f.name: f.type for f in dataclasses.fields(Defaults)}     # name -> str, bool, int, float
 
 
@@ -92,6 +96,32 @@ def swap_decoder(sd: dict, first_stage: str | Path) -> dict:
     return {**sd, **{prefix + k: v for k, v in new.items()}}
 
 
+def file_metadata(path: str | Path) -> dict:
+    """A .safetensors file's metadata (the header only, no tensors); {} when it cannot be read."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except (OSError, SafetensorError):
+        return {}
+
+
+def exported_from(path: str | Path, run_id: str | None) -> bool:
+    """Whether the model file `path` exists and was exported from the run `run_id`."""
+    return run_id is not None and Path(path).is_file() and file_metadata(path).get(METADATA_RUN_ID) == run_id
+
+
+def check_overwrite(out: Path, run_id: str | None) -> None:
+    """Refuse to replace `out` unless it was exported from the run `run_id`: a run named like a
+    shipped model (or any file copied into weights/) must never overwrite it."""
+    if not out.exists() or exported_from(out, run_id):
+        return
+    meta = file_metadata(out)
+    what = f"the model {meta['ldm_studio_name']!r}" if meta.get("ldm_studio_name") else "a model"
+    raise ValueError(f"{out} already holds {what}, which was not exported from this run, so it is left as it is. "
+                     f"Export under another file name (python -m core.train export RUN --out OTHER.safetensors), "
+                     f"or move {out.name} out of {out.parent} first if you mean to replace it.")
+
+
 def export_run(run_dir: str | Path, out: str | Path, name: str | None = None,
                dtype: torch.dtype = torch.float16, defaults: dict | None = None,
                first_stage: str | Path | None = None) -> Path:
@@ -103,13 +133,16 @@ def export_run(run_dir: str | Path, out: str | Path, name: str | None = None,
     run = RunFolder(run_dir)
     if not run.checkpoint_path.exists():
         raise FileNotFoundError(f"{run.path} has no checkpoint yet ({run.checkpoint_path}); train first")
+    out = Path(out)
+    run_id = run.run_id()
+    check_overwrite(out, run_id)
     ckpt = load_checkpoint(run.checkpoint_path)
     cfg = load_config(ckpt["config"])
     sd = ema_state_dict(ckpt)
     record = {"data": describe_data(cfg.data), "steps": int(ckpt["step"]),
               "wall_time_s": round(float(ckpt.get("wall_time_s", 0.0)), 1), "machine": ckpt.get("machine", ""),
               "metrics": ckpt.get("metrics", {}), "command": " && ".join(dict.fromkeys(ckpt.get("commands", [])))}
-    metadata = {"ldm_studio_name": name or cfg.export.get("name") or run.name}
+    metadata = {"ldm_studio_name": name or cfg.export.get("name") or run.name, METADATA_RUN_ID: run_id}
     if cfg.stage == "autoencoder":
         if first_stage is not None:
             raise ValueError("first_stage= replaces an LDM's decoder; this run is an autoencoder")
@@ -144,6 +177,8 @@ def reexport_file(src: str | Path, out: str | Path, name: str | None = None, def
         raise ValueError("nothing to change: give --first-stage, --defaults or --name")
     model = load_model(src, dtype=torch.float32)                # one read: the metadata comes with it
     metadata = model.metadata
+    if Path(out).resolve() != Path(src).resolve():
+        check_overwrite(Path(out), metadata.get(METADATA_RUN_ID))
     if "ldm_studio_defaults" not in metadata:
         raise ValueError(f"{Path(src).name} is not an LDM file exported by this project (no ldm_studio_defaults); "
                          "re-export works on those, export a run folder otherwise")

@@ -2,7 +2,7 @@
 
     config.yaml              the training config used
     state.json               {"name", "stage", "status", "pid", "step", "total_steps", "started_at",
-                              "updated_at", "error", "images_per_s", "eta_s"}, replaced atomically
+                              "updated_at", "error", "images_per_s", "eta_s", "run_id"}, replaced atomically
     metrics.jsonl            one JSON object per log step: {"step", "loss", <terms>, "lr", "images_per_s", "time"}
     samples/step_{step:07d}.png, step_{step:07d}_raw.png   EMA and non-EMA grids at fixed seeds
     checkpoints/last.pt      (checkpoint.py)
@@ -16,6 +16,7 @@ longer runs is taken over (renamed away first, so of two processes taking it ove
 import json
 import os
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,18 @@ class RunFolder:
             return
         raise RunLockedError(f"could not take the lock of {self.path}; another process keeps taking it")
 
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete the half-written checkpoints and sample grids (`.NAME.tmp`) of a process killed while
+        writing them; each may be nearly a checkpoint's size. Only the lock holder calls this, and only
+        the lock holder writes those folders, so every such file is stale."""
+        if not self._locked:
+            raise RunLockedError(f"take the lock of {self.path} before cleaning it")
+        stale = [p for folder in (self.checkpoint_path.parent, self.samples_dir) if folder.is_dir()
+                 for p in folder.glob(".*.tmp")]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return stale
+
     def unlock(self) -> None:
         if not self._locked:
             return
@@ -130,6 +143,16 @@ class RunFolder:
         state = {**self.read_state(), **fields, "updated_at": time.time()}
         write_json_atomic(self.state_path, state)
         return state
+
+    def run_id(self, new: bool = False) -> str:
+        """The run's identity, kept across resumes (an exported model file records it, so that an
+        export replaces only a file of the same run). new=True: a fresh run, a fresh id; a run from
+        before ids existed gets one the first time it is asked."""
+        run_id = None if new else self.read_state().get("run_id")
+        if not run_id:
+            run_id = uuid.uuid4().hex
+            self.write_state(run_id=run_id)
+        return run_id
 
     def log_metrics(self, metrics: dict) -> None:
         with open(self.metrics_path, "a") as f:

@@ -15,6 +15,12 @@ Process model: the trainer is started with `subprocess.Popen(start_new_session=T
 stderr appended to train.log, so it keeps running when the app exits or gets Ctrl-C. `stop` sends
 SIGTERM to the trainer's pid only (the contract: it saves a checkpoint, writes status "stopped" and
 exits 0); not to its process group, since data-loader workers killed first would break that save.
+A thread waits on each trainer the manager started, so an ended one is reaped at once (no zombie).
+
+Sharing the machine with generation: at most `max_running` runs at a time (the app's
+--max-training-runs), and the trainer runs under `nice -n TRAIN_NICE` with TRAIN_THREADS torch
+threads (OMP_NUM_THREADS), so that an interactive generation keeps the CPU it needs
+(bench/train_contention.py measured the choice).
 
 What `status` reports beyond state.json: a run whose state says "running" but whose process is gone
 is "failed" (or "stopped" if a stop was asked for), and that verdict is written back to state.json;
@@ -28,13 +34,14 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from core.train.config import STAGES
+from core.train.config import STAGES, stage_of
 from core.train.run_folder import RunLockedError, pid_alive, write_json_atomic
 
 __all__ = ["RunManager", "RunInfo", "RunLockedError", "STAGES", "check_name", "stage_of", "pid_alive",
@@ -44,6 +51,9 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")   # no "..", no "/
 STOP_MARKER = "stop_requested"      # written by stop(): tells a later reader the exit was asked for
 PROJECT_ROOT = Path(__file__).resolve().parents[2]               # the folder holding `core/`
 LOG_TAIL_BYTES = 8192
+ACTIVE = ("running", "stopping")     # statuses of a run whose trainer still runs
+TRAIN_NICE = 10                      # niceness of a trainer (0 = the app's own priority)
+TRAIN_THREADS = 1                    # torch threads of a trainer (0 = torch's default: one per core)
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,7 @@ class RunInfo:
     latest_sample: str | None     # samples/step_XXXXXXX.png (EMA) with the highest step
     latest_sample_raw: str | None  # ... and its non-EMA twin
     folder: str
+    run_id: str | None = None     # kept across resumes; exported model files record it
 
     @property
     def progress(self) -> float:
@@ -77,17 +88,6 @@ def check_name(name: str) -> str:
         raise ValueError(f"run name {name!r} is not allowed: use 1-100 letters, digits, '.', '_' or "
                          f"'-', starting with a letter or digit (it becomes a folder name)")
     return name
-
-
-def stage_of(config: dict) -> str:
-    """The CLI stage a training config is for, read off its model target as core.train.config does:
-    first-stage targets (ldm.models.autoencoder.*, taming's VQModel) train "autoencoder", the rest "ldm"."""
-    model = config.get("model")
-    target = model.get("target", "") if isinstance(model, dict) else ""
-    if not target:
-        raise ValueError("the config has no model.target to tell its stage; pass stage='autoencoder' or 'ldm'")
-    is_ae = target.startswith("ldm.models.autoencoder.") or target == "taming.models.vqgan.VQModel"
-    return "autoencoder" if is_ae else "ldm"
 
 
 def _read_json(path: Path) -> dict:
@@ -107,10 +107,15 @@ class RunManager:
     `[sys.executable, "-m", "core.train"]`, followed by STAGE --config ... --name ... --runs-dir
     ... [--resume]); tests give a fake trainer script here."""
 
-    def __init__(self, runs_dir: str | Path = "runs", command: list[str] | None = None):
+    def __init__(self, runs_dir: str | Path = "runs", command: list[str] | None = None, max_running: int = 1,
+                 nice: int = TRAIN_NICE, threads: int = TRAIN_THREADS):
+        if max_running < 1:
+            raise ValueError(f"max_running must be at least 1, got {max_running}")
         self.runs_dir = Path(runs_dir).resolve()
         self.command = list(command) if command else [sys.executable, "-m", "core.train"]
+        self.max_running, self.nice, self.threads = max_running, nice, threads
         self._children: dict[int, subprocess.Popen] = {}      # pid -> handle, to reap our own
+        self._starting = threading.Lock()                     # one start at a time: the cap holds
 
     # ---- paths and files ----------------------------------------------------------------------
     def folder(self, name: str) -> Path:
@@ -168,24 +173,41 @@ class RunManager:
             name = export.get("name") or f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
         check_name(name)
         folder = self.folder(name)
-        self._refuse_if_live(name)
-        if not resume and ((folder / "state.json").exists() or (folder / "checkpoints").exists()):
-            raise ValueError(f"run {name!r} already exists in {folder}; resume it, or start the new "
-                             f"run under another name")
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / ".config.yaml.tmp"
-        tmp.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        os.replace(tmp, folder / "config.yaml")
-        return self._launch(name, stage, resume, max_steps)
+        with self._starting:
+            self._refuse_if_live(name)
+            self._refuse_over_cap()
+            if not resume and ((folder / "state.json").exists() or (folder / "checkpoints").exists()):
+                raise ValueError(f"run {name!r} already exists in {folder}; resume it, or start the new "
+                                 f"run under another name")
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / ".config.yaml.tmp"
+            tmp.write_text(yaml.safe_dump(cfg, sort_keys=False))
+            os.replace(tmp, folder / "config.yaml")
+            return self._launch(name, stage, resume, max_steps)
 
     def resume(self, name: str, max_steps: int | None = None) -> RunInfo:
         """Continue a stopped or failed run from its last checkpoint, with its own config.yaml."""
         folder = self.folder(name)
         if not (folder / "config.yaml").is_file():
             raise ValueError(f"there is no run {name!r} to resume (no {folder / 'config.yaml'})")
-        self._refuse_if_live(name)
         stage = self._state(name).get("stage") or stage_of(self._load_config(folder / "config.yaml"))
-        return self._launch(name, stage, resume=True, max_steps=max_steps)
+        with self._starting:
+            self._refuse_if_live(name)
+            self._refuse_over_cap()
+            return self._launch(name, stage, resume=True, max_steps=max_steps)
+
+    def active(self) -> list[RunInfo]:
+        """The runs whose trainer still runs (running or stopping), newest first."""
+        return [r for r in self.list() if r.status in ACTIVE]
+
+    def _refuse_over_cap(self) -> None:
+        """A run being stopped does not count: the user asked it to end, and it does so after one save."""
+        active = [r for r in self.active() if r.status == "running"]
+        if len(active) >= self.max_running:
+            names = ", ".join(r.name for r in active)
+            raise ValueError(f"{len(active)} training run{'s' if len(active) > 1 else ''} already running ({names}); "
+                             f"this app trains at most {self.max_running} at a time (--max-training-runs). "
+                             f"Stop {active[0].name} or wait for it to finish, then start again.")
 
     def _launch(self, name: str, stage: str, resume: bool, max_steps: int | None = None) -> RunInfo:
         folder = self.folder(name)
@@ -195,12 +217,18 @@ class RunManager:
             + (["--max-steps", str(int(max_steps))] if max_steps is not None else [])
         env = {**os.environ, "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+        if self.threads:
+            env["OMP_NUM_THREADS"] = str(self.threads)          # torch's intra-op threads
+        if self.nice:
+            cmd = ["nice", "-n", str(self.nice), *cmd]          # execs the trainer: the pid stays its own
         with open(folder / "train.log", "ab") as log:
-            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode())
+            threads = f"OMP_NUM_THREADS={self.threads} " if self.threads else ""
+            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {threads}{' '.join(cmd)}\n".encode())
             log.flush()
             child = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL,
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self._children[child.pid] = child
+        threading.Thread(target=child.wait, name=f"reap-{name}", daemon=True).start()   # no zombie when it ends
         # The trainer rewrites state.json when it starts; until then the folder says who runs it.
         now = time.time()
         previous = self._state(name) if resume else {}
@@ -264,7 +292,7 @@ class RunManager:
             images_per_s=_float(state.get("images_per_s", last.get("images_per_s"))),
             eta_s=_float(state.get("eta_s")) if status in ("running", "stopping") else None,
             started_at=_float(state.get("started_at")), updated_at=_float(state.get("updated_at")),
-            error=error, latest_sample=ema, latest_sample_raw=raw, folder=str(folder))
+            error=error, latest_sample=ema, latest_sample_raw=raw, folder=str(folder), run_id=state.get("run_id"))
 
     def _reconcile(self, name: str, stop_asked: bool) -> tuple[str, str | None]:
         """The trainer is gone but state.json says running: record how it ended."""

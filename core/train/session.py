@@ -51,6 +51,8 @@ def train(stage: str, config=None, *, name: str | None = None, runs_dir: str | P
     command = command or " ".join(["python", *sys.argv])
     if main:
         run.lock()                                         # raises if another live process writes here
+        for path in run.remove_stale_temporaries():
+            log.info("removed %s, left by a process killed while writing it", path)
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_stopped) if in_main_thread else None
     rt = None
@@ -73,6 +75,7 @@ def train(stage: str, config=None, *, name: str | None = None, runs_dir: str | P
         if main:
             run.config_path.write_text(dump_config(cfg.raw))
             started = run.read_state().get("started_at") if resume else None
+            run.run_id(new=not resume)
             run.write_state(name=name, stage=stage, status="running", pid=os.getpid(), step=0,
                             total_steps=cfg.train.steps, started_at=started or time.time(), error=None,
                             images_per_s=None, eta_s=None, world_size=rt.world_size)
