@@ -13,6 +13,7 @@ from PIL import Image
 
 from ui import img2img, inpaint, png_info, train, txt2img, upscale
 from ui.controls import picker_update
+from ui.follow import job_memory
 from ui.keyboard import KEYBOARD_JS
 from ui.settings import AppSettings
 from ui.studio import Studio, models_banner
@@ -50,15 +51,18 @@ def build_app(settings: AppSettings | None = None) -> gr.Blocks:
     studio = Studio.create(settings)
     with gr.Blocks(title="LDM Studio", analytics_enabled=False) as demo:
         banner = gr.Markdown(models_banner(studio), elem_classes=["ldm-banner"])
+        # Each tab's last job id, kept in localStorage. Outside the tabs: a BrowserState inside a tab
+        # that is not showing is never mounted, so a reload would not read it back.
+        jobs = {tab: job_memory(tab) for tab in ("txt2img", "img2img", "inpaint", "upscale")}
         with gr.Tabs() as tabs:
             with gr.Tab("Text to image", id="txt2img"):
-                t2i = txt2img.build(studio, demo)
+                t2i = txt2img.build(studio, demo, jobs["txt2img"])
             with gr.Tab("Image to image", id="img2img"):
-                i2i = img2img.build(studio, demo)
+                i2i = img2img.build(studio, demo, jobs["img2img"])
             with gr.Tab("Inpaint", id="inpaint"):
-                inp = inpaint.build(studio, demo)
+                inp = inpaint.build(studio, demo, jobs["inpaint"])
             with gr.Tab("Upscale", id="upscale"):
-                up = upscale.build(studio, demo)
+                up = upscale.build(studio, demo, jobs["upscale"])
             with gr.Tab("Train", id="train"):
                 tr = train.build(studio, demo)
             with gr.Tab("PNG info", id="png_info"):

@@ -8,7 +8,7 @@ import gradio as gr
 from core import pipelines
 from ui.controls import check_batch, model_picker, prompt_row, results_panel, sampling_controls
 from ui.errors import user_errors
-from ui.follow import follow, job_memory, gallery_value, info_text, pipeline_progress, resume
+from ui.follow import follow, gallery_value, info_text, pipeline_progress, resume
 from ui.images import open_image, run_and_save
 from ui.studio import Studio
 from ui.txt2img import interrupt, sampling_options, wire_model_controls
@@ -47,7 +47,7 @@ def img2img(studio: Studio, prompt: str, image: str | None = None, negative_prom
         yield gallery_value(state), info_text(state), state.id
 
 
-def build(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
+def build(studio: Studio, demo: gr.Blocks, job: gr.BrowserState) -> SimpleNamespace:
     row = prompt_row()
     with gr.Row():
         with gr.Column(scale=1):
@@ -59,7 +59,6 @@ def build(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
             controls = sampling_controls(size=False)
         with gr.Column(scale=1):
             results = results_panel()
-    job = job_memory("img2img")
 
     gr.on([row.generate.click], partial(img2img, studio),
           inputs_kwargs={"prompt": row.prompt, "image": image, "negative_prompt": row.negative_prompt,

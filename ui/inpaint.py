@@ -14,7 +14,7 @@ from PIL import Image, UnidentifiedImageError
 from core import pipelines
 from ui.controls import check_batch, model_picker, optional_int, prompt_row, results_panel, sampling_controls
 from ui.errors import user_errors
-from ui.follow import follow, job_memory, gallery_value, info_text, pipeline_progress, resume
+from ui.follow import follow, gallery_value, info_text, pipeline_progress, resume
 from ui.images import mask_from_layers, mask_from_upload, open_image, run_and_save
 from ui.img2img import check_strength
 from ui.studio import Studio
@@ -86,7 +86,7 @@ def inpaint(studio: Studio, prompt: str, image: dict | None = None, mask: str | 
         yield gallery_value(state), info_text(state), state.id
 
 
-def build(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
+def build(studio: Studio, demo: gr.Blocks, job: gr.BrowserState) -> SimpleNamespace:
     row = prompt_row(button="Inpaint")
     with gr.Row():
         with gr.Column(scale=1):
@@ -95,7 +95,8 @@ def build(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
                                   brush=gr.Brush(default_size=24, colors=["#ffffff"], color_mode="fixed"),
                                   eraser=gr.Eraser(default_size=24), elem_classes=["ldm-inpaint-editor"])
             with gr.Accordion("Upload a mask instead (white = repaint)", open=False):
-                mask = gr.Image(type="filepath", image_mode=None, label="Mask", sources=["upload"], height=200)
+                mask = gr.Image(type="filepath", image_mode=None, label="Mask", sources=["upload"], height=200,
+                                elem_classes=["ldm-inpaint-mask"])
             picker, refresh = model_picker(studio, TAB)
             with gr.Row():
                 mask_blur = gr.Slider(0, 64, value=4, step=1, label="Mask blur")
@@ -107,7 +108,6 @@ def build(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
             controls = sampling_controls(size_zero="the picture's size")
         with gr.Column(scale=1):
             results = results_panel(label="Result")
-    job = job_memory("inpaint")
 
     gr.on([row.generate.click], partial(inpaint, studio),
           inputs_kwargs={"prompt": row.prompt, "image": editor, "mask": mask, "negative_prompt": row.negative_prompt,

@@ -13,7 +13,7 @@ from core.samplers import SIGMA_SAMPLERS
 from ui.controls import (check_batch, model_defaults, model_picker, optional_float, optional_int,
                          picker_update, prompt_row, results_panel, sampling_controls, seed_value)
 from ui.errors import user_errors
-from ui.follow import follow, job_memory, gallery_value, info_text, pipeline_progress, resume
+from ui.follow import follow, gallery_value, info_text, pipeline_progress, resume
 from ui.images import run_and_save
 from ui.studio import Studio
 
@@ -68,7 +68,7 @@ def last_seed(studio: Studio, job_id: str | None) -> int:
     return -1
 
 
-def build(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
+def build(studio: Studio, demo: gr.Blocks, job: gr.BrowserState) -> SimpleNamespace:
     row = prompt_row()
     with gr.Row():
         with gr.Column(scale=1):
@@ -80,7 +80,6 @@ def build(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
                 to_img2img = gr.Button("Send to image to image", size="sm")
                 to_inpaint = gr.Button("Send to inpaint", size="sm")
                 to_upscale = gr.Button("Send to upscale", size="sm")
-    job = job_memory("txt2img")
 
     gr.on([row.generate.click], partial(txt2img, studio),
           inputs_kwargs={"prompt": row.prompt, "negative_prompt": row.negative_prompt, "model": picker,

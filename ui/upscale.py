@@ -13,7 +13,7 @@ from core.pipelines.defaults import first_stage_factor, model_defaults, unet_fac
 from core.pipelines.upscale import MAX_BACK_PROJECTION, plan_tiles, scaled_size
 from ui.controls import model_picker, optional_float, optional_int, picker_update, prompt_row, seed_value
 from ui.errors import user_errors
-from ui.follow import follow, job_memory, info_text, pipeline_progress
+from ui.follow import follow, info_text, pipeline_progress
 from ui.images import open_image, run_and_save
 from ui.jobs import JobState
 from ui.studio import Studio
@@ -132,7 +132,7 @@ def resume(studio: Studio, job_id: str | None):
         yield slider_value(state), (state.images[0] if state.images else None), info_text(state)
 
 
-def build(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
+def build(studio: Studio, demo: gr.Blocks, job: gr.BrowserState) -> SimpleNamespace:
     row = prompt_row(button="Upscale")
     with gr.Row():
         with gr.Column(scale=1):
@@ -156,8 +156,7 @@ def build(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
             slider = gr.ImageSlider(label="Before / after", type="filepath", format="png", max_height=520,
                                     elem_classes=["ldm-upscale-slider"])
             download = gr.File(label="Full-resolution PNG", elem_classes=["ldm-upscale-download"])
-            info = gr.Textbox(label="Parameters", lines=2, interactive=False)
-    job = job_memory("upscale")
+            info = gr.Textbox(label="Parameters", lines=2, interactive=False, elem_classes=["ldm-upscale-info"])
 
     gr.on([row.generate.click], partial(upscale, studio),
           inputs_kwargs={"prompt": row.prompt, "image": image, "negative_prompt": row.negative_prompt,
