@@ -2,6 +2,7 @@
 port serving tiny weights (conftest.app_server): every endpoint works, every bad input gives one
 plain sentence (no traceback) and the next request still works."""
 import json
+import re
 import time
 import zipfile
 from pathlib import Path
@@ -181,15 +182,42 @@ def test_bad_uploads_are_refused_and_the_server_stays_up(client, tmp_path):
     _still_works(client)
 
 
-def test_interrupt_stops_a_running_job(client):
-    job = client.submit("a long one", steps=400, seed=1, api_name="/txt2img")
+def _running(client, steps: int = 400):
+    """A /txt2img job that is sampling -> (the gradio_client job, its job id)."""
+    job = client.submit("a long one", steps=steps, seed=1, api_name="/txt2img")
     deadline = time.monotonic() + 60
-    while not client.predict(api_name="/interrupt") == "interrupting":
-        assert time.monotonic() < deadline and not job.done(), "the job never started"
+    while not (job.outputs() and "sample" in job.outputs()[-1][1]):
+        assert time.monotonic() < deadline and not job.done(), "the job never started sampling"
         time.sleep(0.1)
+    return job, job.outputs()[-1][2]
+
+
+def test_interrupt_stops_only_the_named_job_and_shows_the_partial_image(client, app_server):
+    job, job_id = _running(client)
+    # An empty id (another user's Esc before their job started) stops nothing.
+    assert client.predict(api_name="/interrupt").startswith("nothing to interrupt")
+    time.sleep(0.5)
+    assert not job.done()
+    assert json.loads((app_server.outputs / "jobs" / job_id / "job.json").read_text())["status"] == "running"
+    assert client.predict(job_id=job_id, api_name="/interrupt") == "interrupting"
     gallery, info, _ = job.result(timeout=60)
-    assert "Interrupted" in info
+    assert info.startswith("Interrupted") and re.search(r"Interrupted at step \d+ of \d+", info), info
+    with Image.open(_png(gallery[0])) as partial:                     # the image as far as it got
+        assert partial.size == (64, 64)
     _still_works(client)
+
+
+def test_interrupt_all_is_explicit(client):
+    job, _ = _running(client)
+    assert client.predict(job_id="all", api_name="/interrupt") == "interrupting"
+    assert job.result(timeout=60)[1].startswith("Interrupted")
+
+
+def test_pipeline_warnings_reach_the_tab_and_the_job(client, app_server):
+    _, info, job_id = client.predict("", seed=1, api_name="/txt2img")
+    assert "Note: the prompt is empty" in info, info
+    record = json.loads((app_server.outputs / "jobs" / job_id / "job.json").read_text())
+    assert any("the prompt is empty" in w for w in record["warnings"]), record
 
 
 def test_generation_runs_one_job_at_a_time(client, app_server):

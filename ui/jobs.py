@@ -18,7 +18,9 @@ import threading
 import time
 import traceback
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +44,7 @@ class JobState:
     images: list[str] = field(default_factory=list)       # saved output files (PNG, parameters inside)
     infotexts: list[str] = field(default_factory=list)    # one "parameters" text per image
     extra: dict = field(default_factory=dict)      # job-specific facts (input image, tiles, seconds per step)
+    warnings: list[str] = field(default_factory=list)     # what the pipeline warned about (ignored words ...)
     error: str | None = None
     created: float = field(default_factory=time.time)
     started: float | None = None
@@ -148,10 +151,12 @@ class JobRunner:
         if state is not None:
             yield state
 
-    def interrupt(self, job_id: str | None = None) -> bool:
-        """Ask a job to stop after its current step (no id: the running one). True if one was asked."""
+    def interrupt(self, job_id: str) -> bool:
+        """Ask job `job_id` to stop after its current step; "all" asks every queued and running job
+        (an explicit request only: an empty id stops nothing, so one user's Esc never stops another
+        user's job). True if one was asked."""
         with self._changed:
-            ids = [job_id] if job_id else [i for i, s in self._jobs.items() if s.status == "running"]
+            ids = list(self._jobs) if job_id == "all" else [job_id] if job_id else []
             asked = False
             for i in ids:
                 state, context = self._jobs.get(i), self._contexts.get(i)
@@ -179,11 +184,12 @@ class JobRunner:
             return
         self._update(state, status="running", message="loading the model", started=time.time())
         try:
-            results = work(context)
+            with self._warnings_into(state):
+                results = work(context)
             self._update(state, status="done", message="done", images=[str(p) for p, _ in results],
                          infotexts=[t for _, t in results], fraction=1.0, finished=time.time())
         except SamplingInterrupted as stop:
-            saved = getattr(stop, "saved", [])             # images finished before the stop, if any
+            saved = getattr(stop, "saved", []) + self._save_partial(context, stop)
             self._update(state, status="interrupted", message=f"interrupted after step {stop.step} of {stop.total}",
                          images=[str(p) for p, _ in saved], infotexts=[t for _, t in saved], finished=time.time())
         except (JobError, ValueError) as err:
@@ -200,6 +206,34 @@ class JobRunner:
                 finished = [i for i, s in self._jobs.items() if s.done]
                 for old in finished[:max(0, len(finished) - KEPT_IN_MEMORY)]:
                     del self._jobs[old]
+
+    @staticmethod
+    def _save_partial(context: JobContext, stop: SamplingInterrupted) -> list[tuple[str, str]]:
+        """The interrupted image as far as it got (`stop.partial`: the decoded pred_x0, or None),
+        saved in the job's folder -> [(path, note)] to show after the finished images."""
+        partial = getattr(stop, "partial", None)
+        if partial is None:
+            return []
+        path = context.folder / "partial.png"
+        partial.save(path)
+        return [(str(path), f"Interrupted at step {stop.step} of {stop.total}: the model's estimate of the "
+                            "clean image at that step (not saved in outputs/).")]
+
+    @contextmanager
+    def _warnings_into(self, state: JobState):
+        """Record the warnings raised on this (the worker) thread into the job as they happen; they
+        still reach the server log. Other threads' warnings pass through untouched."""
+        worker, shown = threading.current_thread(), warnings.showwarning
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+
+            def show(message, category, filename, lineno, file=None, line=None):
+                text = str(message)
+                if threading.current_thread() is worker and text not in state.warnings:
+                    self._update(state, warnings=state.warnings + [text])
+                shown(message, category, filename, lineno, file, line)
+            warnings.showwarning = show
+            yield
 
     # ---- state changes ----------------------------------------------------------------------------
     def _update(self, state: JobState, **changes) -> None:

@@ -53,9 +53,11 @@ def txt2img(studio: Studio, prompt: str, negative_prompt: str = "", model: str |
 
 
 def interrupt(studio: Studio, job_id: str | None = None) -> str:
-    """Stop a job after its current step (no id: whichever job is running)."""
-    asked = studio.jobs.interrupt(job_id or None)
-    return "interrupting" if asked else "nothing to interrupt"
+    """Stop a job after its current step: `job_id` is the id a generation endpoint returned (its
+    last value); "all" stops every queued and running job. An empty id stops nothing."""
+    if not job_id:
+        return "nothing to interrupt: give the job's id (the last value /txt2img returns), or 'all'"
+    return "interrupting" if studio.jobs.interrupt(job_id) else "nothing to interrupt"
 
 
 def last_seed(studio: Studio, job_id: str | None) -> int:

@@ -7,7 +7,8 @@ which is recorded like any other.
 
 Interruption: when `should_stop` is set (or the callback raises SamplingInterrupted), the
 pipeline raises core.samplers.SamplingInterrupted with `.images`, the images finished before the
-stop (each with its parameters); the image in progress is dropped.
+stop (each with its parameters), and `.partial`, the image in progress as far as it got (its latest
+pred_x0 decoded; None when stopped before the first step).
 """
 
 import math
@@ -140,6 +141,8 @@ def generate(m, n: int, seed: int, sample_one, finish_one, callback=None, vae_ti
             z = sample_one(i, seed_i, sampler_callback(m, callback, i, n))
         except SamplingInterrupted as stop:
             stop.images = images
+            stop.partial = None if stop.pred_x0 is None else \
+                tensor_to_images(vae.decode(m, stop.pred_x0, tile=vae_tile))[0]     # the estimate so far
             raise
         x = vae.decode(m, z, tile=vae_tile, on_tile=decode_callback(callback, i, n))
         images.append(finish_one(i, seed_i, x))
