@@ -1,11 +1,13 @@
-"""Images in and out of the app: uploads opened safely, masks read off the drawing canvas, results
-saved under outputs/<date>/ without ever overwriting a file.
+"""Images in and out of the app: upload components that refuse non-pictures in words, uploads
+opened safely, masks read off the drawing canvas, results saved under outputs/<date>/ without ever
+overwriting a file.
 
 No model math here: only decoding, size checks, and the PNG files people keep.
 """
 import time
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -31,11 +33,46 @@ def open_image(path: str | Path | Image.Image | None, max_side: int, what: str =
         if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
             im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
         return im.convert("RGB")
-    except Image.DecompressionBombError:
-        raise ValueError(f"The {what} declares more pixels than this app accepts "
-                         f"(at most {max_side}x{max_side}); it was refused before decoding.") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise ValueError(f"The {what} could not be read as an image ({err}).") from None
+    except (Image.DecompressionBombError, UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ValueError(refusal(err, what)) from None
+
+
+def refusal(err: Exception, what: str = "image") -> str:
+    """Why an upload cannot be used, in words (never the server's temporary path)."""
+    if isinstance(err, Image.DecompressionBombError):
+        return (f"The {what} declares more pixels than this app accepts (--max-size); it was refused "
+                "before decoding.")
+    if isinstance(err, UnidentifiedImageError):
+        return f"The {what} could not be read as an image: the file is not a picture (PNG, JPEG, WebP ...)."
+    return f"The {what} could not be read as an image ({type(err).__name__}: the file is damaged or not a picture)."
+
+
+def _refusing(preprocess, payload):
+    """Gradio's preprocessing of an upload, with a file that is not a picture refused in words."""
+    try:
+        return preprocess(payload)
+    except (Image.DecompressionBombError, OSError, SyntaxError, ValueError) as err:
+        raise gr.Error(refusal(err, "uploaded file"), print_exception=False) from None
+
+
+class ImageInput(gr.Image):
+    """gr.Image whose upload, when it is not a picture, is refused in one sentence (Gradio's own
+    preprocessing answers "Could not preprocess input component ... UnidentifiedImageError" with a
+    temporary path). A template: the browser shows it as a plain Image."""
+    is_template = True
+
+    def preprocess(self, payload):
+        return _refusing(super().preprocess, payload)
+
+
+class ImageMaskInput(gr.ImageMask):
+    """gr.ImageMask with ImageInput's refusal of files that are not pictures."""
+
+    def get_block_name(self) -> str:
+        return "imageeditor"
+
+    def preprocess(self, payload):
+        return _refusing(super().preprocess, payload)
 
 
 def mask_from_layers(layers: list, size: tuple[int, int]) -> Image.Image:

@@ -6,14 +6,29 @@ from types import SimpleNamespace
 import gradio as gr
 
 from core import pipelines
-from ui.controls import check_batch, model_picker, prompt_row, results_panel, sampling_controls
+from core.pipelines.images import RESIZE_MODES
+from ui.controls import (NameDropdown, check_batch, model_picker, optional_int, prompt_row, results_panel,
+                         sampling_controls)
 from ui.errors import user_errors
 from ui.follow import follow, gallery_value, info_text, pipeline_progress, resume
-from ui.images import open_image, run_and_save
+from ui.images import ImageInput, open_image, run_and_save
 from ui.studio import Studio
 from ui.txt2img import interrupt, sampling_options, wire_model_controls
 
 TAB = "img2img"
+
+
+def resize_mode_value(mode) -> str:
+    """A resize mode name, or A1111's number for it (0, 1, 2; also as a string); None: just_resize."""
+    if mode is None or mode == "":
+        return RESIZE_MODES[0]
+    if isinstance(mode, (int, float)) or (isinstance(mode, str) and mode.strip().isdigit()):
+        number = int(float(mode))
+        if 0 <= number < len(RESIZE_MODES):
+            return RESIZE_MODES[number]
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize_mode must be one of {', '.join(RESIZE_MODES)} (or A1111's 0, 1, 2); got {mode!r}.")
+    return mode
 
 
 def check_strength(strength) -> float:
@@ -27,18 +42,23 @@ def check_strength(strength) -> float:
 def img2img(studio: Studio, prompt: str, image: str | None = None, negative_prompt: str = "",
             model: str | None = None, strength: float = 0.75, sampler: str | None = None, karras: bool = False,
             steps: int | None = None, guidance_scale: float | None = None, seed: int = -1,
-            batch_count: int = 1, progress=gr.Progress()):
-    """Redraw an image following a prompt; strength 0..1 is how much of it is redrawn.
-    Returns the images (PNG files with their parameters) and the parameters as text."""
+            batch_count: int = 1, width: int | None = None, height: int | None = None,
+            resize_mode: str = "just_resize", progress=gr.Progress()):
+    """Redraw an image following a prompt; strength 0..1 is how much of it is redrawn. width/height
+    (0 or None: the picture's size) resize it first, as `resize_mode` says: "just_resize",
+    "crop_and_resize" or "resize_and_fill" (A1111's 0, 1, 2). Returns the images (PNG files with
+    their parameters), the parameters as text, and the job id."""
     entry = studio.models.entry(TAB, model)
     init = open_image(image, studio.settings.max_side)
     options = sampling_options(sampler, karras, steps, guidance_scale, seed)
     strength, n = check_strength(strength), check_batch(batch_count)
+    size = dict(width=optional_int(width, "Width"), height=optional_int(height, "Height"),
+                resize_mode=resize_mode_value(resize_mode))
 
     def work(job):
         m = studio.models.load(entry)
         return run_and_save(lambda: pipelines.img2img(m, init, prompt or "", negative_prompt=negative_prompt or "",
-                                                      strength=strength, n=n, **options,
+                                                      strength=strength, n=n, **size, **options,
                                                       callback=pipeline_progress(job), should_stop=job.should_stop),
                             studio.settings.outputs_dir)
 
@@ -51,18 +71,25 @@ def build(studio: Studio, demo: gr.Blocks, job: gr.BrowserState) -> SimpleNamesp
     row = prompt_row()
     with gr.Row():
         with gr.Column(scale=1):
-            image = gr.Image(type="filepath", image_mode=None, label="Image", sources=["upload", "clipboard"],
+            image = ImageInput(type="filepath", image_mode=None, label="Image", sources=["upload", "clipboard"],
                              height=320, elem_classes=["ldm-img2img-image"])
             picker, refresh = model_picker(studio, TAB)
             strength = gr.Slider(0.05, 1.0, value=0.75, step=0.05, label="Denoising strength",
                                  info="how much of the image is redrawn")
             controls = sampling_controls(size=False)
+            with gr.Accordion("Resize first", open=False):
+                with gr.Row():
+                    width = gr.Number(None, label="Width (0: the picture's size)", precision=0, step=8)
+                    height = gr.Number(None, label="Height (0: the picture's size)", precision=0, step=8)
+                resize_mode = NameDropdown([(m.replace("_", " "), m) for m in RESIZE_MODES], value="just_resize",
+                                           label="Resize mode", allow_custom_value=True)
         with gr.Column(scale=1):
             results = results_panel()
 
     gr.on([row.generate.click], partial(img2img, studio),
           inputs_kwargs={"prompt": row.prompt, "image": image, "negative_prompt": row.negative_prompt,
-                         "model": picker, "strength": strength, **controls.inputs()},
+                         "model": picker, "strength": strength, **controls.inputs(), "width": width,
+                         "height": height, "resize_mode": resize_mode},
           outputs=[results.gallery, results.info, job], api_name="img2img",
           concurrency_id="device", concurrency_limit=1)
     row.interrupt.click(partial(interrupt, studio), inputs=[job], outputs=None, api_visibility="private",
@@ -70,4 +97,6 @@ def build(studio: Studio, demo: gr.Blocks, job: gr.BrowserState) -> SimpleNamesp
     wire_model_controls(studio, demo, TAB, picker, refresh, controls, job, with_size=False)
     demo.load(partial(resume, studio.jobs), inputs=[job], outputs=[results.gallery, results.info],
               api_visibility="private")
-    return SimpleNamespace(picker=picker, image=image, results=results)
+    receives = dict(prompt=row.prompt, negative_prompt=row.negative_prompt, model=picker, **controls.receives(),
+                    strength=strength)
+    return SimpleNamespace(picker=picker, image=image, results=results, receives=receives)

@@ -15,7 +15,8 @@ from core import pipelines
 from ui.controls import check_batch, model_picker, optional_int, prompt_row, results_panel, sampling_controls
 from ui.errors import user_errors
 from ui.follow import follow, gallery_value, info_text, pipeline_progress, resume
-from ui.images import mask_from_layers, mask_from_upload, open_image, run_and_save
+from ui.images import (ImageInput, ImageMaskInput, mask_from_layers, mask_from_upload, open_image, refusal,
+                       run_and_save)
 from ui.img2img import check_strength
 from ui.studio import Studio
 from ui.txt2img import interrupt, sampling_options, wire_model_controls
@@ -50,7 +51,7 @@ def _open_mask(path: str, max_side: int) -> Image.Image:
             im.load()
             return im.convert("RGBA") if "A" in im.getbands() or "transparency" in im.info else im.convert("L")
     except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"The mask could not be read as an image ({err}).") from None
+        raise ValueError(refusal(err, "mask")) from None
 
 
 @user_errors
@@ -90,12 +91,12 @@ def build(studio: Studio, demo: gr.Blocks, job: gr.BrowserState) -> SimpleNamesp
     row = prompt_row(button="Inpaint")
     with gr.Row():
         with gr.Column(scale=1):
-            editor = gr.ImageMask(type="pil", format="png", image_mode="RGBA", label="Image: paint what to redraw",
+            editor = ImageMaskInput(type="pil", format="png", image_mode="RGBA", label="Image: paint what to redraw",
                                   sources=["upload", "clipboard"], height=420, layers=False, transforms=(),
                                   brush=gr.Brush(default_size=24, colors=["#ffffff"], color_mode="fixed"),
                                   eraser=gr.Eraser(default_size=24), elem_classes=["ldm-inpaint-editor"])
             with gr.Accordion("Upload a mask instead (white = repaint)", open=False):
-                mask = gr.Image(type="filepath", image_mode=None, label="Mask", sources=["upload"], height=200,
+                mask = ImageInput(type="filepath", image_mode=None, label="Mask", sources=["upload"], height=200,
                                 elem_classes=["ldm-inpaint-mask"])
             picker, refresh = model_picker(studio, TAB)
             with gr.Row():
@@ -120,4 +121,6 @@ def build(studio: Studio, demo: gr.Blocks, job: gr.BrowserState) -> SimpleNamesp
     wire_model_controls(studio, demo, TAB, picker, refresh, controls, job)
     demo.load(partial(resume, studio.jobs), inputs=[job], outputs=[results.gallery, results.info],
               api_visibility="private")
-    return SimpleNamespace(picker=picker, editor=editor, results=results)
+    receives = dict(prompt=row.prompt, negative_prompt=row.negative_prompt, model=picker, **controls.receives(),
+                    strength=strength)
+    return SimpleNamespace(picker=picker, editor=editor, results=results, receives=receives)

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from core import pipelines
+from core.pipelines.generation import sampler_name
 from core.samplers import SIGMA_SAMPLERS
 from ui.controls import (check_batch, model_defaults, model_picker, optional_float, optional_int,
                          picker_update, prompt_row, results_panel, sampling_controls, seed_value)
@@ -21,9 +22,10 @@ TAB = "txt2img"
 
 
 def sampling_options(sampler, karras, steps, guidance_scale, seed) -> dict:
-    """The sampling keywords of core.pipelines from the shared controls (None = the model's default)."""
-    sampler = sampler or None
-    return dict(sampler=sampler, karras=bool(karras) if sampler in SIGMA_SAMPLERS else None,
+    """The sampling keywords of core.pipelines from the shared controls (None = the model's default);
+    `sampler` is a key ("dpmpp_2m") or a display name ("DPM++ 2M Karras", which also sets karras)."""
+    sampler, named_karras = sampler_name(sampler) if sampler else (None, None)      # keys and display names
+    return dict(sampler=sampler, karras=bool(named_karras or karras) if sampler in SIGMA_SAMPLERS else None,
                 steps=optional_int(steps, "Sampling steps", maximum=1000),
                 guidance_scale=optional_float(guidance_scale, "CFG scale"), seed=seed_value(seed))
 
@@ -94,17 +96,18 @@ def build(studio: Studio, demo: gr.Blocks, job: gr.BrowserState) -> SimpleNamesp
     wire_model_controls(studio, demo, TAB, picker, refresh, controls, job)
     demo.load(partial(resume, studio.jobs), inputs=[job], outputs=[results.gallery, results.info],
               api_visibility="private")
-    return SimpleNamespace(picker=picker, refresh=refresh, results=results, prompt=row.prompt,
-                           negative_prompt=row.negative_prompt, controls=controls,
+    receives = dict(prompt=row.prompt, negative_prompt=row.negative_prompt, model=picker, **controls.receives())
+    return SimpleNamespace(picker=picker, refresh=refresh, results=results, receives=receives,
                            to_img2img=to_img2img, to_inpaint=to_inpaint, to_upscale=to_upscale)
 
 
 def wire_model_controls(studio: Studio, demo: gr.Blocks, tab: str, picker, refresh, controls, job,
                         with_size: bool = True) -> None:
     """Picking a model (or opening the page) fills the controls with its defaults; ↻ re-reads
-    weights/; 'reuse last' puts back the last seed."""
+    weights/; 'reuse last' puts back the last seed. Only the user's pick (.input) fills them: a
+    "Send to" that sets the model and the settings together keeps the settings it sent."""
     fill = partial(model_defaults, studio, tab, with_size=with_size)
-    picker.change(fill, inputs=[picker], outputs=controls.default_outputs(), api_visibility="private", queue=False)
+    picker.input(fill, inputs=[picker], outputs=controls.default_outputs(), api_visibility="private", queue=False)
     demo.load(fill, inputs=[picker], outputs=controls.default_outputs(), api_visibility="private", queue=False)
     refresh.click(partial(picker_update, studio, tab), inputs=[picker], outputs=[picker],
                   api_visibility="private", queue=False)

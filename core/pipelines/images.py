@@ -151,3 +151,32 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
         return x, (h, w)
     mode = "reflect" if ph < h and pw < w else "replicate"
     return F.pad(x, (0, pw, 0, ph), mode=mode), (h, w)
+
+
+RESIZE_MODES = ("just_resize", "crop_and_resize", "resize_and_fill")      # A1111's resize_mode 0, 1, 2
+
+
+def resize_image(image: Image.Image, width: int, height: int, mode="just_resize") -> Image.Image:
+    """`image` at width x height, as A1111's img2img resize modes: "just_resize" (0) stretches;
+    "crop_and_resize" (1) scales to cover and crops the centre; "resize_and_fill" (2) scales to fit
+    and fills the two bands left over with the picture's edge rows or columns stretched."""
+    mode = RESIZE_MODES[mode] if isinstance(mode, int) and 0 <= mode < len(RESIZE_MODES) else mode
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize_mode must be one of {', '.join(RESIZE_MODES)} (or 0, 1, 2); got {mode!r}.")
+    lanczos = Image.Resampling.LANCZOS
+    if mode == "just_resize":
+        return image.resize((width, height), lanczos)
+    cover = mode == "crop_and_resize"
+    scale = (max if cover else min)(width / image.width, height / image.height)
+    w, h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+    resized = image.resize((w, h), lanczos)
+    out = Image.new(image.mode, (width, height))
+    left, top = (width - w) // 2, (height - h) // 2
+    out.paste(resized, (left, top))
+    if not cover and top > 0:                                   # bands above and below: edge rows
+        out.paste(resized.resize((width, top), box=(0, 0, w, 0)), (0, 0))
+        out.paste(resized.resize((width, height - top - h), box=(0, h, w, h)), (0, top + h))
+    elif not cover and left > 0:                                # bands left and right: edge columns
+        out.paste(resized.resize((left, height), box=(0, 0, 0, h)), (0, 0))
+        out.paste(resized.resize((width - left - w, height), box=(w, 0, w, h)), (left + w, 0))
+    return out

@@ -4,14 +4,13 @@ almost all of the image; small strengths keep its composition and colours."""
 
 import math
 
-from PIL import Image
-
 from core.pipelines import vae
 from core.pipelines.conditioning import require_kind, text_conditioning
 from core.pipelines.defaults import check_size, model_defaults, size_multiple
 from core.pipelines.generation import (base_parameters, check_count, generate, resolve_seed,
                                        resolve_settings)
-from core.pipelines.images import image_to_tensor, load_image, pad_to_multiple, tensor_to_images
+from core.pipelines.images import (image_to_tensor, load_image, pad_to_multiple, resize_image,
+                                   tensor_to_images)
 from core.pipelines.infotext import attach_parameters
 from core.samplers import sample
 
@@ -26,11 +25,12 @@ def check_strength(strength) -> float:
 
 def img2img(m, image, prompt="", strength=0.75, negative_prompt="", steps=None, guidance_scale=None,
             sampler=None, seed=None, width=None, height=None, n=1, *, eta=None, karras=None,
-            vae_tile=None, callback=None, should_stop=None) -> list:
+            resize_mode="just_resize", vae_tile=None, callback=None, should_stop=None) -> list:
     """Variations of `image` (PIL, path or array) following `prompt`, one PIL image per seed.
 
-    width/height: resize the image to this size first (multiples of the model's grid); None keeps
-    its size (padded to the grid by reflection inside, cropped back after). Unconditional models
+    width/height: resize the image to this size first (multiples of the model's grid), the way
+    `resize_mode` says (images.RESIZE_MODES: "just_resize", "crop_and_resize", "resize_and_fill",
+    or A1111's 0/1/2); None keeps its size (padded to the grid by reflection inside, cropped back after). Unconditional models
     take prompt "". Other arguments as txt2img.
     """
     # 1. Check the model and the inputs.
@@ -45,7 +45,7 @@ def img2img(m, image, prompt="", strength=0.75, negative_prompt="", steps=None, 
     if width is not None or height is not None:
         width, height = check_size(m, picture.width if width is None else width,
                                    picture.height if height is None else height, "img2img")
-        picture = picture.resize((width, height), Image.Resampling.LANCZOS)
+        picture = resize_image(picture, width, height, resize_mode)
     width, height = picture.size
 
     # 2. Encode the (padded) image: the clean latent x0.
