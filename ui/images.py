@@ -55,24 +55,23 @@ def _refusing(preprocess, payload):
         raise gr.Error(refusal(err, "uploaded file"), print_exception=False) from None
 
 
-class ImageInput(gr.Image):
+def image_input(**kwargs) -> gr.Image:
     """gr.Image whose upload, when it is not a picture, is refused in one sentence (Gradio's own
     preprocessing answers "Could not preprocess input component ... UnidentifiedImageError" with a
-    temporary path). A template: the browser shows it as a plain Image."""
-    is_template = True
-
-    def preprocess(self, payload):
-        return _refusing(super().preprocess, payload)
+    temporary path). The instance's preprocess is wrapped: a subclass would make Gradio write a
+    .pyi file beside this module at import."""
+    return _refuse_non_pictures(gr.Image(**kwargs))
 
 
-class ImageMaskInput(gr.ImageMask):
-    """gr.ImageMask with ImageInput's refusal of files that are not pictures."""
+def image_mask_input(**kwargs) -> gr.ImageMask:
+    """gr.ImageMask with image_input's refusal of files that are not pictures."""
+    return _refuse_non_pictures(gr.ImageMask(**kwargs))
 
-    def get_block_name(self) -> str:
-        return "imageeditor"
 
-    def preprocess(self, payload):
-        return _refusing(super().preprocess, payload)
+def _refuse_non_pictures(component):
+    preprocess = component.preprocess
+    component.preprocess = lambda payload: _refusing(preprocess, payload)
+    return component
 
 
 def mask_from_layers(layers: list, size: tuple[int, int]) -> Image.Image:

@@ -7,11 +7,11 @@ import gradio as gr
 
 from core import pipelines
 from core.pipelines.images import RESIZE_MODES
-from ui.controls import (NameDropdown, check_batch, model_picker, optional_int, prompt_row, results_panel,
+from ui.controls import (name_dropdown, check_batch, model_picker, optional_int, prompt_row, results_panel,
                          sampling_controls)
 from ui.errors import user_errors
 from ui.follow import follow, gallery_value, info_text, pipeline_progress, resume
-from ui.images import ImageInput, open_image, run_and_save
+from ui.images import image_input, open_image, run_and_save
 from ui.studio import Studio
 from ui.txt2img import interrupt, sampling_options, wire_model_controls
 
@@ -71,8 +71,8 @@ def build(studio: Studio, demo: gr.Blocks, job: gr.BrowserState) -> SimpleNamesp
     row = prompt_row()
     with gr.Row():
         with gr.Column(scale=1):
-            image = ImageInput(type="filepath", image_mode=None, label="Image", sources=["upload", "clipboard"],
-                             height=320, elem_classes=["ldm-img2img-image"])
+            image = image_input(type="filepath", image_mode=None, label="Image", sources=["upload", "clipboard"],
+                                height=320, elem_classes=["ldm-img2img-image"])
             picker, refresh = model_picker(studio, TAB)
             strength = gr.Slider(0.05, 1.0, value=0.75, step=0.05, label="Denoising strength",
                                  info="how much of the image is redrawn")
@@ -81,8 +81,8 @@ def build(studio: Studio, demo: gr.Blocks, job: gr.BrowserState) -> SimpleNamesp
                 with gr.Row():
                     width = gr.Number(None, label="Width (0: the picture's size)", precision=0, step=8)
                     height = gr.Number(None, label="Height (0: the picture's size)", precision=0, step=8)
-                resize_mode = NameDropdown([(m.replace("_", " "), m) for m in RESIZE_MODES], value="just_resize",
-                                           label="Resize mode", allow_custom_value=True)
+                resize_mode = name_dropdown([(m.replace("_", " "), m) for m in RESIZE_MODES], value="just_resize",
+                                            label="Resize mode")
         with gr.Column(scale=1):
             results = results_panel()
 

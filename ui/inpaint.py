@@ -15,7 +15,7 @@ from core import pipelines
 from ui.controls import check_batch, model_picker, optional_int, prompt_row, results_panel, sampling_controls
 from ui.errors import user_errors
 from ui.follow import follow, gallery_value, info_text, pipeline_progress, resume
-from ui.images import (ImageInput, ImageMaskInput, mask_from_layers, mask_from_upload, open_image, refusal,
+from ui.images import (image_input, image_mask_input, mask_from_layers, mask_from_upload, open_image, refusal,
                        run_and_save)
 from ui.img2img import check_strength
 from ui.studio import Studio
@@ -91,13 +91,13 @@ def build(studio: Studio, demo: gr.Blocks, job: gr.BrowserState) -> SimpleNamesp
     row = prompt_row(button="Inpaint")
     with gr.Row():
         with gr.Column(scale=1):
-            editor = ImageMaskInput(type="pil", format="png", image_mode="RGBA", label="Image: paint what to redraw",
-                                  sources=["upload", "clipboard"], height=420, layers=False, transforms=(),
-                                  brush=gr.Brush(default_size=24, colors=["#ffffff"], color_mode="fixed"),
-                                  eraser=gr.Eraser(default_size=24), elem_classes=["ldm-inpaint-editor"])
+            editor = image_mask_input(type="pil", format="png", image_mode="RGBA", label="Image: paint what to redraw",
+                                      sources=["upload", "clipboard"], height=420, layers=False, transforms=(),
+                                      brush=gr.Brush(default_size=24, colors=["#ffffff"], color_mode="fixed"),
+                                      eraser=gr.Eraser(default_size=24), elem_classes=["ldm-inpaint-editor"])
             with gr.Accordion("Upload a mask instead (white = repaint)", open=False):
-                mask = ImageInput(type="filepath", image_mode=None, label="Mask", sources=["upload"], height=200,
-                                elem_classes=["ldm-inpaint-mask"])
+                mask = image_input(type="filepath", image_mode=None, label="Mask", sources=["upload"], height=200,
+                                   elem_classes=["ldm-inpaint-mask"])
             picker, refresh = model_picker(studio, TAB)
             with gr.Row():
                 mask_blur = gr.Slider(0, 64, value=4, step=1, label="Mask blur")

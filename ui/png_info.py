@@ -8,7 +8,7 @@ from PIL import Image
 
 from core import pipelines
 from ui.errors import user_errors
-from ui.images import ImageInput, open_image
+from ui.images import image_input, open_image
 from ui.studio import Studio
 
 
@@ -27,8 +27,8 @@ def png_info(studio: Studio, image: str | None = None) -> tuple[str, dict]:
 def build(studio: Studio) -> SimpleNamespace:
     with gr.Row():
         with gr.Column():
-            image = ImageInput(type="filepath", image_mode=None, label="PNG made by LDM Studio or AUTOMATIC1111",
-                             sources=["upload", "clipboard"], height=360, elem_classes=["ldm-png-info-image"])
+            image = image_input(type="filepath", image_mode=None, label="PNG made by LDM Studio or AUTOMATIC1111",
+                                sources=["upload", "clipboard"], height=360, elem_classes=["ldm-png-info-image"])
         with gr.Column():
             text = gr.Textbox(label="Parameters", lines=6, interactive=False, elem_classes=["ldm-png-info-text"])
             fields = gr.JSON(label="Fields", elem_classes=["ldm-png-info-fields"])

@@ -14,7 +14,7 @@ from core.pipelines.upscale import MAX_BACK_PROJECTION, plan_tiles, scaled_size
 from ui.controls import model_picker, optional_float, optional_int, picker_update, prompt_row, seed_value
 from ui.errors import user_errors
 from ui.follow import follow, info_text, pipeline_progress
-from ui.images import ImageInput, open_image, run_and_save
+from ui.images import image_input, open_image, run_and_save
 from ui.jobs import JobState
 from ui.studio import Studio
 from ui.txt2img import interrupt
@@ -136,8 +136,8 @@ def build(studio: Studio, demo: gr.Blocks, job: gr.BrowserState) -> SimpleNamesp
     row = prompt_row(button="Upscale")
     with gr.Row():
         with gr.Column(scale=1):
-            image = ImageInput(type="filepath", image_mode=None, label="Image to upscale",
-                             sources=["upload", "clipboard"], height=320, elem_classes=["ldm-upscale-image"])
+            image = image_input(type="filepath", image_mode=None, label="Image to upscale",
+                                sources=["upload", "clipboard"], height=320, elem_classes=["ldm-upscale-image"])
             plan_text = gr.Markdown("Upload an image to see the output size, the number of tiles and an estimated "
                                     "time.", elem_classes=["ldm-upscale-plan"])
             picker, refresh = model_picker(studio, TAB)

@@ -30,8 +30,8 @@ def img2img(m, image, prompt="", strength=0.75, negative_prompt="", steps=None, 
 
     width/height: resize the image to this size first (multiples of the model's grid), the way
     `resize_mode` says (images.RESIZE_MODES: "just_resize", "crop_and_resize", "resize_and_fill",
-    or A1111's 0/1/2); None keeps its size (padded to the grid by reflection inside, cropped back after). Unconditional models
-    take prompt "". Other arguments as txt2img.
+    or A1111's 0/1/2); None keeps its size (padded to the grid by reflection inside, cropped back
+    after). Unconditional models take prompt "". Other arguments as txt2img.
     """
     # 1. Check the model and the inputs.
     kind = require_kind(m, ("text", "none"), "img2img")
