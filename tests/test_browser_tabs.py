@@ -1,6 +1,6 @@
 """Browser tests of what every generation tab shares: a reload reattaches to the tab's last job
-(running: its progress; finished: its results), Interrupt after a reload stops that job and shows
-the image as far as it got. Playwright driving Debian's Chromium against conftest.app_server."""
+(running: its progress; finished: its results), Interrupt after a reload stops that job; results
+are shown whole inside their box, small ones enlarged by a whole factor. Playwright driving Debian's Chromium against conftest.app_server."""
 import numpy as np
 import pytest
 from PIL import Image
@@ -73,3 +73,27 @@ def test_reload_reattaches_to_a_running_then_a_finished_job(page, tab, tmp_path)
     open_tab(page, TABS[tab])
     assert _wait_for(page, _info(page, tab), r"Seed: \d+") == done
     assert np.array_equal(_result(page, tab), result)
+
+
+@pytest.mark.parametrize("tab", ["txt2img", "img2img"])
+def test_results_fit_their_box_whole_and_crisp(page, tab, tmp_path):
+    if tab == "txt2img":
+        steps_field(page)
+    else:
+        _prepare(page, tab, tmp_path)
+    visible(page, ".ldm-prompt textarea").fill("a red circle in the center")
+    visible(page, "button.ldm-generate").click()
+    _wait_for(page, _info(page, tab), r"Seed: \d+")
+    image = visible(page, ".ldm-gallery img")
+    page.wait_for_function("el => el.complete && el.naturalWidth > 0 && el.style.width !== ''",
+                           arg=image.element_handle())
+    box, shown = visible(page, ".ldm-gallery").bounding_box(), image.bounding_box()
+    inside = (shown["x"] >= box["x"] and shown["y"] >= box["y"]
+              and shown["x"] + shown["width"] <= box["x"] + box["width"]
+              and shown["y"] + shown["height"] <= box["y"] + box["height"])
+    assert inside, (box, shown)                                   # the whole picture, without clicking
+    natural = image.evaluate("el => [el.naturalWidth, el.naturalHeight]")
+    factor = shown["width"] / natural[0]
+    assert natural == [64, 64] and factor >= 2 and factor == int(factor), (natural, shown)     # whole multiples
+    assert shown["height"] == shown["width"]
+    assert image.evaluate("el => getComputedStyle(el).imageRendering") == "pixelated"

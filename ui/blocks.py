@@ -14,6 +14,7 @@ from ui import img2img, inpaint, png_info, train, txt2img, upscale
 from ui.controls import picker_update
 from ui.follow import job_memory
 from ui.keyboard import KEYBOARD_JS
+from ui.result_view import FIT_JS
 from ui.send import wire_sends
 from ui.settings import AppSettings
 from ui.studio import Studio, models_banner
@@ -74,7 +75,8 @@ def launch_options(settings: AppSettings) -> dict:
     return dict(server_name=settings.host, server_port=settings.port, share=settings.share,
                 auth=list(settings.auth) or None, max_file_size=f"{settings.max_upload_mb}mb",
                 allowed_paths=[str(outputs), str(Path(settings.runs_dir).resolve())],
-                js=KEYBOARD_JS, css=CSS, footer_links=["api"], show_error=True, inbrowser=False,
+                js=f"() => {{ ({KEYBOARD_JS})(); ({FIT_JS})(); }}", css=CSS, footer_links=["api"],
+                show_error=True, inbrowser=False,
                 # Gradio's own lines ("set `share=True` in `launch()`") name its API, not our flags:
                 # startup_report says where to open and how to share; a share link is still printed.
                 quiet=not settings.share)
