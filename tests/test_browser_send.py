@@ -82,3 +82,11 @@ def test_png_info_clears_its_fields_for_a_file_without_parameters(page, tmp_path
     _toast(page, "no generation parameters")
     assert text.input_value() == ""
     assert "a cat" not in visible(page, ".ldm-png-info-fields").inner_text()
+
+    _png_info(page, _png_with(tmp_path / "again.png", A1111))
+    page.wait_for_function("el => el.value.includes('a cat')", arg=text.element_handle())
+    fake = tmp_path / "fake.png"
+    fake.write_text("this is not an image")
+    _png_info(page, fake)
+    _toast(page, "not a picture")
+    assert text.input_value() == ""

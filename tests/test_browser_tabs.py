@@ -75,7 +75,7 @@ def test_reload_reattaches_to_a_running_then_a_finished_job(page, tab, tmp_path)
     assert np.array_equal(_result(page, tab), result)
 
 
-@pytest.mark.parametrize("tab", ["txt2img", "img2img"])
+@pytest.mark.parametrize("tab", ["txt2img", "img2img", "inpaint"])
 def test_results_fit_their_box_whole_and_crisp(page, tab, tmp_path):
     if tab == "txt2img":
         steps_field(page)
