@@ -1,8 +1,10 @@
-"""Helpers for the app tests: test images, a decompression bomb, and Playwright's Chromium.
+"""Helpers for the app tests: test images, a decompression bomb, Playwright's Chromium, and small
+steps of driving the page (the `browser` and `page` fixtures are in conftest.py).
 
 The browser is Debian's `chromium` (found on PATH), driven by the Playwright Python package; no
 browser is ever downloaded. Under CI (env CI=true) a missing chromium is a failure, never a skip.
 """
+import io
 import os
 import shutil
 import struct
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+TIMEOUT_MS = 60_000
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 
@@ -59,3 +62,44 @@ def chromium_path() -> str:
             pytest.fail("chromium is not installed; CI must run the browser tests (apt-get install -y chromium)")
         pytest.skip("chromium is not installed (apt-get install -y chromium)")
     return path
+
+
+# ---- driving the page -------------------------------------------------------------------------
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name, exact=True).click()
+
+
+def fetch_image(page, src: str) -> Image.Image:
+    """The image behind an <img src> / link, as served by the app."""
+    response = page.request.get(src)
+    assert response.ok, (src, response.status)
+    return Image.open(io.BytesIO(response.body()))
+
+
+def visible(page, selector: str):
+    return page.locator(f"{selector} >> visible=true").first
+
+
+def steps_field(page):
+    """The visible tab's steps field, once the page has filled it with the model's default."""
+    field = visible(page, "input[aria-label='Sampling steps (0: model default)']")
+    page.wait_for_function("el => el.value !== '' && el.value !== '0'", arg=field.element_handle())
+    return field
+
+
+def upload_to_editor(page, path: Path) -> None:
+    """Upload an image into the Inpaint tab's editor (an upload before the editor is ready is
+    dropped: retried)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    editor = visible(page, ".ldm-inpaint-editor")
+    empty = editor.get_by_text("Upload an image")
+    empty.wait_for()
+    editor.locator("canvas").first.wait_for(state="attached")       # the editor is ready for a file
+    for _ in range(3):
+        editor.locator("input[type=file]").set_input_files(str(path))
+        try:
+            empty.wait_for(state="hidden", timeout=5_000)
+            return
+        except PlaywrightTimeout:
+            pass

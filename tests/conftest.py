@@ -24,6 +24,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from browser_util import CHROMIUM_ARGS, TIMEOUT_MS, chromium_path
+
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_START_TIMEOUT_S = 120
 STEPS = 3
@@ -126,6 +128,39 @@ def pytest_runtest_makereport(item, call):
     report = yield
     setattr(item, f"report_{report.when}", report)
     return report
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = chromium_path()
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, app_server, request, tmp_path_factory):
+    """A fresh page on the app; fails the test if the page fetched anything from another host. When
+    the test fails, a screenshot of the page is saved beside the server log."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    outside = []
+    local = (app_server.url, "data:", "blob:")
+    page.on("request", lambda r: None if r.url.startswith(local) else outside.append(r.url))
+    page.goto(app_server.url)
+    page.locator(".ldm-prompt textarea").first.wait_for()
+    yield page
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        shot = app_server.root / f"failure-{request.node.name}.png" if hasattr(app_server, "root") else \
+            tmp_path_factory.mktemp("failures") / f"{request.node.name}.png"
+        page.screenshot(path=str(shot), full_page=True)
+        print(f"screenshot of the failure: {shot}")
+    context.close()
+    assert not outside, f"the page fetched from other hosts (the app must work offline): {outside}"
 
 
 # The slow tier, by module and by test function (every parametrisation): what takes seconds each on

@@ -11,51 +11,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
-from playwright.sync_api import TimeoutError as PlaywrightTimeout
-
-from browser_util import CHROMIUM_ARGS, chromium_path, shapes_image
+from browser_util import (TIMEOUT_MS, fetch_image, open_tab, shapes_image, steps_field, upload_to_editor,
+                          visible)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = Path(os.environ.get("LDM_SCREENSHOTS") or Path(tempfile.gettempdir()) / "ldm-studio-screenshots")
 SCREENSHOT_WIDTH = 960            # px: small files for the README
-TIMEOUT_MS = 60_000
 TXT2IMG_PROMPT = "a large red circle at the top left and a small blue star in the center on a white background"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    executable = chromium_path()
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser, app_server, request, tmp_path_factory):
-    """A fresh page on the app; fails the test if the page fetched anything from another host. When
-    the test fails, a screenshot of the page is saved beside the server log."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    outside = []
-    local = (app_server.url, "data:", "blob:")
-    page.on("request", lambda r: None if r.url.startswith(local) else outside.append(r.url))
-    page.goto(app_server.url)
-    page.locator(".ldm-prompt textarea").first.wait_for()
-    yield page
-    report = getattr(request.node, "report_call", None)
-    if report is not None and report.failed:
-        shot = app_server.root / f"failure-{request.node.name}.png" if hasattr(app_server, "root") else \
-            tmp_path_factory.mktemp("failures") / f"{request.node.name}.png"
-        page.screenshot(path=str(shot), full_page=True)
-        print(f"screenshot of the failure: {shot}")
-    context.close()
-    assert not outside, f"the page fetched from other hosts (the app must work offline): {outside}"
 
 
 def _screenshot(page, name: str) -> None:
@@ -66,53 +30,31 @@ def _screenshot(page, name: str) -> None:
     small.quantize(colors=128).save(SCREENSHOTS / f"{name}.png", optimize=True)      # a palette PNG: small
 
 
-def _open_tab(page, name: str) -> None:
-    page.get_by_role("tab", name=name, exact=True).click()
-
-
-def _fetch_image(page, src: str) -> Image.Image:
-    """The image behind an <img src> / link, as served by the app."""
-    response = page.request.get(src)
-    assert response.ok, (src, response.status)
-    return Image.open(io.BytesIO(response.body()))
-
-
-def _visible(page, selector: str):
-    return page.locator(f"{selector} >> visible=true").first
-
-
-def _steps_field(page):
-    """The visible tab's steps field, once the page has filled it with the model's default."""
-    field = _visible(page, "input[aria-label='Sampling steps (0: model default)']")
-    page.wait_for_function("el => el.value !== '' && el.value !== '0'", arg=field.element_handle())
-    return field
-
-
 def test_txt2img_generate_with_ctrl_enter_and_reopen(page):
-    _steps_field(page)
-    prompt = _visible(page, ".ldm-prompt textarea")
+    steps_field(page)
+    prompt = visible(page, ".ldm-prompt textarea")
     prompt.fill(TXT2IMG_PROMPT)
     prompt.press("Control+Enter")                                   # the keyboard shortcut generates
-    info = _visible(page, ".ldm-info textarea")
+    info = visible(page, ".ldm-info textarea")
     page.wait_for_function("el => /Seed: \\d+/.test(el.value)", arg=info.element_handle(), timeout=TIMEOUT_MS)
     text = info.input_value()
     assert text.startswith(TXT2IMG_PROMPT)
-    image = _fetch_image(page, _visible(page, ".ldm-gallery img").get_attribute("src"))
+    image = fetch_image(page, visible(page, ".ldm-gallery img").get_attribute("src"))
     assert image.size == (64, 64) and image.info["parameters"] == text.split("\n\n")[0]
     _screenshot(page, "txt2img")
 
     page.reload()                                                    # the job is found again
-    info = _visible(page, ".ldm-info textarea")
+    info = visible(page, ".ldm-info textarea")
     page.wait_for_function("el => /Seed: \\d+/.test(el.value)", arg=info.element_handle(), timeout=TIMEOUT_MS)
     assert info.input_value() == text
 
 
 def test_esc_interrupts(page):
-    _steps_field(page).fill("500")
-    prompt = _visible(page, ".ldm-prompt textarea")
+    steps_field(page).fill("500")
+    prompt = visible(page, ".ldm-prompt textarea")
     prompt.fill("a long job")
     prompt.press("Control+Enter")
-    info = _visible(page, ".ldm-info textarea")
+    info = visible(page, ".ldm-info textarea")
     page.wait_for_function("el => /sample \\d+ of 500/.test(el.value)", arg=info.element_handle(),
                            timeout=TIMEOUT_MS)
     page.keyboard.press("Escape")
@@ -121,18 +63,9 @@ def test_esc_interrupts(page):
 
 def test_inpaint_a_mask_drawn_with_the_mouse(page, tmp_path):
     source = shapes_image(tmp_path / "scene.png", 128)          # a red circle in the centre
-    _open_tab(page, "Inpaint")
-    editor = _visible(page, ".ldm-inpaint-editor")
-    empty = editor.get_by_text("Upload an image")
-    empty.wait_for()
-    editor.locator("canvas").first.wait_for(state="attached")       # the editor is ready for a file
-    for _ in range(3):                     # an upload before the editor is ready is dropped: retry
-        editor.locator("input[type=file]").set_input_files(str(source))
-        try:
-            empty.wait_for(state="hidden", timeout=5_000)
-            break
-        except PlaywrightTimeout:
-            pass
+    open_tab(page, "Inpaint")
+    upload_to_editor(page, source)
+    editor = visible(page, ".ldm-inpaint-editor")
     page.wait_for_timeout(500)                                       # the canvas draws the image
     box = editor.locator("canvas").first.bounding_box()
     # A horizontal stroke through the middle of the canvas, where the (centred) image is.
@@ -141,12 +74,12 @@ def test_inpaint_a_mask_drawn_with_the_mouse(page, tmp_path):
     page.mouse.down()
     page.mouse.move(cx + 40, cy, steps=4)        # few events: each one redraws the canvas in software
     page.mouse.up()
-    _visible(page, ".ldm-prompt textarea").fill("a small blue star at the top left and a large green circle "
+    visible(page, ".ldm-prompt textarea").fill("a small blue star at the top left and a large green circle "
                                                 "in the center on a white background")
-    _visible(page, "button.ldm-generate").click()
-    info = _visible(page, ".ldm-info textarea")
+    visible(page, "button.ldm-generate").click()
+    info = visible(page, ".ldm-info textarea")
     page.wait_for_function("el => /Seed: \\d+/.test(el.value)", arg=info.element_handle(), timeout=TIMEOUT_MS)
-    result = _fetch_image(page, _visible(page, ".ldm-gallery img").get_attribute("src")).convert("RGB")
+    result = fetch_image(page, visible(page, ".ldm-gallery img").get_attribute("src")).convert("RGB")
     assert result.size == (128, 128)
     diff = np.abs(np.asarray(result, dtype=int) - np.asarray(Image.open(source).convert("RGB"), dtype=int)).mean(-1)
     centre = diff[62:66, 60:68].mean()                              # under the stroke
@@ -158,13 +91,13 @@ def test_inpaint_a_mask_drawn_with_the_mouse(page, tmp_path):
 
 def test_upscale_4x(page, tmp_path):
     source = shapes_image(tmp_path / "small.png", 64, crop=(64, 48))
-    _open_tab(page, "Upscale")
-    _visible(page, ".ldm-upscale-image").locator("input[type=file]").set_input_files(str(source))
+    open_tab(page, "Upscale")
+    visible(page, ".ldm-upscale-image").locator("input[type=file]").set_input_files(str(source))
     page.get_by_text(re.compile(r"64x48 -> 256x192")).wait_for()    # the plan shows before running
-    _visible(page, "button.ldm-generate").click()
-    link = _visible(page, ".ldm-upscale-download a")
+    visible(page, "button.ldm-generate").click()
+    link = visible(page, ".ldm-upscale-download a")
     link.wait_for()
-    result = _fetch_image(page, link.get_attribute("href"))
+    result = fetch_image(page, link.get_attribute("href"))
     assert result.size == (256, 192)
     page.wait_for_timeout(300)
     _screenshot(page, "upscale")
@@ -172,7 +105,7 @@ def test_upscale_4x(page, tmp_path):
 
 def test_train_loss_curve_then_stop(page, client, app_server):
     name = f"browser-{time.strftime('%H%M%S')}"
-    _open_tab(page, "Train")
+    open_tab(page, "Train")
     page.get_by_label("tiny", exact=True).check()
     page.get_by_label("Image size (px)", exact=True).fill("32")
     # Far more steps than the test lasts (a metrics line every 10): the run must still be running when
@@ -180,8 +113,8 @@ def test_train_loss_curve_then_stop(page, client, app_server):
     page.get_by_label("Steps", exact=True).fill("2000")
     page.get_by_label("Batch size", exact=True).fill("2")
     page.get_by_label("Run name (optional)", exact=True).fill(name)
-    _visible(page, "button.ldm-train-start").click()
-    status = _visible(page, ".ldm-run-status")
+    visible(page, "button.ldm-train-start").click()
+    status = visible(page, ".ldm-run-status")
     try:
         status.get_by_text(re.compile(f"{name}\\W*: running")).wait_for()
         # The loss curve gets points as the trainer writes metrics.jsonl (refreshed by a gr.Timer).
@@ -189,11 +122,11 @@ def test_train_loss_curve_then_stop(page, client, app_server):
         points.nth(1).wait_for(state="attached", timeout=180_000)
         page.evaluate("window.scrollTo(0, 0)")
         _screenshot(page, "train")
-        _visible(page, "button.ldm-train-stop").click()
+        visible(page, "button.ldm-train-stop").click()
         status.get_by_text(re.compile(f"{name}\\W*: stopped")).wait_for(timeout=TIMEOUT_MS)
         # "Use this model": the run is exported to weights/ and offered where it can be used.
-        _visible(page, "button.ldm-train-use").click()
-        exported = _visible(page, ".ldm-exported textarea, .ldm-exported input")
+        visible(page, "button.ldm-train-use").click()
+        exported = visible(page, ".ldm-exported textarea, .ldm-exported input")
         page.wait_for_function("el => el.value.endsWith('.safetensors')", arg=exported.element_handle())
         assert (app_server.weights / f"{name}.safetensors").is_file()
     finally:
@@ -204,13 +137,13 @@ def test_train_loss_curve_then_stop(page, client, app_server):
 def test_png_info_reads_a_generated_image(page, client):
     gallery, _, _ = client.predict("three yellow stars", seed=77, api_name="/txt2img")
     made = gallery[0]["image"] if isinstance(gallery[0], dict) else gallery[0]
-    _open_tab(page, "PNG info")
-    _visible(page, ".ldm-png-info-image").locator("input[type=file]").set_input_files(str(made))
-    text = _visible(page, ".ldm-png-info-text textarea")
+    open_tab(page, "PNG info")
+    visible(page, ".ldm-png-info-image").locator("input[type=file]").set_input_files(str(made))
+    text = visible(page, ".ldm-png-info-text textarea")
     page.wait_for_function("el => /Seed: 77/.test(el.value)", arg=text.element_handle(), timeout=TIMEOUT_MS)
     page.wait_for_timeout(700)                                       # the outputs stop fading in
     _screenshot(page, "png_info")
     page.get_by_role("button", name="Send to text to image").click()     # reuse the parameters
-    prompt = _visible(page, ".ldm-prompt textarea")
+    prompt = visible(page, ".ldm-prompt textarea")
     page.wait_for_function("el => el.value === 'three yellow stars'", arg=prompt.element_handle())
-    assert _visible(page, "input[aria-label='Seed (-1: random)']").input_value() == "77"
+    assert visible(page, "input[aria-label='Seed (-1: random)']").input_value() == "77"

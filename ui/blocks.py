@@ -5,7 +5,6 @@ that crosses tabs ("send to inpaint", refreshing every model picker after traini
 generation shares one queue slot on the device (concurrency_id "device", limit 1), so other users
 wait with their queue position shown.
 """
-from functools import partial
 from pathlib import Path
 
 import gradio as gr
@@ -13,34 +12,16 @@ from PIL import Image
 
 from ui import img2img, inpaint, png_info, train, txt2img, upscale
 from ui.controls import picker_update
+from ui.follow import job_memory
 from ui.keyboard import KEYBOARD_JS
+from ui.result_view import FIT_JS
+from ui.send import wire_sends
 from ui.settings import AppSettings
 from ui.studio import Studio, models_banner
 
 CSS = """
 .ldm-generate { min-height: 72px; }
 """
-
-
-def _gallery_image(images, index) -> str | None:
-    """The gallery image at `index` (the one clicked last), as a file path."""
-    if not images:
-        raise ValueError("Generate an image first.")
-    item = images[min(int(index or 0), len(images) - 1)]
-    if isinstance(item, (list, tuple)):
-        item = item[0]
-    if isinstance(item, dict):
-        item = item.get("image", {}).get("path") if isinstance(item.get("image"), dict) else item.get("path")
-    return str(item)
-
-
-def send_to_editor(images, index):
-    path = _gallery_image(images, index)
-    return {"background": path, "layers": [], "composite": path}
-
-
-def send_to_image(tab: str, images, index):
-    return _gallery_image(images, index), gr.Tabs(selected=tab)
 
 
 def build_app(settings: AppSettings | None = None) -> gr.Blocks:
@@ -51,35 +32,25 @@ def build_app(settings: AppSettings | None = None) -> gr.Blocks:
     with gr.Blocks(title="LDM Studio", analytics_enabled=False) as demo:
         banner = gr.Markdown(models_banner(studio), elem_classes=["ldm-banner"])
         train.build_notice(studio, demo)            # "Training X in the background ... Stop training"
+        # Each tab's last job id, kept in localStorage. Outside the tabs: a BrowserState inside a tab
+        # that is not showing is never mounted, so a reload would not read it back.
+        jobs = {tab: job_memory(tab) for tab in ("txt2img", "img2img", "inpaint", "upscale")}
         with gr.Tabs() as tabs:
             with gr.Tab("Text to image", id="txt2img"):
-                t2i = txt2img.build(studio, demo)
+                t2i = txt2img.build(studio, demo, jobs["txt2img"])
             with gr.Tab("Image to image", id="img2img"):
-                i2i = img2img.build(studio, demo)
+                i2i = img2img.build(studio, demo, jobs["img2img"])
             with gr.Tab("Inpaint", id="inpaint"):
-                inp = inpaint.build(studio, demo)
+                inp = inpaint.build(studio, demo, jobs["inpaint"])
             with gr.Tab("Upscale", id="upscale"):
-                up = upscale.build(studio, demo)
+                up = upscale.build(studio, demo, jobs["upscale"])
             with gr.Tab("Train", id="train"):
                 tr = train.build(studio, demo)
             with gr.Tab("PNG info", id="png_info"):
                 info = png_info.build(studio)
 
-        # "Send to": the clicked gallery image goes to another tab, which is shown.
-        source = [t2i.results.gallery, t2i.results.selected]
-        # The editor takes an image only once its tab is showing (its canvas is drawn lazily).
-        t2i.to_inpaint.click(lambda: gr.Tabs(selected="inpaint"), outputs=tabs, api_visibility="private").then(
-            send_to_editor, inputs=source, outputs=[inp.editor], api_visibility="private")
-        t2i.to_img2img.click(partial(send_to_image, "img2img"), inputs=source, outputs=[i2i.image, tabs],
-                             api_visibility="private")
-        t2i.to_upscale.click(partial(send_to_image, "upscale"), inputs=source, outputs=[up.image, tabs],
-                             api_visibility="private")
-        info.send.click(png_info.to_txt2img, inputs=[info.fields],
-                        outputs=[t2i.prompt, t2i.negative_prompt, t2i.controls.sampler, t2i.controls.karras,
-                                 t2i.controls.steps, t2i.controls.guidance_scale, t2i.controls.seed,
-                                 t2i.controls.width, t2i.controls.height],
-                        api_visibility="private").then(lambda: gr.Tabs(selected="txt2img"), outputs=tabs,
-                                                       api_visibility="private")
+        # "Send to": a picture and its parameters go to another tab, which is shown.
+        wire_sends(studio, tabs, t2i, i2i, inp, up, info)
 
         # A new model in weights/ (a training run exported, a file copied in): every picker and the
         # note at the top are read again, on page load and after "Use this model".
@@ -105,7 +76,11 @@ def launch_options(settings: AppSettings) -> dict:
     return dict(server_name=settings.host, server_port=settings.port, share=settings.share,
                 auth=list(settings.auth) or None, max_file_size=f"{settings.max_upload_mb}mb",
                 allowed_paths=[str(outputs), str(Path(settings.runs_dir).resolve())],
-                js=KEYBOARD_JS, css=CSS, footer_links=["api"], show_error=True, inbrowser=False)
+                js=f"() => {{ ({KEYBOARD_JS})(); ({FIT_JS})(); }}", css=CSS, footer_links=["api"],
+                show_error=True, inbrowser=False,
+                # Gradio's own lines ("set `share=True` in `launch()`") name its API, not our flags:
+                # startup_report says where to open and how to share; a share link is still printed.
+                quiet=not settings.share)
 
 
 def startup_report(settings: AppSettings) -> str:
@@ -120,4 +95,6 @@ def startup_report(settings: AppSettings) -> str:
     host = "127.0.0.1" if settings.host == "0.0.0.0" else settings.host
     lines.append(f"open http://{host}:{settings.port}" + (" (also on your network: --listen)"
                                                            if settings.host == "0.0.0.0" else ""))
+    if not settings.share:
+        lines.append("  a public link for others: start with --share (a login is generated and printed)")
     return "\n".join(lines)

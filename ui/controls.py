@@ -17,15 +17,22 @@ SAMPLER_CHOICES = [(label, key) for key, label in SAMPLER_DISPLAY_NAMES.items()]
 MAX_BATCH = 8
 
 
+def name_dropdown(*args, **kwargs) -> gr.Dropdown:
+    """A Dropdown that takes names beyond its choices and whose API schema says "a string" rather
+    than listing the choices of start-up: the model pickers (a model exported after start-up is
+    not in them) and the sampler (display names such as "DPM++ 2M Karras" as well as the keys).
+    The handler checks the name and lists the valid ones."""
+    dropdown = gr.Dropdown(*args, allow_custom_value=True, **kwargs)
+    dropdown.api_info = lambda: {"type": "string"}
+    return dropdown
+
+
 def model_picker(studio: Studio, tab: str, label: str = "Model") -> tuple[gr.Dropdown, gr.Button]:
     choices = studio.models.choices(tab)
     with gr.Row(equal_height=True):
-        # allow_custom_value: a model exported after start-up is not in the build-time choices, and the
-        # handler names the valid ones when a name is wrong.
-        picker = gr.Dropdown(choices=choices, value=choices[0][1] if choices else None, label=label, scale=5,
-                             allow_custom_value=True,
-                             info=None if choices else "none found: see the note at the top of the page",
-                             elem_classes=["ldm-model-picker"])
+        picker = name_dropdown(choices=choices, value=choices[0][1] if choices else None, label=label, scale=5,
+                               info=None if choices else "none found: see the note at the top of the page",
+                               elem_classes=["ldm-model-picker"])
         refresh = gr.Button("↻", scale=0, min_width=44, size="sm", elem_classes=["ldm-refresh"])
     return picker, refresh
 
@@ -55,6 +62,11 @@ class SamplingControls:
         names = ("sampler", "karras", "steps", "guidance_scale", "seed", "width", "height", "batch_count")
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
+    def receives(self) -> dict:
+        """Field name (ui.send.FIELDS) -> component, for "Send to"."""
+        names = ("sampler", "karras", "steps", "guidance_scale", "seed", "width", "height")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
     def default_outputs(self) -> list:
         """The components `model_defaults` fills, in its order."""
         return [self.sampler, self.karras, self.steps, self.guidance_scale] + \
@@ -64,8 +76,8 @@ class SamplingControls:
 def sampling_controls(size: bool = True, batch: bool = True, size_zero: str = "model default") -> SamplingControls:
     """The sampling fields; width/height (when `size`) say what 0 means with `size_zero`."""
     with gr.Row():
-        sampler = gr.Dropdown(SAMPLER_CHOICES, value=None, label="Sampling method", scale=3,
-                              info="empty: the model's default")
+        sampler = name_dropdown(SAMPLER_CHOICES, value=None, label="Sampling method", scale=3,
+                                info="empty: the model's default")
         karras = gr.Checkbox(value=False, label="Karras schedule", scale=1,
                              info="sigma samplers (Euler, DPM++ ...)")
     with gr.Row():

@@ -13,13 +13,18 @@ from ui.jobs import JobRunner, JobState
 
 
 def info_text(state: JobState) -> str:
+    """What the info box says: the parameters of each image when done, else what is happening;
+    then the pipeline's warnings, one "Note:" line each."""
     if state.status == "done":
-        return "\n\n".join(state.infotexts) or "done"
-    if state.status == "failed":
-        return f"Failed: {state.error}"
-    if state.status == "interrupted":
-        return f"Interrupted ({state.error or state.message})."
-    return f"{state.message} ({state.fraction:.0%})" if state.fraction else state.message
+        text = "\n\n".join(state.infotexts) or "done"
+    elif state.status == "failed":
+        text = f"Failed: {state.error}"
+    elif state.status == "interrupted":
+        why = f"Interrupted ({state.error})." if state.error else f"{state.message[:1].upper()}{state.message[1:]}."
+        text = "\n\n".join([why] + state.infotexts)
+    else:
+        text = f"{state.message} ({state.fraction:.0%})" if state.fraction else state.message
+    return "\n".join([text] + [f"Note: {w}" for w in state.warnings])
 
 
 def gallery_value(state: JobState) -> list:
@@ -31,10 +36,13 @@ def gallery_value(state: JobState) -> list:
 def follow(runner: JobRunner, job_id: str, progress: gr.Progress | None = None) -> Iterator[JobState]:
     """Yield the job's states until it ends; a failed job raises ValueError with its message (the
     handler's user_errors turns it into gr.Error), an interrupted one shows a warning."""
-    state = None
+    state, warned = None, 0
     for state in runner.follow(job_id):
         if progress is not None and not state.done:
             progress(state.fraction, desc=state.message)
+        for text in state.warnings[warned:]:             # each pipeline warning once, as a toast
+            gr.Warning(text)
+        warned = len(state.warnings)
         yield state
     if state is None:
         raise ValueError(f"Unknown job {job_id!r}.")

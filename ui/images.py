@@ -1,16 +1,20 @@
-"""Images in and out of the app: uploads opened safely, masks read off the drawing canvas, results
-saved under outputs/<date>/ without ever overwriting a file.
+"""Images in and out of the app: upload components that refuse non-pictures in words, uploads
+opened safely, masks read off the drawing canvas, results saved under outputs/<date>/ without ever
+overwriting a file.
 
 No model math here: only decoding, size checks, and the PNG files people keep.
 """
 import time
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from core import pipelines
+from core.pipelines.outputs import reserve_output
 from core.samplers import SamplingInterrupted
+from ui.jobs import JobInterrupted
 
 
 def open_image(path: str | Path | Image.Image | None, max_side: int, what: str = "image") -> Image.Image:
@@ -31,11 +35,45 @@ def open_image(path: str | Path | Image.Image | None, max_side: int, what: str =
         if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
             im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
         return im.convert("RGB")
-    except Image.DecompressionBombError:
-        raise ValueError(f"The {what} declares more pixels than this app accepts "
-                         f"(at most {max_side}x{max_side}); it was refused before decoding.") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise ValueError(f"The {what} could not be read as an image ({err}).") from None
+    except (Image.DecompressionBombError, UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ValueError(refusal(err, what)) from None
+
+
+def refusal(err: Exception, what: str = "image") -> str:
+    """Why an upload cannot be used, in words (never the server's temporary path)."""
+    if isinstance(err, Image.DecompressionBombError):
+        return (f"The {what} declares more pixels than this app accepts (--max-size); it was refused "
+                "before decoding.")
+    if isinstance(err, UnidentifiedImageError):
+        return f"The {what} could not be read as an image: the file is not a picture (PNG, JPEG, WebP ...)."
+    return f"The {what} could not be read as an image ({type(err).__name__}: the file is damaged or not a picture)."
+
+
+def _refusing(preprocess, payload):
+    """Gradio's preprocessing of an upload, with a file that is not a picture refused in words."""
+    try:
+        return preprocess(payload)
+    except (Image.DecompressionBombError, OSError, SyntaxError, ValueError) as err:
+        raise gr.Error(refusal(err, "uploaded file"), print_exception=False) from None
+
+
+def image_input(**kwargs) -> gr.Image:
+    """gr.Image whose upload, when it is not a picture, is refused in one sentence (Gradio's own
+    preprocessing answers "Could not preprocess input component ... UnidentifiedImageError" with a
+    temporary path). The instance's preprocess is wrapped: a subclass would make Gradio write a
+    .pyi file beside this module at import."""
+    return _refuse_non_pictures(gr.Image(**kwargs))
+
+
+def image_mask_input(**kwargs) -> gr.ImageMask:
+    """gr.ImageMask with image_input's refusal of files that are not pictures."""
+    return _refuse_non_pictures(gr.ImageMask(**kwargs))
+
+
+def _refuse_non_pictures(component):
+    preprocess = component.preprocess
+    component.preprocess = lambda payload: _refusing(preprocess, payload)
+    return component
 
 
 def mask_from_layers(layers: list, size: tuple[int, int]) -> Image.Image:
@@ -65,20 +103,9 @@ def mask_from_upload(image: Image.Image, size: tuple[int, int]) -> Image.Image:
 
 
 def save_output(image: Image.Image, infotext: str, outputs_dir: Path, seed: int | None = None) -> Path:
-    """Save under outputs/<YYYY-MM-DD>/NNNNN-<seed>.png with the parameters in the PNG; the number is
-    the next free one and the file is created exclusively, so nothing is ever overwritten."""
-    folder = Path(outputs_dir).resolve() / time.strftime("%Y-%m-%d")
-    folder.mkdir(parents=True, exist_ok=True)
-    numbers = [int(p.name[:5]) for p in folder.glob("*.png") if p.name[:5].isdigit()]
-    number = max(numbers, default=-1) + 1
-    suffix = f"-{seed}" if seed is not None else ""
-    while True:
-        path = folder / f"{number:05d}{suffix}.png"
-        try:
-            with open(path, "xb"):          # reserve the name; a second writer gets the next number
-                break
-        except FileExistsError:
-            number += 1
+    """Save under outputs/<YYYY-MM-DD>/NNNNN-<seed>.png with the parameters in the PNG; the name is
+    the next free number, created exclusively (core.pipelines.outputs), so nothing is overwritten."""
+    path = reserve_output(Path(outputs_dir).resolve() / time.strftime("%Y-%m-%d"), seed)
     pipelines.save_png(image, path, infotext)
     return path
 
@@ -93,13 +120,20 @@ def save_images(images: list[Image.Image], outputs_dir: Path) -> list[tuple[str,
     return saved
 
 
-def run_and_save(generate, outputs_dir: Path) -> list[tuple[str, str]]:
+def run_and_save(generate, outputs_dir: Path, job_folder: Path) -> list[tuple[str, str]]:
     """Run `generate()` (a core.pipelines call returning images) and save what it made. When it is
-    interrupted, the images finished before the stop (SamplingInterrupted.images) are saved too and
-    ride on the exception (`.saved`) to the job record."""
+    interrupted, the images finished before the stop are saved as usual, the interrupted ones (the
+    model's estimate at that step) in the job's folder, and JobInterrupted carries them to the job."""
     try:
         images = generate()
     except SamplingInterrupted as stop:
-        stop.saved = save_images(getattr(stop, "images", None) or [], outputs_dir)
-        raise
+        note = f"Interrupted at step {stop.step} of {stop.total}"
+        partial = []
+        for k, image in enumerate(stop.partial):
+            path = Path(job_folder) / f"partial-{k}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            image.save(path)
+            partial.append((str(path), f"{note}: the model's estimate of the clean image at that step "
+                                       "(not saved in outputs/)."))
+        raise JobInterrupted(save_images(stop.images, outputs_dir) + partial, note.lower()) from None
     return save_images(images, outputs_dir)

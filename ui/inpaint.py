@@ -14,9 +14,10 @@ from PIL import Image, UnidentifiedImageError
 from core import pipelines
 from ui.controls import check_batch, model_picker, optional_int, prompt_row, results_panel, sampling_controls
 from ui.errors import user_errors
-from ui.follow import follow, job_memory, gallery_value, info_text, pipeline_progress, resume
-from ui.images import mask_from_layers, mask_from_upload, open_image, run_and_save
-from ui.img2img import check_strength
+from ui.follow import follow, gallery_value, info_text, pipeline_progress, resume
+from ui.images import (image_input, image_mask_input, mask_from_layers, mask_from_upload, open_image, refusal,
+                       run_and_save)
+from core.samplers import check_strength
 from ui.studio import Studio
 from ui.txt2img import interrupt, sampling_options, wire_model_controls
 
@@ -50,7 +51,7 @@ def _open_mask(path: str, max_side: int) -> Image.Image:
             im.load()
             return im.convert("RGBA") if "A" in im.getbands() or "transparency" in im.info else im.convert("L")
     except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"The mask could not be read as an image ({err}).") from None
+        raise ValueError(refusal(err, "mask")) from None
 
 
 @user_errors
@@ -68,7 +69,7 @@ def inpaint(studio: Studio, prompt: str, image: dict | None = None, mask: str | 
     entry = studio.models.entry(TAB, model)
     init, painted = image_and_mask(image, mask, studio.settings.max_side)
     options = sampling_options(sampler, karras, steps, guidance_scale, seed)
-    n, strength = check_batch(batch_count), check_strength(strength)
+    n, strength = check_batch(batch_count), check_strength(float(strength))
     size = dict(width=optional_int(width, "Width"), height=optional_int(height, "Height"))
 
     def work(job):
@@ -79,23 +80,24 @@ def inpaint(studio: Studio, prompt: str, image: dict | None = None, mask: str | 
                                                       masked_content=masked_content, strength=strength, n=n,
                                                       **size, **options, callback=pipeline_progress(job),
                                                       should_stop=job.should_stop),
-                            studio.settings.outputs_dir)
+                            studio.settings.outputs_dir, job.folder)
 
     job = studio.jobs.submit(TAB, work)
     for state in follow(studio.jobs, job.id, progress):
         yield gallery_value(state), info_text(state), state.id
 
 
-def build(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
+def build(studio: Studio, demo: gr.Blocks, job: gr.BrowserState) -> SimpleNamespace:
     row = prompt_row(button="Inpaint")
     with gr.Row():
         with gr.Column(scale=1):
-            editor = gr.ImageMask(type="pil", format="png", image_mode="RGBA", label="Image: paint what to redraw",
-                                  sources=["upload", "clipboard"], height=420, layers=False, transforms=(),
-                                  brush=gr.Brush(default_size=24, colors=["#ffffff"], color_mode="fixed"),
-                                  eraser=gr.Eraser(default_size=24), elem_classes=["ldm-inpaint-editor"])
+            editor = image_mask_input(type="pil", format="png", image_mode="RGBA", label="Image: paint what to redraw",
+                                      sources=["upload", "clipboard"], height=420, layers=False, transforms=(),
+                                      brush=gr.Brush(default_size=24, colors=["#ffffff"], color_mode="fixed"),
+                                      eraser=gr.Eraser(default_size=24), elem_classes=["ldm-inpaint-editor"])
             with gr.Accordion("Upload a mask instead (white = repaint)", open=False):
-                mask = gr.Image(type="filepath", image_mode=None, label="Mask", sources=["upload"], height=200)
+                mask = image_input(type="filepath", image_mode=None, label="Mask", sources=["upload"], height=200,
+                                   elem_classes=["ldm-inpaint-mask"])
             picker, refresh = model_picker(studio, TAB)
             with gr.Row():
                 mask_blur = gr.Slider(0, 64, value=4, step=1, label="Mask blur")
@@ -107,7 +109,6 @@ def build(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
             controls = sampling_controls(size_zero="the picture's size")
         with gr.Column(scale=1):
             results = results_panel(label="Result")
-    job = job_memory("inpaint")
 
     gr.on([row.generate.click], partial(inpaint, studio),
           inputs_kwargs={"prompt": row.prompt, "image": editor, "mask": mask, "negative_prompt": row.negative_prompt,
@@ -120,4 +121,6 @@ def build(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
     wire_model_controls(studio, demo, TAB, picker, refresh, controls, job)
     demo.load(partial(resume, studio.jobs), inputs=[job], outputs=[results.gallery, results.info],
               api_visibility="private")
-    return SimpleNamespace(picker=picker, editor=editor, results=results)
+    receives = dict(prompt=row.prompt, negative_prompt=row.negative_prompt, model=picker, **controls.receives(),
+                    strength=strength)
+    return SimpleNamespace(picker=picker, editor=editor, results=results, receives=receives)

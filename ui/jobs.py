@@ -18,7 +18,9 @@ import threading
 import time
 import traceback
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +28,14 @@ from core.samplers import SamplingInterrupted
 
 FINISHED = ("done", "failed", "interrupted")
 KEPT_IN_MEMORY = 200        # finished jobs beyond this are forgotten in memory (their job.json stays)
+
+
+class JobInterrupted(Exception):
+    """A job stopped by Interrupt: `saved` = [(path, infotext)] of what it made before the stop."""
+
+    def __init__(self, saved: list[tuple[str, str]], message: str):
+        super().__init__(message)
+        self.saved = saved
 
 
 class JobError(Exception):
@@ -42,6 +52,7 @@ class JobState:
     images: list[str] = field(default_factory=list)       # saved output files (PNG, parameters inside)
     infotexts: list[str] = field(default_factory=list)    # one "parameters" text per image
     extra: dict = field(default_factory=dict)      # job-specific facts (input image, tiles, seconds per step)
+    warnings: list[str] = field(default_factory=list)     # what the pipeline warned about (ignored words ...)
     error: str | None = None
     created: float = field(default_factory=time.time)
     started: float | None = None
@@ -148,10 +159,12 @@ class JobRunner:
         if state is not None:
             yield state
 
-    def interrupt(self, job_id: str | None = None) -> bool:
-        """Ask a job to stop after its current step (no id: the running one). True if one was asked."""
+    def interrupt(self, job_id: str) -> bool:
+        """Ask job `job_id` to stop after its current step; "all" asks every queued and running job
+        (an explicit request only: an empty id stops nothing, so one user's Esc never stops another
+        user's job). True if one was asked."""
         with self._changed:
-            ids = [job_id] if job_id else [i for i, s in self._jobs.items() if s.status == "running"]
+            ids = list(self._jobs) if job_id == "all" else [job_id] if job_id else []
             asked = False
             for i in ids:
                 state, context = self._jobs.get(i), self._contexts.get(i)
@@ -179,13 +192,16 @@ class JobRunner:
             return
         self._update(state, status="running", message="loading the model", started=time.time())
         try:
-            results = work(context)
+            with self._warnings_into(state):
+                results = work(context)
             self._update(state, status="done", message="done", images=[str(p) for p, _ in results],
                          infotexts=[t for _, t in results], fraction=1.0, finished=time.time())
-        except SamplingInterrupted as stop:
-            saved = getattr(stop, "saved", [])             # images finished before the stop, if any
+        except JobInterrupted as stop:
+            self._update(state, status="interrupted", message=str(stop), images=[str(p) for p, _ in stop.saved],
+                         infotexts=[t for _, t in stop.saved], finished=time.time())
+        except SamplingInterrupted as stop:            # work that saves nothing (run_and_save not used)
             self._update(state, status="interrupted", message=f"interrupted after step {stop.step} of {stop.total}",
-                         images=[str(p) for p, _ in saved], infotexts=[t for _, t in saved], finished=time.time())
+                         finished=time.time())
         except (JobError, ValueError) as err:
             self._update(state, status="failed", error=str(err), message="failed", finished=time.time())
         except Exception as err:               # anything else: the log gets the traceback, the user a sentence
@@ -200,6 +216,22 @@ class JobRunner:
                 finished = [i for i, s in self._jobs.items() if s.done]
                 for old in finished[:max(0, len(finished) - KEPT_IN_MEMORY)]:
                     del self._jobs[old]
+
+    @contextmanager
+    def _warnings_into(self, state: JobState):
+        """Record the warnings raised on this (the worker) thread into the job as they happen; they
+        still reach the server log. Other threads' warnings pass through untouched."""
+        worker, shown = threading.current_thread(), warnings.showwarning
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+
+            def show(message, category, filename, lineno, file=None, line=None):
+                text = str(message)
+                if threading.current_thread() is worker and text not in state.warnings:
+                    self._update(state, warnings=state.warnings + [text])
+                shown(message, category, filename, lineno, file, line)
+            warnings.showwarning = show
+            yield
 
     # ---- state changes ----------------------------------------------------------------------------
     def _update(self, state: JobState, **changes) -> None:

@@ -1,5 +1,5 @@
 """The PNG info tab: drop an image made by this app (or by AUTOMATIC1111) to read its parameters,
-and send them to Text to image."""
+and send them (with the picture) to Text to image, Image to image or Inpaint (ui/send.py)."""
 from functools import partial
 from types import SimpleNamespace
 
@@ -8,7 +8,7 @@ from PIL import Image
 
 from core import pipelines
 from ui.errors import user_errors
-from ui.images import open_image
+from ui.images import image_input, open_image
 from ui.studio import Studio
 
 
@@ -24,23 +24,23 @@ def png_info(studio: Studio, image: str | None = None) -> tuple[str, dict]:
     return str(text), pipelines.parse_infotext(str(text))
 
 
-def to_txt2img(params: dict | None) -> list:
-    """Parsed parameters -> values for Text to image (prompt, negative, sampler, karras, steps, CFG,
-    seed, width, height); fields the image does not have are left unchanged."""
-    params = params or {}
-    keys = ("prompt", "negative_prompt", "sampler", "karras", "steps", "guidance_scale", "seed", "width", "height")
-    return [params[k] if k in params else gr.skip() for k in keys]
-
-
 def build(studio: Studio) -> SimpleNamespace:
     with gr.Row():
         with gr.Column():
-            image = gr.Image(type="filepath", image_mode=None, label="PNG made by LDM Studio or AUTOMATIC1111",
-                             sources=["upload", "clipboard"], height=360, elem_classes=["ldm-png-info-image"])
+            image = image_input(type="filepath", image_mode=None, label="PNG made by LDM Studio or AUTOMATIC1111",
+                                sources=["upload", "clipboard"], height=360, elem_classes=["ldm-png-info-image"])
         with gr.Column():
             text = gr.Textbox(label="Parameters", lines=6, interactive=False, elem_classes=["ldm-png-info-text"])
-            fields = gr.JSON(label="Fields")
-            send = gr.Button("Send to text to image")
-    image.upload(partial(png_info, studio), inputs=[image], outputs=[text, fields], api_name="png_info",
-                 concurrency_limit=None)
-    return SimpleNamespace(image=image, text=text, fields=fields, send=send)
+            fields = gr.JSON(label="Fields", elem_classes=["ldm-png-info-fields"])
+            with gr.Row():
+                send = gr.Button("Send to text to image")
+                to_img2img = gr.Button("Send to image to image")
+                to_inpaint = gr.Button("Send to inpaint")
+    # A new picture first clears what the last one said, so a file without parameters (or not an
+    # image) never leaves another picture's settings to be sent; the error says why.
+    image.clear(lambda: ("", None), outputs=[text, fields], api_visibility="private", queue=False)
+    image.upload(lambda: ("", None), outputs=[text, fields], api_visibility="private", queue=False).then(
+        partial(png_info, studio), inputs=[image], outputs=[text, fields], api_name="png_info",
+        concurrency_limit=None)
+    return SimpleNamespace(image=image, text=text, fields=fields, send=send, to_img2img=to_img2img,
+                           to_inpaint=to_inpaint)

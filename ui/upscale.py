@@ -12,8 +12,8 @@ from core import pipelines
 from core.pipelines.upscale import MAX_BACK_PROJECTION, scaled_size
 from ui.controls import model_picker, optional_float, optional_int, picker_update, prompt_row, seed_value
 from ui.errors import user_errors
-from ui.follow import follow, job_memory, info_text, pipeline_progress
-from ui.images import open_image, run_and_save
+from ui.follow import follow, info_text, pipeline_progress
+from ui.images import image_input, open_image, run_and_save
 from ui.jobs import JobState
 from ui.studio import Studio
 from ui.txt2img import interrupt
@@ -149,7 +149,7 @@ def _model_work(studio: Studio, entry, low, plan, options: dict, prompt: str, ne
         return [pipelines.upscale(m, low, prompt=prompt, negative_prompt=negative_prompt, **options,
                                   callback=pipeline_progress(job), should_stop=job.should_stop)]
 
-    images = run_and_save(generate, studio.settings.outputs_dir)
+    images = run_and_save(generate, studio.settings.outputs_dir, job.folder)
     job.note(seconds_per_unet_pixel_step=(time.monotonic() - started) / plan.unet_pixel_steps)
     return images
 
@@ -157,7 +157,7 @@ def _model_work(studio: Studio, entry, low, plan, options: dict, prompt: str, ne
 def _lanczos_work(studio: Studio, low, scale: float, job):
     result = pipelines.lanczos(low, scale, max_side=studio.settings.max_side)
     _before(job, low, *result.size)
-    return run_and_save(lambda: [result], studio.settings.outputs_dir)
+    return run_and_save(lambda: [result], studio.settings.outputs_dir, job.folder)
 
 
 def resume(studio: Studio, job_id: str | None):
@@ -169,12 +169,12 @@ def resume(studio: Studio, job_id: str | None):
         yield slider_value(state), (state.images[0] if state.images else None), info_text(state)
 
 
-def build(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
+def build(studio: Studio, demo: gr.Blocks, job: gr.BrowserState) -> SimpleNamespace:
     row = prompt_row(button="Upscale")
     with gr.Row():
         with gr.Column(scale=1):
-            image = gr.Image(type="filepath", image_mode=None, label="Image to upscale",
-                             sources=["upload", "clipboard"], height=320, elem_classes=["ldm-upscale-image"])
+            image = image_input(type="filepath", image_mode=None, label="Image to upscale",
+                                sources=["upload", "clipboard"], height=320, elem_classes=["ldm-upscale-image"])
             plan_text = gr.Markdown("Upload an image to see the output size, the number of tiles and an estimated "
                                     "time.", elem_classes=["ldm-upscale-plan"])
             upscaler = gr.Radio([(label, key) for key, label in UPSCALERS.items()], value="model", label="Upscaler",
@@ -195,8 +195,7 @@ def build(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
             slider = gr.ImageSlider(label="Before / after", type="filepath", format="png", max_height=520,
                                     elem_classes=["ldm-upscale-slider"])
             download = gr.File(label="Full-resolution PNG", elem_classes=["ldm-upscale-download"])
-            info = gr.Textbox(label="Parameters", lines=2, interactive=False)
-    job = job_memory("upscale")
+            info = gr.Textbox(label="Parameters", lines=2, interactive=False, elem_classes=["ldm-upscale-info"])
 
     gr.on([row.generate.click], partial(upscale, studio),
           inputs_kwargs={"prompt": row.prompt, "image": image, "negative_prompt": row.negative_prompt,
