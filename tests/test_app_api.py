@@ -13,6 +13,8 @@ from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
+from core.pipelines import read_infotext
+
 from browser_util import bomb_png, sample_image
 from conftest import STEPS
 
@@ -94,6 +96,20 @@ def test_txt2img_bad_inputs_are_plain_errors(client, kwargs, words):
     message = _error(client, "/txt2img", prompt="x", **kwargs)
     assert words.lower() in message.lower(), message
     _still_works(client)
+
+
+def test_txt2img_batch_size_and_hires_fix(client):
+    """Batch count x batch size images, each from its own seed (issue 19 item 11); A1111's hires fix
+    fields on /txt2img (issue 17 §3)."""
+    gallery, _, _ = client.predict("a red circle", seed=50, batch_count=2, batch_size=2, api_name="/txt2img")
+    seeds = [read_infotext(_png(item))["seed"] for item in gallery]
+    assert seeds == [50, 51, 52, 53]
+    gallery, info, _ = client.predict("a red circle", seed=5, enable_hr=True, hr_scale=2, hr_steps=1,
+                                      hr_upscaler="Lanczos", denoising_strength=0.5, api_name="/txt2img")
+    with Image.open(_png(gallery[0])) as im:
+        assert im.size == (128, 128)                               # 64 px model default, x2
+        assert "Hires upscale: 2, Hires steps: 1, Hires upscaler: Lanczos" in im.info["parameters"]
+    assert "--max-size" in _error(client, "/txt2img", prompt="x", enable_hr=True, hr_resize_x=100000)
 
 
 def test_img2img_keeps_the_size(client, tmp_path):

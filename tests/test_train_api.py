@@ -9,7 +9,6 @@ from gradio_client.exceptions import AppError
 
 from core import load_model
 from core.train import train
-from test_browser import browser, page  # noqa: F401  (the Playwright fixtures)
 from tests.test_train_robustness import tiny_ae
 
 

@@ -7,10 +7,12 @@ model is picked (and when the page opens) the fields are filled with that model'
 what is shown is what runs.
 """
 from dataclasses import dataclass
+from functools import partial
 
 import gradio as gr
 
-from core.samplers import SAMPLER_DISPLAY_NAMES
+from core import pipelines
+from core.samplers import SAMPLER_DISPLAY_NAMES, SIGMA_SAMPLERS, sampler_name
 from ui.studio import Studio
 
 SAMPLER_CHOICES = [(label, key) for key, label in SAMPLER_DISPLAY_NAMES.items()]
@@ -56,10 +58,12 @@ class SamplingControls:
     width: gr.Number | None = None
     height: gr.Number | None = None
     batch_count: gr.Slider | None = None
+    batch_size: gr.Slider | None = None
 
     def inputs(self) -> dict:
         """Handler parameter name -> component, for inputs_kwargs."""
-        names = ("sampler", "karras", "steps", "guidance_scale", "seed", "width", "height", "batch_count")
+        names = ("sampler", "karras", "steps", "guidance_scale", "seed", "width", "height", "batch_count",
+                 "batch_size")
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
     def receives(self) -> dict:
@@ -83,7 +87,7 @@ def sampling_controls(size: bool = True, batch: bool = True, size_zero: str = "m
     with gr.Row():
         steps = gr.Number(None, label="Sampling steps (0: model default)", precision=0)
         guidance_scale = gr.Number(None, label="CFG scale (0: model default)", step=0.5)
-    width = height = batch_count = None
+    width = height = batch_count = batch_size = None
     if size:
         with gr.Row():
             width = gr.Number(None, label=f"Width (0: {size_zero})", precision=0, step=8)
@@ -93,9 +97,13 @@ def sampling_controls(size: bool = True, batch: bool = True, size_zero: str = "m
         random_seed = gr.Button("random", scale=1, min_width=70, size="sm", elem_classes=["ldm-random-seed"])
         reuse_seed = gr.Button("reuse last", scale=1, min_width=70, size="sm", elem_classes=["ldm-reuse-seed"])
     if batch:
-        batch_count = gr.Slider(1, MAX_BATCH, value=1, step=1, label="Batch count")
+        with gr.Row():
+            batch_count = gr.Slider(1, MAX_BATCH, value=1, step=1, label="Batch count",
+                                    info="batches, one after another")
+            batch_size = gr.Slider(1, MAX_BATCH, value=1, step=1, label="Batch size",
+                                   info="images per batch, in parallel (faster on a GPU)")
     controls = SamplingControls(sampler, karras, steps, guidance_scale, seed, random_seed, reuse_seed,
-                                width, height, batch_count)
+                                width, height, batch_count, batch_size)
     random_seed.click(lambda: -1, outputs=seed, queue=False, api_visibility="private")
     return controls
 
@@ -111,11 +119,13 @@ def model_defaults(studio: Studio, tab: str, model: str | None, with_size: bool 
     return values + ([d.get("width"), d.get("height")] if with_size else [])
 
 
-def check_batch(batch_count) -> int:
-    n = int(batch_count or 1)
-    if not 1 <= n <= MAX_BATCH:
-        raise ValueError(f"Batch count must be between 1 and {MAX_BATCH}; got {batch_count}.")
-    return n
+def check_batch(batch_count, batch_size=1) -> tuple[int, int]:
+    """(images in all, images per UNet batch) from A1111's batch count x batch size."""
+    count, size = int(batch_count or 1), int(batch_size or 1)
+    for name, value in (("Batch count", count), ("Batch size", size)):
+        if not 1 <= value <= MAX_BATCH:
+            raise ValueError(f"{name} must be between 1 and {MAX_BATCH}; got {value}.")
+    return count * size, size
 
 
 def optional_int(value, name: str, maximum: int = 100_000) -> int | None:
@@ -189,3 +199,44 @@ def results_panel(label: str = "Images") -> Results:
 
     gallery.select(pick, outputs=selected, queue=False, api_visibility="private")
     return Results(gallery, info, selected)
+
+
+def sampling_options(sampler, karras, steps, guidance_scale, seed) -> dict:
+    """The sampling keywords of core.pipelines from the shared controls (None = the model's default);
+    `sampler` is a key ("dpmpp_2m") or a display name ("DPM++ 2M Karras", which also sets karras)."""
+    sampler, named_karras = sampler_name(sampler) if sampler else (None, None)      # keys and display names
+    return dict(sampler=sampler, karras=bool(named_karras or karras) if sampler in SIGMA_SAMPLERS else None,
+                steps=optional_int(steps, "Sampling steps", maximum=1000),
+                guidance_scale=optional_float(guidance_scale, "CFG scale"), seed=seed_value(seed))
+
+
+def interrupt(studio: Studio, job_id: str | None = None) -> str:
+    """Stop a job after its current step: `job_id` is the id a generation endpoint returned (its
+    last value); "all" stops every queued and running job. An empty id stops nothing."""
+    if not job_id:
+        return "nothing to interrupt: give the job's id (the last value /txt2img returns), or 'all'"
+    return "interrupting" if studio.jobs.interrupt(job_id) else "nothing to interrupt"
+
+
+def last_seed(studio: Studio, job_id: str | None) -> int:
+    """The seed of the first image of this tab's last job (the "reuse last" button); -1 if none."""
+    state = studio.jobs.get(job_id)
+    for text in (state.infotexts if state else []):
+        seed = pipelines.parse_infotext(text).get("seed")
+        if isinstance(seed, int):
+            return seed
+    return -1
+
+
+def wire_model_controls(studio: Studio, demo: gr.Blocks, tab: str, picker, refresh, controls, job,
+                        with_size: bool = True) -> None:
+    """Picking a model (or opening the page) fills the controls with its defaults; ↻ re-reads
+    weights/; 'reuse last' puts back the last seed. Only the user's pick (.input) fills them: a
+    "Send to" that sets the model and the settings together keeps the settings it sent."""
+    fill = partial(model_defaults, studio, tab, with_size=with_size)
+    picker.input(fill, inputs=[picker], outputs=controls.default_outputs(), api_visibility="private", queue=False)
+    demo.load(fill, inputs=[picker], outputs=controls.default_outputs(), api_visibility="private", queue=False)
+    refresh.click(partial(picker_update, studio, tab), inputs=[picker], outputs=[picker],
+                  api_visibility="private", queue=False)
+    controls.reuse_seed.click(partial(last_seed, studio), inputs=[job], outputs=[controls.seed],
+                              api_visibility="private", queue=False)

@@ -8,13 +8,13 @@ import gradio as gr
 from core import pipelines
 from core.pipelines.images import RESIZE_MODES, resize_mode_key
 from core.samplers import check_strength
-from ui.controls import (name_dropdown, check_batch, model_picker, optional_int, prompt_row, results_panel,
-                         sampling_controls)
+from ui.controls import (check_batch, interrupt, model_picker, name_dropdown, optional_int, prompt_row,
+                         results_panel, sampling_controls, sampling_options, wire_model_controls)
 from ui.errors import user_errors
 from ui.follow import follow, gallery_value, info_text, pipeline_progress, resume
 from ui.images import image_input, open_image, run_and_save
 from ui.studio import Studio
-from ui.txt2img import interrupt, sampling_options, wire_model_controls
+
 
 TAB = "img2img"
 
@@ -34,7 +34,7 @@ def img2img(studio: Studio, prompt: str, image: str | None = None, negative_prom
             model: str | None = None, strength: float = 0.75, sampler: str | None = None, karras: bool = False,
             steps: int | None = None, guidance_scale: float | None = None, seed: int = -1,
             batch_count: int = 1, width: int | None = None, height: int | None = None,
-            resize_mode: str = "just_resize", progress=gr.Progress()):
+            resize_mode: str = "just_resize", batch_size: int = 1, progress=gr.Progress()):
     """Redraw an image following a prompt; strength 0..1 is how much of it is redrawn. width/height
     (0 or None: the picture's size) resize it first, as `resize_mode` says: "just_resize",
     "crop_and_resize" or "resize_and_fill" (A1111's 0, 1, 2). Returns the images (PNG files with
@@ -42,14 +42,14 @@ def img2img(studio: Studio, prompt: str, image: str | None = None, negative_prom
     entry = studio.models.entry(TAB, model)
     init = open_image(image, studio.settings.max_side)
     options = sampling_options(sampler, karras, steps, guidance_scale, seed)
-    strength, n = check_strength(float(strength)), check_batch(batch_count)
+    strength, (n, batch_size) = check_strength(float(strength)), check_batch(batch_count, batch_size)
     size = dict(width=optional_int(width, "Width"), height=optional_int(height, "Height"),
                 resize_mode=resize_mode_value(resize_mode))
 
     def work(job):
         m = studio.models.load(entry)
         return run_and_save(lambda: pipelines.img2img(m, init, prompt or "", negative_prompt=negative_prompt or "",
-                                                      strength=strength, n=n, **size, **options,
+                                                      strength=strength, n=n, batch_size=batch_size, **size, **options,
                                                       callback=pipeline_progress(job), should_stop=job.should_stop),
                             studio.settings.outputs_dir, job.folder)
 

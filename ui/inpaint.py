@@ -12,14 +12,15 @@ import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
 from core import pipelines
-from ui.controls import check_batch, model_picker, optional_int, prompt_row, results_panel, sampling_controls
+from ui.controls import (check_batch, interrupt, model_picker, optional_int, prompt_row, results_panel,
+                         sampling_controls, sampling_options, wire_model_controls)
 from ui.errors import user_errors
 from ui.follow import follow, gallery_value, info_text, pipeline_progress, resume
 from ui.images import (image_input, image_mask_input, mask_from_layers, mask_from_upload, open_image, refusal,
                        run_and_save)
 from core.samplers import check_strength
 from ui.studio import Studio
-from ui.txt2img import interrupt, sampling_options, wire_model_controls
+
 
 TAB = "inpaint"
 INPAINT_AREAS = [("Whole picture", "whole"), ("Only masked", "only_masked")]
@@ -60,7 +61,7 @@ def inpaint(studio: Studio, prompt: str, image: dict | None = None, mask: str | 
             padding: int = 32, masked_content: str = "original", strength: float = 1.0,
             sampler: str | None = None, karras: bool = False, steps: int | None = None,
             guidance_scale: float | None = None, seed: int = -1, batch_count: int = 1, width: int | None = None,
-            height: int | None = None, progress=gr.Progress()):
+            height: int | None = None, batch_size: int = 1, progress=gr.Progress()):
     """Redraw the masked part of an image following a prompt. `image` is the editor value
     {"background": image, "layers": [strokes], "composite": ...}; `mask` (optional) an uploaded
     mask, white = repaint, used instead of the strokes. width/height: the processing size (the tab
@@ -69,7 +70,7 @@ def inpaint(studio: Studio, prompt: str, image: dict | None = None, mask: str | 
     entry = studio.models.entry(TAB, model)
     init, painted = image_and_mask(image, mask, studio.settings.max_side)
     options = sampling_options(sampler, karras, steps, guidance_scale, seed)
-    n, strength = check_batch(batch_count), check_strength(float(strength))
+    (n, batch_size), strength = check_batch(batch_count, batch_size), check_strength(float(strength))
     size = dict(width=optional_int(width, "Width"), height=optional_int(height, "Height"))
 
     def work(job):
@@ -78,7 +79,8 @@ def inpaint(studio: Studio, prompt: str, image: dict | None = None, mask: str | 
                                                       negative_prompt=negative_prompt or "", mask_blur=int(mask_blur),
                                                       inpaint_area=inpaint_area, padding=int(padding),
                                                       masked_content=masked_content, strength=strength, n=n,
-                                                      **size, **options, callback=pipeline_progress(job),
+                                                      batch_size=batch_size, **size, **options,
+                                                      callback=pipeline_progress(job),
                                                       should_stop=job.should_stop),
                             studio.settings.outputs_dir, job.folder)
 

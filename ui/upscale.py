@@ -10,13 +10,14 @@ from PIL import Image
 
 from core import pipelines
 from core.pipelines.upscale import MAX_BACK_PROJECTION, scaled_size
-from ui.controls import model_picker, optional_float, optional_int, picker_update, prompt_row, seed_value
+from ui.controls import (interrupt, model_picker, optional_float, optional_int, picker_update, prompt_row,
+                         seed_value)
 from ui.errors import user_errors
 from ui.follow import follow, info_text, pipeline_progress
 from ui.images import image_input, open_image, run_and_save
 from ui.jobs import JobState
 from ui.studio import Studio
-from ui.txt2img import interrupt
+
 
 TAB = "upscale"
 UPSCALERS = {"model": "Diffusion model (picked below)", "lanczos": "Lanczos (instant, no model)"}

@@ -40,8 +40,9 @@ from core.pipelines.txt2img import txt2img
 from core.pipelines.upscale import UpscalePlan, lanczos, plan_upscale, upscale
 from core.samplers import SamplingInterrupted, SamplingSettings
 
-__all__ = ["txt2img", "txt2img_hires", "HiresSettings", "img2img", "inpaint", "upscale", "lanczos", "sample_unconditional", "sample_class",
-           "sample_layout", "denoise", "denoise_batches", "plan_upscale", "UpscalePlan", "SamplingSettings",
+__all__ = ["txt2img", "txt2img_hires", "HiresSettings", "img2img", "inpaint", "upscale", "lanczos",
+           "sample_unconditional", "sample_class", "sample_layout", "denoise", "denoise_batches", "plan_upscale",
+           "UpscalePlan", "SamplingSettings",
            "capabilities", "Capabilities", "read_infotext", "parse_infotext", "infotext", "save_png",
            "load_image", "load_mask", "resize_image", "RESIZE_MODES", "Progress", "SamplingInterrupted",
            "Defaults", "model_defaults", "size_multiple"]
