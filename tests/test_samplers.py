@@ -688,7 +688,7 @@ def test_sampling_settings_scheduler_and_karras_alias():
     assert not SamplingSettings("euler", scheduler="exponential").karras
     with pytest.raises(ValueError, match="Karras"):
         SamplingSettings("euler", True, scheduler="exponential")
-    with pytest.raises(ValueError, match="schedule types"):
+    with pytest.raises(ValueError, match=r"schedule types \(Exponential\) apply"):
         SamplingSettings("ddim", scheduler="exponential")
     with pytest.raises(ValueError, match="SGM Uniform"):
         SamplingSettings("euler", scheduler="sgm")

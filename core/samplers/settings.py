@@ -103,8 +103,9 @@ class SamplingSettings:
             object.__setattr__(self, "karras", True)
             object.__setattr__(self, "scheduler", "karras")
         if self.scheduler != "automatic" and self.sampler not in SIGMA_SAMPLERS:
-            raise ValueError(f"schedule types such as Karras apply to the samplers {', '.join(SIGMA_SAMPLERS)}, "
-                             f"not to {self.sampler!r}.")
+            what = "Karras sigmas apply" if self.karras else \
+                f"schedule types ({SCHEDULE_DISPLAY_NAMES[self.scheduler]}) apply"
+            raise ValueError(f"{what} to the samplers {', '.join(SIGMA_SAMPLERS)}, not to {self.sampler!r}.")
         if self.eta and self.sampler != "ddim":
             raise ValueError(f"eta applies to the 'ddim' sampler only (got sampler {self.sampler!r}); "
                              "leave eta at 0 (the ancestral samplers' noise scale is ancestral_eta).")
