@@ -305,3 +305,54 @@ def split_and(prompt: str) -> list[tuple[str, float]]:
         text, weight = _TRAILING_WEIGHT.match(sub).groups()
         out.append((text, 1.0 if weight is None else float(weight)))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Chunks: the token ids of a weighted prompt, cut into the encoder's 75-token windows
+# ---------------------------------------------------------------------------------------------
+
+class Chunk(NamedTuple):
+    ids: list[int]                  # chunk_length token ids (padded with the end id), no BOS/EOS
+    weights: list[float]            # one emphasis multiplier per id
+
+
+def prompt_chunks(pieces: list[tuple[list[int], float]], chunk_length: int, end_id: int, comma_id: int | None,
+                  comma_backtrack: int = 20) -> list[Chunk]:
+    """A1111's tokenize_line: weighted pieces (token ids, weight) -> chunks of chunk_length ids.
+
+    A piece of weight -1 whose ids are None is a BREAK: the chunk ends there. When a chunk fills
+    up and its last comma is at most `comma_backtrack` tokens back, the tokens after that comma
+    move to the next chunk (A1111's comma_padding_backtrack, default 20). Each chunk is padded
+    with `end_id` (weight 1); at least one chunk is returned.
+    """
+    chunks: list[Chunk] = []
+    ids: list[int] = []
+    weights: list[float] = []
+    last_comma = -1
+
+    def close():
+        nonlocal ids, weights, last_comma
+        pad = chunk_length - len(ids)
+        chunks.append(Chunk(ids + [end_id] * pad, weights + [1.0] * pad))
+        ids, weights, last_comma = [], [], -1
+
+    for piece_ids, weight in pieces:
+        if piece_ids is None:                                       # BREAK
+            close()
+            continue
+        for token in piece_ids:
+            if token == comma_id:
+                last_comma = len(ids)
+            elif (comma_backtrack and len(ids) == chunk_length and last_comma != -1
+                  and len(ids) - last_comma <= comma_backtrack):
+                moved_ids, moved_weights = ids[last_comma + 1:], weights[last_comma + 1:]
+                ids, weights = ids[:last_comma + 1], weights[:last_comma + 1]
+                close()
+                ids, weights = moved_ids, moved_weights
+            if len(ids) == chunk_length:
+                close()
+            ids.append(token)
+            weights.append(weight)
+    if ids or not chunks:
+        close()
+    return chunks

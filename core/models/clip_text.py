@@ -133,6 +133,14 @@ def run_text_tower(tower: TextTransformer, tokens: Tensor, n_blocks: int) -> Ten
     return x
 
 
+def _skipped(n_blocks: int, clip_skip: int) -> int:
+    """The blocks run with clip skip N (1 = all n_blocks): n_blocks - (N - 1), at least 1."""
+    if isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or not 1 <= clip_skip <= n_blocks:
+        raise ValueError(f"clip_skip must be a whole number in [1, {n_blocks}] (1 = the usual layer); "
+                         f"got {clip_skip!r}.")
+    return n_blocks - (clip_skip - 1)
+
+
 def _check_max_length(max_length: int, context_length: int) -> None:
     if not 2 <= max_length <= context_length:
         raise ValueError(f"max_length must be in [2, {context_length}] (the positional embedding's "
@@ -192,6 +200,8 @@ class FrozenOpenCLIPEmbedderConfig:
 class FrozenOpenCLIPEmbedder(nn.Module):
     """Prompts -> OpenCLIP text tokens (B, max_length, width) for SD 2.x cross-attention."""
 
+    pad_id = SD2_PAD_ID
+
     def __init__(self, cfg: FrozenOpenCLIPEmbedderConfig = FrozenOpenCLIPEmbedderConfig()):
         super().__init__()
         self.cfg = cfg
@@ -207,11 +217,13 @@ class FrozenOpenCLIPEmbedder(nn.Module):
         return self.model.token_embedding.weight.device
 
     def tokenize(self, texts: list[str]) -> Tensor:
-        return tokenize_clip(texts, self.cfg.max_length, pad_id=SD2_PAD_ID)   # (B, L), pad 0
+        return tokenize_clip(texts, self.cfg.max_length, pad_id=self.pad_id)   # (B, L), pad 0
 
-    def encode_tokens(self, tokens: Tensor) -> Tensor:
+    def encode_tokens(self, tokens: Tensor, clip_skip: int = 1) -> Tensor:
+        """clip_skip N > 1 stops N - 1 blocks earlier than the configured layer (SD2: counted from
+        the penultimate block), still followed by ln_final."""
         n_blocks = len(self.model.transformer.resblocks) - (1 if self.cfg.layer == "penultimate" else 0)
-        x = run_text_tower(self.model, tokens, n_blocks)                       # (B, L, D)
+        x = run_text_tower(self.model, tokens, _skipped(n_blocks, clip_skip))   # (B, L, D)
         return self.model.ln_final(x)      # ln_final also after "penultimate" (FACTS.md trap 2)
 
     def forward(self, texts: list[str]) -> Tensor:
@@ -293,6 +305,8 @@ class FrozenCLIPEmbedderConfig:
 class FrozenCLIPEmbedder(nn.Module):
     """Prompts -> CLIP ViT-L/14 text tokens (B, max_length, 768) for SD 1.x cross-attention."""
 
+    pad_id = SD1_PAD_ID
+
     def __init__(self, cfg: FrozenCLIPEmbedderConfig = FrozenCLIPEmbedderConfig()):
         super().__init__()
         self.cfg = cfg
@@ -307,17 +321,19 @@ class FrozenCLIPEmbedder(nn.Module):
         return self.transformer.token_embedding.weight.device
 
     def tokenize(self, texts: list[str]) -> Tensor:
-        return tokenize_clip(texts, self.cfg.max_length, pad_id=SD1_PAD_ID)   # (B, L), pad 49407
+        return tokenize_clip(texts, self.cfg.max_length, pad_id=self.pad_id)   # (B, L), pad 49407
 
-    def encode_tokens(self, tokens: Tensor) -> Tensor:
+    def encode_tokens(self, tokens: Tensor, clip_skip: int = 1) -> Tensor:
+        """clip_skip N > 1 (AUTOMATIC1111's "Clip skip"): HF hidden_states[-N], i.e. N - 1 blocks
+        fewer, then final_layer_norm, as A1111 does for SD1."""
         n = self.cfg.num_hidden_layers
         if self.cfg.layer == "last":
-            x = run_text_tower(self.transformer, tokens, n)                    # (B, L, D)
+            x = run_text_tower(self.transformer, tokens, _skipped(n, clip_skip))  # (B, L, D)
             return self.transformer.ln_final(x)                                 # last_hidden_state
         # HF hidden_states = (embeddings, block 1 out, ..., block n out): index i = i blocks run.
         # The reference returns it as is, without final_layer_norm.
         n_blocks = self.cfg.layer_idx % (n + 1)
-        return run_text_tower(self.transformer, tokens, n_blocks)              # (B, L, D)
+        return run_text_tower(self.transformer, tokens, _skipped(n_blocks, clip_skip))  # (B, L, D)
 
     def forward(self, texts: list[str]) -> Tensor:
         return self.encode_tokens(self.tokenize(texts))                        # (B, L, D)
