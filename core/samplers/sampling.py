@@ -20,6 +20,7 @@ from core.samplers.denoisers import (CFGDenoiser, EpsDenoiser, InpaintEpsBlend, 
                                      KDenoiser)
 from core.samplers.noise import cpu_generator, randn
 from core.samplers.registry import ANCESTRAL_SAMPLERS, DISCARD_NEXT_TO_LAST_SIGMA, SAMPLERS, TIMESTEP_SAMPLERS
+from core.samplers.scheduled import ScheduledConditioning, is_scheduled
 from core.samplers.schedules import ddim_timesteps, ddpm_timesteps, get_sigmas
 from core.samplers.settings import SamplingSettings, check_strength, scheduler_name
 
@@ -137,7 +138,8 @@ def sample(m, cond, uncond=None, guidance_scale=7.5, steps=50, sampler="ddim", e
     cond / uncond: the conditioning and the unconditional one for classifier-free guidance (a
         tensor, or a dict with "c_crossattn" / "c_concat" / "c_adm" lists as in the reference code;
         a tensor uncond with a dict cond replaces only c_crossattn). uncond None or
-        guidance_scale 1: one network pass per evaluation.
+        guidance_scale 1: one network pass per evaluation. Either may change during sampling: a
+        core.samplers.scheduled.CondSchedule (prompt editing) or Composition (AND).
     steps, sampler: one of SAMPLERS. ddim/plms use the reference step list (more than `steps`
         steps when steps does not divide T); sigma-space samplers take `karras=True`.
     eta: DDIM's eta (0 = deterministic). `ancestral_eta` (default 1) is the ancestral and SDE
@@ -180,8 +182,12 @@ def sample(m, cond, uncond=None, guidance_scale=7.5, steps=50, sampler="ddim", e
         return m.apply_model(x.to(model_dtype), t, c).to(dtype)
 
     extra_args = {"cond": cond, "uncond": uncond, "cond_scale": guidance_scale}
+    guided = CFGDenoiser(model_fn)
+    if is_scheduled(cond) or is_scheduled(uncond):                 # a CondSchedule / Composition
+        guided = ScheduledConditioning(guided)
+        callback = guided.following(callback)
     try:
-        z = sample_denoiser(CFGDenoiser(model_fn), m.alphas_cumprod.to(device=device, dtype=dtype),
+        z = sample_denoiser(guided, m.alphas_cumprod.to(device=device, dtype=dtype),
                             m.parameterization, noise, settings, extra_args=extra_args, x0=x0, mask=mask,
                             strength=strength, start_step=start_step, callback=callback,
                             should_stop=should_stop, generator=generator)
