@@ -121,6 +121,10 @@ def has_attention_syntax(text: str) -> bool:
 #   scheduled:   "[" [prompt ":"] prompt ":" NUMBER "]"      (spaces allowed around NUMBER)
 #   alternate:   "[" prompt ("|" [prompt])+ "]"
 #   plain:       characters other than \ [ ] ( ) : |, or a backslash and the character after it
+# Where a bracket can be read both as a structure and as stray text ("[a:3]]": editing followed by
+# a stray "]", or "[", "a", ":", "3", "]]" as text), lark's Earley parser picks one by the order of
+# a hash set, so A1111 answers differently from one process start to the next (PYTHONHASHSEED).
+# We always take the structure, which is one of its answers and the one every doctest shows.
 
 class Scheduled(NamedTuple):
     before: list | None             # nodes, or None for "[after:when]"
