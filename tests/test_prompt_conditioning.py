@@ -153,6 +153,9 @@ def test_editing_alternation_and_and_build_schedules_and_compositions(sd1):
     assert isinstance(sched, CondSchedule) and [end for end, _ in sched.entries] == [5, 10]
     assert torch.equal(sched.entries[0][1], sd1.get_learned_conditioning(["a red circle"]))
     assert torch.equal(sched.entries[1][1], sd1.get_learned_conditioning(["a blue circle"]))
+    hires = with_steps(text_conditioning(sd1, "a [red:blue:1.5] circle")[0], 10, 10)   # hires fix's 2nd pass
+    assert [end for end, _ in hires.entries] == [5, 10]
+    assert torch.equal(hires.entries[1][1], sd1.get_learned_conditioning(["a blue circle"]))
     c, _ = text_conditioning(sd1, "a red circle :1.3 AND a [blue|red] square :-0.5")
     comp = with_steps(c, 4)
     assert isinstance(comp, Composition) and [w for w, _ in comp.parts] == [1.3, -0.5]

@@ -119,19 +119,20 @@ class PromptConditioning:
 
     for_steps(steps) -> a context (1, L, D), a CondSchedule of them (prompt editing,
     alternation) or a Composition (AND, or a single sub-prompt with a weight other than 1).
+    for_steps(steps, hires_steps): the schedule of hires fix's second pass (core.prompts).
     """
 
     def __init__(self, m, parts, clip_skip: int | None):
         self.m, self.parts, self.clip_skip = m, list(parts), clip_skip
-        self._by_steps: dict[int, object] = {}
+        self._by_steps: dict[tuple, object] = {}
 
-    def for_steps(self, steps: int):
-        if steps not in self._by_steps:
-            self._by_steps[steps] = self._build(steps)
-        return self._by_steps[steps]
+    def for_steps(self, steps: int, hires_steps: int | None = None):
+        if (steps, hires_steps) not in self._by_steps:
+            self._by_steps[steps, hires_steps] = self._build(steps, hires_steps)
+        return self._by_steps[steps, hires_steps]
 
-    def _build(self, steps: int):
-        schedules = [prompt_schedule(text, steps) for text, _ in self.parts]
+    def _build(self, steps: int, hires_steps: int | None):
+        schedules = [prompt_schedule(text, steps, hires_steps) for text, _ in self.parts]
         encoded = [_encode_schedule(self.m, [t for _, t in schedule], self.clip_skip) for schedule in schedules]
         tokens = max(c.shape[1] for contexts in encoded for c in contexts)
         conds = []
@@ -144,14 +145,15 @@ class PromptConditioning:
         return Composition(tuple((weight, c) for (_, weight), c in zip(self.parts, conds)))
 
 
-def with_steps(c, steps: int):
-    """c with every PromptConditioning in it (also inside dicts and lists) encoded for `steps`."""
+def with_steps(c, steps: int, hires_steps: int | None = None):
+    """c with every PromptConditioning in it (also inside dicts and lists) encoded for `steps`
+    (and `hires_steps`, for hires fix's second pass)."""
     if isinstance(c, PromptConditioning):
-        return c.for_steps(steps)
+        return c.for_steps(steps, hires_steps)
     if isinstance(c, dict):
-        return {k: with_steps(v, steps) for k, v in c.items()}
+        return {k: with_steps(v, steps, hires_steps) for k, v in c.items()}
     if isinstance(c, list):
-        return [with_steps(v, steps) for v in c]
+        return [with_steps(v, steps, hires_steps) for v in c]
     return c
 
 
