@@ -219,11 +219,15 @@ class FrozenOpenCLIPEmbedder(nn.Module):
     def tokenize(self, texts: list[str]) -> Tensor:
         return tokenize_clip(texts, self.cfg.max_length, pad_id=self.pad_id)   # (B, L), pad 0
 
+    @property
+    def n_blocks(self) -> int:
+        """The resblocks run for the configured layer (and the largest clip skip)."""
+        return len(self.model.transformer.resblocks) - (1 if self.cfg.layer == "penultimate" else 0)
+
     def encode_tokens(self, tokens: Tensor, clip_skip: int = 1) -> Tensor:
         """clip_skip N > 1 stops N - 1 blocks earlier than the configured layer (SD2: counted from
         the penultimate block), still followed by ln_final."""
-        n_blocks = len(self.model.transformer.resblocks) - (1 if self.cfg.layer == "penultimate" else 0)
-        x = run_text_tower(self.model, tokens, _skipped(n_blocks, clip_skip))   # (B, L, D)
+        x = run_text_tower(self.model, tokens, _skipped(self.n_blocks, clip_skip))   # (B, L, D)
         return self.model.ln_final(x)      # ln_final also after "penultimate" (FACTS.md trap 2)
 
     def forward(self, texts: list[str]) -> Tensor:
@@ -323,17 +327,20 @@ class FrozenCLIPEmbedder(nn.Module):
     def tokenize(self, texts: list[str]) -> Tensor:
         return tokenize_clip(texts, self.cfg.max_length, pad_id=self.pad_id)   # (B, L), pad 49407
 
+    @property
+    def n_blocks(self) -> int:
+        """The blocks run for the configured layer (and the largest clip skip). HF hidden_states =
+        (embeddings, block 1 out, ..., block n out): index i = i blocks run."""
+        n = self.cfg.num_hidden_layers
+        return n if self.cfg.layer == "last" else self.cfg.layer_idx % (n + 1)
+
     def encode_tokens(self, tokens: Tensor, clip_skip: int = 1) -> Tensor:
         """clip_skip N > 1 (AUTOMATIC1111's "Clip skip"): HF hidden_states[-N], i.e. N - 1 blocks
         fewer, then final_layer_norm, as A1111 does for SD1."""
-        n = self.cfg.num_hidden_layers
+        x = run_text_tower(self.transformer, tokens, _skipped(self.n_blocks, clip_skip))  # (B, L, D)
         if self.cfg.layer == "last":
-            x = run_text_tower(self.transformer, tokens, _skipped(n, clip_skip))  # (B, L, D)
             return self.transformer.ln_final(x)                                 # last_hidden_state
-        # HF hidden_states = (embeddings, block 1 out, ..., block n out): index i = i blocks run.
-        # The reference returns it as is, without final_layer_norm.
-        n_blocks = self.cfg.layer_idx % (n + 1)
-        return run_text_tower(self.transformer, tokens, _skipped(n_blocks, clip_skip))  # (B, L, D)
+        return x                    # layer "hidden": the reference returns it without final_layer_norm
 
     def forward(self, texts: list[str]) -> Tensor:
         return self.encode_tokens(self.tokenize(texts))                        # (B, L, D)

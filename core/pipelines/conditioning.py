@@ -81,11 +81,15 @@ def effective_clip_skip(m, clip_skip, warn: bool = False) -> int | None:
                          f"got {clip_skip!r}.")
     if clip_skip == 1:
         return None
-    if not isinstance(m.cond_stage_model, (FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder)):
+    encoder = m.cond_stage_model
+    if not isinstance(encoder, (FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder)):
         if warn:
             warnings.warn(f"clip skip {clip_skip} applies to CLIP text encoders only; this model's "
-                          f"{type(m.cond_stage_model).__name__} ignores it", stacklevel=4)
+                          f"{type(encoder).__name__} ignores it", stacklevel=4)
         return None
+    if clip_skip > encoder.n_blocks:
+        raise ValueError(f"clip_skip must be at most {encoder.n_blocks} for this text encoder (it runs "
+                         f"{encoder.n_blocks} blocks); got {clip_skip}.")
     return clip_skip
 
 
