@@ -16,7 +16,9 @@ sd_hijack_clip does once the number of steps is known (core/pipelines/denoise.py
   tokens: (1, 77 k, D);
 - emphasis ("Original"): z * w per token, then z * (mean before / mean after), per chunk;
 - prompt editing and alternation: one context per distinct text, the texts of one prompt padded
-  to the same number of chunks with empty chunks; a CondSchedule the sampler follows step by step;
+  to the same number of chunks with empty chunks; a CondSchedule the sampler follows step by step
+  (over the settings' steps, counted from the first step run: in img2img, as in A1111, a part-way
+  start runs the schedule's first steps);
 - AND: a Composition of the weighted sub-prompts (sub-prompts of different lengths padded by
   repeating their last token vector, as A1111's stack_conds); composable diffusion in CFGDenoiser;
 - clip skip N (CLIP and OpenCLIP encoders): the text tower stops N - 1 blocks earlier.
