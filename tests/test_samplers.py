@@ -19,8 +19,11 @@ from core.samplers import (SAMPLER_DISPLAY_NAMES, SAMPLERS, SIGMA_SAMPLERS, CFGD
                            EpsDenoiser, KDenoiser, SamplingInterrupted, ddim_timesteps,
                            get_sigmas, karras_sigmas, sample)
 from core.samplers.schedules import sigma_to_t, sigmas_from_alphas_cumprod
-from core.samplers.sigma_samplers import (sample_dpmpp_2m, sample_euler, sample_euler_ancestral,
-                                          sample_heun)
+from core.samplers.schedules import exponential_sigmas
+from core.samplers.settings import SamplingSettings
+from core.samplers.sigma_samplers import (sample_dpm_2, sample_dpm_2_ancestral, sample_dpmpp_2m, sample_dpmpp_2m_sde,
+                                          sample_dpmpp_2s_ancestral, sample_dpmpp_sde, sample_euler,
+                                          sample_euler_ancestral, sample_heun, sample_lms)
 from core.samplers.unipc import sample_unipc
 
 MU, S = 0.3, 0.5            # the Gaussian "data" of the exact-denoiser tests
@@ -415,7 +418,10 @@ def test_ddpm_full_schedule_matches_reference_p_sample():
 # ---------------------------------------------------------------------------------------------
 
 ODE_SAMPLERS = {"euler": sample_euler, "heun": sample_heun, "dpmpp_2m": sample_dpmpp_2m,
-                "unipc": sample_unipc}
+                "unipc": sample_unipc, "lms": sample_lms, "dpm2": sample_dpm_2}
+# Samplers that inject noise: tested by the marginal they reach.
+NOISY_SAMPLERS = {"dpm2_a": sample_dpm_2_ancestral, "dpmpp_2s_a": sample_dpmpp_2s_ancestral,
+                  "dpmpp_sde": sample_dpmpp_sde, "dpmpp_2m_sde": sample_dpmpp_2m_sde}
 
 
 @pytest.mark.parametrize("name", list(ODE_SAMPLERS))
@@ -425,12 +431,14 @@ def test_ode_samplers_carry_noise_onto_the_data_distribution(name):
     sigmas = karras_sigmas(steps, 0.002, 80.0, dtype=torch.float64)
     x = x0 * sigmas[0]                                                  # N(0, sigma_max^2)
     out = ODE_SAMPLERS[name](exact_denoiser, x.reshape(-1, 1), sigmas).reshape(-1)
-    tol = {"euler": 0.05, "heun": 0.04, "dpmpp_2m": 0.04, "unipc": 0.015}[name]
+    tol = {"euler": 0.05, "heun": 0.04, "dpmpp_2m": 0.04, "unipc": 0.015, "lms": 0.01, "dpm2": 0.04}[name]
     assert (out - exact_flow(x, 80.0, 0.0)).abs().max() < tol
     assert abs(out.mean().item() - MU) < 0.03 and abs(out.std().item() - S) < 0.03
 
 
-@pytest.mark.parametrize("name,order", [("euler", 1), ("heun", 2), ("dpmpp_2m", 2), ("unipc", 3)])
+# LMS is a 4-step method; its lower-order start-up steps make the error fall like ~h^3 at these sizes.
+@pytest.mark.parametrize("name,order", [("euler", 1), ("heun", 2), ("dpmpp_2m", 2), ("unipc", 3), ("lms", 3),
+                                        ("dpm2", 2)])
 def test_ode_samplers_have_their_order_of_accuracy(name, order):
     x = torch.linspace(-3, 3, 64, dtype=torch.float64).reshape(-1, 1) * 80.0
     errors = []
@@ -451,8 +459,32 @@ def test_euler_ancestral_reaches_the_data_distribution():
                        sample_euler(exact_denoiser, x0[:8] * 80.0, sigmas[:5]))
 
 
+@pytest.mark.parametrize("name", list(NOISY_SAMPLERS))
+def test_ancestral_and_sde_samplers_reach_the_data_distribution(name):
+    """Marginals: N(0, 80^2) onto N(MU, S^2) with fresh noise every step; eta = 0 is their ODE
+    (deterministic: the generator is not used)."""
+    x0 = torch.randn(8192, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    sigmas = karras_sigmas(100, 0.002, 80.0, dtype=torch.float64)
+    out = NOISY_SAMPLERS[name](exact_denoiser, x0 * 80.0, sigmas, generator=torch.Generator().manual_seed(2))
+    assert abs(out.mean().item() - MU) < 0.025 and abs(out.std().item() - S) < 0.025
+    ode = NOISY_SAMPLERS[name](exact_denoiser, x0[:64] * 80.0, sigmas[::2].contiguous(), eta=0.0)
+    assert (ode - exact_flow(x0[:64] * 80.0, 80.0, 0.0)).abs().max() < 0.05
+
+
+def test_noisy_samplers_draw_one_row_per_generator():
+    """Generators as a list, one per image: row i depends only on its own generator."""
+    x = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) * 80.0
+    sigmas = karras_sigmas(6, 0.002, 80.0, dtype=torch.float64)
+    for name, run in NOISY_SAMPLERS.items():
+        batch = run(exact_denoiser, x, sigmas, generator=[torch.Generator().manual_seed(s) for s in (5, 6, 7)])
+        alone = run(exact_denoiser, x[1:2], sigmas, generator=[torch.Generator().manual_seed(6)])
+        assert torch.allclose(batch[1:2], alone, atol=1e-12), name
+
+
 @pytest.mark.parametrize("param", ["eps", "v"])
-@pytest.mark.parametrize("name,karras,steps", [("ddim", False, 50), ("plms", False, 50),
+@pytest.mark.parametrize("name,karras,steps", [("lms", True, 50), ("dpm2", False, 30), ("dpm2_a", True, 50),
+                                               ("dpmpp_2s_a", False, 50), ("dpmpp_sde", True, 30),
+                                               ("dpmpp_2m_sde", True, 50), ("ddim", False, 50), ("plms", False, 50),
                                                ("euler", False, 50), ("heun", False, 50),
                                                ("dpmpp_2m", True, 50), ("unipc", True, 50),
                                                ("euler_a", True, 50), ("ddpm", False, 250)])
@@ -584,14 +616,15 @@ def test_callback_raising_interrupt_and_callable_should_stop():
 
 def test_display_names_cover_every_sampler():
     assert set(SAMPLER_DISPLAY_NAMES) == set(SAMPLERS)
-    assert {"DDIM", "PLMS", "DDPM", "Euler", "Euler a", "Heun", "DPM++ 2M", "UniPC"} == set(SAMPLER_DISPLAY_NAMES.values())
+    assert {"DDIM", "PLMS", "DDPM", "Euler", "Euler a", "Heun", "DPM++ 2M", "UniPC", "LMS", "DPM2", "DPM2 a",
+            "DPM++ 2S a", "DPM++ SDE", "DPM++ 2M SDE"} == set(SAMPLER_DISPLAY_NAMES.values())
 
 
 def test_bad_inputs_give_clear_errors():
     m = FakeModel(linear_net(), sd_alphas_cumprod())
     ok = dict(shape=(1, 3, 4, 4), seed=0)
     with pytest.raises(ValueError, match="euler_a"):
-        sample(m, None, sampler="k_lms", **ok)
+        sample(m, None, sampler="k_dpmpp_3m", **ok)
     for steps in (0, -3, 2.5, True):
         with pytest.raises(ValueError, match="steps"):
             sample(m, None, steps=steps, **ok)
@@ -620,3 +653,67 @@ def test_bad_inputs_give_clear_errors():
         sample(m, None, x_T=torch.zeros(1, 3, 4, 4), shape=(2, 3, 4, 4))
     with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
         sample(m, None, shape=(3, 4, 4))
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedule types (A1111's names) and sampler names from PNGs and API calls
+# ---------------------------------------------------------------------------------------------
+
+def test_schedule_types():
+    ac = sd_alphas_cumprod()
+    sigmas = sigmas_from_alphas_cumprod(ac)
+    smin, smax = sigmas[0].item(), sigmas[-1].item()
+    assert torch.equal(get_sigmas(ac, 6, scheduler="normal"), get_sigmas(ac, 6))
+    assert torch.equal(get_sigmas(ac, 6, scheduler="karras"), get_sigmas(ac, 6, karras=True))
+    expo = get_sigmas(ac, 5, scheduler="exponential")
+    assert torch.allclose(expo[:-1].log(), torch.linspace(math.log(smax), math.log(smin), 5), atol=1e-5)
+    assert torch.equal(expo, exponential_sigmas(5, smin, smax))
+    simple = get_sigmas(ac, 4, scheduler="simple")                   # every 250th of the model's sigmas
+    assert torch.equal(simple, torch.cat([sigmas[[999, 749, 499, 249]], torch.zeros(1)]))
+    sgm = get_sigmas(ac, 4, scheduler="sgm_uniform")                 # t = 999, 749.25, 499.5, 249.75
+    assert sgm[0].item() == pytest.approx(smax, rel=1e-6) and sgm[-1] == 0 and len(sgm) == 5
+    assert sgm[2].item() == pytest.approx(((sigmas[499].log() + sigmas[500].log()) / 2).exp().item(), rel=1e-5)
+    for name in ("automatic", "karras", "exponential", "sgm_uniform", "simple", "normal"):
+        sig = get_sigmas(ac, 7, scheduler=name)
+        assert len(sig) == 8 and sig[-1] == 0 and bool((sig[:-1] > 0).all()) and bool((sig.diff() < 0).all()), name
+    with pytest.raises(ValueError, match="sgm_uniform"):
+        get_sigmas(ac, 4, scheduler="beta")
+
+
+def test_sampling_settings_scheduler_and_karras_alias():
+    s = SamplingSettings("euler", True, 3, 2.0)
+    assert s.scheduler == "karras" and s.karras and s.schedule_display_name == "Karras"
+    s = SamplingSettings("euler", scheduler="karras")
+    assert s.karras and s == SamplingSettings("euler", True)
+    assert not SamplingSettings("euler", scheduler="exponential").karras
+    with pytest.raises(ValueError, match="Karras"):
+        SamplingSettings("euler", True, scheduler="exponential")
+    with pytest.raises(ValueError, match=r"schedule types \(Exponential\) apply"):
+        SamplingSettings("ddim", scheduler="exponential")
+    with pytest.raises(ValueError, match="SGM Uniform"):
+        SamplingSettings("euler", scheduler="sgm")
+
+    class Defaults:
+        sampler, karras, steps, guidance_scale, eta = "ddim", False, 20, 7.5, 0.0
+
+    r = SamplingSettings.resolve(Defaults, "DPM++ 2M SDE", scheduler="Exponential")
+    assert (r.sampler, r.scheduler, r.karras) == ("dpmpp_2m_sde", "exponential", False)
+    assert SamplingSettings.resolve(Defaults, "k_lms").sampler == "lms"                 # A1111's API aliases
+    assert SamplingSettings.resolve(Defaults, "DPM++ 2M Karras").scheduler == "karras"
+    assert SamplingSettings.resolve(Defaults, "euler", karras=True, scheduler="Simple").scheduler == "simple"
+    with pytest.warns(UserWarning, match="does not apply"):
+        assert SamplingSettings.resolve(Defaults, "ddim", scheduler="Karras").scheduler == "automatic"
+    with pytest.warns(UserWarning, match="'DPM\\+\\+ 3M SDE' is not available.*DDIM"):
+        fallback = SamplingSettings.resolve(Defaults, "DPM++ 3M SDE")
+    assert fallback.sampler == "ddim" and fallback.steps == 20
+    with pytest.raises(ValueError, match="sampler"):
+        SamplingSettings.resolve(Defaults, 3)
+
+
+def test_dpm2_discards_the_next_to_last_sigma_as_a1111():
+    m = FakeModel(gaussian_net("eps"), FakeModel_ac)
+    sample(m, None, steps=4, sampler="dpm2", shape=(1, 1, 1, 1), seed=0)
+    full = get_sigmas(FakeModel_ac.double(), 5)
+    walked = torch.cat([full[:-2], full[-1:]])                         # 4 steps: 3 x 2 calls + 1 Euler
+    seen = sorted({int(c["t"][0]) for c in m.calls}, reverse=True)
+    assert len(m.calls) == 7 and seen[0] == 999 and len(walked) == 5

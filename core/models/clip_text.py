@@ -138,6 +138,14 @@ def run_text_tower(tower: TextTransformer, tokens: Tensor, n_blocks: int) -> Ten
     return x
 
 
+def _skipped(n_blocks: int, clip_skip: int) -> int:
+    """The blocks run with clip skip N (1 = all n_blocks): n_blocks - (N - 1), at least 1."""
+    if isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or not 1 <= clip_skip <= n_blocks:
+        raise ValueError(f"clip_skip must be a whole number in [1, {n_blocks}] (1 = the usual layer); "
+                         f"got {clip_skip!r}.")
+    return n_blocks - (clip_skip - 1)
+
+
 def _check_max_length(max_length: int, context_length: int) -> None:
     if not 2 <= max_length <= context_length:
         raise ValueError(f"max_length must be in [2, {context_length}] (the positional embedding's "
@@ -197,6 +205,8 @@ class FrozenOpenCLIPEmbedderConfig:
 class FrozenOpenCLIPEmbedder(nn.Module):
     """Prompts -> OpenCLIP text tokens (B, max_length, width) for SD 2.x cross-attention."""
 
+    pad_id = SD2_PAD_ID
+
     def __init__(self, cfg: FrozenOpenCLIPEmbedderConfig = FrozenOpenCLIPEmbedderConfig()):
         super().__init__()
         self.cfg = cfg
@@ -212,11 +222,17 @@ class FrozenOpenCLIPEmbedder(nn.Module):
         return self.model.token_embedding.weight.device
 
     def tokenize(self, texts: list[str]) -> Tensor:
-        return tokenize_clip(texts, self.cfg.max_length, pad_id=SD2_PAD_ID)   # (B, L), pad 0
+        return tokenize_clip(texts, self.cfg.max_length, pad_id=self.pad_id)   # (B, L), pad 0
 
-    def encode_tokens(self, tokens: Tensor) -> Tensor:
-        n_blocks = len(self.model.transformer.resblocks) - (1 if self.cfg.layer == "penultimate" else 0)
-        x = run_text_tower(self.model, tokens, n_blocks)                       # (B, L, D)
+    @property
+    def n_blocks(self) -> int:
+        """The resblocks run for the configured layer (and the largest clip skip)."""
+        return len(self.model.transformer.resblocks) - (1 if self.cfg.layer == "penultimate" else 0)
+
+    def encode_tokens(self, tokens: Tensor, clip_skip: int = 1) -> Tensor:
+        """clip_skip N > 1 stops N - 1 blocks earlier than the configured layer (SD2: counted from
+        the penultimate block), still followed by ln_final."""
+        x = run_text_tower(self.model, tokens, _skipped(self.n_blocks, clip_skip))   # (B, L, D)
         return self.model.ln_final(x)      # ln_final also after "penultimate" (FACTS.md trap 2)
 
     def forward(self, texts: list[str]) -> Tensor:
@@ -298,6 +314,8 @@ class FrozenCLIPEmbedderConfig:
 class FrozenCLIPEmbedder(nn.Module):
     """Prompts -> CLIP ViT-L/14 text tokens (B, max_length, 768) for SD 1.x cross-attention."""
 
+    pad_id = SD1_PAD_ID
+
     def __init__(self, cfg: FrozenCLIPEmbedderConfig = FrozenCLIPEmbedderConfig()):
         super().__init__()
         self.cfg = cfg
@@ -312,17 +330,22 @@ class FrozenCLIPEmbedder(nn.Module):
         return self.transformer.token_embedding.weight.device
 
     def tokenize(self, texts: list[str]) -> Tensor:
-        return tokenize_clip(texts, self.cfg.max_length, pad_id=SD1_PAD_ID)   # (B, L), pad 49407
+        return tokenize_clip(texts, self.cfg.max_length, pad_id=self.pad_id)   # (B, L), pad 49407
 
-    def encode_tokens(self, tokens: Tensor) -> Tensor:
+    @property
+    def n_blocks(self) -> int:
+        """The blocks run for the configured layer (and the largest clip skip). HF hidden_states =
+        (embeddings, block 1 out, ..., block n out): index i = i blocks run."""
         n = self.cfg.num_hidden_layers
+        return n if self.cfg.layer == "last" else self.cfg.layer_idx % (n + 1)
+
+    def encode_tokens(self, tokens: Tensor, clip_skip: int = 1) -> Tensor:
+        """clip_skip N > 1 (AUTOMATIC1111's "Clip skip"): HF hidden_states[-N], i.e. N - 1 blocks
+        fewer, then final_layer_norm, as A1111 does for SD1."""
+        x = run_text_tower(self.transformer, tokens, _skipped(self.n_blocks, clip_skip))  # (B, L, D)
         if self.cfg.layer == "last":
-            x = run_text_tower(self.transformer, tokens, n)                    # (B, L, D)
             return self.transformer.ln_final(x)                                 # last_hidden_state
-        # HF hidden_states = (embeddings, block 1 out, ..., block n out): index i = i blocks run.
-        # The reference returns it as is, without final_layer_norm.
-        n_blocks = self.cfg.layer_idx % (n + 1)
-        return run_text_tower(self.transformer, tokens, n_blocks)              # (B, L, D)
+        return x                    # layer "hidden": the reference returns it without final_layer_norm
 
     def forward(self, texts: list[str]) -> Tensor:
         return self.encode_tokens(self.tokenize(texts))                        # (B, L, D)

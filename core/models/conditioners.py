@@ -200,6 +200,8 @@ class TransformerEmbedderConfig:
 class TransformerEmbedder(nn.Module):
     """Token ids (B, L) or texts -> (B, L, n_embed), the UNet's cross-attention context."""
 
+    pad_id = 0                                  # tokenizer "clip": padded with 0 after EOS
+
     def __init__(self, cfg: TransformerEmbedderConfig):
         super().__init__()
         self.cfg = cfg
@@ -215,7 +217,12 @@ class TransformerEmbedder(nn.Module):
         if self.cfg.tokenizer != "clip":
             raise ValueError("this text transformer was trained on BERT (bert-base-uncased) token ids, "
                              "and that tokenizer is not bundled; pass token ids to encode_tokens()")
-        tokens = tokenize_clip(texts, self.cfg.max_seq_len, pad_id=0)      # (B, max_seq_len) BPE ids
+        tokens = tokenize_clip(texts, self.cfg.max_seq_len, pad_id=self.pad_id)  # (B, max_seq_len) BPE ids
+        return self.bpe_rows(tokens, stacklevel=3)
+
+    def bpe_rows(self, tokens: Tensor, stacklevel: int = 2) -> Tensor:
+        """BPE ids -> rows of token_emb: the same ids with the full vocabulary; with a compact
+        vocab, its row of each id, and a warning naming the words read as padding (row 0)."""
         if self.cfg.vocab is None:
             return tokens
         if self._vocab_rows is None:            # ids outside the vocab read row 0 (the pad)
@@ -227,7 +234,7 @@ class TransformerEmbedder(nn.Module):
         if unknown.any():
             words = sorted({clip_bpe().decode([int(t)]).strip() for t in tokens[unknown]})
             warnings.warn(f"this model knows {len(self.cfg.vocab)} tokens; these were read as padding: "
-                          f"{excerpt(', '.join(words))}", stacklevel=2)
+                          f"{excerpt(', '.join(words))}", stacklevel=stacklevel)
         return rows
 
     def encode_tokens(self, tokens: Tensor) -> Tensor:

@@ -4,13 +4,47 @@ text:   c = tau(prompt), u = tau(negative prompt) ("" when none, as the referenc
 class:  c = embedding(label), u = the null class's embedding (cin256-v2 was trained with one);
         a model without a null class has no u, so it samples without guidance.
 layout: c = tokens of the boxes, u = the empty layout (all null tokens).
-Over-long prompts are truncated at the tokenizer's limit with a warning by the text encoder itself.
+
+Prompts take AUTOMATIC1111's syntax (core/prompts.py). A plain prompt (no brackets, BREAK, AND or
+trailing weight, within the encoder's window, no clip skip) is encoded exactly as before, by
+m.get_learned_conditioning. Any other prompt becomes a PromptConditioning, encoded the way A1111's
+sd_hijack_clip does once the number of steps is known (core/pipelines/denoise.py asks
+`for_steps(steps)`):
+- the prompt is cut where its emphasis changes, each piece tokenized, and the tokens cut into
+  chunks of 75 (at BREAK, and at the last comma within 20 tokens of a chunk's end), each encoded
+  as [BOS] + 75 tokens + [EOS] (padded as the encoder pads) and the chunks concatenated along the
+  tokens: (1, 77 k, D);
+- emphasis ("Original"): z * w per token, then z * (mean before / mean after), per chunk;
+- prompt editing and alternation: one context per distinct text, the texts of one prompt padded
+  to the same number of chunks with empty chunks; a CondSchedule the sampler follows step by step
+  (over the settings' steps, counted from the first step run: in img2img, as in A1111, a part-way
+  start runs the schedule's first steps);
+- AND: a Composition of the weighted sub-prompts (sub-prompts of different lengths padded by
+  repeating their last token vector, as A1111's stack_conds); composable diffusion in CFGDenoiser;
+- clip skip N (CLIP and OpenCLIP encoders): the text tower stops N - 1 blocks earlier.
+A prompt and a negative prompt of different lengths are not padded to each other: classifier-free
+guidance then runs them as two passes (A1111's default). Our shapes-world models (a
+TransformerEmbedder with the CLIP tokenizer and a context shorter than 77) take the same syntax
+in one chunk of their own length: weights, editing and AND apply, BREAK only separates, and an
+over-long prompt is truncated with a warning, as before.
+
+Differences from A1111, all small: emphasis restores the mean per prompt text (A1111: over the
+batch of a prompt's edited texts); the schedule counts sampler steps (A1111 counts network calls,
+with doubled step numbers for second-order samplers); malformed weights such as "(a:1.2.3)" are
+text (A1111 raises).
 """
 
-import operator
 import warnings
 
 import torch
+
+from core.models.clip_text import BOS_ID, EOS_ID, FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder, clip_bpe
+from core.models.conditioners import TransformerEmbedder
+from core.prompts import (BREAK, has_attention_syntax, has_schedule_syntax, parse_prompt_attention, prompt_chunks,
+                          prompt_schedule, split_and)
+from core.samplers.scheduled import Composition, CondSchedule
+
+CHUNK_LENGTH = 75                  # tokens per chunk besides BOS and EOS (A1111's chunk_length)
 
 
 def _check_prompt(text, name: str) -> str:
@@ -21,14 +55,182 @@ def _check_prompt(text, name: str) -> str:
     return text
 
 
-def text_conditioning(m, prompt, negative_prompt=""):
-    """(c, u): the text encoder's context for the prompt and for the negative prompt, (1, L, D) each."""
+def text_conditioning(m, prompt, negative_prompt="", *, clip_skip=None):
+    """(c, u): the text encoder's context for the prompt and for the negative prompt.
+
+    Plain prompts: tensors (1, L, D). Prompts with A1111's syntax: PromptConditioning objects,
+    resolved by core.pipelines.denoise once the steps are known. clip_skip: None or 1 = the
+    model's usual layer; N > 1 stops N - 1 blocks earlier (CLIP text encoders only; others warn
+    and ignore it, see `effective_clip_skip`).
+    """
     prompt = _check_prompt(prompt, "prompt")
     negative_prompt = _check_prompt(negative_prompt, "negative_prompt")
+    clip_skip = effective_clip_skip(m, clip_skip, warn=True)
     if not prompt.strip():
         warnings.warn("the prompt is empty: sampling follows only the model's unconditional "
                       "distribution (and the negative prompt)", stacklevel=3)
-    return m.get_learned_conditioning([prompt]), m.get_learned_conditioning([negative_prompt])
+    return (_text(m, prompt, clip_skip, composable=True),
+            _text(m, negative_prompt, clip_skip, composable=False))
+
+
+def effective_clip_skip(m, clip_skip, warn: bool = False) -> int | None:
+    """The clip skip that applies to this model (None for the usual layer): a whole number >= 1;
+    values above 1 apply to CLIP / OpenCLIP text encoders only (recorded as "Clip skip: N")."""
+    if clip_skip is None:
+        return None
+    if isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or clip_skip < 1:
+        raise ValueError(f"clip_skip must be a whole number >= 1 (1 = the text encoder's usual layer); "
+                         f"got {clip_skip!r}.")
+    if clip_skip == 1:
+        return None
+    encoder = m.cond_stage_model
+    if not isinstance(encoder, (FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder)):
+        if warn:
+            warnings.warn(f"clip skip {clip_skip} applies to CLIP text encoders only; this model's "
+                          f"{type(encoder).__name__} ignores it", stacklevel=4)
+        return None
+    if clip_skip > encoder.n_blocks:
+        raise ValueError(f"clip_skip must be at most {encoder.n_blocks} for this text encoder (it runs "
+                         f"{encoder.n_blocks} blocks); got {clip_skip}.")
+    return clip_skip
+
+
+def _text(m, text: str, clip_skip, composable: bool):
+    window = _window(m)
+    if window is None:                                   # not a CLIP-tokenized encoder: as before
+        return m.get_learned_conditioning([text])
+    parts = split_and(text) if composable else [(text, 1.0)]
+    plain = (clip_skip is None and len(parts) == 1 and parts[0][1] == 1.0 and not has_attention_syntax(text)
+             and not has_schedule_syntax(text) and len(clip_bpe().encode(text)) <= window)
+    if plain:
+        return m.get_learned_conditioning([text])
+    return PromptConditioning(m, parts, clip_skip)
+
+
+def _window(m) -> int | None:
+    """Tokens per chunk besides BOS and EOS: 75, or the context of a shorter encoder; None for
+    an encoder without the CLIP tokenizer."""
+    encoder = m.cond_stage_model
+    if isinstance(encoder, (FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder)):
+        length = encoder.cfg.max_length
+    elif isinstance(encoder, TransformerEmbedder) and encoder.cfg.tokenizer == "clip":
+        length = encoder.cfg.max_seq_len
+    else:
+        return None
+    return min(CHUNK_LENGTH, length - 2)
+
+
+class PromptConditioning:
+    """A prompt in A1111's syntax: ((text, weight), ...) sub-prompts (AND), encoded on demand.
+
+    for_steps(steps) -> a context (1, L, D), a CondSchedule of them (prompt editing,
+    alternation) or a Composition (AND, or a single sub-prompt with a weight other than 1).
+    for_steps(steps, hires_steps): the schedule of hires fix's second pass (core.prompts).
+    """
+
+    def __init__(self, m, parts, clip_skip: int | None):
+        self.m, self.parts, self.clip_skip = m, list(parts), clip_skip
+        self._by_steps: dict[tuple, object] = {}
+
+    def for_steps(self, steps: int, hires_steps: int | None = None):
+        if (steps, hires_steps) not in self._by_steps:
+            self._by_steps[steps, hires_steps] = self._build(steps, hires_steps)
+        return self._by_steps[steps, hires_steps]
+
+    def _build(self, steps: int, hires_steps: int | None):
+        schedules = [prompt_schedule(text, steps, hires_steps) for text, _ in self.parts]
+        encoded = [_encode_schedule(self.m, [t for _, t in schedule], self.clip_skip) for schedule in schedules]
+        tokens = max(c.shape[1] for contexts in encoded for c in contexts)
+        conds = []
+        for schedule, contexts in zip(schedules, encoded):
+            contexts = [_repeat_last_token(c, tokens) for c in contexts]
+            conds.append(contexts[0] if len(contexts) == 1 else
+                         CondSchedule(tuple((end, c) for (end, _), c in zip(schedule, contexts))))
+        if len(self.parts) == 1 and self.parts[0][1] == 1.0:
+            return conds[0]
+        return Composition(tuple((weight, c) for (_, weight), c in zip(self.parts, conds)))
+
+
+def with_steps(c, steps: int, hires_steps: int | None = None):
+    """c with every PromptConditioning in it (also inside dicts and lists) encoded for `steps`
+    (and `hires_steps`, for hires fix's second pass)."""
+    if isinstance(c, PromptConditioning):
+        return c.for_steps(steps, hires_steps)
+    if isinstance(c, dict):
+        return {k: with_steps(v, steps, hires_steps) for k, v in c.items()}
+    if isinstance(c, list):
+        return [with_steps(v, steps, hires_steps) for v in c]
+    return c
+
+
+def _repeat_last_token(c: torch.Tensor, tokens: int) -> torch.Tensor:
+    """(1, L, D) -> (1, tokens, D) by repeating the last token vector (A1111's stack_conds)."""
+    if c.shape[1] == tokens:
+        return c
+    return torch.cat([c, c[:, -1:].expand(1, tokens - c.shape[1], c.shape[2])], dim=1)
+
+
+def _encode_schedule(m, texts: list[str], clip_skip) -> list[torch.Tensor]:
+    """One context (1, 77 k, D) per text, each distinct text encoded once; shorter ones padded with
+    empty chunks to the longest (A1111 encodes a prompt's edited texts as one batch)."""
+    distinct = {text: _encode_chunks(m, text, clip_skip) for text in dict.fromkeys(texts)}
+    most = max(z.shape[0] for z in distinct.values())
+    empty = None
+    out = []
+    for text in texts:
+        z = distinct[text]                                                   # (k, L, D)
+        if z.shape[0] < most:
+            empty = _encode_chunks(m, "", clip_skip) if empty is None else empty
+            z = torch.cat([z] + [empty] * (most - z.shape[0]))
+        out.append(z.reshape(1, -1, z.shape[-1]))
+    return out
+
+
+@torch.no_grad()
+def _encode_chunks(m, text: str, clip_skip) -> torch.Tensor:
+    """The chunks of one prompt text, encoded and emphasised: (k, window + 2, D)."""
+    encoder, bpe, window = m.cond_stage_model, clip_bpe(), _window(m)
+    pieces = [(None, -1.0) if piece == BREAK else (bpe.encode(piece[0]), piece[1])
+              for piece in parse_prompt_attention(text)]
+    if window < CHUNK_LENGTH:                          # a short context: one chunk, BREAK only separates
+        pieces = _truncated([p for p in pieces if p[0] is not None], window)
+        chunks = prompt_chunks(pieces, window, EOS_ID, None)
+    else:
+        chunks = prompt_chunks(pieces, window, EOS_ID, bpe.encoder[",</w>"])
+    rows = []
+    for chunk in chunks:
+        ids = [BOS_ID] + chunk.ids + [EOS_ID]
+        first_eos = ids.index(EOS_ID)                  # SD2 / ours pad with 0 after the first EOS
+        rows.append(ids[:first_eos + 1] + [encoder.pad_id] * (len(ids) - first_eos - 1))
+    tokens = torch.tensor(rows)                                                     # (k, window + 2)
+    multipliers = torch.tensor([[1.0] + chunk.weights + [1.0] for chunk in chunks])  # (k, window + 2)
+    if isinstance(encoder, TransformerEmbedder):
+        z = encoder.encode_tokens(encoder.bpe_rows(tokens, stacklevel=6))          # (k, L, D)
+    else:
+        z = encoder.encode_tokens(tokens, clip_skip or 1)                          # (k, L, D)
+    return torch.stack([_emphasis(z_i, w.to(z_i)) for z_i, w in zip(z, multipliers)])
+
+
+def _truncated(pieces: list, window: int) -> list:
+    """The weighted pieces cut to `window` tokens in all, with a warning naming what was dropped."""
+    ids = [i for piece_ids, _ in pieces for i in piece_ids]
+    if len(ids) > window:
+        warnings.warn(f"the prompt is {len(ids)} tokens long; the text encoder reads at most {window}, so the "
+                      f"last {len(ids) - window} tokens were dropped: {clip_bpe().decode(ids[window:]).strip()!r}",
+                      stacklevel=7)
+    out, room = [], window
+    for piece_ids, weight in pieces:
+        out.append((piece_ids[:room], weight))
+        room -= len(out[-1][0])
+    return out
+
+
+def _emphasis(z: torch.Tensor, multipliers: torch.Tensor) -> torch.Tensor:
+    """A1111's "Original" emphasis on one chunk (L, D): z * w per token, then rescaled so that the
+    mean over the chunk is what it was."""
+    original_mean = z.mean()
+    z = z * multipliers[:, None]
+    return z * (original_mean / z.mean())
 
 
 def class_conditioning(m, class_label):

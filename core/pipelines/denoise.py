@@ -8,7 +8,9 @@ parameters and never knows the tab. The denoiser is composed here, in one visibl
 
     network(m)                 x, t, cond -> eps or v        (m.apply_model, model dtype)
     wrap(...)                  e.g. tiled(): the same, tile by tile with blended overlaps
-    CFGDenoiser                classifier-free guidance on the raw output
+    CFGDenoiser                classifier-free guidance on the raw output (AND: composable)
+    ScheduledConditioning      only for A1111 prompt editing / alternation / AND: cond and uncond
+                               of the current step, which the sampler's callback advances
     core.samplers.sample_denoiser: eps/v -> eps at t or D(x, sigma); inpainting blend; the sampler
 
 `denoise_batches` runs n images as batches of `batch_size` (one UNet batch each), image i from its
@@ -16,9 +18,11 @@ own seed's CPU generator, so an image is reproducible alone from its recorded se
 """
 import torch
 
+from core.pipelines.conditioning import with_steps
 from core.pipelines.progress import Progress
 from core.samplers import CFGDenoiser, SamplingInterrupted, SamplingSettings, sample_denoiser
 from core.samplers.noise import cpu_generator, randn
+from core.samplers.scheduled import ScheduledConditioning, is_scheduled
 
 
 def network(m, dtype):
@@ -35,7 +39,9 @@ def denoise(m, cond, uncond, settings: SamplingSettings, shape: tuple, generator
             mask=None, strength=None, wrap=None, callback=None, should_stop=None) -> torch.Tensor:
     """Latents (B, C, h, w) in the model's dtype for B = len(generators) images.
 
-    cond / uncond: as core.samplers.sample (uncond None or guidance 1: one pass per step).
+    cond / uncond: as core.samplers.sample (uncond None or guidance 1: one pass per step), or
+        with A1111's prompt syntax (core.pipelines.conditioning.PromptConditioning, encoded here
+        for settings.steps; a schedule is followed step by step).
     generators: one CPU generator per image: its x_T and ancestral noise.
     x0, mask, strength: img2img (x0 + strength) and inpainting by blending (x0 + mask).
     wrap(model_fn) -> model_fn: a wrapper around the network (tiling).
@@ -47,8 +53,13 @@ def denoise(m, cond, uncond, settings: SamplingSettings, shape: tuple, generator
     model_fn = network(m, dtype)
     if wrap is not None:
         model_fn = wrap(model_fn)
+    cond, uncond = with_steps(cond, settings.steps), with_steps(uncond, settings.steps)    # prompt syntax
+    guided = CFGDenoiser(model_fn)
+    if is_scheduled(cond) or is_scheduled(uncond):
+        guided = ScheduledConditioning(guided)
+        callback = guided.following(callback)
     extra_args = {"cond": cond, "uncond": uncond, "cond_scale": settings.guidance_scale}
-    z = sample_denoiser(CFGDenoiser(model_fn), m.alphas_cumprod.to(param.device, dtype), m.parameterization,
+    z = sample_denoiser(guided, m.alphas_cumprod.to(param.device, dtype), m.parameterization,
                         noise, settings, extra_args=extra_args, x0=x0, mask=mask, strength=strength,
                         callback=callback, should_stop=should_stop, generator=generators)
     return z.to(param.dtype)

@@ -61,7 +61,7 @@ def base_parameters(m, task: str, settings: SamplingSettings, seed: int, width: 
                     prompt: str = "", negative_prompt: str = "") -> dict:
     """The parameters recorded on an image (infotext.PARAMETERS keys)."""
     return {"prompt": prompt, "negative_prompt": negative_prompt, "steps": settings.steps,
-            "sampler": settings.sampler, "karras": settings.karras,
+            "sampler": settings.sampler, "karras": settings.karras, "scheduler": settings.scheduler,
             "guidance_scale": settings.guidance_scale, "seed": seed, "width": width, "height": height,
             "model_hash": cached_model_hash(getattr(m, "checkpoint_path", None)), "model": model_name(m),
             "rng": "CPU", "eta": settings.eta if settings.sampler == "ddim" and settings.eta else None,

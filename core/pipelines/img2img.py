@@ -4,7 +4,7 @@ almost all of the image; small strengths keep its composition and colours."""
 
 from core.capabilities import capabilities
 from core.pipelines import vae
-from core.pipelines.conditioning import text_conditioning
+from core.pipelines.conditioning import effective_clip_skip, text_conditioning
 from core.pipelines.defaults import check_size, model_defaults
 from core.pipelines.denoise import denoise_batches
 from core.pipelines.generation import (base_parameters, check_batch_size, check_output, decode, interrupted,
@@ -17,7 +17,8 @@ from core.samplers import SamplingInterrupted, SamplingSettings, check_strength
 
 def img2img(m, image, prompt="", strength=0.75, negative_prompt="", steps=None, guidance_scale=None,
             sampler=None, seed=None, width=None, height=None, n=1, *, resize_mode="just_resize", batch_size=1,
-            eta=None, karras=None, vae_tile=None, callback=None, should_stop=None, output="image"):
+            eta=None, karras=None, scheduler=None, clip_skip=None, vae_tile=None, callback=None, should_stop=None,
+            output="image"):
     """Variations of `image` (PIL, path or array) following `prompt`, one PIL image per seed.
 
     width/height: bring the image to this size first (multiples of the model's grid), by
@@ -30,7 +31,7 @@ def img2img(m, image, prompt="", strength=0.75, negative_prompt="", steps=None, 
     if not caps.prompt and prompt:
         raise ValueError("this model is unconditional: it takes no prompt (give prompt='').")
     strength, resize_mode = check_strength(strength), resize_mode_key(resize_mode)
-    settings = SamplingSettings.resolve(model_defaults(m), sampler, karras, steps, guidance_scale, eta)
+    settings = SamplingSettings.resolve(model_defaults(m), sampler, karras, steps, guidance_scale, eta, scheduler)
     seeds, batch_size, output = resolve_seeds(seed, n), check_batch_size(batch_size), check_output(output)
     picture = load_image(image)
     if width is not None or height is not None:
@@ -41,7 +42,7 @@ def img2img(m, image, prompt="", strength=0.75, negative_prompt="", steps=None, 
 
     def params_for(i):
         params = base_parameters(m, "img2img", settings, seeds[i], width, height, prompt, negative_prompt)
-        return {**params, "strength": strength}
+        return {**params, "strength": strength, "clip_skip": effective_clip_skip(m, clip_skip) if caps.prompt else None}
 
     def record(z):
         if output == "latent":
@@ -55,7 +56,7 @@ def img2img(m, image, prompt="", strength=0.75, negative_prompt="", steps=None, 
     z0 = vae.encode(m, x, tile=vae_tile)                                     # (1, C, h, w)
 
     # 3. Conditioning.
-    cond, uncond = text_conditioning(m, prompt, negative_prompt) if caps.prompt else (None, None)
+    cond, uncond = text_conditioning(m, prompt, negative_prompt, clip_skip=clip_skip) if caps.prompt else (None, None)
 
     # 4. Denoise from x0 noised to `strength`, every image from its own seed.
     try:

@@ -21,14 +21,13 @@ from PIL.PngImagePlugin import PngInfo
 
 from core.checkpoints import model_hash
 from core.pipelines.images import read_image_file
-from core.samplers import (DEFAULT_SCHEDULE_NAME, KARRAS_SCHEDULE_NAME, SAMPLER_DISPLAY_NAMES,
-                           SIGMA_SAMPLERS)
+from core.samplers import SAMPLER_DISPLAY_NAMES, SCHEDULE_DISPLAY_NAMES, SIGMA_SAMPLERS, scheduler_name
 
 # (infotext label, our key, type), in the order the reference writes them; task extras after RNG.
 PARAMETERS = [
     ("Steps", "steps", int),
     ("Sampler", "sampler", str),
-    ("Schedule type", "karras", bool),
+    ("Schedule type", "scheduler", str),           # read back also as "karras" (True for Karras)
     ("CFG scale", "guidance_scale", float),
     ("Seed", "seed", int),
     ("Size", "size", str),                         # width x height
@@ -104,10 +103,10 @@ def _quote(text: str) -> str:
 def _format_value(key: str, kind, value, params: dict) -> str | None:
     if key in ("sampler", "hr_sampler"):
         return SAMPLER_DISPLAY_NAMES.get(value, str(value))
-    if key == "karras":
-        if params.get("sampler") not in SIGMA_SAMPLERS:
+    if key == "scheduler":
+        if params.get("sampler") not in SIGMA_SAMPLERS or value == "automatic":
             return None                                      # DDIM/PLMS/DDPM have no schedule type
-        return KARRAS_SCHEDULE_NAME if value else None
+        return SCHEDULE_DISPLAY_NAMES.get(value, str(value))
     if key == "eta" and params.get("sampler") != "ddim":
         return None
     if kind == "json":
@@ -130,9 +129,12 @@ def infotext(params: dict) -> str:
             if params.get("width") is not None and params.get("height") is not None:
                 pairs.append(f"Size: {params['width']}x{params['height']}")
             continue
-        if params.get(key) is None:
+        value = params.get(key)
+        if key == "scheduler" and value is None and params.get("karras"):
+            value = "karras"                                 # a dict from before schedule types
+        if value is None:
             continue
-        text = _format_value(key, kind, params[key], params)
+        text = _format_value(key, kind, value, params)
         if text is not None:
             pairs.append(f"{label}: {_quote(text)}")
     lines.append(", ".join(pairs))
@@ -170,7 +172,7 @@ def _typed(label: str, value: str, out: dict) -> None:
     elif label == "Sampler":
         name = value.strip()
         if name.endswith(" Karras") and name[:-7] in _SAMPLER_FROM_DISPLAY:     # older A1111 style
-            out["sampler"], out["karras"] = _SAMPLER_FROM_DISPLAY[name[:-7]], True
+            out["sampler"], out["karras"], out["scheduler"] = _SAMPLER_FROM_DISPLAY[name[:-7]], True, "karras"
         else:
             out["sampler"] = _SAMPLER_FROM_DISPLAY.get(name, name)
         return
@@ -178,9 +180,12 @@ def _typed(label: str, value: str, out: dict) -> None:
         out["hr_sampler"] = _SAMPLER_FROM_DISPLAY.get(value.strip(), value.strip())
         return
     elif label == "Schedule type":
-        if value in (KARRAS_SCHEDULE_NAME, DEFAULT_SCHEDULE_NAME):
-            out["karras"] = value == KARRAS_SCHEDULE_NAME
+        try:
+            out["scheduler"] = scheduler_name(value)
+            out["karras"] = out["scheduler"] == "karras"
             return
+        except ValueError:
+            pass
     elif label in _BY_LABEL:
         key, kind = _BY_LABEL[label]
         try:

@@ -32,7 +32,7 @@ from PIL import Image
 from core.capabilities import capabilities
 from core.pipelines import vae
 from core.pipelines.color import delta_e_2000, psnr, srgb_to_lab
-from core.pipelines.conditioning import text_conditioning
+from core.pipelines.conditioning import effective_clip_skip, text_conditioning
 from core.pipelines.defaults import check_size, model_defaults
 from core.pipelines.denoise import denoise_batches
 from core.pipelines.generation import (base_parameters, check_batch_size, decode, interrupted,
@@ -74,7 +74,8 @@ class Region:
 
 def inpaint(m, image, mask, prompt="", negative_prompt="", steps=None, guidance_scale=None, sampler=None,
             seed=None, n=1, *, strength=1.0, mask_blur=4, inpaint_area="whole", padding=32,
-            masked_content="original", width=None, height=None, eta=None, karras=None, batch_size=1,
+            masked_content="original", width=None, height=None, eta=None, karras=None, scheduler=None,
+            clip_skip=None, batch_size=1,
             color_match=True, ring_width=8, vae_tile=None, callback=None, should_stop=None) -> list:
     """Repaint the white part of `mask` in `image` (PIL, path or array each); one PIL image per seed.
 
@@ -98,7 +99,7 @@ def inpaint(m, image, mask, prompt="", negative_prompt="", steps=None, guidance_
     area = _choice("inpaint_area", inpaint_area, INPAINT_AREAS)
     content = _choice("masked_content", masked_content, MASKED_CONTENT)
     defaults = model_defaults(m)
-    settings = SamplingSettings.resolve(defaults, sampler, karras, steps, guidance_scale, eta)
+    settings = SamplingSettings.resolve(defaults, sampler, karras, steps, guidance_scale, eta, scheduler)
     seeds, batch_size = resolve_seeds(seed, n), check_batch_size(batch_size)
 
     # 2. The image, its mask (white = repaint, binarised at 0.5) and the region to process.
@@ -111,12 +112,13 @@ def inpaint(m, image, mask, prompt="", negative_prompt="", steps=None, guidance_
     z_init = vae.encode(m, _initial_image(x, mask_t, content), tile=vae_tile)   # (1, C, h, w)
     latent_mask = F.max_pool2d(mask_t, caps.factor).to(z_init.dtype)        # (1, 1, h, w): any repainted px
     z0 = torch.cat([_start_latent(z_init, latent_mask, content, s) for s in seeds])
-    cond, uncond = _conditioning(m, caps, x, mask_t, z_init, prompt, negative_prompt, vae_tile)
+    cond, uncond = _conditioning(m, caps, x, mask_t, z_init, prompt, negative_prompt, vae_tile, clip_skip)
 
     def params_for(i):
         params = base_parameters(m, "inpaint", settings, seeds[i], region.proc_w, region.proc_h, prompt,
                                  negative_prompt)
-        return {**params, "strength": strength, "mask_blur": mask_blur, "inpaint_area": INPAINT_AREAS[area],
+        return {**params, "clip_skip": effective_clip_skip(m, clip_skip) if caps.prompt else None,
+                "strength": strength, "mask_blur": mask_blur, "inpaint_area": INPAINT_AREAS[area],
                 "padding": padding if area == "only_masked" else None, "masked_content": MASKED_CONTENT[content]}
 
     def record(z):
@@ -192,11 +194,11 @@ def _start_latent(z_init, latent_mask, content, seed: int):
     return z_init
 
 
-def _conditioning(m, caps, x, mask_t, z_init, prompt, negative_prompt, vae_tile):
+def _conditioning(m, caps, x, mask_t, z_init, prompt, negative_prompt, vae_tile, clip_skip):
     """(cond, uncond). Dedicated models get mask + masked image concatenated (FACTS.md section 9,
     trap 6); a text or unconditional model gets only its own conditioning and blends latents."""
     if caps.family == "inpaint-sd":                                        # [z, mask, masked latent]
-        c_text, u_text = text_conditioning(m, prompt, negative_prompt)
+        c_text, u_text = text_conditioning(m, prompt, negative_prompt, clip_skip=clip_skip)
         mask_nearest = F.interpolate(mask_t, size=z_init.shape[-2:], mode="nearest")
         masked_latent = vae.encode(m, x * (mask_t < 0.5), tile=vae_tile)      # hole = 0 (grey)
         cond = {"c_concat": [torch.cat([mask_nearest.to(masked_latent), masked_latent], dim=1)],
@@ -208,7 +210,7 @@ def _conditioning(m, caps, x, mask_t, z_init, prompt, negative_prompt, vae_tile)
         mask_pm = F.interpolate(mask_t, size=z_init.shape[-2:], mode="nearest") * 2 - 1
         return {"c_concat": [torch.cat([masked_latent, mask_pm.to(masked_latent)], dim=1)]}, None
     if caps.prompt:
-        return text_conditioning(m, prompt, negative_prompt)
+        return text_conditioning(m, prompt, negative_prompt, clip_skip=clip_skip)
     return None, None
 
 

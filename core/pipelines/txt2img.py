@@ -2,7 +2,7 @@
 guidance -> image by the decoder."""
 
 from core.capabilities import capabilities
-from core.pipelines.conditioning import text_conditioning
+from core.pipelines.conditioning import effective_clip_skip, text_conditioning
 from core.pipelines.defaults import check_size, model_defaults
 from core.pipelines.denoise import denoise_batches
 from core.pipelines.generation import (base_parameters, check_batch_size, check_output, interrupted,
@@ -11,13 +11,17 @@ from core.samplers import SamplingInterrupted, SamplingSettings
 
 
 def txt2img(m, prompt, negative_prompt="", steps=None, guidance_scale=None, sampler=None, seed=None,
-            width=None, height=None, n=1, **options):
+            width=None, height=None, n=1, *, clip_skip=None, **options):
     """Images for a prompt: a list of PIL images, each with its parameters in image.info.
 
     steps, guidance_scale, sampler, width, height: None = the model's defaults
         (core.pipelines.defaults). sampler: a core.samplers.SAMPLERS key or its display name.
     seed: image i uses seed + i (None: random, recorded). n: how many images.
+    prompt, negative_prompt: AUTOMATIC1111's syntax (core/prompts.py): (emphasis:1.2), [editing:at:0.5],
+      [alter|nation], BREAK, AND (prompt only).
+    clip_skip: None / 1 = the text encoder's usual layer; N stops N - 1 layers earlier (CLIP encoders).
     options:
+      scheduler: the schedule type of sigma samplers ("Karras", "Exponential", ...; None = default);
       batch_size: images per UNet batch (faster on a GPU; each image still depends only on its seed);
       eta, karras: None = the model's defaults;
       vae_tile: None = decode tiled only when needed, 0 = never, N = tiles of N latent pixels;
@@ -28,15 +32,15 @@ def txt2img(m, prompt, negative_prompt="", steps=None, guidance_scale=None, samp
     """
     # 1. The model can do it. 2. The prompt and the negative prompt (the unconditional half of CFG).
     capabilities(m).require("txt2img")
-    cond, uncond = text_conditioning(m, prompt, negative_prompt)
-    extra = {"prompt": prompt, "negative_prompt": negative_prompt}
+    cond, uncond = text_conditioning(m, prompt, negative_prompt, clip_skip=clip_skip)
+    extra = {"prompt": prompt, "negative_prompt": negative_prompt, "clip_skip": effective_clip_skip(m, clip_skip)}
     # 3. Noise -> latents -> images, one seed each.
     return sample_images(m, "txt2img", cond, uncond, extra, n, seed, steps, sampler, guidance_scale,
                          width, height, **options)
 
 
 def sample_images(m, task, cond, uncond, extra: dict, n, seed, steps, sampler, guidance_scale, width, height, *,
-            batch_size=1, eta=None, karras=None, vae_tile=None, callback=None, should_stop=None,
+            batch_size=1, eta=None, karras=None, scheduler=None, vae_tile=None, callback=None, should_stop=None,
             output="image"):
     """n images from noise under (cond, uncond), made by the caller for `task`; `extra`: parameters
     recorded besides the sampling ones (the class, the layout). Other arguments as txt2img."""
@@ -44,12 +48,13 @@ def sample_images(m, task, cond, uncond, extra: dict, n, seed, steps, sampler, g
     caps, defaults = capabilities(m), model_defaults(m)
     width, height = check_size(m, defaults.width if width is None else width,
                                defaults.height if height is None else height, task)
-    settings = SamplingSettings.resolve(defaults, sampler, karras, steps, guidance_scale, eta)
+    settings = SamplingSettings.resolve(defaults, sampler, karras, steps, guidance_scale, eta, scheduler)
     if uncond is None and settings.guidance_scale != 1.0:
         if guidance_scale is not None:
             raise ValueError("this model has no unconditional embedding (no null class), so it cannot use "
                              "classifier-free guidance; use guidance_scale=1.")
-        settings = SamplingSettings(settings.sampler, settings.karras, settings.steps, 1.0, settings.eta)
+        settings = SamplingSettings(settings.sampler, settings.karras, settings.steps, 1.0, settings.eta,
+                                    scheduler=settings.scheduler)
     seeds, batch_size, output = resolve_seeds(seed, n), check_batch_size(batch_size), check_output(output)
 
     def params_for(i):

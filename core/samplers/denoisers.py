@@ -10,6 +10,7 @@ Guidance is applied to the RAW output, before any v -> eps conversion (FACTS.md 
 """
 import torch
 
+from core.samplers.scheduled import Composition
 from core.samplers.schedules import sigma_to_t, sigmas_from_alphas_cumprod
 
 
@@ -29,7 +30,13 @@ class CFGDenoiser:
     [uncond, cond] (as the reference DDIM sampler). Dict conditionings are concatenated key by key;
     an `uncond` given as a tensor (or list) only replaces `c_crossattn`, so `c_concat` / `c_adm`
     (inpainting mask + masked image, upscaler low-res image and noise level) are the same for both
-    halves. With no uncond or cond_scale == 1 a single pass runs.
+    halves. With no uncond or cond_scale == 1 a single pass runs. When cond and uncond differ in
+    context length (a prompt of 2 chunks of 75 tokens, a negative prompt of 1), they run as two
+    passes, as AUTOMATIC1111 does by default (its "pad conds" option off).
+
+    `cond` may be a Composition (AND, core/samplers/scheduled.py): composable diffusion, A1111's
+    combine_denoised: out_uncond + sum_i (out_i - out_uncond) * (w_i * cond_scale), in one pass
+    of [uncond, cond_1, ..., cond_n] when their contexts have one length.
     """
 
     def __init__(self, model_fn):
@@ -37,15 +44,44 @@ class CFGDenoiser:
 
     def __call__(self, x, t, cond=None, uncond=None, cond_scale=1.0):
         batch = x.shape[0]
+        if isinstance(cond, Composition):
+            return self._composed(x, t, cond, uncond, cond_scale)
         if uncond is None or cond_scale == 1.0:
             return self.inner(x, t, _match_batch(cond, batch))
         if cond is None:
             raise ValueError("An unconditional embedding (uncond) was given without a condition; "
                              "pass cond as well, or drop uncond for an unconditional model.")
-        both = _concat_conds(_match_batch(_full_uncond(uncond, cond), batch),
-                             _match_batch(cond, batch))
-        out_uncond, out_cond = self.inner(torch.cat([x, x]), torch.cat([t, t]), both).chunk(2)
+        out_uncond, out_cond = self._outputs(x, t, [_match_batch(_full_uncond(uncond, cond), batch),
+                                                    _match_batch(cond, batch)])
         return out_uncond + cond_scale * (out_cond - out_uncond)
+
+    def _composed(self, x, t, composition, uncond, cond_scale):
+        if uncond is None:
+            raise ValueError("AND (composable diffusion) guides each sub-prompt against the unconditional "
+                             "output, and this model has none; write the prompt without AND.")
+        conds = [_match_batch(c, x.shape[0]) for _, c in composition.parts]
+        outs = self._outputs(x, t, [_match_batch(_full_uncond(uncond, conds[0]), x.shape[0])] + conds)
+        out = outs[0].clone()
+        for (weight, _), out_i in zip(composition.parts, outs[1:]):
+            out += (out_i - outs[0]) * (weight * cond_scale)
+        return out
+
+    def _outputs(self, x, t, conds: list) -> list:
+        """The network's output for each conditioning: one batched pass when their contexts have
+        one shape, else one pass each."""
+        if any(_leaf_shapes(c) != _leaf_shapes(conds[0]) for c in conds[1:]):
+            return [self.inner(x, t, c) for c in conds]
+        k = len(conds)
+        return list(self.inner(torch.cat([x] * k), torch.cat([t] * k), _concat_conds(*conds)).chunk(k))
+
+
+def _leaf_shapes(c) -> list:
+    """The per-sample shapes of the tensors in a conditioning (tensor, dict or list)."""
+    if isinstance(c, dict):
+        return [s for k in sorted(c) for s in _leaf_shapes(c[k])]
+    if isinstance(c, (list, tuple)):
+        return [s for v in c for s in _leaf_shapes(v)]
+    return [tuple(c.shape[1:])] if isinstance(c, torch.Tensor) else [None]
 
 
 def _full_uncond(uncond, cond):
@@ -65,17 +101,19 @@ def _full_uncond(uncond, cond):
     return {**cond, "c_crossattn": list(uncond) if isinstance(uncond, (list, tuple)) else [uncond]}
 
 
-def _concat_conds(uncond, cond):
-    """[uncond, cond] along the batch, key by key for dicts and item by item for lists."""
-    if isinstance(cond, dict):
-        return {k: _concat_conds(uncond[k], c) for k, c in cond.items()}
-    if isinstance(cond, (list, tuple)):
-        if len(uncond) != len(cond):
-            raise ValueError(f"cond and uncond lists differ in length ({len(cond)} vs {len(uncond)}).")
-        return [_concat_conds(u, c) for u, c in zip(uncond, cond)]
-    if cond is None:
+def _concat_conds(*conds):
+    """The conditionings along the batch ([uncond, cond, ...]), key by key for dicts and item by
+    item for lists."""
+    first = conds[0]
+    if isinstance(first, dict):
+        return {k: _concat_conds(*(c[k] for c in conds)) for k in first}
+    if isinstance(first, (list, tuple)):
+        if any(len(c) != len(first) for c in conds):
+            raise ValueError(f"cond and uncond lists differ in length ({[len(c) for c in conds]}).")
+        return [_concat_conds(*items) for items in zip(*conds)]
+    if first is None:
         return None
-    return torch.cat([uncond, cond])
+    return torch.cat(list(conds))
 
 
 def _match_batch(c, batch: int):

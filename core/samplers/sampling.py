@@ -19,9 +19,10 @@ import torch
 from core.samplers.denoisers import (CFGDenoiser, EpsDenoiser, InpaintEpsBlend, InpaintSigmaBlend,
                                      KDenoiser)
 from core.samplers.noise import cpu_generator, randn
-from core.samplers.registry import SAMPLERS, TIMESTEP_SAMPLERS
+from core.samplers.registry import ANCESTRAL_SAMPLERS, DISCARD_NEXT_TO_LAST_SIGMA, SAMPLERS, TIMESTEP_SAMPLERS
+from core.samplers.scheduled import ScheduledConditioning, is_scheduled
 from core.samplers.schedules import ddim_timesteps, ddpm_timesteps, get_sigmas
-from core.samplers.settings import SamplingSettings, check_strength
+from core.samplers.settings import SamplingSettings, check_strength, scheduler_name
 
 
 class SamplingInterrupted(Exception):
@@ -83,7 +84,11 @@ def sample_denoiser(guided, alphas_cumprod, parameterization: str, noise, settin
             denoiser = InpaintEpsBlend(denoiser, x0, mask, noise)
         total = len(schedule)
     else:
-        schedule = get_sigmas(alphas_cumprod, settings.steps, karras=settings.karras)
+        if settings.sampler in DISCARD_NEXT_TO_LAST_SIGMA:
+            schedule = get_sigmas(alphas_cumprod, settings.steps + 1, scheduler=settings.scheduler)
+            schedule = torch.cat([schedule[:-2], schedule[-1:]])
+        else:
+            schedule = get_sigmas(alphas_cumprod, settings.steps, scheduler=settings.scheduler)
         schedule = schedule[_start_index(settings.steps, strength, start_step):]
         denoiser = KDenoiser(guided, alphas_cumprod, parameterization)
         x = x0 + schedule[0] * noise if img2img else schedule[0] * noise
@@ -93,7 +98,7 @@ def sample_denoiser(guided, alphas_cumprod, parameterization: str, noise, settin
     run = SAMPLERS[settings.sampler]
     if settings.sampler == "ddim":
         run = partial(run, eta=settings.eta)
-    elif settings.sampler == "euler_a":
+    elif settings.sampler in ANCESTRAL_SAMPLERS:
         run = partial(run, eta=settings.ancestral_eta)
 
     # 3. Sample, stopping between steps when asked.
@@ -127,16 +132,19 @@ def sample_denoiser(guided, alphas_cumprod, parameterization: str, noise, settin
 @torch.no_grad()
 def sample(m, cond, uncond=None, guidance_scale=7.5, steps=50, sampler="ddim", eta=0.0,
            x_T=None, shape=None, seed=None, callback=None, *, karras=False, x0=None, mask=None,
-           strength=None, start_step=None, should_stop=None, ancestral_eta=1.0):
+           strength=None, start_step=None, should_stop=None, ancestral_eta=1.0, scheduler="automatic"):
     """Sample a latent z (B, C, H, W) from model `m` (apply_model, alphas_cumprod, parameterization).
 
     cond / uncond: the conditioning and the unconditional one for classifier-free guidance (a
         tensor, or a dict with "c_crossattn" / "c_concat" / "c_adm" lists as in the reference code;
         a tensor uncond with a dict cond replaces only c_crossattn). uncond None or
-        guidance_scale 1: one network pass per evaluation.
+        guidance_scale 1: one network pass per evaluation. Either may change during sampling: a
+        core.samplers.scheduled.CondSchedule (prompt editing) or Composition (AND).
     steps, sampler: one of SAMPLERS. ddim/plms use the reference step list (more than `steps`
         steps when steps does not divide T); sigma-space samplers take `karras=True`.
-    eta: DDIM's eta (0 = deterministic). `ancestral_eta` (default 1) is Euler a's noise scale.
+    eta: DDIM's eta (0 = deterministic). `ancestral_eta` (default 1) is the ancestral and SDE
+        samplers' noise scale. scheduler: the schedule type of sigma-space samplers ("karras",
+        "exponential", "sgm_uniform", "simple", "normal" or A1111's names; karras=True = "karras").
     x_T / shape / seed: the starting noise N(0, 1) (sigma samplers scale it by sigma_max); when x_T
         is None it is drawn on the CPU from torch.Generator().manual_seed(seed) (a random seed if
         None), as is every ancestral noise, so a seed gives the same latent on CPU and GPU.
@@ -156,7 +164,8 @@ def sample(m, cond, uncond=None, guidance_scale=7.5, steps=50, sampler="ddim", e
     # 1. Check the arguments before touching the model.
     if sampler not in SAMPLERS:
         raise ValueError(f"Unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}.")
-    settings = SamplingSettings(sampler, bool(karras), steps, guidance_scale, eta, ancestral_eta)
+    settings = SamplingSettings(sampler, bool(karras), steps, guidance_scale, eta, ancestral_eta,
+                                scheduler_name(scheduler))
     shape = _latent_shape(x_T, shape)
 
     # 2. Device and dtypes come from the model; sampler arithmetic runs in at least float32.
@@ -173,8 +182,12 @@ def sample(m, cond, uncond=None, guidance_scale=7.5, steps=50, sampler="ddim", e
         return m.apply_model(x.to(model_dtype), t, c).to(dtype)
 
     extra_args = {"cond": cond, "uncond": uncond, "cond_scale": guidance_scale}
+    guided = CFGDenoiser(model_fn)
+    if is_scheduled(cond) or is_scheduled(uncond):                 # a CondSchedule / Composition
+        guided = ScheduledConditioning(guided)
+        callback = guided.following(callback)
     try:
-        z = sample_denoiser(CFGDenoiser(model_fn), m.alphas_cumprod.to(device=device, dtype=dtype),
+        z = sample_denoiser(guided, m.alphas_cumprod.to(device=device, dtype=dtype),
                             m.parameterization, noise, settings, extra_args=extra_args, x0=x0, mask=mask,
                             strength=strength, start_step=start_step, callback=callback,
                             should_stop=should_stop, generator=generator)

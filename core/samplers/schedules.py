@@ -6,6 +6,8 @@ Two views of the same DDPM schedule `alphas_cumprod` (float32 [T], FACTS.md sect
   sigma(t) = sqrt((1 - alphas_cumprod[t]) / alphas_cumprod[t]) and x_sigma = x_t / sqrt(alphas_cumprod[t]).
 Every function here is pure: tensors in, tensors out, on the device and dtype of its input.
 """
+import math
+
 import torch
 
 
@@ -88,17 +90,55 @@ def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7
     return _append_zero((max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho)
 
 
-def get_sigmas(alphas_cumprod: torch.Tensor, steps: int, karras: bool = False) -> torch.Tensor:
-    """The sigma list for `steps` steps of a sigma-space sampler: the default discretisation, or
-    Karras sigmas (rho 7) between the model's own sigma_min and sigma_max, as AUTOMATIC1111 does.
-    Descending, ending in 0.  # (steps + 1,)"""
+def exponential_sigmas(steps: int, sigma_min: float, sigma_max: float, device=None,
+                       dtype=torch.float32) -> torch.Tensor:
+    """Evenly spaced in log sigma from sigma_max to sigma_min (k-diffusion's
+    get_sigmas_exponential), then a final 0.  # (steps + 1,)"""
+    log_sigmas = torch.linspace(math.log(sigma_max), math.log(sigma_min), steps, device=device, dtype=dtype)
+    return _append_zero(log_sigmas.exp())
+
+
+def sgm_uniform_sigmas(alphas_cumprod: torch.Tensor, steps: int) -> torch.Tensor:
+    """A1111's "SGM Uniform" (Stability's sgm discretisation): t evenly spaced from T-1 towards 0
+    with the end point left out (steps + 1 points, the last dropped), then a final 0.  # (steps + 1,)"""
+    log_sigmas = sigmas_from_alphas_cumprod(alphas_cumprod).log()
+    t = torch.linspace(len(log_sigmas) - 1, 0, steps + 1, device=log_sigmas.device, dtype=log_sigmas.dtype)[:-1]
+    return _append_zero(t_to_sigma(t, log_sigmas))
+
+
+def simple_sigmas(alphas_cumprod: torch.Tensor, steps: int) -> torch.Tensor:
+    """A1111's (and ComfyUI's) "Simple": every (T / steps)-th of the model's own sigmas, from the
+    largest down, then a final 0.  # (steps + 1,)"""
+    sigmas = sigmas_from_alphas_cumprod(alphas_cumprod)
+    stride = len(sigmas) / steps
+    return _append_zero(sigmas[[len(sigmas) - 1 - int(i * stride) for i in range(steps)]])
+
+
+def get_sigmas(alphas_cumprod: torch.Tensor, steps: int, karras: bool = False,
+               scheduler: str = "automatic") -> torch.Tensor:
+    """The sigma list for `steps` steps of a sigma-space sampler, by schedule type (A1111's names
+    in core.samplers.registry.SCHEDULE_DISPLAY_NAMES): "automatic" and "normal", the default
+    discretisation (uniform in t); "karras" (rho 7) and "exponential", between the model's own
+    sigma_min and sigma_max, as AUTOMATIC1111 does; "sgm_uniform"; "simple". `karras=True` is
+    scheduler="karras". Descending, ending in 0.  # (steps + 1,)"""
     if steps < 1:
         raise ValueError(f"steps must be at least 1; got {steps}.")
-    if not karras:
+    if karras:
+        scheduler = "karras"
+    if scheduler in ("automatic", "normal"):
         return default_sigmas(alphas_cumprod, steps)
+    if scheduler == "sgm_uniform":
+        return sgm_uniform_sigmas(alphas_cumprod, steps)
+    if scheduler == "simple":
+        return simple_sigmas(alphas_cumprod, steps)
     sigmas = sigmas_from_alphas_cumprod(alphas_cumprod)
-    return karras_sigmas(steps, sigmas.min().item(), sigmas.max().item(),
-                         device=sigmas.device, dtype=sigmas.dtype)
+    sigma_min, sigma_max = sigmas.min().item(), sigmas.max().item()
+    if scheduler == "karras":
+        return karras_sigmas(steps, sigma_min, sigma_max, device=sigmas.device, dtype=sigmas.dtype)
+    if scheduler == "exponential":
+        return exponential_sigmas(steps, sigma_min, sigma_max, device=sigmas.device, dtype=sigmas.dtype)
+    raise ValueError(f"unknown schedule type {scheduler!r}; choose one of automatic, karras, exponential, "
+                     "sgm_uniform, simple, normal.")
 
 
 def _append_zero(sigmas: torch.Tensor) -> torch.Tensor:
