@@ -7,7 +7,7 @@ import gradio as gr
 
 from core import pipelines
 from core.pipelines.images import RESIZE_MODES
-from ui.controls import (name_dropdown, check_batch, model_picker, optional_int, prompt_row, results_panel,
+from ui.controls import (check_batch, model_picker, name_dropdown, optional_int, prompt_row, results_panel,
                          sampling_controls)
 from ui.errors import user_errors
 from ui.follow import follow, gallery_value, info_text, pipeline_progress, resume
