@@ -48,7 +48,7 @@ def test_cli_writes_pngs_with_parameters_and_never_overwrites(model_file, tmp_pa
 @pytest.mark.parametrize("args, message", [
     (["--width", "50"], "not a multiple of 16"),
     (["--steps", "0"], "steps must be"),
-    (["--sampler", "nope"], "unknown sampler"),
+    (["--eta", "-1"], "eta must be"),
     (["--cfg-scale", "nan"], "guidance_scale must be a finite number"),
 ])
 def test_cli_errors_are_one_line_with_status_2(model_file, tmp_path, capsys, args, message):
@@ -75,6 +75,13 @@ def test_every_flag_is_documented():
                 continue
             assert action.help and len(action.help) > 5, f"{name} {action.option_strings} has no help"
         assert "--model" in sub.format_help()
+
+
+def test_a_sampler_we_lack_falls_back_with_a_warning(model_file, tmp_path, capsys):
+    """A1111 names we do not have (from a PNG, a script) never fail a run (issue 17 §1)."""
+    with pytest.warns(UserWarning, match="'nope'"):
+        assert main(["txt2img", "--model", str(model_file), "--outdir", str(tmp_path), "--quiet",
+                     "--sampler", "nope"]) == 0
 
 
 def test_reserve_path_counts_past_existing_files(tmp_path):
