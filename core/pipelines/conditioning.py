@@ -34,6 +34,7 @@ with doubled step numbers for second-order samplers); malformed weights such as 
 text (A1111 raises).
 """
 
+import operator
 import warnings
 
 import torch
