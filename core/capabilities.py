@@ -19,6 +19,7 @@ Conditioning kinds (what the UNet is conditioned on):
 from dataclasses import dataclass
 
 from core.models.autoencoder import AutoencoderConfig
+from core.models.clip_text import FrozenCLIPEmbedderConfig, FrozenOpenCLIPEmbedderConfig
 from core.models.conditioners import ClassEmbedderConfig, LayoutEmbedderConfig, TransformerEmbedderConfig
 from core.models.diffusion import LatentDiffusionConfig
 
@@ -57,7 +58,14 @@ class Capabilities:
     grid: int                       # image sides are multiples of this (f x UNet down-sampling)
     native_size: int                # the training resolution, in pixels
     latent_channels: int
+    conditioner: str | None = None  # its cross-attention encoder: "transformer" (trained jointly), "class",
+                                    # "layout" (trained jointly too), "clip", "openclip" (frozen), None
     why_not: str = ""               # why a model of a usable family serves no task here
+
+    @property
+    def joint_conditioner(self) -> bool:
+        """The conditioner is trained with the UNet (LDM's transformer, class and layout embedders)."""
+        return self.conditioner in ("transformer", "class", "layout")
 
     def serves(self, task: str) -> bool:
         return task in self.tasks
@@ -75,6 +83,9 @@ class Capabilities:
 
 
 AUTOENCODER = "autoencoder"
+CONDITIONER_NAMES = {TransformerEmbedderConfig: "transformer", ClassEmbedderConfig: "class",
+                     LayoutEmbedderConfig: "layout", FrozenCLIPEmbedderConfig: "clip",
+                     FrozenOpenCLIPEmbedderConfig: "openclip"}
 
 
 def capabilities(model_or_config) -> Capabilities:
@@ -102,7 +113,8 @@ def capabilities(model_or_config) -> Capabilities:
     return Capabilities(family, kind, tasks, prompt=kind.startswith("text") and bool(tasks), guidance=guidance,
                         dedicated_inpainting=kind in ("masked_image", "text+mask"),
                         parameterization=cfg.parameterization, factor=f, grid=grid,
-                        native_size=cfg.image_size * f, latent_channels=cfg.channels, why_not=why_not)
+                        native_size=cfg.image_size * f, latent_channels=cfg.channels,
+                        conditioner=CONDITIONER_NAMES.get(type(cfg.cond_stage)), why_not=why_not)
 
 
 def _cross_attention_kind(cond_stage) -> str:

@@ -336,66 +336,6 @@ def _tiny_ldm_config(batch_size):
     return cfg
 
 
-def test_memory_estimate_formula_and_against_a_measured_step():
-    import torch
-    from core.models.diffusion import LatentDiffusion
-    from core.train.config import load_config
-    from core.train.runs import estimate_memory, memory_breakdown
-
-    B = 16
-    cfg = _tiny_ldm_config(B)
-    b = memory_breakdown("ldm", cfg)
-    rc = load_config(cfg, "ldm")
-    m = LatentDiffusion(rc.model)
-    n_train = sum(p.numel() for p in m.model.parameters()) + sum(p.numel() for p in m.cond_stage_model.parameters())
-    n_frozen = sum(p.numel() for p in m.first_stage_model.parameters())
-    assert (b["trained_params"], b["frozen_params"]) == (n_train, n_frozen)
-    assert (b["weights"], b["grads"], b["optimizer"], b["ema"]) == (
-        4 * (n_train + n_frozen), 4 * n_train, 8 * n_train, 4 * n_train)
-    assert b["latent_cache"] == 0 and b["activations"] == b["activations_fp32"] and not b["autocast"]
-    assert estimate_memory("ldm", cfg) == b["total"] == sum(
-        b[k] for k in ("weights", "optimizer", "ema", "latent_cache")) + max(b["grads"], b["activations"])
-    # Activations grow with the batch; autocast counts them at AUTOCAST_ACTIVATION_SHARE.
-    b2 = memory_breakdown("ldm", _tiny_ldm_config(2 * B))
-    assert b2["activations_fp32"] == pytest.approx(2 * b["activations_fp32"], rel=0.02)
-    half = _tiny_ldm_config(B)
-    half["train"]["precision"] = "bf16"
-    assert memory_breakdown("ldm", half)["activations"] == int(0.6 * b["activations_fp32"])
-
-    # A real fp32 step on the CPU: after the first step (Adam's moments exist), what a step
-    # allocates on top peaks near max(gradients, saved activations) -- here the activations.
-    torch.manual_seed(0)
-    cs, params = m.cond_stage_model, list(m.model.parameters()) + list(m.cond_stage_model.parameters())
-    opt = torch.optim.AdamW(params, 1e-4)
-    h = rc.data.size // 4
-    x, t = torch.randn(B, 4, h, h), torch.randint(0, 1000, (B,))
-    tokens = torch.randint(0, 49408, (B, cs.cfg.max_seq_len))
-
-    def step():
-        loss = (m.apply_model(x, t, {"c_crossattn": [cs.transformer(tokens)]}) - x).pow(2).mean()
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    step()
-    measured = _profiled_peak(step)
-    assert b["activations"] > 1.3 * b["grads"]
-    estimate = max(b["grads"], b["activations"])
-    assert 0.95 * measured <= estimate <= 1.2 * measured, (measured, estimate)
-    assert b["grads"] + b["activations"] > 1.2 * measured      # the plain sum would overstate it
-
-
-def test_memory_estimate_for_an_autoencoder_and_a_wrong_stage():
-    from core.train.config import make_config
-    from core.train.runs import memory_breakdown
-    cfg = make_config("autoencoder", model_size="tiny", batch_size=4, image_size=32, precision="fp32")
-    b = memory_breakdown("autoencoder", cfg)
-    assert b["trained_params"] > b["frozen_params"] == 0 and b["activations"] > 0
-    assert b["ema"] < b["grads"]                            # EMA of the autoencoder only, not the PatchGAN
-    with pytest.raises(ValueError, match="autoencoder"):
-        memory_breakdown("ldm", cfg)
-
-
 # ---------------------------------------------------------------- dataset check
 
 

@@ -31,6 +31,7 @@ from safetensors import SafetensorError, safe_open
 from core.checkpoints import load_model, save_model
 from core.models.autoencoder import build_autoencoder
 from core.models.clip_text import tokenize_clip
+from core.capabilities import capabilities
 from core.models.conditioners import TransformerEmbedderConfig
 from core.models.diffusion import LatentDiffusion
 from core.pipelines.defaults import Defaults
@@ -45,7 +46,7 @@ DEFAULTS_KEYS = {f.name: f.type for f in dataclasses.fields(Defaults)}     # nam
 
 def _defaults(cfg, override: dict | None = None) -> dict:
     side = cfg.model.image_size * cfg.model.first_stage.ddconfig.downsample_factor
-    guided = cfg.model.task in ("conditional", "inpaint-sd")          # has an unconditional embedding for CFG
+    guided = capabilities(cfg.model).guidance                         # has an unconditional embedding for CFG
     defaults = {"sampler": "ddim", "karras": False, "steps": 50, "guidance_scale": 3.0 if guided else 1.0,
                 "eta": 0.0, "width": side, "height": side}
     return _merge_defaults(defaults, {**dict(cfg.export.get("defaults") or {}), **(override or {})})

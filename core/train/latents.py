@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from core.models.autoencoder import DiagonalGaussianDistribution
-from core.models.conditioners import TransformerEmbedder
+from core.capabilities import capabilities
 from core.models.diffusion import LatentDiffusion
 from core.train.data import TrainData
 
@@ -41,8 +41,9 @@ def encode_batch(model: LatentDiffusion, batch: dict, device: torch.device, auto
     with autocast():
         mean, std = _posterior(model, x)
     out = {"mean": mean, "std": std}
-    task, h = model.task, mean.shape[-1]
-    if isinstance(model.cond_stage_model, TransformerEmbedder):
+    caps, h = capabilities(model), mean.shape[-1]
+    task = caps.family
+    if caps.conditioner == "transformer":
         out["tokens"] = model.cond_stage_model.tokenize(batch["caption"]).to(device)
     out["class_label"] = batch["class_label"].to(device)
     out["layout"] = batch["layout"].to(device)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from core.models.conditioners import ClassEmbedder, LayoutEmbedder, TransformerEmbedder
+from core.capabilities import capabilities
 from core.models.diffusion import LatentDiffusion
 from core.samplers import sample
 from core.train.checkpoint import (capture_rng, first_stage_state_dict, load_checkpoint, restore_rng, save_checkpoint,
@@ -80,15 +80,15 @@ def init_from_ldm(model: LatentDiffusion, path) -> None:
 def conditioning(model: LatentDiffusion, entry: dict, drop: torch.Tensor | None = None):
     """The `cond` of apply_model from latent entries (latents.py); `drop` (B,) bool replaces the
     conditioning by the unconditional one (empty caption, null class, empty layout) where True."""
-    enc = model.cond_stage_model
+    enc, caps = model.cond_stage_model, capabilities(model)
     context = None
-    if isinstance(enc, TransformerEmbedder):
+    if caps.conditioner == "transformer":
         tokens = entry["tokens"]
         if drop is not None:
             empty = enc.tokenize([""]).to(tokens.device)                   # (1, L)
             tokens = torch.where(drop[:, None], empty, tokens)
         context = enc.encode_tokens(tokens)                                # (B, L, D)
-    elif isinstance(enc, ClassEmbedder):
+    elif caps.conditioner == "class":
         labels = entry["class_label"]
         if (labels < 0).any():
             raise ValueError("class-conditional training needs a class label for every image: use "
@@ -96,7 +96,7 @@ def conditioning(model: LatentDiffusion, entry: dict, drop: torch.Tensor | None 
         if drop is not None:
             labels = torch.where(drop, torch.full_like(labels, enc.null_class), labels)
         context = enc(labels)                                              # (B, 1, D)
-    elif isinstance(enc, LayoutEmbedder):
+    elif caps.conditioner == "layout":
         layout = entry["layout"]                                           # (B, K, 5)
         classes = layout[..., 0].long()
         if drop is not None:
@@ -107,10 +107,9 @@ def conditioning(model: LatentDiffusion, entry: dict, drop: torch.Tensor | None 
         context = enc.encode_tensors(classes, boxes)
     elif enc is not None:
         raise ValueError(f"training with a frozen {type(enc).__name__} is not supported here")
-    task = model.task
-    if task == "upscale-ldm":
+    if caps.family == "upscale-ldm":
         return {"c_concat": [entry["lr"]]}
-    if task == "inpaint-sd":
+    if caps.family == "inpaint-sd":
         masked = model.scale_factor * entry["masked"]
         return {"c_concat": [torch.cat([entry["mask"], masked], dim=1)], "c_crossattn": [context]}
     return context
@@ -154,9 +153,10 @@ def sample_grid(model: LatentDiffusion, held: dict, images: torch.Tensor, cfg: R
                    steps=tc.sample_steps, sampler="ddim", shape=shape, seed=tc.seed + 1234)
         x = model.decode_first_stage(z).float()
     rows = [x]
-    if model.task == "upscale-ldm":
+    family = capabilities(model).family
+    if family == "upscale-ldm":
         rows = [F.interpolate(held["lr"], size=x.shape[-2:], mode="bicubic"), x, images]
-    elif model.task == "inpaint-sd":
+    elif family == "inpaint-sd":
         mask = F.interpolate(held["mask"], size=x.shape[-2:], mode="nearest")
         rows = [images * (mask < 0.5), x, images]
     return torch.cat([r.float().cpu() for r in rows])
@@ -185,8 +185,7 @@ def train_ldm(cfg: RunConfig, run: RunFolder, rt: Runtime, resume: bool = False,
         if tc.init_from:
             init_from_ldm(model, tc.init_from)
     model.first_stage_model.requires_grad_(False).eval()
-    if model.cond_stage_model is not None and not isinstance(
-            model.cond_stage_model, (TransformerEmbedder, ClassEmbedder, LayoutEmbedder)):
+    if model.cond_stage_model is not None and not capabilities(model).joint_conditioner:
         model.cond_stage_model.requires_grad_(False)
     model.to(rt.device)
     if tc.channels_last:
@@ -196,7 +195,7 @@ def train_ldm(cfg: RunConfig, run: RunFolder, rt: Runtime, resume: bool = False,
     ema = EMA(model, tc.ema_decay)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.scaler)
     log.info("LDM %s: %.2fM trained parameters (%s), first stage frozen, scale factor %.4f",
-             model.task, sum(p.numel() for p in params) / 1e6, type(model.model.diffusion_model).__name__,
+             capabilities(model).family, sum(p.numel() for p in params) / 1e6, type(model.model.diffusion_model).__name__,
              model.scale_factor)
 
     # 2. Data: latents and conditioning inputs, cached in memory for synthetic data.
