@@ -8,8 +8,8 @@ metadata asking for few steps at a small size, so a generation takes well under 
 With LDM_TEST_WEIGHTS=DIR the server gets DIR's models instead (scripts/screenshots.sh).
 
 Two tiers (README): `python -m pytest -q tests` runs everything (CI); `python -m pytest -q -m "not
-slow" tests` leaves out the tests marked slow below (SLOW_MODULES, SLOW_TESTS), for a run of about
-a minute while working.
+slow" tests` leaves out the tests marked slow below (SLOW_MODULES, SLOW_TESTS), for quicker runs
+while working.
 """
 import json
 import os

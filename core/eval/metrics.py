@@ -65,8 +65,8 @@ def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 255.0, size: int = 11
 
 def _pair(a, b) -> tuple[torch.Tensor, torch.Tensor]:
     """Two arrays or tensors of the same shape -> float64 tensors (on the tensors' device)."""
-    a, b = (torch.as_tensor(np.asarray(t) if not isinstance(t, torch.Tensor) else t, dtype=torch.float64)
-            for t in (a, b))
+    a, b = (t.to(torch.float64) if isinstance(t, torch.Tensor) else torch.from_numpy(np.array(t, np.float64))
+            for t in (a, b))                                         # np.array: a writable copy
     if a.shape != b.shape:
         raise ValueError(f"images must have the same shape, got {a.shape} and {b.shape}")
     return a, b
