@@ -88,7 +88,7 @@ def main() -> None:
                          "train_img_per_s_before": trainer_alone, "train_img_per_s_during": trainer_during})
             print(f"nice {nice:2d} threads {threads or 'default':>7}: {busy:.2f} s per image while training, "
                   f"{idle:.2f} s right after ({busy / idle:.1f}x); trainer {trainer_alone or 0:.1f} img/s "
-                  f"before, {trainer_during or 0:.1f} img/s during", flush=True)
+                  f"before, {trainer_during or 0:.1f} img/s during; load average {os.getloadavg()[0]:.1f}", flush=True)
     print("\n| trainer nice | trainer threads | s/image training | s/image idle | slowdown | trainer img/s |")
     print("|---|---|---|---|---|---|")
     for r in rows:
