@@ -109,14 +109,15 @@ def sampling_controls(size: bool = True, batch: bool = True, size_zero: str = "m
 
 
 def model_defaults(studio: Studio, tab: str, model: str | None, with_size: bool = True) -> list:
-    """Values for SamplingControls.default_outputs() from the picked model's file (None: unknown,
-    left empty so the model's task defaults apply)."""
+    """Values for SamplingControls.default_outputs(): the picked model's defaults
+    (core.pipelines.model_defaults, read from its file's header), so what is shown is what runs;
+    empty when no model is there."""
     try:
         d = studio.models.entry(tab, model).defaults
     except ValueError:
-        d = {}
-    values = [d.get("sampler"), bool(d.get("karras", False)), d.get("steps"), d.get("guidance_scale")]
-    return values + ([d.get("width"), d.get("height")] if with_size else [])
+        return [None, False, None, None] + ([None, None] if with_size else [])
+    values = [d.sampler, d.karras, d.steps, d.guidance_scale]
+    return values + ([d.width, d.height] if with_size else [])
 
 
 def check_batch(batch_count, batch_size=1) -> tuple[int, int]:

@@ -4,17 +4,17 @@ Listing reads only each file's header (the safetensors metadata, or a `.yaml` be
 so the pickers fill instantly even for multi-GB files; a model is loaded on first use, on the
 app's device and dtype, and kept until another model pushes it out (at most MAX_LOADED held).
 """
-import json
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
 from core import load_model
-from core.capabilities import Capabilities, capabilities
+from core.capabilities import AUTOENCODER, Capabilities, capabilities
+from core.pipelines.defaults import Defaults, model_defaults
 from core.checkpoints.compvis_yaml import config_from_yaml
 from core.checkpoints.config_json import config_from_json
 
@@ -34,7 +34,7 @@ class ModelEntry:
     path: Path
     caps: Capabilities          # what it can do (core/capabilities.py), from its config alone
     label: str                  # ldm_studio_name, else the file name
-    defaults: dict = field(default_factory=dict)   # ldm_studio_defaults: sampler, steps, width, ...
+    defaults: Defaults | None   # what runs when a setting is left empty (core.pipelines.model_defaults)
     config: str | None = None   # the YAML read beside a .ckpt / foreign .safetensors
     model_config: object = None # the parsed config (LatentDiffusionConfig / AutoencoderConfig)
 
@@ -60,15 +60,11 @@ def _read_entry(weights_dir: Path, path: Path) -> ModelEntry:
         if yaml_path is None:
             raise ValueError(f"no config: put the YAML it was released with beside it as {path.stem}.yaml")
         cfg, config_file = config_from_yaml(yaml_path), str(yaml_path)
-    try:
-        defaults = json.loads(metadata.get("ldm_studio_defaults", "{}"))
-    except json.JSONDecodeError:
-        defaults = {}
     name = path.relative_to(weights_dir).as_posix()
     label = metadata.get("ldm_studio_name") or path.stem
     caps = capabilities(cfg)
-    return ModelEntry(name, path, caps, label, defaults=defaults if isinstance(defaults, dict) else {},
-                      config=config_file, model_config=cfg)
+    defaults = None if caps.family == AUTOENCODER else model_defaults(cfg, metadata)
+    return ModelEntry(name, path, caps, label, defaults=defaults, config=config_file, model_config=cfg)
 
 
 class ModelCache:

@@ -67,7 +67,7 @@ def _size(entry, params: dict, notes: list[str], max_side: int) -> dict:
     if "width" not in params or "height" not in params:
         return {}
     width, height = params["width"], params["height"]
-    native = max((entry.defaults.get("width") or 0, entry.defaults.get("height") or 0)) if entry else 0
+    native = max(entry.defaults.width, entry.defaults.height) if entry else 0
     limit = min(max_side, native * MAX_SIZE_OVER_NATIVE) if native else max_side
     if width % 8 or height % 8 or max(width, height) > limit:
         notes.append(f"size {width}x{height} is beyond this model (at most {limit} px a side, multiples of 8; "

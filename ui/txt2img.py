@@ -36,8 +36,7 @@ def txt2img(studio: Studio, prompt: str, negative_prompt: str = "", model: str |
     options = sampling_options(sampler, karras, steps, guidance_scale, seed)
     size = dict(width=optional_int(width, "Width"), height=optional_int(height, "Height"))
     n, batch_size = check_batch(batch_count, batch_size)
-    base = (size["width"] or entry.defaults.get("width") or entry.caps.native_size,
-            size["height"] or entry.defaults.get("height") or entry.caps.native_size)
+    base = (size["width"] or entry.defaults.width, size["height"] or entry.defaults.height)
     hires, sr_entry = hires_request(studio, base, enable_hr, hr_upscaler, hr_scale, hr_steps, denoising_strength,
                                     hr_resize_x, hr_resize_y, hr_prompt, hr_negative_prompt)
 

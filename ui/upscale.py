@@ -47,9 +47,7 @@ def plan_for(studio: Studio, entry, width: int, height: int, tile=None, overlap=
              scale=None) -> pipelines.UpscalePlan:
     """The pipeline's own plan (core.pipelines.plan_upscale) for this input, from the model file's
     config and defaults alone: nothing is loaded. Refuses what the app would refuse (--max-size)."""
-    defaults = pipelines.Defaults(**{k: v for k, v in entry.defaults.items()
-                                     if k in pipelines.Defaults.__dataclass_fields__})
-    settings = pipelines.SamplingSettings.resolve(defaults, steps=steps)
+    settings = pipelines.SamplingSettings.resolve(entry.defaults, steps=steps)
     plan = pipelines.plan_upscale(entry.model_config, width, height, settings, tile=tile, overlap=overlap,
                                   scale=scale, dtype=studio.models.dtype, device=studio.models.device)
     if max(plan.out_width, plan.out_height) > studio.settings.max_side:

@@ -62,11 +62,3 @@ def delta_e_2000(lab1: np.ndarray, lab2: np.ndarray) -> np.ndarray:
     R_T = -np.sin(np.radians(2 * d_theta)) * R_C
     return np.sqrt((dLp / S_L) ** 2 + (dCp / S_C) ** 2 + (dHp / S_H) ** 2
                    + R_T * (dCp / S_C) * (dHp / S_H))
-
-
-def psnr(a: np.ndarray, b: np.ndarray, cap: float = 100.0) -> float:
-    """PSNR in dB of two [0, 1] arrays; identical inputs give `cap` (so the number stays JSON-safe)."""
-    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
-    if mse == 0.0:
-        return cap
-    return float(min(cap, 10.0 * np.log10(1.0 / mse)))

@@ -54,8 +54,8 @@ def size_multiple(m) -> int:
     return capabilities(m).grid
 
 
-def _task_defaults(m) -> Defaults:
-    caps = capabilities(m)
+def _task_defaults(cfg) -> Defaults:
+    caps = capabilities(cfg)
     base = Defaults(width=caps.native_size, height=caps.native_size)     # the training resolution
     family, kind = caps.family, caps.conditioning
     if family == "upscale-ldm":
@@ -70,13 +70,16 @@ def _task_defaults(m) -> Defaults:
         return replace(base, guidance_scale=3.0)
     if not caps.guidance:
         return replace(base, guidance_scale=1.0)                 # no unconditional branch: no CFG
-    return replace(base, guidance_scale=9.0 if m.parameterization == "v" else 7.5)
+    return replace(base, guidance_scale=9.0 if cfg.parameterization == "v" else 7.5)
 
 
-def model_defaults(m) -> Defaults:
-    """The model's defaults: its file's "ldm_studio_defaults" over the task's reference defaults."""
-    base = _task_defaults(m)
-    raw = (getattr(m, "metadata", None) or {}).get(METADATA_DEFAULTS)
+def model_defaults(m, metadata: dict | None = None) -> Defaults:
+    """The model's defaults: its file's "ldm_studio_defaults" over the task's reference defaults.
+    For a loaded model, or for its config and the file's metadata (the UI reads them from the
+    file's header, before loading anything)."""
+    cfg = getattr(m, "config", m)
+    base = _task_defaults(cfg)
+    raw = (metadata if metadata is not None else getattr(m, "metadata", None) or {}).get(METADATA_DEFAULTS)
     if not raw:
         return base
     try:

@@ -16,9 +16,8 @@ paste-back that leaves every pixel outside the mask exactly as it was.
 
 Reports (image.info["ldm_studio"]): border_delta_e / border_delta_e_raw = mean CIEDE2000 between
 the generated picture and the original on a ring of `ring_width` px just outside the mask, after /
-before the colour match (what the seam will show); outside_psnr_raw = PSNR outside the mask of the
-raw generation (what the first stage's round trip changed there; the result itself equals the
-original outside the mask, bit for bit).
+before the colour match (what the seam will show). Outside the mask the result equals the original
+bit for bit (tested), so no number is reported for it.
 """
 
 import warnings
@@ -31,7 +30,7 @@ from PIL import Image
 
 from core.capabilities import capabilities
 from core.pipelines import vae
-from core.pipelines.color import delta_e_2000, psnr, srgb_to_lab
+from core.pipelines.color import delta_e_2000, srgb_to_lab
 from core.pipelines.conditioning import effective_clip_skip, text_conditioning
 from core.pipelines.defaults import check_size, model_defaults
 from core.pipelines.denoise import denoise_batches
@@ -243,8 +242,7 @@ def _match_and_measure(generated: np.ndarray, original: np.ndarray, ring: np.nda
     the new content shifted where the truth is known); it is applied only when it lowers the ring's
     mean CIEDE2000. Returns the reports plus "_matched", the corrected picture.
     """
-    reports = {"delta_e_formula": "CIEDE2000", "mask_fraction": float(hard.mean()),
-               "outside_psnr_raw": psnr(generated[~hard], original[~hard]) if (~hard).any() else None}
+    reports = {"delta_e_formula": "CIEDE2000", "mask_fraction": float(hard.mean())}
     if not ring.any():
         reports.update(border_delta_e=None, border_delta_e_raw=None, color_offset=None, _matched=generated)
         return reports
