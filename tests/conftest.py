@@ -167,6 +167,10 @@ def page(browser, app_server, request, tmp_path_factory):
 # a 2-core machine. Measured with `python -m pytest -q tests --durations=40`.
 SLOW_MODULES = {
     "test_browser.py": "headless Chromium against a live app.py",
+    "test_browser_send.py": "headless Chromium against a live app.py",
+    "test_browser_tabs.py": "headless Chromium against a live app.py",
+    "test_train_api.py": "training runs started through a live app.py",
+    "test_train_tab.py": "training runs in the Train tab",
     "test_app_api.py": "gradio_client against a live app.py",
     "test_train_cli.py": "training subprocesses: SIGTERM / SIGKILL and resume, torchrun DDP",
 }

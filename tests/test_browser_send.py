@@ -5,7 +5,7 @@ from PIL import Image, PngImagePlugin
 
 from browser_util import TIMEOUT_MS, open_tab, sample_image, steps_field, visible
 
-A1111 = ("a cat and a dog\nNegative prompt: ugly\nSteps: 4, Sampler: DPM++ SDE Karras, Schedule type: Karras, "
+A1111 = ("a cat and a dog\nNegative prompt: ugly\nSteps: 4, Sampler: Restart, Schedule type: Karras, "
          "CFG scale: 6.5, Seed: 321, Size: 64x64, Model hash: abc, Model: v1-5-pruned, Clip skip: 2")
 
 
@@ -33,11 +33,11 @@ def test_png_info_sends_what_it_can_and_names_the_rest(page, tmp_path):
     steps_field(page)
     _png_info(page, _png_with(tmp_path / "a1111.png", A1111))
     text = visible(page, ".ldm-png-info-text textarea")
-    page.wait_for_function("el => el.value.includes('DPM++ SDE')", arg=text.element_handle())
+    page.wait_for_function("el => el.value.includes('Restart')", arg=text.element_handle())
     page.get_by_role("button", name="Send to text to image").click()
     prompt = visible(page, ".ldm-prompt textarea")
     page.wait_for_function("el => el.value === 'a cat and a dog'", arg=prompt.element_handle())
-    for words in ("DPM++ SDE Karras", "v1-5-pruned", "Clip skip 2"):
+    for words in ("Restart", "v1-5-pruned", "Clip skip 2"):
         _toast(page, words)
     assert _field(page, "Seed (-1: random)").input_value() == "321"
     assert _field(page, "Sampling steps (0: model default)").input_value() == "4"
@@ -46,7 +46,7 @@ def test_png_info_sends_what_it_can_and_names_the_rest(page, tmp_path):
     info = visible(page, ".ldm-info textarea")
     page.wait_for_function("el => /Seed: 321/.test(el.value)", arg=info.element_handle(), timeout=TIMEOUT_MS)
 
-    known = A1111.replace("DPM++ SDE Karras", "DPM++ 2M Karras")
+    known = A1111.replace("Restart", "DPM++ 2M")
     _png_info(page, _png_with(tmp_path / "known.png", known))
     page.wait_for_function("el => el.value.includes('DPM++ 2M')", arg=text.element_handle())
     page.get_by_role("button", name="Send to image to image").click()
