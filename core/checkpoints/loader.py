@@ -28,7 +28,8 @@ from core.checkpoints.files import CheckpointError, read_checkpoint
 from core.models.autoencoder import AutoencoderConfig, build_autoencoder
 from core.models.clip_text import FrozenCLIPEmbedderConfig
 from core.models.diffusion import COND_STAGE_FIRST_STAGE, LatentDiffusion, LatentDiffusionConfig
-from core.models.schedule import LOW_SCALE_BUFFERS, SCHEDULE_BUFFERS
+from core.models.schedule import LOW_SCALE_BUFFERS, SCHEDULE_BUFFERS, discrete_sigmas, make_beta_schedule
+from core.models.sdxl_conditioner import GeneralConditionerConfig
 
 METADATA_CONFIG = "ldm_studio_config"       # safetensors metadata key holding the JSON config
 METADATA_FORMAT = "ldm_studio_format"
@@ -76,11 +77,39 @@ def _to_our_layout(sd: dict, cfg: LatentDiffusionConfig) -> tuple[dict, LatentDi
         # `__is_first_stage__`: the cond stage IS the first stage; any copies of it are aliases.
         sd = {k: v for k, v in sd.items() if not k.startswith(prefix)}
     elif isinstance(cfg.cond_stage, FrozenCLIPEmbedderConfig):
-        text = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-        if is_hf_clip_text_keys(text):
-            sd = {k: v for k, v in sd.items() if not k.startswith(prefix)}
-            sd.update({prefix + k: v for k, v in hf_clip_text_to_ours(text).items()})
+        sd = _hf_clip_text_at(sd, prefix)
+    elif isinstance(cfg.cond_stage, GeneralConditionerConfig):      # SDXL: CLIP-L among the embedders
+        for n, spec in enumerate(cfg.cond_stage.embedders):
+            if isinstance(spec.embedder, FrozenCLIPEmbedderConfig):
+                sd = _hf_clip_text_at(sd, f"conditioner.embedders.{n}.")
+        sd = _drop_sgm_sigmas(sd, cfg)
     return sd, cfg
+
+
+def _hf_clip_text_at(sd: dict, prefix: str) -> dict:
+    """SD1 / SDXL files hold the CLIP ViT-L text encoder in HF key names under `prefix`: map them."""
+    text = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    if not is_hf_clip_text_keys(text):
+        return sd
+    sd = {k: v for k, v in sd.items() if not k.startswith(prefix)}
+    sd.update({prefix + k: v for k, v in hf_clip_text_to_ours(text).items()})
+    return sd
+
+
+def _drop_sgm_sigmas(sd: dict, cfg: LatentDiffusionConfig) -> dict:
+    """sgm's DiscreteDenoiser buffer `denoiser.sigmas` (some files carry it) is recomputed from the
+    config; a file whose sigmas disagree was trained on another schedule, which is an error."""
+    if "denoiser.sigmas" not in sd:
+        return sd
+    sd = dict(sd)
+    stored = sd.pop("denoiser.sigmas").float()
+    ours = discrete_sigmas(make_beta_schedule(cfg.beta_schedule, cfg.timesteps, cfg.linear_start,
+                                              cfg.linear_end, cfg.cosine_s))
+    if stored.shape != ours.shape or not torch.allclose(stored, ours, rtol=1e-2):
+        raise CheckpointError(f"the file's denoiser.sigmas ({tuple(stored.shape)}, max {stored.max():.4g}) do not "
+                              f"match the config's schedule ({tuple(ours.shape)}, max {ours.max():.4g}); "
+                              "is this the right config for this file?")
+    return sd
 
 
 def _check_keys(model: nn.Module, sd: dict, strict: bool, name: str) -> None:
@@ -109,7 +138,11 @@ def _check_keys(model: nn.Module, sd: dict, strict: bool, name: str) -> None:
 
 
 def _materialize_buffers(model: nn.Module) -> None:
-    """Rebuild the non-persistent buffers that stayed on the meta device (open_clip's causal mask)."""
+    """Rebuild the non-persistent buffers that stayed on the meta device (open_clip's causal mask,
+    the schedule of sgm models)."""
+    if isinstance(model, LatentDiffusion) and model.betas.is_meta:
+        with torch.device("cpu"):
+            model.register_schedule()
     for module_name, module in model.named_modules():
         for buf_name, buf in list(module.named_buffers(recurse=False)):
             if not buf.is_meta:
