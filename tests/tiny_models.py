@@ -293,7 +293,7 @@ def example_inputs(model: LatentDiffusion, family: str, batch: int = 2, seed: in
     """(x_noisy, t, cond) that exercise every conditioning path of `family`."""
     g = torch.Generator().manual_seed(seed)
     f = 2 ** (len(model.config.first_stage.ddconfig.ch_mult) - 1)
-    side = 8 if family in SGM_FAMILIES else model.config.unet.image_size
+    side = 16 if family in SGM_FAMILIES else model.config.unet.image_size   # sgm: image_size is 1024 px
     x = torch.randn(batch, model.config.channels, side, side, generator=g)
     t = torch.tensor([10, 900][:batch] + [500] * max(0, batch - 2))
     image = torch.rand(batch, 3, side * f, side * f, generator=g) * 2 - 1

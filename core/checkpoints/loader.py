@@ -178,6 +178,8 @@ def _cast(model: nn.Module, device, dtype) -> nn.Module:
     if isinstance(model, LatentDiffusion):
         for name in SCHEDULE_BUFFERS:
             setattr(model, name, getattr(model, name).float())
+        if hasattr(model, "denoiser"):                      # sgm's sigma grid (SDXL)
+            model.denoiser.sigmas = model.denoiser.sigmas.float()
         if hasattr(model, "low_scale_model"):
             for name in LOW_SCALE_BUFFERS:
                 setattr(model.low_scale_model, name, getattr(model.low_scale_model, name).float())

@@ -16,7 +16,7 @@ from torch import nn
 
 from core.models.autoencoder import AutoencoderConfig, DiagonalGaussianDistribution, build_autoencoder
 from core.models.conditioners_registry import build_conditioner
-from core.models.schedule import LOW_SCALE_BUFFERS, make_beta_schedule, schedule_buffers
+from core.models.schedule import LOW_SCALE_BUFFERS, discrete_sigmas, make_beta_schedule, schedule_buffers
 from core.models.sdxl_conditioner import GeneralConditioner, GeneralConditionerConfig
 from core.models.unet import UNetConfig, UNetModel
 
@@ -160,8 +160,12 @@ class LatentDiffusion(nn.Module):
         cfg = self.config
         betas = make_beta_schedule(cfg.beta_schedule, cfg.timesteps, cfg.linear_start, cfg.linear_end,
                                    cfg.cosine_s)
+        sgm = cfg.model_class == "DiffusionEngine"
         for name, value in schedule_buffers(betas).items():
-            self.register_buffer(name, value, persistent=cfg.model_class != "DiffusionEngine")
+            self.register_buffer(name, value, persistent=not sgm)
+        if sgm:  # sgm's DiscreteDenoiser grid at its attribute path `denoiser.sigmas` (not saved)
+            self.denoiser = nn.Module()
+            self.denoiser.register_buffer("sigmas", discrete_sigmas(betas), persistent=False)
 
     # ---- properties people coming from the CompVis code look for -------------------------------
     @property
