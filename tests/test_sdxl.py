@@ -11,12 +11,14 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from core.checkpoints import config_from_yaml
+from core.checkpoints import CheckpointError, bundled_configs, config_from_yaml
+from core.checkpoints.bundled_configs import BUNDLED_CONFIGS
+from core.checkpoints.detect import detect_family
 from core.models.clip_text import tokenize_clip
 from core.models.diffusion import LatentDiffusion
 from core.samplers import sample
 from core.samplers.sgm import sgm_sigmas, sgm_start_index, sgm_timesteps
-from tests.tiny_models import SGM_FAMILIES, tiny_model
+from tests.tiny_models import FAMILIES, SGM_FAMILIES, example_inputs, original_state_dict, tiny_model
 
 DATA = Path(__file__).parent / "data" / "sgm"
 
@@ -311,3 +313,92 @@ def test_y_reaches_the_unet():
         a = model.apply_model(x, t, c)
         b = model.apply_model(x, t, {**c, "y": c["y"] + 1})
     assert (a - b).abs().max() > 1e-4
+
+
+# ---------------------------------------------------------------------------------------------
+# Family detection, bundled configs, loading without a config
+# ---------------------------------------------------------------------------------------------
+
+DETECTED = {"sd2_v": "sd2"}     # eps and v SD2 files look the same: detection says so and asks
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_detection_on_every_tiny_family(family):
+    sd = original_state_dict(tiny_model(family), family)
+    found = detect_family(sd)
+    assert found.family == DETECTED.get(family, family)
+    assert (found.config is None) == (found.family not in ("sd1", "sd2_inpaint", "sdxl", "sdxl_refiner"))
+    if found.config is None:
+        assert found.message
+
+
+def test_detection_on_the_real_key_lists_and_inpainting():
+    for name, expected in (("base", "sdxl_base"), ("refiner", "sdxl_refiner")):
+        keys = {**real_key_list(name), "first_stage_model.encoder.conv_in.weight": (128, 3, 3, 3)}
+        assert detect_family(keys).config == expected
+    base = real_key_list("base")
+    base["model.diffusion_model.input_blocks.0.0.weight"] = (320, 9, 3, 3)
+    assert detect_family(base).family == "sdxl_inpaint"
+    sd1 = original_state_dict(tiny_model("sd1"), "sd1")
+    sd1["model.diffusion_model.input_blocks.0.0.weight"] = torch.zeros(32, 9, 3, 3)
+    assert detect_family(sd1).config == "sd1_inpaint"
+    assert detect_family({"lora_unet_down.weight": (4, 4)}).family == "unknown"
+    sd2 = detect_family(original_state_dict(tiny_model("sd2"), "sd2"))
+    assert sd2.config is None and "config='sd2_v'" in sd2.message
+
+
+def test_bundled_configs_equal_the_released_yamls():
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.unet import V2_INFERENCE
+    assert bundled_configs.sdxl_base() == config_from_yaml(DATA / "sd_xl_base.yaml")
+    assert bundled_configs.sdxl_refiner() == config_from_yaml(DATA / "sd_xl_refiner.yaml")
+    assert bundled_configs.sd2() == config_from_yaml(V2_INFERENCE)
+    with torch.device("meta"):                     # SD1: CLIP ViT-L context, 8 heads (FACTS.md 10)
+        sd1 = LatentDiffusion(bundled_configs.sd1()).state_dict()
+    assert sd1["model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"].shape == (320, 768)
+    assert sd1["model.diffusion_model.input_blocks.1.1.proj_in.weight"].shape == (320, 320, 1, 1)
+    assert sum(k.startswith("model.diffusion_model.") for k in sd1) == 686
+
+
+def test_load_model_without_config_detects_sdxl(tmp_path, monkeypatch):
+    """The bundled SDXL config is real-size; a tiny file goes through the same path with the tiny config
+    standing in for it."""
+    from safetensors.torch import save_file
+
+    from core import load_model
+    from core.checkpoints import loader
+    model = tiny_model("sdxl")
+    sd = original_state_dict(model, "sdxl")
+    sd["denoiser.sigmas"] = model.denoiser.sigmas.clone()          # some files carry it: accepted
+    path = tmp_path / "sd_xl_base_1.0.safetensors"
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    monkeypatch.setitem(loader.BUNDLED_CONFIGS, "sdxl_base", lambda: model.config)
+    loaded = load_model(path)
+    assert loaded.config == model.config
+    x, t, cond = example_inputs(model, "sdxl")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.apply_model(x, t, cond), model.apply_model(x, t, cond))
+    bad = dict(sd, **{"denoiser.sigmas": sd["denoiser.sigmas"] * 2})
+    save_file({k: v.contiguous() for k, v in bad.items()}, str(path))
+    with pytest.raises(CheckpointError, match="denoiser.sigmas"):
+        load_model(path)
+
+
+def test_sdxl_native_round_trip(tmp_path):
+    from core import load_model, save_model
+    model = tiny_model("sdxl_refiner")
+    loaded = load_model(save_model(model, tmp_path / "refiner.safetensors", dtype=None))
+    assert loaded.config == model.config
+    assert loaded.denoiser.sigmas.dtype == torch.float32 and loaded.alphas_cumprod.dtype == torch.float32
+    x, t, cond = example_inputs(model, "sdxl_refiner")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.apply_model(x, t, cond), model.apply_model(x, t, cond))
+
+
+def test_capabilities_of_sdxl():
+    from core.capabilities import capabilities
+    for name in ("sdxl_base", "sdxl_refiner"):
+        caps = capabilities(BUNDLED_CONFIGS[name]())
+        assert caps.tasks == ("txt2img", "img2img", "inpaint") and caps.prompt and caps.guidance
+        assert (caps.native_size, caps.factor, caps.parameterization) == (1024, 8, "eps")

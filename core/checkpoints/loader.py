@@ -22,8 +22,10 @@ from torch import nn
 
 from core import inference_dtype
 from core.checkpoints.clip_keys import hf_clip_text_to_ours, is_hf_clip_text_keys
+from core.checkpoints.bundled_configs import BUNDLED_CONFIGS
 from core.checkpoints.compvis_yaml import config_from_yaml
 from core.checkpoints.config_json import config_from_json, config_to_json
+from core.checkpoints.detect import detect_family
 from core.checkpoints.files import CheckpointError, read_checkpoint
 from core.models.autoencoder import AutoencoderConfig, build_autoencoder
 from core.models.clip_text import FrozenCLIPEmbedderConfig
@@ -36,17 +38,22 @@ METADATA_FORMAT = "ldm_studio_format"
 FORMAT_VERSION = "1"
 
 
-def _resolve_config(path: Path, config, metadata: dict):
+def _resolve_config(path: Path, config, metadata: dict, sd: dict):
     if config is not None:
         if dataclasses.is_dataclass(config):
             return config
+        if isinstance(config, str) and config in BUNDLED_CONFIGS:       # e.g. config="sd2_v"
+            return BUNDLED_CONFIGS[config]()
         return config_from_yaml(config)
     if METADATA_CONFIG in metadata:
         return config_from_json(metadata[METADATA_CONFIG])
+    found = detect_family(sd)                                            # no config: read the keys
+    if found.config is not None:
+        return BUNDLED_CONFIGS[found.config]()
     raise CheckpointError(
-        f"{path.name} carries no LDM Studio config, so its architecture is unknown: pass the YAML it was "
-        "released with, e.g. load_model(path, config='v2-inference.yaml') (Stable Diffusion 2.x) or "
-        "'v1-inference.yaml' (1.x), or the model's config.yaml from the CompVis repository.")
+        f"{path.name} carries no LDM Studio config and its architecture cannot be read off its keys "
+        f"(detected: {found.family}): {found.message}. Bundled configs: {', '.join(BUNDLED_CONFIGS)}; "
+        "or pass the YAML it was released with, e.g. load_model(path, config='v2-inference.yaml').")
 
 
 def _ema_over_model(sd: dict, use_ema: bool) -> dict:
@@ -191,8 +198,11 @@ def load_model(path: str | Path, config=None, device=None, dtype: torch.dtype | 
     """Load a LatentDiffusion (or a standalone first stage) from .safetensors / .ckpt.
 
     path:   a project-native .safetensors (config in its metadata), or an original CompVis / Stability
-            checkpoint together with `config`, the YAML it was released with (path, text or dict) or
-            one of our config dataclasses.
+            checkpoint together with `config`, the YAML it was released with (path, text or dict), one
+            of our config dataclasses, or a bundled config's name ("sd1", "sd2", "sd2_v", "sdxl_base",
+            ...: core/checkpoints/bundled_configs.py). With no config and no metadata, the family is
+            detected from the keys (core/checkpoints/detect.py) where that fixes the architecture
+            (SD 1.x, SD 2 inpainting, SDXL base / refiner); otherwise the error says what to pass.
     device, dtype: where and in what precision to run (default: the CPU, in core.inference_dtype's
             precision for the device: float32 on the CPU, float16 on CUDA — not the stored dtype).
     strict: missing or unexpected keys are an error naming them; strict=False loads what matches
@@ -200,7 +210,7 @@ def load_model(path: str | Path, config=None, device=None, dtype: torch.dtype | 
     """
     path = Path(path)
     sd, metadata = read_checkpoint(path)
-    cfg = _resolve_config(path, config, metadata)
+    cfg = _resolve_config(path, config, metadata, sd)
     if isinstance(cfg, LatentDiffusionConfig):
         sd, cfg = _to_our_layout(sd, cfg)
     elif not isinstance(cfg, AutoencoderConfig):
