@@ -402,3 +402,18 @@ def test_capabilities_of_sdxl():
         caps = capabilities(BUNDLED_CONFIGS[name]())
         assert caps.tasks == ("txt2img", "img2img", "inpaint") and caps.prompt and caps.guidance
         assert (caps.native_size, caps.factor, caps.parameterization) == (1024, 8, "eps")
+
+
+def test_img2img_and_first_stage_match_sgm(recorded):
+    """sgm's do_img2img (Img2ImgDiscretizationWrapper, strength 0.6 of 10 Euler steps) and its
+    AutoencoderKL decode of z / scale_factor."""
+    ref = {k[len("sdxl."):]: v for k, v in recorded.items() if k.startswith("sdxl.")}
+    model = tiny_model("sdxl")
+    batch, batch_uc, zero = _batches("sdxl")
+    c = model.get_learned_conditioning(batch)
+    uc = model.get_learned_conditioning(batch_uc, force_zero_embeddings=zero)
+    strength = float(reference()[1]["img2img_strength"])
+    z = sample(model, c, uncond=uc, guidance_scale=5.0, steps=10, sampler="euler", x_T=ref["x_T"], x0=ref["x"],
+               strength=strength)
+    close(z, ref["img2img_euler"], 1e-3)
+    close(model.decode_first_stage(ref["vae_z"]), ref["vae_decoded"], 1e-4)

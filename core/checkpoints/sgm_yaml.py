@@ -18,7 +18,7 @@ them: `text_config` (HF CLIPTextConfig fields) for the CLIP embedder, `text_cfg`
 
 import warnings
 
-from core.checkpoints.compvis_yaml import _cond_stage, first_stage_config
+from core.checkpoints.compvis_yaml import _cond_stage, _target, _warn_unknown, first_stage_config
 from core.models.autoencoder import AutoencoderConfig
 from core.models.diffusion import LatentDiffusionConfig
 from core.models.sdxl_conditioner import (ConcatTimestepEmbedderNDConfig, EmbedderSpec,
@@ -53,19 +53,6 @@ _UNET_KNOWN = {"in_channels", "model_channels", "out_channels", "num_res_blocks"
                "use_linear_in_transformer", "adm_in_channels"}
 _UNSUPPORTED_UNET = ("disable_middle_self_attn", "disable_middle_transformer")
 _EMBEDDER_ENTRY = {"target", "params", "input_key", "is_trainable", "ucg_rate", "legacy_ucg_value"}
-
-
-def _warn_unknown(where: str, params: dict, known: set) -> None:
-    unknown = sorted(set(params) - known)
-    if unknown:
-        warnings.warn(f"config: {where} has parameters LDM Studio does not use: {', '.join(unknown)}",
-                      stacklevel=3)
-
-
-def _target(block, where: str) -> tuple[str, dict]:
-    if not isinstance(block, dict) or "target" not in block:
-        raise ValueError(f"config: {where} must have a `target:`")
-    return block["target"], dict(block.get("params") or {})
 
 
 def _denoiser(block) -> dict:

@@ -23,6 +23,7 @@ import gzip
 import json
 import sys
 import tempfile
+import types
 from pathlib import Path
 
 import open_clip
@@ -30,6 +31,16 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
+
+
+class _NoWatermark:                      # sgm.inference.helpers builds a watermarker at import; not used here
+    def set_watermark(self, *args):
+        pass
+
+
+sys.modules.setdefault("imwatermark", types.SimpleNamespace(WatermarkEncoder=_NoWatermark))
+from sgm.inference.helpers import Img2ImgDiscretizationWrapper  # noqa: E402
+from sgm.models.autoencoder import AutoencoderKL
 from sgm.modules.diffusionmodules.denoiser import DiscreteDenoiser
 from sgm.modules.diffusionmodules.openaimodel import UNetModel
 from sgm.modules.diffusionmodules.sampling import DPMPP2MSampler, EulerEDMSampler
@@ -44,7 +55,7 @@ from tests.tiny_models import FAMILIES, original_state_dict, tiny_model  # noqa:
 
 OUT = Path(__file__).with_name("reference.safetensors")
 PROMPTS = ["a large red circle in the center", "two small blue squares"]
-STEPS, SCALE = 10, 5.0
+STEPS, SCALE, IMG2IMG_STRENGTH = 10, 5.0, 0.6
 
 
 def hf_tokenizer(folder: Path) -> CLIPTokenizer:
@@ -159,6 +170,26 @@ def record(family: str, tokenizer) -> dict:
                       guider_config={"target": "sgm.modules.diffusionmodules.guiders.VanillaCFG",
                                      "params": {"scale": SCALE}})
         out[name] = sampler(lambda inp, sigma, cc: denoiser(net, inp, sigma, cc), x_T.clone(), cond=c, uc=uc)
+    if family == "sdxl":
+        # img2img as sgm's do_img2img: the discretisation pruned by Img2ImgDiscretizationWrapper, the
+        # latent noised with the first kept sigma and divided by sqrt(1 + sigma^2) (the loop multiplies).
+        sampler = EulerEDMSampler(num_steps=STEPS, device="cpu",
+                                  discretization_config={"target": "sgm.modules.diffusionmodules.discretizer."
+                                                                   "LegacyDDPMDiscretization"},
+                                  guider_config={"target": "sgm.modules.diffusionmodules.guiders.VanillaCFG",
+                                                 "params": {"scale": SCALE}})
+        sampler.discretization = Img2ImgDiscretizationWrapper(sampler.discretization, strength=IMG2IMG_STRENGTH)
+        sigma = sampler.discretization(sampler.num_steps)[0]
+        noised = (x + x_T * sigma) / torch.sqrt(1.0 + sigma ** 2)
+        out["img2img_euler"] = sampler(lambda inp, s, cc: denoiser(net, inp, s, cc), noised, cond=c, uc=uc)
+        # first stage: sgm's AutoencoderKL on a small latent, as DiffusionEngine.decode_first_stage
+        data = yaml.safe_load(FAMILIES[family])["model"]["params"]
+        vae_params = data["first_stage_config"]["params"]
+        vae_params["ddconfig"]["attn_type"] = "vanilla"       # the same attention without xformers
+        vae = AutoencoderKL(**vae_params).eval()
+        vae.load_state_dict(sub(sd, "first_stage_model."), strict=True)
+        out["vae_z"] = x[:1, :, :4, :4].contiguous()
+        out["vae_decoded"] = vae.decode(out["vae_z"] / data["scale_factor"])
     if family == "sdxl":                          # zeros by construction: checked, not stored (size)
         assert not out.pop("uc_crossattn").any()
     else:                                         # the same grid as the base's
@@ -175,7 +206,7 @@ def main():
     tensors["clip_l_tokens"] = tokenizer(PROMPTS + [""], padding="max_length", max_length=77, truncation=True,
                                          return_tensors="pt")["input_ids"]
     save_file(tensors, str(OUT), metadata={"prompts": json.dumps(PROMPTS), "steps": str(STEPS),
-                                           "guidance_scale": str(SCALE), "source": "Stability-AI/generative-models "
+                                           "guidance_scale": str(SCALE), "img2img_strength": str(IMG2IMG_STRENGTH), "source": "Stability-AI/generative-models "
                                            "0ad7de9 (sgm), tests/data/sgm/record_reference.py"})
     print(f"wrote {OUT} ({OUT.stat().st_size} bytes, {len(tensors)} tensors)")
 
