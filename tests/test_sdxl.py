@@ -417,3 +417,18 @@ def test_img2img_and_first_stage_match_sgm(recorded):
                strength=strength)
     close(z, ref["img2img_euler"], 1e-3)
     close(model.decode_first_stage(ref["vae_z"]), ref["vae_decoded"], 1e-4)
+
+
+def test_reference_uncond_rule_base_zeroes_text_refiner_encodes_empty(recorded):
+    """The scripts' rule, checked against the recorded reference uncond of both families."""
+    for family in SGM_FAMILIES:
+        model = tiny_model(family)
+        batch, _, _ = _batches(family)
+        batch_uc, zero = model.conditioner.reference_uncond(batch)
+        uc = model.get_learned_conditioning(batch_uc, force_zero_embeddings=zero)
+        close(uc["y"], recorded[f"{family}.uc_vector"], 1e-4)
+        if family == "sdxl_refiner":
+            close(uc["c_crossattn"][0], recorded[f"{family}.uc_crossattn"], 1e-4)
+            assert batch_uc["txt"] == ["", ""] and batch_uc["aesthetic_score"].flatten().tolist() == [2.5, 2.5]
+        else:
+            assert zero == ("txt",) and not uc["c_crossattn"][0].any()

@@ -185,6 +185,21 @@ class GeneralConditioner(nn.Module):
                 out[name] = emb if name not in out else torch.cat([out[name], emb], dim=-1)
         return out
 
+    def reference_uncond(self, batch: dict, negative_prompts=None,
+                         negative_aesthetic_score: float = 2.5) -> tuple[dict, tuple[str, ...]]:
+        """(batch_uc, force_zero_embeddings) as the reference scripts (scripts/demo/sampling.py) build
+        the unconditional branch. Base (no aesthetic score, is_legacy False there): the same batch with
+        every `txt` output zeroed; a negative prompt is not read. Refiner (is_legacy True): the
+        negative prompts ("" by default) with `negative_aesthetic_score`, sizes kept."""
+        if "aesthetic_score" not in self.cfg.input_keys:
+            return dict(batch), (TXT,)
+        n = len(batch[TXT])
+        negatives = [""] * n if negative_prompts is None else (
+            [negative_prompts] * n if isinstance(negative_prompts, str) else list(negative_prompts))
+        if len(negatives) != n:
+            raise ValueError(f"{len(negatives)} negative prompts for {n} prompts")
+        return {**batch, TXT: negatives, "aesthetic_score": torch.full((n, 1), float(negative_aesthetic_score))}, ()
+
     def make_batch(self, prompts, original_size=None, crop_coords=(0, 0), target_size=None,
                    aesthetic_score: float = 6.0) -> dict:
         """The reference's batch dict from prompts: sizes as (height, width) in pixels (default the
