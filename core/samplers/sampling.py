@@ -89,9 +89,10 @@ def sample_denoiser(guided, alphas_cumprod, parameterization: str, noise, settin
     elif discrete_sigmas is not None and not settings.karras:
         # SDXL (sgm DiscreteDenoiser): its step list, snapped sigmas and starting point (sgm.py)
         schedule = sgm_sigmas(discrete_sigmas, settings.steps)
-        start = (sgm_start_index(settings.steps, check_strength(strength)) if strength is not None and
-                 start_step is None else _start_index(settings.steps, strength, start_step))
-        schedule = schedule[start:]
+        if strength is not None and start_step is None:                      # the reference's count
+            schedule = schedule[sgm_start_index(settings.steps, check_strength(strength)):]
+        else:
+            schedule = schedule[_start_index(settings.steps, strength, start_step):]
         denoiser = DiscreteDenoiser(guided, discrete_sigmas, parameterization)
         x = sgm_initial_x(noise, schedule, x0 if img2img else None)
         if mask is not None:
