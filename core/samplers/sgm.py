@@ -20,8 +20,8 @@ from core.samplers.denoisers import append_dims
 
 
 def sgm_timesteps(num_timesteps: int, steps: int) -> list[int]:
-    """`generate_roughly_equally_spaced_steps`, descending: T-1 - floor(i (T/n)) style, n = 10 ->
-    999, 899, ..., 99 (the float linspace truncated to int, as the reference does)."""
+    """`generate_roughly_equally_spaced_steps`, descending: int((T-1) - i (T-1)/n) for i < n, i.e.
+    np.linspace(T-1, 0, n, endpoint=False) truncated to int (n = 10: 999, 899, ..., 99); n = T: all."""
     if not 1 <= steps <= num_timesteps:
         raise ValueError(f"steps must be in [1, {num_timesteps}] for this model; got {steps}.")
     if steps == num_timesteps:
