@@ -10,7 +10,8 @@ evaluation and the CLI all ask this record, so "which tab lists this model" and 
 runs it" cannot disagree.
 
 Conditioning kinds (what the UNet is conditioned on):
-    text           a prompt through cross-attention (CLIP, OpenCLIP, LDM's jointly trained transformer)
+    text           a prompt through cross-attention (CLIP, OpenCLIP, LDM's jointly trained transformer;
+                   SDXL's GeneralConditioner: two CLIPs plus the size / crop / aesthetic vector)
     class          a class label (cin256)          layout   boxes of classes (layout-to-image)
     none           unconditional                   lr_image the low-res image, concatenated (LDM-SR)
     text+lr_image  SD x4 upscaler                  masked_image  LDM inpainting (concat)

@@ -454,3 +454,28 @@ def test_compact_vocab_config_is_checked():
                 dict(vocab_size=3, tokenizer="bert", vocab=(0, 320, 49407))):     # clip only
         with pytest.raises(ValueError, match="compact vocab"):
             TransformerEmbedderConfig(n_embed=8, n_layer=1, **bad)
+
+
+def test_sdxl_openclip2_penultimate_without_ln_final_and_pooled_at_eos():
+    """sgm FrozenOpenCLIPEmbedder2 (legacy False): the hidden state is the penultimate block's output
+    WITHOUT ln_final (unlike SD2's); pooled = ln_final(last)[EOS] @ text_projection; pad 0."""
+    from core.models.sdxl_conditioner import FrozenOpenCLIPEmbedder2, FrozenOpenCLIPEmbedder2Config
+    cfg = FrozenOpenCLIPEmbedder2Config(text_cfg=dict(width=W, heads=HEADS, layers=LAYERS), embed_dim=24)
+    emb = randomize_(FrozenOpenCLIPEmbedder2(cfg).eval())
+    tokens = emb.tokenize(["a large red circle", ""])
+    assert tokens[1, :3].tolist() == [BOS, EOS, 0]
+    hidden, pooled = emb.encode_tokens(tokens)
+    hf = open_clip_tower_as_hf(emb.model)
+    with torch.no_grad():
+        torch.testing.assert_close(hidden, ref_clip_text(tokens, hf, LAYERS - 1, exact_gelu, final_ln=False))
+        last = ref_clip_text(tokens, hf, LAYERS, exact_gelu, final_ln=True)
+        eos = [row.tolist().index(EOS) for row in tokens]
+        torch.testing.assert_close(pooled, last[torch.arange(2), eos] @ emb.model.text_projection)
+    legacy = FrozenOpenCLIPEmbedder2(FrozenOpenCLIPEmbedder2Config(
+        text_cfg=dict(width=W, heads=HEADS, layers=LAYERS), embed_dim=24, legacy=True, always_return_pooled=False))
+    legacy.load_state_dict(emb.state_dict())
+    with torch.no_grad():                                  # legacy: SD2's penultimate, ln_final applied
+        torch.testing.assert_close(legacy.encode_tokens(tokens),
+                                   ref_clip_text(tokens, hf, LAYERS - 1, exact_gelu, final_ln=True))
+    with pytest.raises(ValueError, match="legacy=False"):
+        FrozenOpenCLIPEmbedder2Config(text_cfg=dict(width=W, heads=HEADS, layers=LAYERS), legacy=True)

@@ -226,6 +226,24 @@ def test_num_attention_blocks_limits_attention_per_level():
     assert "output_blocks.2.1.conv.weight" in keys  # level 1's last entry: Upsample straight after ResBlock
 
 
+def test_sdxl_like_transformer_depth_per_level():
+    """SDXL: transformer_depth per level ([1, 2, 10] in base), the middle block takes the last level's;
+    attention only where ds is listed (no attention at level 0 with [4, 2])."""
+    m = UNetModel(tiny_cfg(attention_resolutions=(2,), transformer_depth=[2, 3], num_classes="sequential",
+                           adm_in_channels=6, **SD2))
+    keys = shapes(m)
+    assert m.cfg.transformer_depth == (2, 3) and m.cfg.transformer_depth_per_level == (2, 3)
+    assert not any(k.startswith("input_blocks.1.1.") for k in keys)               # level 0: no attention
+    blocks = lambda p: {int(k[len(p):].split(".")[0]) for k in keys if k.startswith(p)}  # noqa: E731
+    assert blocks("input_blocks.3.1.transformer_blocks.") == {0, 1, 2}           # level 1: depth 3
+    assert blocks("middle_block.1.transformer_blocks.") == {0, 1, 2}             # middle: the last level's
+    assert blocks("output_blocks.0.1.transformer_blocks.") == {0, 1, 2}
+    with pytest.raises(ValueError, match="transformer_depth .* one entry per level"):
+        tiny_cfg(transformer_depth=[1, 2, 3], **SD2)
+    with pytest.raises(ValueError, match="transformer_depth must be >= 1"):
+        tiny_cfg(transformer_depth=[1, 0], **SD2)
+
+
 def test_zero_initialised_layers():
     m = UNetModel(tiny_cfg(**SD1))
     sd = m.state_dict()

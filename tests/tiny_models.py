@@ -189,6 +189,72 @@ FAMILIES: dict[str, str] = {
 FAMILIES["sd2_v"] = FAMILIES["sd2"].replace("  params:\n", "  params:\n    parameterization: v\n", 1)
 
 
+# SDXL (Stability's sgm YAML, configs/inference/sd_xl_base.yaml / sd_xl_refiner.yaml, shrunk): DiscreteDenoiser,
+# per-level transformer depth with no attention at level 0, linear proj, ADM vector y.
+_SGM_DENOISER = """
+denoiser_config:
+  target: sgm.modules.diffusionmodules.denoiser.DiscreteDenoiser
+  params:
+    num_idx: 1000
+    scaling_config: {target: sgm.modules.diffusionmodules.denoiser_scaling.EpsScaling}
+    discretization_config: {target: sgm.modules.diffusionmodules.discretizer.LegacyDDPMDiscretization}
+"""
+_SGM_KL = _KL.replace("ldm.models.autoencoder", "sgm.models.autoencoder").replace(
+    "ddconfig: {{", "ddconfig: {{attn_type: vanilla-xformers, ").format(embed=4, mult=[1, 1, 1, 2])
+_SGM_BIGG = """
+- is_trainable: false
+  input_key: txt
+  target: sgm.modules.encoders.modules.FrozenOpenCLIPEmbedder2
+  params: {arch: ViT-bigG-14, version: laion2b_s39b_b160k, freeze: true, layer: penultimate,
+           always_return_pooled: true, legacy: false, embed_dim: 24,
+           text_cfg: {width: 32, heads: 2, layers: 3, context_length: 77, vocab_size: 49408}}
+"""
+_SGM_CLIP_L = """
+- is_trainable: false
+  input_key: txt
+  target: sgm.modules.encoders.modules.FrozenCLIPEmbedder
+  params:
+    layer: hidden
+    layer_idx: 2
+    text_config: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 3, num_attention_heads: 2,
+                  max_position_embeddings: 77, hidden_act: quick_gelu, vocab_size: 49408}
+"""
+
+
+def _sizes(*keys: str) -> str:
+    return "".join(f"- {{is_trainable: false, input_key: {k}, target: sgm.modules.encoders.modules."
+                   f"ConcatTimestepEmbedderND, params: {{outdim: 8}}}}\n" for k in keys)
+
+
+def _sgm_model(unet: str, embedders: str) -> str:
+    body = ("scale_factor: 0.13025\ndisable_first_stage_autocast: true\n" + textwrap.dedent(_SGM_DENOISER)
+            + textwrap.dedent(unet) + "conditioner_config:\n  target: sgm.modules.GeneralConditioner\n"
+            + "  params:\n    emb_models:\n" + textwrap.indent(textwrap.dedent(embedders), "      ")
+            + textwrap.dedent(_SGM_KL))
+    return "model:\n  target: sgm.models.diffusion.DiffusionEngine\n  params:\n" + textwrap.indent(body, "    ")
+
+
+# SDXL base: context = CLIP-L hidden (32) ++ bigG penultimate (32) = 64; y = pooled (24) + 3 x 2 x 8 = 72.
+FAMILIES["sdxl"] = _sgm_model("""
+    network_config:
+      target: sgm.modules.diffusionmodules.openaimodel.UNetModel
+      params: {adm_in_channels: 72, num_classes: sequential, use_checkpoint: true, in_channels: 4, out_channels: 4,
+               model_channels: 32, attention_resolutions: [4, 2], num_res_blocks: 1, channel_mult: [1, 2, 2],
+               num_head_channels: 16, use_linear_in_transformer: true, transformer_depth: [1, 1, 2],
+               context_dim: 64, spatial_transformer_attn_type: softmax-xformers}
+    """, _SGM_CLIP_L + _SGM_BIGG + _sizes("original_size_as_tuple", "crop_coords_top_left", "target_size_as_tuple"))
+# SDXL refiner: bigG only (context 32); y = pooled (24) + 2 x 2 x 8 + 8 (aesthetic score) = 64.
+FAMILIES["sdxl_refiner"] = _sgm_model("""
+    network_config:
+      target: sgm.modules.diffusionmodules.openaimodel.UNetModel
+      params: {adm_in_channels: 64, num_classes: sequential, use_checkpoint: true, in_channels: 4, out_channels: 4,
+               model_channels: 32, attention_resolutions: [4, 2], num_res_blocks: 1, channel_mult: [1, 1, 2, 2],
+               num_head_channels: 16, use_linear_in_transformer: true, transformer_depth: 2,
+               context_dim: [32, 32], spatial_transformer_attn_type: softmax-xformers}
+    """, _SGM_BIGG + _sizes("original_size_as_tuple", "crop_coords_top_left", "aesthetic_score"))
+SGM_FAMILIES = ("sdxl", "sdxl_refiner")
+
+
 def tiny_model(family: str, seed: int = 0) -> LatentDiffusion:
     """A tiny model of `family` with random weights (every zero-initialised output layer made
     non-zero, so outputs depend on every weight)."""
@@ -208,10 +274,10 @@ def original_state_dict(model: LatentDiffusion, family: str, ema: bool = False) 
     plus decay/num_updates, as LDM training checkpoints do.
     """
     sd = {k: v.clone() for k, v in model.state_dict().items()}
-    if family == "sd1":
-        prefix = "cond_stage_model."
-        text = {k[len(prefix):]: sd.pop(k) for k in list(sd) if k.startswith(prefix)}
-        sd.update({prefix + k: v for k, v in ours_to_hf_clip_text(text).items()})
+    hf_clip_prefix = {"sd1": "cond_stage_model.", "sdxl": "conditioner.embedders.0."}.get(family)
+    if hf_clip_prefix:
+        text = {k[len(hf_clip_prefix):]: sd.pop(k) for k in list(sd) if k.startswith(hf_clip_prefix)}
+        sd.update({hf_clip_prefix + k: v for k, v in ours_to_hf_clip_text(text).items()})
     if family == "ldm_churches":
         sd["scale_factor"] = torch.tensor(0.5)
     if ema:
@@ -227,7 +293,7 @@ def example_inputs(model: LatentDiffusion, family: str, batch: int = 2, seed: in
     """(x_noisy, t, cond) that exercise every conditioning path of `family`."""
     g = torch.Generator().manual_seed(seed)
     f = 2 ** (len(model.config.first_stage.ddconfig.ch_mult) - 1)
-    side = model.config.unet.image_size
+    side = 16 if family in SGM_FAMILIES else model.config.unet.image_size   # sgm: image_size is 1024 px
     x = torch.randn(batch, model.config.channels, side, side, generator=g)
     t = torch.tensor([10, 900][:batch] + [500] * max(0, batch - 2))
     image = torch.rand(batch, 3, side * f, side * f, generator=g) * 2 - 1
@@ -254,6 +320,13 @@ def example_inputs(model: LatentDiffusion, family: str, batch: int = 2, seed: in
         x_aug, level = model.low_scale_model(lr, level, generator=g)
         cond = {"c_concat": [x_aug], "c_crossattn": [model.get_learned_conditioning(["a photo", ""][:batch])],
                 "c_adm": level}
+    elif family in SGM_FAMILIES:
+        batch_dict = {"txt": ["a large red circle in the center", ""][:batch],
+                      "original_size_as_tuple": torch.tensor([[1024, 1024], [768, 1024]][:batch]),
+                      "crop_coords_top_left": torch.tensor([[0, 0], [16, 32]][:batch]),
+                      "target_size_as_tuple": torch.tensor([[1024, 1024], [768, 1024]][:batch]),
+                      "aesthetic_score": torch.tensor([[6.0], [2.5]][:batch])}
+        cond = model.get_learned_conditioning({k: batch_dict[k] for k in model.conditioner.cfg.input_keys})
     else:  # sd1, sd2, sd2_v
         cond = model.get_learned_conditioning(["a large red circle in the center", ""][:batch])
     return x, t, cond

@@ -162,7 +162,8 @@ def _low_scale(block) -> NoiseAugmentationConfig:
 
 
 def config_from_yaml(source: str | Path | dict) -> LatentDiffusionConfig | AutoencoderConfig:
-    """Translate a CompVis/Stability YAML (a path, YAML text, or the parsed dict).
+    """Translate a CompVis/Stability YAML (a path, YAML text, or the parsed dict); sgm (SDXL)
+    configs are handed to core.checkpoints.sgm_yaml.
 
     A LatentDiffusion config gives a LatentDiffusionConfig; a standalone first-stage config
     (`models/first_stage_models/*/config.yaml`) gives an AutoencoderConfig.
@@ -178,6 +179,9 @@ def config_from_yaml(source: str | Path | dict) -> LatentDiffusionConfig | Autoe
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
         raise ValueError("config: expected a CompVis YAML with a top-level `model:` block")
     target, p = _target(data["model"], "model")
+    if target.startswith("sgm."):                 # Stability's sgm configs (SDXL): their own translator
+        from core.checkpoints.sgm_yaml import config_from_sgm    # (it reuses this module's pieces)
+        return config_from_sgm(data)
     if target in FIRST_STAGE_TARGETS:
         return first_stage_config(data["model"])
     if target not in DIFFUSION_TARGETS:

@@ -22,30 +22,38 @@ from torch import nn
 
 from core import inference_dtype
 from core.checkpoints.clip_keys import hf_clip_text_to_ours, is_hf_clip_text_keys
+from core.checkpoints.bundled_configs import BUNDLED_CONFIGS
 from core.checkpoints.compvis_yaml import config_from_yaml
 from core.checkpoints.config_json import config_from_json, config_to_json
+from core.checkpoints.detect import detect_family
 from core.checkpoints.files import CheckpointError, read_checkpoint
 from core.models.autoencoder import AutoencoderConfig, build_autoencoder
 from core.models.clip_text import FrozenCLIPEmbedderConfig
 from core.models.diffusion import COND_STAGE_FIRST_STAGE, LatentDiffusion, LatentDiffusionConfig
-from core.models.schedule import LOW_SCALE_BUFFERS, SCHEDULE_BUFFERS
+from core.models.schedule import LOW_SCALE_BUFFERS, SCHEDULE_BUFFERS, discrete_sigmas, make_beta_schedule
+from core.models.sdxl_conditioner import GeneralConditionerConfig
 
 METADATA_CONFIG = "ldm_studio_config"       # safetensors metadata key holding the JSON config
 METADATA_FORMAT = "ldm_studio_format"
 FORMAT_VERSION = "1"
 
 
-def _resolve_config(path: Path, config, metadata: dict):
+def _resolve_config(path: Path, config, metadata: dict, sd: dict):
     if config is not None:
         if dataclasses.is_dataclass(config):
             return config
+        if isinstance(config, str) and config in BUNDLED_CONFIGS:       # e.g. config="sd2_v"
+            return BUNDLED_CONFIGS[config]()
         return config_from_yaml(config)
     if METADATA_CONFIG in metadata:
         return config_from_json(metadata[METADATA_CONFIG])
+    found = detect_family(sd)                                            # no config: read the keys
+    if found.config is not None:
+        return BUNDLED_CONFIGS[found.config]()
     raise CheckpointError(
-        f"{path.name} carries no LDM Studio config, so its architecture is unknown: pass the YAML it was "
-        "released with, e.g. load_model(path, config='v2-inference.yaml') (Stable Diffusion 2.x) or "
-        "'v1-inference.yaml' (1.x), or the model's config.yaml from the CompVis repository.")
+        f"{path.name} carries no LDM Studio config and its architecture cannot be read off its keys "
+        f"(detected: {found.family}): {found.message}. Bundled configs: {', '.join(BUNDLED_CONFIGS)}; "
+        "or pass the YAML it was released with, e.g. load_model(path, config='v2-inference.yaml').")
 
 
 def _ema_over_model(sd: dict, use_ema: bool) -> dict:
@@ -76,11 +84,39 @@ def _to_our_layout(sd: dict, cfg: LatentDiffusionConfig) -> tuple[dict, LatentDi
         # `__is_first_stage__`: the cond stage IS the first stage; any copies of it are aliases.
         sd = {k: v for k, v in sd.items() if not k.startswith(prefix)}
     elif isinstance(cfg.cond_stage, FrozenCLIPEmbedderConfig):
-        text = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-        if is_hf_clip_text_keys(text):
-            sd = {k: v for k, v in sd.items() if not k.startswith(prefix)}
-            sd.update({prefix + k: v for k, v in hf_clip_text_to_ours(text).items()})
+        sd = _hf_clip_text_at(sd, prefix)
+    elif isinstance(cfg.cond_stage, GeneralConditionerConfig):      # SDXL: CLIP-L among the embedders
+        for n, spec in enumerate(cfg.cond_stage.embedders):
+            if isinstance(spec.embedder, FrozenCLIPEmbedderConfig):
+                sd = _hf_clip_text_at(sd, f"conditioner.embedders.{n}.")
+        sd = _drop_sgm_sigmas(sd, cfg)
     return sd, cfg
+
+
+def _hf_clip_text_at(sd: dict, prefix: str) -> dict:
+    """SD1 / SDXL files hold the CLIP ViT-L text encoder in HF key names under `prefix`: map them."""
+    text = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    if not is_hf_clip_text_keys(text):
+        return sd
+    sd = {k: v for k, v in sd.items() if not k.startswith(prefix)}
+    sd.update({prefix + k: v for k, v in hf_clip_text_to_ours(text).items()})
+    return sd
+
+
+def _drop_sgm_sigmas(sd: dict, cfg: LatentDiffusionConfig) -> dict:
+    """sgm's DiscreteDenoiser buffer `denoiser.sigmas` (some files carry it) is recomputed from the
+    config; a file whose sigmas disagree was trained on another schedule, which is an error."""
+    if "denoiser.sigmas" not in sd:
+        return sd
+    sd = dict(sd)
+    stored = sd.pop("denoiser.sigmas").float()
+    ours = discrete_sigmas(make_beta_schedule(cfg.beta_schedule, cfg.timesteps, cfg.linear_start,
+                                              cfg.linear_end, cfg.cosine_s))
+    if stored.shape != ours.shape or not torch.allclose(stored, ours, rtol=1e-2):
+        raise CheckpointError(f"the file's denoiser.sigmas ({tuple(stored.shape)}, max {stored.max():.4g}) do not "
+                              f"match the config's schedule ({tuple(ours.shape)}, max {ours.max():.4g}); "
+                              "is this the right config for this file?")
+    return sd
 
 
 def _check_keys(model: nn.Module, sd: dict, strict: bool, name: str) -> None:
@@ -109,7 +145,11 @@ def _check_keys(model: nn.Module, sd: dict, strict: bool, name: str) -> None:
 
 
 def _materialize_buffers(model: nn.Module) -> None:
-    """Rebuild the non-persistent buffers that stayed on the meta device (open_clip's causal mask)."""
+    """Rebuild the non-persistent buffers that stayed on the meta device (open_clip's causal mask,
+    the schedule of sgm models)."""
+    if isinstance(model, LatentDiffusion) and model.betas.is_meta:
+        with torch.device("cpu"):
+            model.register_schedule()
     for module_name, module in model.named_modules():
         for buf_name, buf in list(module.named_buffers(recurse=False)):
             if not buf.is_meta:
@@ -145,6 +185,8 @@ def _cast(model: nn.Module, device, dtype) -> nn.Module:
     if isinstance(model, LatentDiffusion):
         for name in SCHEDULE_BUFFERS:
             setattr(model, name, getattr(model, name).float())
+        if hasattr(model, "denoiser"):                      # sgm's sigma grid (SDXL)
+            model.denoiser.sigmas = model.denoiser.sigmas.float()
         if hasattr(model, "low_scale_model"):
             for name in LOW_SCALE_BUFFERS:
                 setattr(model.low_scale_model, name, getattr(model.low_scale_model, name).float())
@@ -156,8 +198,11 @@ def load_model(path: str | Path, config=None, device=None, dtype: torch.dtype | 
     """Load a LatentDiffusion (or a standalone first stage) from .safetensors / .ckpt.
 
     path:   a project-native .safetensors (config in its metadata), or an original CompVis / Stability
-            checkpoint together with `config`, the YAML it was released with (path, text or dict) or
-            one of our config dataclasses.
+            checkpoint together with `config`, the YAML it was released with (path, text or dict), one
+            of our config dataclasses, or a bundled config's name ("sd1", "sd2", "sd2_v", "sdxl_base",
+            ...: core/checkpoints/bundled_configs.py). With no config and no metadata, the family is
+            detected from the keys (core/checkpoints/detect.py) where that fixes the architecture
+            (SD 1.x, SD 2 inpainting, SDXL base / refiner); otherwise the error says what to pass.
     device, dtype: where and in what precision to run (default: the CPU, in core.inference_dtype's
             precision for the device: float32 on the CPU, float16 on CUDA — not the stored dtype).
     strict: missing or unexpected keys are an error naming them; strict=False loads what matches
@@ -165,7 +210,7 @@ def load_model(path: str | Path, config=None, device=None, dtype: torch.dtype | 
     """
     path = Path(path)
     sd, metadata = read_checkpoint(path)
-    cfg = _resolve_config(path, config, metadata)
+    cfg = _resolve_config(path, config, metadata, sd)
     if isinstance(cfg, LatentDiffusionConfig):
         sd, cfg = _to_our_layout(sd, cfg)
     elif not isinstance(cfg, AutoencoderConfig):

@@ -16,11 +16,13 @@ from torch import nn
 
 from core.models.autoencoder import AutoencoderConfig, DiagonalGaussianDistribution, build_autoencoder
 from core.models.conditioners_registry import build_conditioner
-from core.models.schedule import LOW_SCALE_BUFFERS, make_beta_schedule, schedule_buffers
+from core.models.schedule import LOW_SCALE_BUFFERS, discrete_sigmas, make_beta_schedule, schedule_buffers
+from core.models.sdxl_conditioner import GeneralConditioner, GeneralConditionerConfig
 from core.models.unet import UNetConfig, UNetModel
 
 CONDITIONING_KEYS = (None, "crossattn", "concat", "hybrid", "adm", "hybrid-adm")
-MODEL_CLASSES = ("LatentDiffusion", "LatentInpaintDiffusion", "LatentUpscaleDiffusion")
+MODEL_CLASSES = ("LatentDiffusion", "LatentInpaintDiffusion", "LatentUpscaleDiffusion",
+                 "DiffusionEngine")   # sgm's (SDXL): conditioner at `conditioner`, no schedule buffers saved
 # cond_stage values that are not a conditioner network: the LR image passes through as it is
 # (LDM-SR, `torch.nn.Identity`), or the masked image is encoded by the first stage (LDM
 # inpainting, `__is_first_stage__`).
@@ -66,6 +68,8 @@ class LatentDiffusionConfig:
             raise ValueError(f"parameterization must be 'eps' or 'v', got {self.parameterization!r}")
         if self.model_class == "LatentUpscaleDiffusion" and self.low_scale is None:
             raise ValueError("LatentUpscaleDiffusion needs a low_scale (noise augmentation) config")
+        if (self.model_class == "DiffusionEngine") != isinstance(self.cond_stage, GeneralConditionerConfig):
+            raise ValueError("a GeneralConditioner (SDXL) goes with model_class 'DiffusionEngine' and only there")
 
     @property
     def task(self) -> str:
@@ -91,8 +95,12 @@ class DiffusionWrapper(nn.Module):
         self.diffusion_model = diffusion_model
         self.conditioning_key = conditioning_key
 
-    def forward(self, x, t, c_concat: list | None = None, c_crossattn: list | None = None, c_adm=None):
+    def forward(self, x, t, c_concat: list | None = None, c_crossattn: list | None = None, c_adm=None,
+                y=None):
+        """y: SDXL's ADM vector (B, adm_in_channels) for 'crossattn' / 'hybrid' (sgm's "vector")."""
         key = self.conditioning_key
+        if y is not None and key not in ("crossattn", "hybrid"):
+            raise ValueError(f"a vector y is read by 'crossattn' / 'hybrid' models, not {key!r}")
         if key is None:
             return self.diffusion_model(x, t)
         if key in ("concat", "hybrid", "hybrid-adm"):
@@ -102,7 +110,7 @@ class DiffusionWrapper(nn.Module):
         if key == "adm":
             return self.diffusion_model(x, t, y=c_crossattn[0])
         context = torch.cat(c_crossattn, dim=1)                  # (B, L, D): tokens concatenated
-        y = c_adm if key == "hybrid-adm" else None
+        y = c_adm if key == "hybrid-adm" else y
         return self.diffusion_model(x, t, context=context, y=y)
 
 
@@ -136,13 +144,28 @@ class LatentDiffusion(nn.Module):
         self.scale_factor = cfg.scale_factor
         self.model = DiffusionWrapper(UNetModel(cfg.unet), cfg.conditioning_key)
         self.first_stage_model = build_autoencoder(cfg.first_stage)
-        self.cond_stage_model = build_conditioner(cfg.cond_stage)      # None for identity/first stage
+        if cfg.model_class == "DiffusionEngine":
+            self.conditioner = GeneralConditioner(cfg.cond_stage)      # `conditioner.embedders.N`
+            self.cond_stage_model = None
+        else:
+            self.cond_stage_model = build_conditioner(cfg.cond_stage)  # None for identity/first stage
         if cfg.low_scale is not None:
             self.low_scale_model = NoiseAugmentation(cfg.low_scale)
+        self.register_schedule()
+
+    def register_schedule(self) -> None:
+        """The schedule buffers, float32 (T,), computed from the config (FACTS.md section 6). sgm
+        files do not store them (its discretisation recomputes them), so there they are not saved
+        and a meta-device load rebuilds them with this."""
+        cfg = self.config
         betas = make_beta_schedule(cfg.beta_schedule, cfg.timesteps, cfg.linear_start, cfg.linear_end,
                                    cfg.cosine_s)
+        sgm = cfg.model_class == "DiffusionEngine"
         for name, value in schedule_buffers(betas).items():
-            self.register_buffer(name, value)                          # float32 (T,)
+            self.register_buffer(name, value, persistent=not sgm)
+        if sgm:  # sgm's DiscreteDenoiser grid at its attribute path `denoiser.sigmas` (not saved)
+            self.denoiser = nn.Module()
+            self.denoiser.register_buffer("sigmas", discrete_sigmas(betas), persistent=False)
 
     # ---- properties people coming from the CompVis code look for -------------------------------
     @property
@@ -174,12 +197,25 @@ class LatentDiffusion(nn.Module):
         return self.model(x_noisy, t, **cond)
 
     @torch.no_grad()
-    def get_learned_conditioning(self, batch):
+    def get_learned_conditioning(self, batch, force_zero_embeddings=None, **sizes):
         """Conditioning tokens from prompts, class labels or layouts, as the UNet's context.
 
         For LDM inpainting (`__is_first_stage__`) the batch is the masked image in [-1, 1], encoded
         by the first stage; for LDM-SR (identity) it is returned as it is.
+        SDXL (DiffusionEngine): the reference's batch dict ("txt", "original_size_as_tuple", ...)
+        or prompts with original_size=, crop_coords=, target_size= (and the refiner's
+        aesthetic_score=) -> {"c_crossattn": [context (B, 77, D)], "y": vector (B, adm_in_channels)};
+        force_zero_embeddings=["txt"] zeroes the text embedders' outputs (the base's uncond).
         """
+        if self.config.model_class == "DiffusionEngine":
+            if not isinstance(batch, dict):
+                batch = self.conditioner.make_batch(batch, **sizes)
+            elif sizes:
+                raise ValueError(f"give sizes inside the batch dict or with prompts, not both: {sorted(sizes)}")
+            out = self.conditioner(batch, force_zero_embeddings or ())
+            return {"c_crossattn": [out["crossattn"]], "y": out["vector"]}
+        if force_zero_embeddings or sizes:
+            raise ValueError("force_zero_embeddings and sizes apply to SDXL (sgm) models only")
         if self.config.cond_stage == COND_STAGE_FIRST_STAGE:
             return self.encode_first_stage(batch)
         if self.config.cond_stage == COND_STAGE_IDENTITY:

@@ -82,3 +82,11 @@ def schedule_buffers(betas: np.ndarray, v_posterior: float = 0.0) -> dict[str, t
         "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - alphas_cumprod),
     }
     return {name: torch.tensor(values[name], dtype=torch.float32) for name in SCHEDULE_BUFFERS}
+
+
+def discrete_sigmas(betas: np.ndarray) -> torch.Tensor:
+    """sgm's `LegacyDDPMDiscretization` grid (the DiscreteDenoiser's `sigmas` buffer), ascending in t:
+    sigma_t = sqrt((1 - alphas_cumprod) / alphas_cumprod), the ratio in float64, rounded to float32,
+    then the square root in float32, in the reference's order of operations.  # (T,)"""
+    alphas_cumprod = np.cumprod(1.0 - np.asarray(betas, dtype=np.float64), axis=0)
+    return torch.tensor((1 - alphas_cumprod) / alphas_cumprod, dtype=torch.float32) ** 0.5

@@ -55,7 +55,7 @@ class UNetConfig:
     resblock_updown: bool = False                  # ResBlocks with down/up=True instead of Downsample/Upsample
     use_new_attention_order: bool = False          # AttentionBlock qkv split order (False: legacy, heads first)
     use_spatial_transformer: bool = False          # SpatialTransformer (cross-attention) instead of AttentionBlock
-    transformer_depth: int = 1
+    transformer_depth: int | tuple[int, ...] = 1   # SpatialTransformer blocks, per model or per level (SDXL)
     context_dim: int | None = None                 # Dc of the cross-attention context
     n_embed: int | None = None                     # codebook-id prediction head: not supported
     legacy: bool = True                            # see _attention_heads
@@ -76,6 +76,8 @@ class UNetConfig:
         as_tuple("attention_resolutions", int)
         as_tuple("channel_mult", int)
         as_tuple("num_res_blocks", int)
+        if not isinstance(self.transformer_depth, int):
+            as_tuple("transformer_depth", int)
         as_tuple("disable_self_attentions", bool)
         as_tuple("num_attention_blocks", int)
 
@@ -100,7 +102,10 @@ class UNetConfig:
                              "use_spatial_transformer=False; enable it or drop context_dim")
         if self.context_dim is not None and not isinstance(self.context_dim, int):
             raise ValueError(f"UNetConfig.context_dim must be one int, got {self.context_dim!r}")
-        if self.transformer_depth < 1:
+        if isinstance(self.transformer_depth, tuple) and len(self.transformer_depth) != levels:
+            raise ValueError(f"UNetConfig.transformer_depth {self.transformer_depth} must be an int or have "
+                             f"one entry per level of channel_mult ({levels})")
+        if min(self.transformer_depth_per_level) < 1:
             raise ValueError(f"UNetConfig.transformer_depth must be >= 1, got {self.transformer_depth}")
         if isinstance(self.num_res_blocks, tuple) and len(self.num_res_blocks) != levels:
             raise ValueError(f"UNetConfig.num_res_blocks {self.num_res_blocks} must be an int or have "
@@ -131,6 +136,14 @@ class UNetConfig:
                                  "must be a positive multiple of 32 (GroupNorm uses 32 groups)")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"UNetConfig.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def transformer_depth_per_level(self) -> tuple[int, ...]:
+        """Blocks per SpatialTransformer at each level; the middle block takes the deepest level's
+        (sgm's `transformer_depth_middle = transformer_depth[-1]`; SDXL base: (1, 2, 10))."""
+        if isinstance(self.transformer_depth, int):
+            return (self.transformer_depth,) * len(self.channel_mult)
+        return self.transformer_depth
 
     @property
     def res_blocks_per_level(self) -> tuple[int, ...]:
@@ -302,7 +315,8 @@ class UNetModel(nn.Module):
             if not cfg.use_spatial_transformer:
                 return AttentionBlock(ch, heads_for_attention_block, dim_head, cfg.use_new_attention_order)
             disable_sa = bool(cfg.disable_self_attentions[level]) if cfg.disable_self_attentions else False
-            return SpatialTransformer(ch, num_heads, dim_head, cfg.transformer_depth, cfg.context_dim,
+            return SpatialTransformer(ch, num_heads, dim_head, cfg.transformer_depth_per_level[level],
+                                      cfg.context_dim,
                                       disable_sa, cfg.use_linear_in_transformer,
                                       use_checkpoint=cfg.use_checkpoint)
 
@@ -345,8 +359,8 @@ class UNetModel(nn.Module):
         # Middle: ResBlock, attention (always, with self-attention), ResBlock at the deepest width.
         num_heads, dim_head = _attention_heads(cfg, ch)
         if cfg.use_spatial_transformer:
-            middle_attention = SpatialTransformer(ch, num_heads, dim_head, cfg.transformer_depth, cfg.context_dim,
-                                                  False, cfg.use_linear_in_transformer,
+            middle_attention = SpatialTransformer(ch, num_heads, dim_head, cfg.transformer_depth_per_level[-1],
+                                                  cfg.context_dim, False, cfg.use_linear_in_transformer,
                                                   use_checkpoint=cfg.use_checkpoint)
         else:
             middle_attention = AttentionBlock(ch, num_heads, dim_head, cfg.use_new_attention_order)

@@ -23,6 +23,7 @@ from core.samplers.registry import ANCESTRAL_SAMPLERS, DISCARD_NEXT_TO_LAST_SIGM
 from core.samplers.scheduled import ScheduledConditioning, is_scheduled
 from core.samplers.schedules import ddim_timesteps, ddpm_timesteps, get_sigmas
 from core.samplers.settings import SamplingSettings, check_strength, scheduler_name
+from core.samplers.sgm import DiscreteDenoiser, sgm_initial_x, sgm_sigmas, sgm_start_index
 
 
 class SamplingInterrupted(Exception):
@@ -55,7 +56,7 @@ def schedule_length(settings: SamplingSettings, num_timesteps: int) -> int:
 @torch.no_grad()
 def sample_denoiser(guided, alphas_cumprod, parameterization: str, noise, settings: SamplingSettings, *,
                     extra_args=None, x0=None, mask=None, strength=None, start_step=None, callback=None,
-                    should_stop=None, generator=None):
+                    should_stop=None, generator=None, discrete_sigmas=None):
     """A latent z (B, C, H, W) from starting noise N(0, 1) (B, C, H, W), float32 or wider.
 
     guided(x, t, **extra_args) -> the raw output (eps or v) at integer timesteps t (B,): the network
@@ -63,6 +64,9 @@ def sample_denoiser(guided, alphas_cumprod, parameterization: str, noise, settin
     settings: a SamplingSettings (valid by construction). generator: a CPU torch.Generator, or one
         per image (a list), for ancestral noise.
     x0 / mask / strength / start_step, callback, should_stop: as `sample`.
+    discrete_sigmas: the grid (T,) of an sgm model's DiscreteDenoiser (`m.denoiser.sigmas`, SDXL):
+        sigma samplers then follow sgm's numerics (core/samplers/sgm.py) unless Karras sigmas are
+        asked for; img2img strength counts steps as the reference does. None: k-diffusion's.
     """
     # 1. The kept latent and the mask, checked against the noise's shape.
     x0, mask = _check_x0_mask(x0, mask, strength, start_step, tuple(noise.shape), noise.device, noise.dtype)
@@ -83,6 +87,19 @@ def sample_denoiser(guided, alphas_cumprod, parameterization: str, noise, settin
         if mask is not None:
             denoiser = InpaintEpsBlend(denoiser, x0, mask, noise)
         total = len(schedule)
+    elif discrete_sigmas is not None and settings.scheduler == "automatic" and \
+            settings.sampler not in DISCARD_NEXT_TO_LAST_SIGMA:
+        # SDXL (sgm DiscreteDenoiser): its step list, snapped sigmas and starting point (sgm.py)
+        schedule = sgm_sigmas(discrete_sigmas, settings.steps)
+        if strength is not None and start_step is None:                      # the reference's count
+            schedule = schedule[sgm_start_index(settings.steps, check_strength(strength)):]
+        else:
+            schedule = schedule[_start_index(settings.steps, strength, start_step):]
+        denoiser = DiscreteDenoiser(guided, discrete_sigmas, parameterization)
+        x = sgm_initial_x(noise, schedule, x0 if img2img else None)
+        if mask is not None:
+            denoiser = InpaintSigmaBlend(denoiser, x0, mask, noise)
+        total = len(schedule) - 1
     else:
         if settings.sampler in DISCARD_NEXT_TO_LAST_SIGMA:
             schedule = get_sigmas(alphas_cumprod, settings.steps + 1, scheduler=settings.scheduler)
@@ -187,10 +204,12 @@ def sample(m, cond, uncond=None, guidance_scale=7.5, steps=50, sampler="ddim", e
         guided = ScheduledConditioning(guided)
         callback = guided.following(callback)
     try:
+        grid = getattr(getattr(m, "denoiser", None), "sigmas", None)             # sgm models (SDXL)
         z = sample_denoiser(guided, m.alphas_cumprod.to(device=device, dtype=dtype),
                             m.parameterization, noise, settings, extra_args=extra_args, x0=x0, mask=mask,
                             strength=strength, start_step=start_step, callback=callback,
-                            should_stop=should_stop, generator=generator)
+                            should_stop=should_stop, generator=generator,
+                            discrete_sigmas=None if grid is None else grid.to(device=device, dtype=dtype))
     except SamplingInterrupted as stop:
         stop.x = stop.x.to(model_dtype)
         stop.pred_x0 = None if stop.pred_x0 is None else stop.pred_x0.to(model_dtype)
