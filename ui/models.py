@@ -15,7 +15,9 @@ from safetensors import safe_open
 from core import load_model
 from core.capabilities import AUTOENCODER, Capabilities, capabilities
 from core.pipelines.defaults import Defaults, model_defaults
+from core.checkpoints.bundled_configs import BUNDLED_CONFIGS
 from core.checkpoints.compvis_yaml import config_from_yaml
+from core.checkpoints.detect import detect_family
 from core.checkpoints.config_json import config_from_json
 
 MAX_LOADED = 3          # one per generation tab (text-to-image, inpainting, upscaling) fits on a CPU
@@ -35,7 +37,7 @@ class ModelEntry:
     caps: Capabilities          # what it can do (core/capabilities.py), from its config alone
     label: str                  # ldm_studio_name, else the file name
     defaults: Defaults | None   # what runs when a setting is left empty (core.pipelines.model_defaults)
-    config: str | None = None   # the YAML read beside a .ckpt / foreign .safetensors
+    config: str | None = None   # the YAML beside a .ckpt / foreign .safetensors, or a bundled config's name
     model_config: object = None # the parsed config (LatentDiffusionConfig / AutoencoderConfig)
 
     @property
@@ -46,20 +48,26 @@ class ModelEntry:
 
 def _read_entry(weights_dir: Path, path: Path) -> ModelEntry:
     """The entry for one file, from its header only. ValueError says why a file cannot be used."""
-    metadata, config_file = {}, None
+    metadata, config_file, shapes = {}, None, {}
     if path.suffix == ".safetensors":
         try:
             with safe_open(str(path), framework="pt") as f:
                 metadata = f.metadata() or {}
+                if "ldm_studio_config" not in metadata:
+                    shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
         except Exception as err:        # safetensors raises its own error types for broken headers
             raise ValueError(f"not a readable .safetensors file ({err})") from None
+    yaml_path = next((p for p in (path.with_suffix(".yaml"), path.with_suffix(".yml")) if p.is_file()), None)
     if "ldm_studio_config" in metadata:
         cfg = config_from_json(metadata["ldm_studio_config"])
-    else:
-        yaml_path = next((p for p in (path.with_suffix(".yaml"), path.with_suffix(".yml")) if p.is_file()), None)
-        if yaml_path is None:
-            raise ValueError(f"no config: put the YAML it was released with beside it as {path.stem}.yaml")
+    elif yaml_path is not None:
         cfg, config_file = config_from_yaml(yaml_path), str(yaml_path)
+    else:
+        found = detect_family(shapes) if shapes else None      # the family from its keys and shapes
+        if found is None or found.config is None:
+            why = f" ({found.message})" if found is not None and found.message else ""
+            raise ValueError(f"no config{why}: put the YAML it was released with beside it as {path.stem}.yaml")
+        cfg, config_file = BUNDLED_CONFIGS[found.config](), found.config
     name = path.relative_to(weights_dir).as_posix()
     label = metadata.get("ldm_studio_name") or path.stem
     caps = capabilities(cfg)

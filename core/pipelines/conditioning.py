@@ -56,22 +56,44 @@ def _check_prompt(text, name: str) -> str:
     return text
 
 
-def text_conditioning(m, prompt, negative_prompt="", *, clip_skip=None):
+def text_conditioning(m, prompt, negative_prompt="", *, clip_skip=None, size=None):
     """(c, u): the text encoder's context for the prompt and for the negative prompt.
 
     Plain prompts: tensors (1, L, D). Prompts with A1111's syntax: PromptConditioning objects,
     resolved by core.pipelines.denoise once the steps are known. clip_skip: None or 1 = the
     model's usual layer; N > 1 stops N - 1 blocks earlier (CLIP text encoders only; others warn
-    and ignore it, see `effective_clip_skip`).
+    and ignore it, see `effective_clip_skip`). size: (height, width) of the image made, for SDXL's
+    size conditioning (see `sdxl_conditioning`).
     """
     prompt = _check_prompt(prompt, "prompt")
     negative_prompt = _check_prompt(negative_prompt, "negative_prompt")
+    if m.config.model_class == "DiffusionEngine":
+        return sdxl_conditioning(m, prompt, negative_prompt, size)
     clip_skip = effective_clip_skip(m, clip_skip, warn=True)
     if not prompt.strip():
         warnings.warn("the prompt is empty: sampling follows only the model's unconditional "
                       "distribution (and the negative prompt)", stacklevel=3)
     return (_text(m, prompt, clip_skip, composable=True),
             _text(m, negative_prompt, clip_skip, composable=False))
+
+
+def sdxl_conditioning(m, prompt: str, negative_prompt: str, size=None):
+    """SDXL's (c, u), dicts {"c_crossattn": [ctx], "y": vector}, with the size conditioning filled as
+    AUTOMATIC1111 does: original = target = the image's (height, width), crop (0, 0). The
+    unconditional branch: a negative prompt is encoded like the prompt (A1111); without one, what
+    the reference scripts use (the base zeroes its text embeddings; the refiner encodes "" with
+    aesthetic score 2.5)."""
+    if has_attention_syntax(prompt) or has_schedule_syntax(prompt) or len(split_and(prompt)) > 1:
+        warnings.warn("A1111 prompt syntax (weights, editing, AND) is not applied to SDXL models yet; the "
+                      "prompt is read as plain text", stacklevel=4)
+    size = tuple(size) if size is not None else None
+    batch = m.conditioner.make_batch([prompt], original_size=size, target_size=size)
+    cond = m.get_learned_conditioning(batch)
+    if negative_prompt and "aesthetic_score" not in m.conditioner.cfg.input_keys:
+        return cond, m.get_learned_conditioning(m.conditioner.make_batch([negative_prompt], original_size=size,
+                                                                         target_size=size))
+    batch_uc, zeroed = m.conditioner.reference_uncond(batch, [negative_prompt] if negative_prompt else None)
+    return cond, m.get_learned_conditioning(batch_uc, force_zero_embeddings=list(zeroed))
 
 
 def effective_clip_skip(m, clip_skip, warn: bool = False) -> int | None:

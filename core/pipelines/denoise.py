@@ -59,9 +59,11 @@ def denoise(m, cond, uncond, settings: SamplingSettings, shape: tuple, generator
         guided = ScheduledConditioning(guided)
         callback = guided.following(callback)
     extra_args = {"cond": cond, "uncond": uncond, "cond_scale": settings.guidance_scale}
+    grid = getattr(getattr(m, "denoiser", None), "sigmas", None)                # SDXL: sgm's discrete sigmas
     z = sample_denoiser(guided, m.alphas_cumprod.to(param.device, dtype), m.parameterization,
                         noise, settings, extra_args=extra_args, x0=x0, mask=mask, strength=strength,
-                        callback=callback, should_stop=should_stop, generator=generators)
+                        callback=callback, should_stop=should_stop, generator=generators,
+                        discrete_sigmas=None if grid is None else grid.to(param.device, dtype))
     return z.to(param.dtype)
 
 

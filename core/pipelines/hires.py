@@ -104,8 +104,9 @@ def txt2img_hires(m, prompt, hires: HiresSettings, negative_prompt="", steps=Non
     # 4. Second pass: img2img from the upscaled latents, same seeds, tiled when large.
     hr_prompt = prompt if hires.prompt is None else hires.prompt
     hr_negative = negative_prompt if hires.negative_prompt is None else hires.negative_prompt
-    cond, uncond = text_conditioning(m, hr_prompt, hr_negative)
-    cond = {"c_crossattn": [cond]}                        # a dict, so tiling repeats it per tile
+    cond, uncond = text_conditioning(m, hr_prompt, hr_negative, size=(hr_h, hr_w))
+    if not isinstance(cond, dict):
+        cond = {"c_crossattn": [cond]}                    # a dict, so tiling repeats it per tile
 
     def params_for(i):
         params = base_parameters(m, "txt2img", first, seeds[i], width, height, prompt, negative_prompt)

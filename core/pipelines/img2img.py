@@ -56,7 +56,8 @@ def img2img(m, image, prompt="", strength=0.75, negative_prompt="", steps=None, 
     z0 = vae.encode(m, x, tile=vae_tile)                                     # (1, C, h, w)
 
     # 3. Conditioning.
-    cond, uncond = text_conditioning(m, prompt, negative_prompt, clip_skip=clip_skip) if caps.prompt else (None, None)
+    cond, uncond = text_conditioning(m, prompt, negative_prompt, clip_skip=clip_skip, size=(height, width)) \
+        if caps.prompt else (None, None)
 
     # 4. Denoise from x0 noised to `strength`, every image from its own seed.
     try:

@@ -209,7 +209,7 @@ def _conditioning(m, caps, x, mask_t, z_init, prompt, negative_prompt, vae_tile,
         mask_pm = F.interpolate(mask_t, size=z_init.shape[-2:], mode="nearest") * 2 - 1
         return {"c_concat": [torch.cat([masked_latent, mask_pm.to(masked_latent)], dim=1)]}, None
     if caps.prompt:
-        return text_conditioning(m, prompt, negative_prompt, clip_skip=clip_skip)
+        return text_conditioning(m, prompt, negative_prompt, clip_skip=clip_skip, size=tuple(x.shape[-2:]))
     return None, None
 
 

@@ -30,9 +30,12 @@ def txt2img(m, prompt, negative_prompt="", steps=None, guidance_scale=None, samp
         `.images` are the images finished so far and `.partial` the interrupted ones;
       output: "image", or "latent" for the latents (n, C, h, w) (a further pass takes them).
     """
-    # 1. The model can do it. 2. The prompt and the negative prompt (the unconditional half of CFG).
+    # 1. The model can do it, at this size. 2. The prompt and the negative prompt (CFG's other half).
     capabilities(m).require("txt2img")
-    cond, uncond = text_conditioning(m, prompt, negative_prompt, clip_skip=clip_skip)
+    defaults = model_defaults(m)
+    width, height = check_size(m, defaults.width if width is None else width,
+                               defaults.height if height is None else height, "txt2img")
+    cond, uncond = text_conditioning(m, prompt, negative_prompt, clip_skip=clip_skip, size=(height, width))
     extra = {"prompt": prompt, "negative_prompt": negative_prompt, "clip_skip": effective_clip_skip(m, clip_skip)}
     # 3. Noise -> latents -> images, one seed each.
     return sample_images(m, "txt2img", cond, uncond, extra, n, seed, steps, sampler, guidance_scale,
