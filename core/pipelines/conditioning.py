@@ -67,7 +67,7 @@ def text_conditioning(m, prompt, negative_prompt="", *, clip_skip=None, size=Non
     """
     prompt = _check_prompt(prompt, "prompt")
     negative_prompt = _check_prompt(negative_prompt, "negative_prompt")
-    if m.config.model_class == "DiffusionEngine":
+    if getattr(m, "conditioner", None) is not None:                    # SDXL (sgm GeneralConditioner)
         return sdxl_conditioning(m, prompt, negative_prompt, size)
     clip_skip = effective_clip_skip(m, clip_skip, warn=True)
     if not prompt.strip():

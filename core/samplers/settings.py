@@ -133,6 +133,9 @@ class SamplingSettings:
         if karras is None and scheduler is None:
             karras = named_karras if named_karras is not None else (
                 defaults.karras if not explicit or name == defaults.sampler else False)
+        if karras and name not in SIGMA_SAMPLERS:
+            warnings.warn(f"Karras sigmas do not apply to {SAMPLER_DISPLAY_NAMES[name]}, which walks the "
+                          "model's own timesteps; ignored", stacklevel=3)
         karras = bool(karras) and name in SIGMA_SAMPLERS
         if scheduler is not None and scheduler != "automatic" and name not in SIGMA_SAMPLERS:
             warnings.warn(f"the schedule type {SCHEDULE_DISPLAY_NAMES[scheduler]} does not apply to "
