@@ -52,6 +52,13 @@ def follow(runner: JobRunner, job_id: str, progress: gr.Progress | None = None) 
         gr.Warning(f"Interrupted: {state.error or state.message}")
 
 
+def run_job(runner: JobRunner, tab: str, work, progress: gr.Progress | None = None) -> Iterator[tuple]:
+    """Submit `work` as a job of `tab` and follow it: (gallery, info, job id) at every change."""
+    job = runner.submit(tab, work)
+    for state in follow(runner, job.id, progress):
+        yield gallery_value(state), info_text(state), state.id
+
+
 def resume(runner: JobRunner, job_id: str | None) -> Iterator[tuple]:
     """On page load: (gallery, info) of the job this browser ran last, following it while it runs."""
     state = runner.get(job_id)

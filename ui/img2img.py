@@ -11,7 +11,7 @@ from core.samplers import check_strength
 from ui.controls import (check_batch, interrupt, model_picker, name_dropdown, optional_int, prompt_row,
                          results_panel, sampling_controls, sampling_options, wire_model_controls)
 from ui.errors import user_errors
-from ui.follow import follow, gallery_value, info_text, pipeline_progress, resume
+from ui.follow import pipeline_progress, resume, run_job
 from ui.images import image_input, open_image, run_and_save
 from ui.studio import Studio
 
@@ -53,9 +53,7 @@ def img2img(studio: Studio, prompt: str, image: str | None = None, negative_prom
                                                       callback=pipeline_progress(job), should_stop=job.should_stop),
                             studio.settings.outputs_dir, job.folder)
 
-    job = studio.jobs.submit(TAB, work)
-    for state in follow(studio.jobs, job.id, progress):
-        yield gallery_value(state), info_text(state), state.id
+    yield from run_job(studio.jobs, TAB, work, progress)
 
 
 def build(studio: Studio, demo: gr.Blocks, job: gr.BrowserState) -> SimpleNamespace:

@@ -294,6 +294,18 @@ def build_notice(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
     return SimpleNamespace(row=row, notice=notice, stop=stop)
 
 
+def _own_images(studio: Studio) -> tuple:
+    """The "Your own images" fields: a folder under the data root, or a zip; and a data check."""
+    with gr.Accordion("Your own images", open=False):
+        folder = gr.Textbox("", label=f"Folder under the data root ({studio.settings.data_root})",
+                            placeholder="my_images")
+        zip_file = gr.File(label="or a zip of images (captions: name.txt or captions.jsonl)",
+                           file_types=[".zip"], type="filepath", height=120)
+        check = gr.Button("Check the data", size="sm")
+        data_report = gr.Markdown()
+    return folder, zip_file, check, data_report
+
+
 def build(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
     gr.Markdown("Train the two stages of a latent diffusion model: first the **autoencoder**, then an **LDM** in its "
                 "latent space (text-to-image, 4x super-resolution, inpainting). Runs go on in the background "
@@ -306,13 +318,7 @@ def build(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
             init_from = gr.Dropdown(studio.models.choices("txt2img"), value=None, label="Start from (inpainting)",
                                     info="optional: a text-to-image model to fine-tune")
             dataset = gr.Radio(DATASETS, value="shapes", label="Training data")
-            with gr.Accordion("Your own images", open=False):
-                folder = gr.Textbox("", label=f"Folder under the data root ({studio.settings.data_root})",
-                                    placeholder="my_images")
-                zip_file = gr.File(label="or a zip of images (captions: name.txt or captions.jsonl)",
-                                   file_types=[".zip"], type="filepath", height=120)
-                check = gr.Button("Check the data", size="sm")
-                data_report = gr.Markdown()
+            folder, zip_file, check, data_report = _own_images(studio)
             with gr.Row():
                 model_size = gr.Radio(SIZES, value="small", label="Model size")
                 image_size = gr.Number(64, label="Image size (px)", precision=0, minimum=8, step=8)
@@ -332,8 +338,8 @@ def build(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
                 use = gr.Button("Use this model", scale=1, elem_classes=["ldm-train-use"])
             status = gr.Markdown("No run yet.", elem_classes=["ldm-run-status"])
             with gr.Row():
-                curve = gr.LinePlot(x="step", y="value", title="Training curve", y_title="loss", height=280, x_axis_format="d",
-                                    elem_classes=["ldm-loss-curve"])
+                curve = gr.LinePlot(x="step", y="value", title="Training curve", y_title="loss", height=280,
+                                    x_axis_format="d", elem_classes=["ldm-loss-curve"])
                 sample = gr.Image(label="Latest samples (EMA)", type="filepath", interactive=False, height=280)
             exported = gr.Textbox(label="Exported model", interactive=False, elem_classes=["ldm-exported"])
 

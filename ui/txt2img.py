@@ -13,7 +13,7 @@ from ui.controls import (check_batch, interrupt, model_picker, optional_int, pro
                          sampling_controls, sampling_options, wire_model_controls)
 from ui.hires import hires_controls, hires_request
 from ui.errors import user_errors
-from ui.follow import follow, gallery_value, info_text, pipeline_progress, resume
+from ui.follow import pipeline_progress, resume, run_job
 from ui.images import run_and_save
 from ui.studio import Studio
 
@@ -52,9 +52,7 @@ def txt2img(studio: Studio, prompt: str, negative_prompt: str = "", model: str |
                                                   sr_model=sr, **common)
         return run_and_save(run, studio.settings.outputs_dir, job.folder)
 
-    job = studio.jobs.submit(TAB, work)
-    for state in follow(studio.jobs, job.id, progress):
-        yield gallery_value(state), info_text(state), state.id
+    yield from run_job(studio.jobs, TAB, work, progress)
 
 
 def build(studio: Studio, demo: gr.Blocks, job: gr.BrowserState) -> SimpleNamespace:
