@@ -31,9 +31,8 @@ def evaluation_photos() -> dict[str, np.ndarray]:
     try:
         import skimage.data
     except ImportError:
-        raise ImportError("the evaluation reads its photos from scikit-image; install the dev "
-                          "requirements (pip install -r requirements-dev.txt) or pip install "
-                          "scikit-image") from None
+        raise ImportError("the evaluation reads its photos from scikit-image, which requirements.txt "
+                          "installs: pip install -r requirements.txt") from None
     photos = {name: getattr(skimage.data, name)() for name in EVAL_PHOTOS if name != "motorcycle_left"}
     photos["motorcycle_left"] = skimage.data.stereo_motorcycle()[0]   # the left view
     return {name: photos[name] for name in EVAL_PHOTOS}
