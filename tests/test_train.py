@@ -530,7 +530,7 @@ def test_export_round_trip(tmp_path, ae_file):
     cfg["export"]["defaults"]["steps"] = 7
     train("ldm", cfg, name="exp", runs_dir=tmp_path)
     out = export_run(tmp_path / "exp", tmp_path / "w" / "exp.safetensors", name="tiny-txt2img")
-    m = load_model(out)
+    m = load_model(out, dtype=torch.float16)                         # as stored (the default runs float32)
     assert m.task == "conditional" and m.scale_factor == 0.5
     meta = m.metadata
     assert meta["ldm_studio_name"] == "tiny-txt2img"
