@@ -87,8 +87,9 @@ def encode_file(path: str) -> str:
 
 
 def encode_image(image: Image.Image) -> str:
+    """A step preview (no parameters) as a base64 PNG."""
     buffer = io.BytesIO()
-    pipelines.save_png(image, buffer, image.info.get("parameters"))
+    image.save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
