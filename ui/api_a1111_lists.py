@@ -108,3 +108,4 @@ def add_list_routes(router: APIRouter, api) -> None:
     router.add_api_route("/embeddings", lambda: embeddings(api), methods=["GET"])
     router.add_api_route("/refresh-checkpoints", lambda: None, methods=["POST"])
     router.add_api_route("/memory", memory, methods=["GET"])
+    router.add_api_route("/scripts", lambda: {"txt2img": [], "img2img": []}, methods=["GET"])   # we run none
