@@ -1,9 +1,6 @@
 """The `webuiapi` package (AUTOMATIC1111's Python client) against a real `python app.py --api`
 on the tiny test models: txt2img, img2img with a mask, extra-single-image, png-info, the model
 switch through options, progress and interrupt; the Gradio app still answers beside it."""
-import os
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -12,7 +9,7 @@ import urllib.request
 import pytest
 from PIL import Image
 
-from conftest import ROOT, STEPS, _wait_until_up, free_port, write_tiny_weights
+from conftest import STEPS, running_app, write_tiny_weights
 
 webuiapi = pytest.importorskip("webuiapi")
 USER, PASSWORD = "client", "secret"
@@ -22,24 +19,10 @@ USER, PASSWORD = "client", "secret"
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("live-api")
     write_tiny_weights(root / "weights")
-    port, log_path = free_port(), root / "server.log"
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--device", "cpu", "--api",
-               "--api-auth", f"{USER}:{PASSWORD}", "--weights", str(root / "weights"),
-               "--outputs", str(root / "outputs"), "--runs", str(root / "runs"), "--max-size", "1024"]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        _wait_until_up(f"http://127.0.0.1:{port}/", proc, log_path)
-        yield port, root
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    args = ["--api", "--api-auth", f"{USER}:{PASSWORD}", "--weights", str(root / "weights"),
+            "--outputs", str(root / "outputs"), "--runs", str(root / "runs"), "--max-size", "1024"]
+    with running_app(root, args) as (url, _, _):
+        yield int(url.rsplit(":", 1)[1].strip("/")), root
 
 
 @pytest.fixture(scope="module")

@@ -373,11 +373,12 @@ class A1111Api:
                           "job_no": 0, "sampling_step": round(fraction * steps), "sampling_steps": steps},
                 "current_image": preview, "textinfo": state.message if state else None}
 
-    def interrupt(self) -> None:
+    def interrupt(self) -> dict:
         """Stop the running job after its step (what it finished is returned to its caller)."""
         state = self.studio.jobs.current()
         if state is not None:
             self.studio.jobs.interrupt(state.id)
+        return {}
 
     # ---- options -------------------------------------------------------------------------------------
     def get_options(self) -> dict:
