@@ -267,3 +267,20 @@ def test_routes_come_before_gradios_on_the_app_server(studio):
         assert c.get("/sdapi/v1/samplers").status_code == 401
         assert c.get("/sdapi/v1/samplers", auth=LOGIN).status_code == 200
         assert c.get("/config").status_code == 200
+
+
+def test_api_without_a_login_on_the_network_warns(studio, monkeypatch, capsys):
+    import gradio as gr
+
+    import app
+    launched = []
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: launched.append(kwargs))
+    common = ["--weights", str(studio.settings.weights_dir), "--outputs", str(studio.settings.outputs_dir),
+              "--runs", str(studio.settings.runs_dir), "--device", "cpu"]
+    app.main(["--api", "--listen", *common])
+    assert "--api without --api-auth or --auth" in capsys.readouterr().err
+    assert any(getattr(r, "path", "") == "/sdapi/v1/txt2img" for r in launched[-1]["app_kwargs"]["routes"])
+    app.main(["--api", "--listen", "--api-auth", "a:b", *common])
+    assert "--api without" not in capsys.readouterr().err
+    app.main(common)                                        # no --api: launched exactly as before
+    assert "app_kwargs" not in launched[-1]
