@@ -197,16 +197,13 @@ class A1111Api:
         """The pipelines' sampling keywords. The sampler goes by name to the pipelines, which read
         A1111's names ("DPM++ 2M Karras") and fall back to the model's default, with a warning, for
         one we lack."""
-        for name, value, low, high in (("width", req.width, 0, self.studio.settings.max_side),
-                                       ("height", req.height, 0, self.studio.settings.max_side),
-                                       ("steps", req.steps, 0, 1000)):
-            if value is not None and not low <= value <= high:
-                raise ValueError(f"{name} must be from {low} to {high} (--max-size for sizes); got {value}.")
+        side = self.studio.settings.max_side
         clip_skip = req.override_settings.get("CLIP_stop_at_last_layers", self.options.get("CLIP_stop_at_last_layers"))
         return dict(sampler=req.sampler(), steps=optional_int(req.steps, "steps", maximum=1000),
                     guidance_scale=optional_float(req.cfg_scale, "cfg_scale"), seed=seed_value(req.seed),
                     scheduler=scheduler_name(req.scheduler) if req.scheduler else None,
-                    width=optional_int(req.width, "width"), height=optional_int(req.height, "height"),
+                    width=optional_int(req.width, "width (--max-size)", maximum=side),
+                    height=optional_int(req.height, "height (--max-size)", maximum=side),
                     clip_skip=int(clip_skip) if clip_skip else None)
 
     def hr_upscaler(self, name: str | None) -> str:
