@@ -15,19 +15,24 @@ import sys  # noqa: E402
 
 from ui.blocks import build_app, launch_options, startup_report  # noqa: E402
 from ui.settings import parse_args, with_share_credentials  # noqa: E402
+from ui.studio import Studio  # noqa: E402
 
 __all__ = ["build_app", "main"]
 
 
 def main(argv: list[str] | None = None) -> None:
     settings, credentials = with_share_credentials(parse_args(argv))
-    demo = build_app(settings)
+    studio = Studio.create(settings)                # one model cache and job queue for the UI and --api
+    demo = build_app(settings, studio)
     print(startup_report(settings), flush=True)
     if credentials:
         print(credentials, flush=True)
     elif settings.host == "0.0.0.0" and not settings.auth:
         print("warning: --listen without --auth: anyone on your network can use this app", file=sys.stderr)
-    demo.launch(**launch_options(settings))
+    if settings.api and not settings.api_logins and (settings.host == "0.0.0.0" or settings.share):
+        print("warning: --api without --api-auth or --auth: anyone who reaches this server can use its API",
+              file=sys.stderr)
+    demo.launch(**launch_options(settings, studio))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -80,6 +81,29 @@ def _stop_training_runs(runs: Path) -> None:
             pass
 
 
+@contextmanager
+def running_app(root: Path, args: list[str]):
+    """`python app.py --device cpu ARGS` on a free port, run from `root` with its log in
+    root/server.log: yields (url, process, log path) once it answers; stopped afterwards."""
+    port, log_path = free_port(), root / "server.log"
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    command = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--device", "cpu", *args]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_until_up(url, proc, log_path)
+        yield url, proc, log_path
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.fixture(scope="session")
 def app_server(tmp_path_factory):
     """A running `python app.py` (SimpleNamespace: url, root, weights, outputs, runs, data, log)."""
@@ -92,27 +116,13 @@ def app_server(tmp_path_factory):
     else:
         write_tiny_weights(paths["weights"])
     paths["data"].mkdir()
-    port = free_port()
-    log_path = root / "server.log"
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--device", "cpu",
-               "--weights", str(paths["weights"]), "--outputs", str(paths["outputs"]), "--runs", str(paths["runs"]),
-               "--data-root", str(paths["data"]), "--max-size", "1024", "--max-upload-mb", "5"]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        _wait_until_up(url, proc, log_path)
-        yield SimpleNamespace(url=url, root=root, log=log_path, proc=proc, **paths)
-    finally:
-        _stop_training_runs(paths["runs"])
-        proc.terminate()
+    args = ["--weights", str(paths["weights"]), "--outputs", str(paths["outputs"]), "--runs", str(paths["runs"]),
+            "--data-root", str(paths["data"]), "--max-size", "1024", "--max-upload-mb", "5"]
+    with running_app(root, args) as (url, proc, log_path):
         try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            yield SimpleNamespace(url=url, root=root, log=log_path, proc=proc, **paths)
+        finally:
+            _stop_training_runs(paths["runs"])
 
 
 @pytest.fixture(scope="session")
@@ -172,6 +182,7 @@ SLOW_MODULES = {
     "test_train_api.py": "training runs started through a live app.py",
     "test_train_tab.py": "training runs in the Train tab",
     "test_app_api.py": "gradio_client against a live app.py",
+    "test_api_a1111_live.py": "the webuiapi client against a live app.py --api",
     "test_train_cli.py": "training subprocesses: SIGTERM / SIGKILL and resume, torchrun DDP",
 }
 SLOW_TESTS = {

@@ -12,7 +12,7 @@ from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL = {"core", "ui", "app", "tests", "bench"}
-TEST_TOOLS = {"pytest", "playwright", "gradio-client"}
+TEST_TOOLS = {"pytest", "playwright", "gradio-client", "webuiapi"}
 
 
 def requirement_names(file: str) -> set[str]:

@@ -24,11 +24,12 @@ CSS = """
 """
 
 
-def build_app(settings: AppSettings | None = None) -> gr.Blocks:
-    """The app for `settings` (default: weights/, outputs/, CPU), ready for .launch(**launch_options())."""
+def build_app(settings: AppSettings | None = None, studio: Studio | None = None) -> gr.Blocks:
+    """The app for `settings` (default: weights/, outputs/, CPU), ready for .launch(**launch_options()).
+    `studio`: the app's context when the caller shares it (app.py, with the --api routes)."""
     settings = settings or AppSettings()
     Image.MAX_IMAGE_PIXELS = settings.max_pixels        # PIL refuses bigger canvases before decoding
-    studio = Studio.create(settings)
+    studio = studio or Studio.create(settings)
     with gr.Blocks(title="LDM Studio", analytics_enabled=False) as demo:
         banner = gr.Markdown(models_banner(studio), elem_classes=["ldm-banner"])
         train.build_notice(studio, demo)            # "Training X in the background ... Stop training"
@@ -69,11 +70,16 @@ def build_app(settings: AppSettings | None = None) -> gr.Blocks:
     return demo
 
 
-def launch_options(settings: AppSettings) -> dict:
-    """Keyword arguments of demo.launch() for `settings`."""
+def launch_options(settings: AppSettings, studio: Studio | None = None) -> dict:
+    """Keyword arguments of demo.launch() for `settings`; with --api, `studio`'s /sdapi/v1 routes
+    are handed to the server's FastAPI app (app_kwargs routes: they come before Gradio's own)."""
     outputs = Path(settings.outputs_dir).resolve()
     outputs.mkdir(parents=True, exist_ok=True)
-    return dict(server_name=settings.host, server_port=settings.port, share=settings.share,
+    extra = {}
+    if settings.api:
+        from ui.api_a1111 import api_router
+        extra["app_kwargs"] = {"routes": api_router(studio or Studio.create(settings)).routes}
+    return dict(**extra, server_name=settings.host, server_port=settings.port, share=settings.share,
                 auth=list(settings.auth) or None, max_file_size=f"{settings.max_upload_mb}mb",
                 allowed_paths=[str(outputs), str(Path(settings.runs_dir).resolve())],
                 js=f"() => {{ ({KEYBOARD_JS})(); ({FIT_JS})(); }}", css=CSS, footer_links=["api"],

@@ -173,6 +173,16 @@ class JobRunner:
                     asked = True
         return asked
 
+    def current(self) -> JobState | None:
+        """The job running now (None when idle): what AUTOMATIC1111's /progress and /interrupt mean."""
+        with self._changed:
+            return next((s for s in self._jobs.values() if s.status == "running"), None)
+
+    def waiting(self) -> int:
+        """Jobs queued or running (A1111's progress `job_count`)."""
+        with self._changed:
+            return sum(1 for s in self._jobs.values() if s.status in ("queued", "running"))
+
     def last_finished(self, kind: str) -> JobState | None:
         """The most recent finished job of `kind` run by this process (for time estimates)."""
         with self._changed:

@@ -32,6 +32,13 @@ class AppSettings:
     share: bool = False
     auth: tuple[tuple[str, str], ...] = field(default=())  # (user, password) pairs; empty = no login
     max_training_runs: int = 1                   # training runs at a time (each takes the CPU/GPU from generation)
+    api: bool = False                            # --api: AUTOMATIC1111's /sdapi/v1 routes (ui/api_a1111.py)
+    api_auth: tuple[tuple[str, str], ...] = field(default=())  # --api-auth; empty: the API takes --auth's logins
+
+    @property
+    def api_logins(self) -> tuple[tuple[str, str], ...]:
+        """Who may call /sdapi/v1: --api-auth's pairs, else --auth's (the share login included)."""
+        return self.api_auth or self.auth
 
     @property
     def max_pixels(self) -> int:
@@ -90,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"largest uploaded file in MB (default {DEFAULT_MAX_UPLOAD_MB})")
     p.add_argument("--max-training-runs", type=int, default=1, metavar="N",
                    help="training runs that may run at once (default 1: each one slows generation down)")
+    p.add_argument("--api", action="store_true",
+                   help="also serve AUTOMATIC1111's HTTP API (/sdapi/v1/...) on the same port and job queue")
+    p.add_argument("--api-auth", metavar="USER:PASS|FILE",
+                   help="the API's login (HTTP Basic), as --auth; default: --auth's")
     return p
 
 
@@ -98,6 +109,7 @@ def parse_args(argv: list[str] | None = None) -> AppSettings:
     args = parser.parse_args(argv)
     try:
         auth = parse_auth(args.auth) if args.auth else ()
+        api_auth = parse_auth(args.api_auth) if args.api_auth else ()
     except (OSError, ValueError) as err:
         parser.error(str(err))
     if args.max_size < 64:
@@ -109,4 +121,5 @@ def parse_args(argv: list[str] | None = None) -> AppSettings:
     return AppSettings(weights_dir=args.weights, outputs_dir=args.outputs, runs_dir=args.runs,
                        data_root=args.data_root, device=device, dtype=dtype, max_side=args.max_size,
                        max_upload_mb=args.max_upload_mb, host="0.0.0.0" if args.listen else "127.0.0.1",
-                       port=args.port, share=args.share, auth=auth, max_training_runs=args.max_training_runs)
+                       port=args.port, share=args.share, auth=auth, max_training_runs=args.max_training_runs,
+                       api=args.api, api_auth=api_auth)
