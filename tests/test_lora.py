@@ -141,6 +141,16 @@ def by_hand(m, sd, fmt, weight):
     return state
 
 
+def reference_inputs(m):
+    """(tokens, x, t, ctx) for comparing against diffusers: CLIP tokens of a prompt, a latent, a
+    timestep and a context of the UNet's width."""
+    g = torch.Generator().manual_seed(3)
+    tokens = m.cond_stage_model.tokenize(["a red circle on a blue square"])
+    x = torch.randn(1, 4, 8, 8, generator=g)
+    ctx = torch.randn(1, 77, m.config.unet.context_dim, generator=g)
+    return tokens, x, torch.tensor([500]), ctx
+
+
 def outputs(m, family):
     x, t, cond = example_inputs(m, family, batch=1)
     with torch.no_grad():
@@ -273,3 +283,28 @@ def test_addnet_hash_skips_the_safetensors_header(tmp_path):
     raw = (tmp_path / "x.safetensors").read_bytes()
     body = raw[8 + int.from_bytes(raw[:8], "little"):]
     assert addnet_hash(tmp_path / "x.safetensors") == hashlib.sha256(body).hexdigest()
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2"])
+@pytest.mark.parametrize("fmt", ["kohya", "peft"])
+def test_lora_matches_diffusers_own_loader(family, fmt):
+    """Recorded by tests/data/lora/record_diffusers_reference.py: diffusers' UNet2DConditionModel and
+    transformers' CLIPTextModel built from the same weights, the same random LoRA loaded by
+    diffusers' StableDiffusionLoraLoaderMixin (kohya conversion, PEFT layers, alpha / rank)."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+    ref = load_file(Path(__file__).parent / "data" / "lora" / f"diffusers_{family}_{fmt}.safetensors")
+    m = tiny_model(family)
+    tokens, x, t, ctx = reference_inputs(m)
+
+    def run():
+        with torch.no_grad():
+            return m.model.diffusion_model(x, t, ctx), m.cond_stage_model.encode_tokens(tokens)
+
+    eps, text = run()
+    assert rel(eps, ref["eps_base"]) < 1e-5 and rel(text, ref["text_base"]) < 1e-5     # same base model
+    apply_lora(m, random_lora(m, fmt), 1.0)
+    eps, text = run()
+    assert rel(eps, ref["eps"]) < 1e-4, rel(eps, ref["eps"])
+    assert rel(text, ref["text"]) < 1e-4, rel(text, ref["text"])
