@@ -54,6 +54,7 @@ class LoraState:
     """What is merged into a model: the original of every touched weight, and the applied set."""
     originals: dict[str, Tensor] = field(default_factory=dict)   # "module.param" -> copy
     applied: tuple = ()                                            # use_loras' key of the merged set
+    hashes: str | None = None                                      # its `Lora hashes` value
 
 
 def _split(key: str) -> tuple[str, str] | None:
@@ -180,7 +181,7 @@ def remove_lora(m) -> None:
         module, param = key.rsplit(".", 1)
         getattr(m.get_submodule(module), param).copy_(original)
     state.originals.clear()
-    state.applied = ()
+    state.applied, state.hashes = (), None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,10 +261,29 @@ def use_loras(m, tags: list[LoraTag], folder) -> str | None:
         remove_lora(m)
         for tag, path, _ in found:
             apply_lora(m, path, tag.weight, unet_weight=tag.unet_weight)
-        m.__dict__.setdefault("lora_state", LoraState()).applied = key
-    if not found:
-        return None
-    return ", ".join(f"{tag.name}: {_short_hash(path, k)}" for tag, path, k in found)
+        state = m.__dict__.setdefault("lora_state", LoraState())
+        state.applied = key
+        state.hashes = ", ".join(f"{tag.name}: {_short_hash(path, k)}" for tag, path, k in found) or None
+    return state.hashes
+
+
+def prompt_loras(m, prompt: str, folder) -> str:
+    """The prompt without its LoRA tags, the tagged LoRAs made the ones merged into m (use_loras).
+    folder None: tags are removed with a warning and m's weights are left as they are."""
+    text, tags = extract_lora_tags(prompt)
+    if folder is None:
+        if tags:
+            warnings.warn(f"no LoRA folder was given, so {', '.join(f'<lora:{t.name}>' for t in tags)} "
+                          "were removed from the prompt and not applied", stacklevel=3)
+        return text
+    use_loras(m, tags, folder)
+    return text
+
+
+def lora_hashes(m) -> str | None:
+    """`Lora hashes` of the set use_loras merged into m ("name: shorthash, ..."), None if none."""
+    state = m.__dict__.get("lora_state")
+    return state.hashes if state is not None else None
 
 
 _HASHES: dict[tuple, str] = {}

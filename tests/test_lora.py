@@ -4,13 +4,21 @@ the HF layout, so the fused in_proj_weight slices are checked independently), bi
 unknown keys, a LoRA of another base, float16, and `<lora:name:w>` prompt tags (cached, hashed)."""
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from core.checkpoints.clip_keys import hf_clip_text_to_ours, ours_to_hf_clip_text
 from core.checkpoints.lora_keys import lora_targets, unet_blocks, unet_layers
-from core.lora import addnet_hash, apply_lora, extract_lora_tags, LoraTag, remove_lora, use_loras
+from core.lora import (
+    LoraTag,
+    addnet_hash,
+    apply_lora,
+    extract_lora_tags,
+    remove_lora,
+    use_loras,
+)
 from core.models.unet import UNetConfig, UNetModel
 from tests.tiny_models import example_inputs, tiny_model
 
@@ -308,3 +316,61 @@ def test_lora_matches_diffusers_own_loader(family, fmt):
     eps, text = run()
     assert rel(eps, ref["eps"]) < 1e-4, rel(eps, ref["eps"])
     assert rel(text, ref["text"]) < 1e-4, rel(text, ref["text"])
+
+
+def test_txt2img_applies_tagged_loras_and_records_their_hashes(tmp_path):
+    from core.pipelines import txt2img
+    from core.pipelines.infotext import read_infotext
+    m = tiny_model("sd1")
+    lora = random_lora(m, "kohya", seed=5, convs=False)
+    save_file(lora, tmp_path / "ink.safetensors")
+    args = {"steps": 2, "seed": 7, "width": 32, "height": 32, "sampler": "euler"}
+    tagged = txt2img(m, "a red circle <lora:ink:0.8>", lora_dir=tmp_path, **args)[0]
+    short = addnet_hash(tmp_path / "ink.safetensors")[:12]
+    assert f'Lora hashes: "ink: {short}"' in tagged.info["parameters"]
+    assert tagged.info["parameters"].startswith("a red circle <lora:ink:0.8>")       # the prompt as written
+    assert read_infotext(tagged)["lora_hashes"] == f"ink: {short}"
+
+    by_hand = tiny_model("sd1")
+    apply_lora(by_hand, lora, 0.8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = txt2img(by_hand, "a red circle ", **args)[0]
+    assert np.array_equal(np.asarray(tagged), np.asarray(expected))
+
+    plain = txt2img(m, "a red circle ", lora_dir=tmp_path, **args)[0]        # no tag: the LoRA is removed
+    assert "Lora hashes" not in plain.info["parameters"]
+    assert np.array_equal(np.asarray(plain), np.asarray(txt2img(tiny_model("sd1"), "a red circle ", **args)[0]))
+    assert not np.array_equal(np.asarray(plain), np.asarray(tagged))
+    with pytest.warns(UserWarning, match="no LoRA folder"):
+        txt2img(m, "a red circle <lora:ink:0.8>", **args)
+
+
+def test_sdxl_kohya_names_are_sgm_module_paths_and_te1_te2():
+    """kohya's SDXL LoRAs name the UNet by sgm's (= CompVis) module paths and the two text encoders
+    lora_te1_ (CLIP-L, conditioner.embedders.0) and lora_te2_ (OpenCLIP bigG, embedders.1)."""
+    m = tiny_model("sdxl")
+    table = lora_targets(m)
+    assert table["lora_unet_input_blocks_3_1_transformer_blocks_0_attn1_to_q"].module == \
+        "model.diffusion_model.input_blocks.3.1.transformer_blocks.0.attn1.to_q"
+    assert table["lora_unet_down_blocks_2_attentions_0_transformer_blocks_1_ff_net_2"].module == \
+        "model.diffusion_model.input_blocks.5.1.transformer_blocks.1.ff.net.2"
+    assert table["lora_te2_text_model_encoder_layers_2_self_attn_k_proj"].module == \
+        "conditioner.embedders.1.model.transformer.resblocks.2.attn"
+    assert table["lora_te1_text_model_encoder_layers_0_mlp_fc1"].module == \
+        "conditioner.embedders.0.transformer.transformer.resblocks.0.mlp.c_fc"
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    names = [n for n in table if n.startswith(("lora_unet_input_blocks", "lora_unet_middle_block",
+                                               "lora_unet_output_blocks", "lora_te1_", "lora_te2_"))]
+    g = torch.Generator().manual_seed(0)
+    sd = {}
+    for name, (out, inp, kh, kw) in _layer_shapes(m, names).items():
+        sd[name + ".lora_down.weight"] = torch.randn((RANK, inp) if kh is None else (RANK, inp, kh, kw), generator=g)
+        sd[name + ".lora_up.weight"] = torch.randn((out, RANK) if kh is None else (out, RANK, 1, 1), generator=g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert apply_lora(m, sd, 0.1) == len(names)
+    assert not torch.equal(m.state_dict()["model.diffusion_model.input_blocks.3.1.proj_in.weight"],
+                           before["model.diffusion_model.input_blocks.3.1.proj_in.weight"])
+    remove_lora(m)
+    assert all(torch.equal(m.state_dict()[k], v) for k, v in before.items())

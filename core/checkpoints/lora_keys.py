@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from core.models.attention import SpatialTransformer
-from core.models.unet import Downsample, ResBlock, Upsample, UNetModel
+from core.models.unet import Downsample, ResBlock, UNetModel, Upsample
 
 # diffusers ResnetBlock2D name -> our ResBlock name
 _RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",

@@ -21,15 +21,17 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
-from diffusers import UNet2DConditionModel  # noqa: E402
-from diffusers.loaders import StableDiffusionLoraLoaderMixin  # noqa: E402
-from diffusers.loaders.single_file_utils import (convert_ldm_unet_checkpoint,  # noqa: E402
-                                                 create_unet_diffusers_config_from_ldm)
-from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
+from diffusers import UNet2DConditionModel
+from diffusers.loaders import StableDiffusionLoraLoaderMixin
+from diffusers.loaders.single_file_utils import (
+    convert_ldm_unet_checkpoint,
+    create_unet_diffusers_config_from_ldm,
+)
+from transformers import CLIPTextConfig, CLIPTextModel
 
-from core.checkpoints.clip_keys import ours_to_hf_clip_text  # noqa: E402
-from tests.test_lora import random_lora, reference_inputs  # noqa: E402
-from tests.tiny_models import FAMILIES, original_state_dict, tiny_model  # noqa: E402
+from core.checkpoints.clip_keys import ours_to_hf_clip_text
+from tests.test_lora import random_lora, reference_inputs
+from tests.tiny_models import FAMILIES, original_state_dict, tiny_model
 
 
 def diffusers_models(family):
