@@ -374,3 +374,36 @@ def test_sdxl_kohya_names_are_sgm_module_paths_and_te1_te2():
                            before["model.diffusion_model.input_blocks.3.1.proj_in.weight"])
     remove_lora(m)
     assert all(torch.equal(m.state_dict()[k], v) for k, v in before.items())
+
+
+def test_lycoris_loha_and_lokr_merge_as_lycoris_defines_them():
+    """LoHa: (w1_a @ w1_b) * (w2_a @ w2_b) * alpha / rank; LoKr: kron(w1, w2_a @ w2_b) * alpha / rank of
+    the factorised side (LyCORIS lycoris/modules, A1111's network_loha / network_lokr)."""
+    m = tiny_model("sd1")
+    g = torch.Generator().manual_seed(0)
+    unet = m.model.diffusion_model
+    q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    conv = "lora_unet_down_blocks_0_resnets_0_conv1"
+    ff = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_ff_net_2"
+    sd = {f"{q}.hada_w1_a": torch.randn(32, 2, generator=g), f"{q}.hada_w1_b": torch.randn(2, 32, generator=g),
+          f"{q}.hada_w2_a": torch.randn(32, 2, generator=g), f"{q}.hada_w2_b": torch.randn(2, 32, generator=g),
+          f"{q}.alpha": torch.tensor(1.0),
+          f"{conv}.hada_w1_a": torch.randn(32, 2, generator=g), f"{conv}.hada_w1_b": torch.randn(2, 288, generator=g),
+          f"{conv}.hada_w2_a": torch.randn(32, 2, generator=g), f"{conv}.hada_w2_b": torch.randn(2, 288, generator=g),
+          f"{ff}.lokr_w1": torch.randn(4, 8, generator=g), f"{ff}.lokr_w2_a": torch.randn(8, 3, generator=g),
+          f"{ff}.lokr_w2_b": torch.randn(3, 16, generator=g), f"{ff}.alpha": torch.tensor(6.0)}
+    w_q = unet.input_blocks[1][1].transformer_blocks[0].attn1.to_q.weight.clone()
+    w_conv = unet.input_blocks[1][0].in_layers[2].weight.clone()
+    w_ff = unet.input_blocks[1][1].transformer_blocks[0].ff.net[2].weight.clone()
+    assert apply_lora(m, sd, 0.5) == 3
+    hada = (sd[f"{q}.hada_w1_a"] @ sd[f"{q}.hada_w1_b"]) * (sd[f"{q}.hada_w2_a"] @ sd[f"{q}.hada_w2_b"])
+    assert torch.allclose(unet.input_blocks[1][1].transformer_blocks[0].attn1.to_q.weight, w_q + 0.5 * 0.5 * hada,
+                          atol=1e-5)
+    hada = ((sd[f"{conv}.hada_w1_a"] @ sd[f"{conv}.hada_w1_b"]) *
+            (sd[f"{conv}.hada_w2_a"] @ sd[f"{conv}.hada_w2_b"])).reshape(32, 32, 3, 3)
+    assert torch.allclose(unet.input_blocks[1][0].in_layers[2].weight, w_conv + 0.5 * hada, atol=1e-5)   # no alpha
+    kron = torch.kron(sd[f"{ff}.lokr_w1"], sd[f"{ff}.lokr_w2_a"] @ sd[f"{ff}.lokr_w2_b"])               # (32, 128)
+    assert torch.allclose(unet.input_blocks[1][1].transformer_blocks[0].ff.net[2].weight, w_ff + 0.5 * 2.0 * kron,
+                          atol=1e-5)
+    remove_lora(m)
+    assert torch.equal(unet.input_blocks[1][1].transformer_blocks[0].ff.net[2].weight, w_ff)
