@@ -79,7 +79,7 @@ _FOLDERS: dict[str, tuple[tuple, dict[str, Embedding]]] = {}
 def load_embeddings(folder) -> dict[str, Embedding]:
     """The embeddings of a folder by name, read again only when its files change."""
     folder = Path(folder)
-    files = sorted(p for p in folder.glob("*") if p.suffix.lower() in EXTENSIONS) if folder.is_dir() else []
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS) if folder.is_dir() else []
     key = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
     cached = _FOLDERS.get(str(folder.resolve()))
     if cached is None or cached[0] != key:

@@ -236,9 +236,14 @@ def addnet_hash(path) -> str:
 
 
 def _find(folder: Path, name: str) -> Path | None:
+    """<folder>/name.safetensors (or .pt / .ckpt), also in subfolders as A1111 lists them; a name
+    with a path in it (`../x`) is never looked up."""
+    if not name or any(c in name for c in "/\\*?[") or name.startswith("."):
+        return None
     for ext in (".safetensors", ".pt", ".ckpt"):
-        if (folder / (name + ext)).is_file():
-            return folder / (name + ext)
+        found = sorted(p for p in folder.rglob(name + ext) if p.is_file())
+        if found:
+            return found[0]
     return None
 
 
@@ -259,8 +264,12 @@ def use_loras(m, tags: list[LoraTag], folder) -> str | None:
     state = m.__dict__.get("lora_state")
     if state is None or state.applied != key:
         remove_lora(m)
-        for tag, path, _ in found:
-            apply_lora(m, path, tag.weight, unet_weight=tag.unet_weight)
+        try:
+            for tag, path, _ in found:
+                apply_lora(m, path, tag.weight, unet_weight=tag.unet_weight)
+        except Exception:
+            remove_lora(m)                       # none of the set, rather than part of it
+            raise
         state = m.__dict__.setdefault("lora_state", LoraState())
         state.applied = key
         state.hashes = ", ".join(f"{tag.name}: {_short_hash(path, k)}" for tag, path, k in found) or None

@@ -407,3 +407,24 @@ def test_lycoris_loha_and_lokr_merge_as_lycoris_defines_them():
                           atol=1e-5)
     remove_lora(m)
     assert torch.equal(unet.input_blocks[1][1].transformer_blocks[0].ff.net[2].weight, w_ff)
+
+
+def test_use_loras_looks_only_inside_the_folder_and_applies_all_or_nothing(tmp_path):
+    m = tiny_model("sd1")
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    (tmp_path / "lora" / "styles").mkdir(parents=True)
+    save_file(random_lora(m, "kohya", seed=1, convs=False), tmp_path / "lora" / "styles" / "deep.safetensors")
+    save_file(random_lora(m, "kohya", seed=2, convs=False), tmp_path / "outside.safetensors")
+    bad = random_lora(m, "kohya", seed=3, convs=False)
+    bad["lora_unet_mid_block_attentions_0_proj_in.lora_down.weight"] = torch.zeros(RANK, 7, 1, 1)
+    save_file(bad, tmp_path / "lora" / "other_base.safetensors")
+    folder = tmp_path / "lora"
+    assert use_loras(m, [LoraTag("deep")], folder).startswith("deep: ")          # found in a subfolder
+    for name in ("../outside", "*", "styles/deep"):
+        with pytest.warns(UserWarning, match="not found"):
+            use_loras(m, [LoraTag(name)], folder)
+    with pytest.raises(ValueError, match="mid_block_attentions_0_proj_in"):
+        use_loras(m, [LoraTag("deep"), LoraTag("other_base")], folder)
+    assert all(torch.equal(m.state_dict()[k], v) for k, v in before.items())   # nothing of a refused set
+    use_loras(m, [], folder)
+    assert all(torch.equal(m.state_dict()[k], v) for k, v in before.items())
