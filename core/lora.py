@@ -190,6 +190,13 @@ def remove_lora(m) -> None:
 
 _TAG = re.compile(r"<(\w+):([^>]+)>")          # A1111's re_extra_net
 LORA_TAGS = ("lora", "lyco")
+# Under the weights folder (A1111: models/Lora and embeddings/); not models, so no model picker lists them.
+NETWORK_FOLDERS = {"lora_dir": "lora", "embeddings_dir": "embeddings"}
+
+
+def network_folders(weights_dir) -> dict[str, Path]:
+    """The pipelines' lora_dir / embeddings_dir for a weights folder: weights/lora, weights/embeddings."""
+    return {option: Path(weights_dir) / name for option, name in NETWORK_FOLDERS.items()}
 
 
 @dataclass(frozen=True)

@@ -428,3 +428,28 @@ def test_use_loras_looks_only_inside_the_folder_and_applies_all_or_nothing(tmp_p
     assert all(torch.equal(m.state_dict()[k], v) for k, v in before.items())   # nothing of a refused set
     use_loras(m, [], folder)
     assert all(torch.equal(m.state_dict()[k], v) for k, v in before.items())
+
+
+def test_hires_fix_and_the_model_pickers_know_the_network_folders(tmp_path):
+    """txt2img_hires passes lora_dir / embeddings_dir to both passes and records the hashes; the
+    app's pickers do not list weights/lora or weights/embeddings files as models."""
+    from core.checkpoints import save_model
+    from core.lora import network_folders
+    from core.pipelines import HiresSettings, txt2img_hires
+    from ui.models import ModelCache
+    m = tiny_model("sd1")
+    folders = network_folders(tmp_path)
+    folders["lora_dir"].mkdir()
+    folders["embeddings_dir"].mkdir()
+    save_file(random_lora(m, "kohya", seed=5, convs=False), folders["lora_dir"] / "ink.safetensors")
+    save_file({"emb_params": torch.randn(2, 32)}, folders["embeddings_dir"] / "mystyle.safetensors")
+    hires = HiresSettings(scale=2, upscaler="Latent", steps=1, strength=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                       # no "no LoRA folder" from the second pass
+        image = txt2img_hires(m, "a mystyle circle <lora:ink:0.5>", hires, steps=1, seed=0, width=32, height=32,
+                              **folders)[0]
+    assert 'Lora hashes: "ink: ' in image.info["parameters"] and 'TI hashes: "mystyle: ' in image.info["parameters"]
+    save_model(tiny_model("sd2"), tmp_path / "sd2.safetensors")
+    cache = ModelCache(tmp_path, "cpu", "float32")
+    assert [e.name for e in cache.for_tab("txt2img")] == ["sd2.safetensors"]
+    assert cache.scan()[1] == {}                             # no LoRA / embedding reported as a broken model
