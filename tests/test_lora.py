@@ -453,3 +453,18 @@ def test_hires_fix_and_the_model_pickers_know_the_network_folders(tmp_path):
     cache = ModelCache(tmp_path, "cpu", "float32")
     assert [e.name for e in cache.for_tab("txt2img")] == ["sd2.safetensors"]
     assert cache.scan()[1] == {}                             # no LoRA / embedding reported as a broken model
+
+
+def test_cli_takes_the_lora_folder(tmp_path, capsys):
+    from core.checkpoints import save_model
+    from core.generate import main
+    from core.pipelines import read_infotext
+    m = tiny_model("sd1")
+    save_model(m, tmp_path / "sd1.safetensors")
+    (tmp_path / "lora").mkdir()
+    save_file(random_lora(m, "kohya", seed=5, convs=False), tmp_path / "lora" / "ink.safetensors")
+    assert main(["txt2img", "--model", str(tmp_path / "sd1.safetensors"), "--prompt", "a circle <lora:ink:0.5>",
+                 "--lora-dir", str(tmp_path / "lora"), "--steps", "1", "--width", "32", "--height", "32",
+                 "--outdir", str(tmp_path / "out"), "--quiet"]) == 0
+    path = capsys.readouterr().out.split()[0]
+    assert read_infotext(path)["lora_hashes"] == f"ink: {addnet_hash(tmp_path / 'lora' / 'ink.safetensors')[:12]}"
