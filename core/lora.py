@@ -71,9 +71,9 @@ def read_lora(path_or_state_dict) -> dict[str, Tensor]:
     return read_checkpoint(path_or_state_dict)[0]
 
 
-def _delta(layer: _Layer) -> Tensor:
-    """The layer's float32 update delta (before weight * scale) and its rank-based scale."""
-    p = {k: v.float() for k, v in layer.parts.items()}
+def _delta(layer: _Layer, device: torch.device) -> tuple[Tensor, float]:
+    """The layer's float32 update delta on `device` (before weight * scale) and its scale alpha / rank."""
+    p = {k: v.to(device, torch.float32) for k, v in layer.parts.items()}
     if "down" in p:
         down, up = p["down"], p["up"]                                  # (r, in[, kh, kw]), (out, r[, 1, 1])
         if up.ndim == 4 and up.shape[2:] != (1, 1):
@@ -138,7 +138,7 @@ def _layers(m, sd: dict[str, Tensor], source: str) -> list[_Layer]:
     for layer in matched:                                    # refuse before changing anything
         w = _parameter(m, layer.target)
         shape = w[slice(*layer.target.rows)].shape if layer.target.rows else w.shape
-        delta, _ = _delta(layer)
+        delta, _ = _delta(layer, w.device)
         if _fit(delta, shape) is None:
             raise ValueError(f"{source} does not fit this model: layer {layer.name} ({layer.target.name}) has "
                              f"shape {tuple(shape)}, the LoRA's update is {tuple(delta.shape)}. It was trained "
@@ -165,8 +165,8 @@ def apply_lora(m, path_or_state_dict, weight: float = 1.0, *, unet_weight: float
         if key not in state.originals:
             state.originals[key] = w.detach().clone()
         part = w[slice(*target.rows)] if target.rows else w
-        delta, scale = _delta(layer)
-        delta = _fit(delta, part.shape).to(w.device)
+        delta, scale = _delta(layer, w.device)
+        delta = _fit(delta, part.shape)
         part.copy_((part.float() + (multiplier * scale) * delta).to(w.dtype))
     return len(layers)
 
