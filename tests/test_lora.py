@@ -165,6 +165,12 @@ def outputs(m, family):
         return m.apply_model(x, t, cond), m.get_learned_conditioning(["a red circle"])
 
 
+def unchanged(m, before: dict) -> bool:
+    """m's weights equal `before` bit for bit."""
+    weights = m.state_dict()
+    return all(torch.equal(weights[k], v) for k, v in before.items())
+
+
 def rel(a, b):
     return float((a.float() - b.float()).norm() / b.float().norm())
 
@@ -181,14 +187,14 @@ def test_lora_matches_a_by_hand_patch_and_removes_bit_exactly(family, fmt):
         warnings.simplefilter("error")                              # every key is known
         patched = apply_lora(m, sd, 0.7)
     assert patched == len([k for k in sd if k.endswith((".lora_down.weight", ".lora_A.weight"))])
+    weights = m.state_dict()
     for k, v in reference.state_dict().items():
-        assert torch.allclose(m.state_dict()[k], v, rtol=0, atol=1e-6), k
+        assert torch.allclose(weights[k], v, rtol=0, atol=1e-6), k
     (eps, ctx), (eps_ref, ctx_ref) = outputs(m, family), outputs(reference, family)
     assert rel(eps, eps_ref) < 1e-5 and rel(ctx, ctx_ref) < 1e-5
     assert rel(eps, outputs(tiny_model(family), family)[0]) > 1e-3       # the LoRA did change something
     remove_lora(m)
-    for k, v in before.items():
-        assert torch.equal(m.state_dict()[k], v), k
+    assert unchanged(m, before)
 
 
 def test_locon_conv_3x3_and_two_loras_combine():
@@ -241,7 +247,7 @@ def test_lora_for_another_base_is_refused_naming_the_layer_and_nothing_changes()
     sd[name + ".lora_down.weight"] = torch.zeros(RANK, 768)           # SD1's real context width
     with pytest.raises(ValueError, match=f"{name}.*middle_block.1.transformer_blocks.0.attn2.to_k.*another base"):
         apply_lora(m, sd)
-    assert all(torch.equal(m.state_dict()[k], v) for k, v in before.items())
+    assert unchanged(m, before)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,10 +283,11 @@ def test_use_loras_caches_swaps_hashes_and_warns(tmp_path, monkeypatch):
     use_loras(m, [LoraTag("two", 0.5)], tmp_path)
     assert calls[2:] == ["two.safetensors"]
     use_loras(m, [LoraTag("one", 0.8), LoraTag("two", 0.5)], tmp_path)
-    assert all(torch.allclose(m.state_dict()[k], v, atol=1e-6) for k, v in after_both.items())
+    weights = m.state_dict()
+    assert all(torch.allclose(weights[k], v, atol=1e-6) for k, v in after_both.items())
     with pytest.warns(UserWarning, match=f"'nope' not found in {tmp_path}"):
         assert use_loras(m, [LoraTag("nope")], tmp_path) is None
-    assert all(torch.equal(m.state_dict()[k], v) for k, v in before.items())   # the empty set = no LoRA
+    assert unchanged(m, before)   # the empty set = no LoRA
 
 
 def test_addnet_hash_skips_the_safetensors_header(tmp_path):
@@ -373,7 +380,7 @@ def test_sdxl_kohya_names_are_sgm_module_paths_and_te1_te2():
     assert not torch.equal(m.state_dict()["model.diffusion_model.input_blocks.3.1.proj_in.weight"],
                            before["model.diffusion_model.input_blocks.3.1.proj_in.weight"])
     remove_lora(m)
-    assert all(torch.equal(m.state_dict()[k], v) for k, v in before.items())
+    assert unchanged(m, before)
 
 
 def test_lycoris_loha_and_lokr_merge_as_lycoris_defines_them():
@@ -425,9 +432,9 @@ def test_use_loras_looks_only_inside_the_folder_and_applies_all_or_nothing(tmp_p
             use_loras(m, [LoraTag(name)], folder)
     with pytest.raises(ValueError, match="mid_block_attentions_0_proj_in"):
         use_loras(m, [LoraTag("deep"), LoraTag("other_base")], folder)
-    assert all(torch.equal(m.state_dict()[k], v) for k, v in before.items())   # nothing of a refused set
+    assert unchanged(m, before)   # nothing of a refused set
     use_loras(m, [], folder)
-    assert all(torch.equal(m.state_dict()[k], v) for k, v in before.items())
+    assert unchanged(m, before)
 
 
 def test_hires_fix_and_the_model_pickers_know_the_network_folders(tmp_path):
