@@ -39,6 +39,11 @@ _SUFFIXES = {
     ".lokr_w2": "lokr_w2", ".lokr_w2_a": "lokr_w2_a", ".lokr_w2_b": "lokr_w2_b",
 }
 _KINDS = ({"down", "up"}, {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"})
+# diffusers' older attention-processor layout (<= 0.20): `...attn1.processor.to_q_lora.down.weight`,
+# text encoders `...q_proj.lora_linear_layer.down.weight`; read as `...attn1.to_q` / `...q_proj` down/up.
+_OLD_DIFFUSERS = ((re.compile(r"\.processor\.(to_[qkv])_lora\.(down|up)\.weight$"), r".\1.lora_\2.weight"),
+                  (re.compile(r"\.processor\.to_out_lora\.(down|up)\.weight$"), r".to_out.0.lora_\1.weight"),
+                  (re.compile(r"\.lora_linear_layer\.(down|up)\.weight$"), r".lora_\1.weight"))
 
 
 @dataclass
@@ -58,6 +63,9 @@ class LoraState:
 
 
 def _split(key: str) -> tuple[str, str] | None:
+    """(layer name, role) of a LoRA file's key, or None for a key of no known format."""
+    for pattern, replacement in _OLD_DIFFUSERS:
+        key = pattern.sub(replacement, key)
     for suffix, role in _SUFFIXES.items():
         if key.endswith(suffix):
             return key[:-len(suffix)], role

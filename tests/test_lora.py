@@ -475,3 +475,25 @@ def test_cli_takes_the_lora_folder(tmp_path, capsys):
                  "--outdir", str(tmp_path / "out"), "--quiet"]) == 0
     path = capsys.readouterr().out.split()[0]
     assert read_infotext(path)["lora_hashes"] == f"ink: {addnet_hash(tmp_path / 'lora' / 'ink.safetensors')[:12]}"
+
+
+def test_older_diffusers_attention_processor_layout_reads_as_peft():
+    """diffusers <= 0.20 wrote `attn1.processor.to_q_lora.down.weight` and, for text encoders,
+    `q_proj.lora_linear_layer.down.weight`: the same layers as PEFT's lora_A / lora_B."""
+    m, reference = tiny_model("sd1"), tiny_model("sd1")
+    peft = {k: v for k, v in random_lora(m, "peft").items()
+            if ".attn1.to_" in k or ".attn2.to_" in k or k.startswith("text_encoder.")}
+    old = {}
+    for key, value in peft.items():
+        name, kind = key.rsplit(".lora_", 1)
+        role = {"A.weight": "down", "B.weight": "up"}[kind]
+        if name.startswith("text_encoder."):
+            old[f"{name}.lora_linear_layer.{role}.weight"] = value
+        else:
+            block, layer = name.rsplit(".attn", 1)[0], name.rsplit(".attn", 1)[1]     # "1.to_q" / "2.to_out.0"
+            number, proj = layer.split(".", 1)
+            old[f"{block}.attn{number}.processor.{proj.removesuffix('.0')}_lora.{role}.weight"] = value
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert apply_lora(m, old) == apply_lora(reference, peft) == len(peft) // 2
+    assert unchanged(m, reference.state_dict())
