@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("txt2img", help="text to image")
     _common(p)
+    _networks(p)
     _size(p)
     h = p.add_argument_group("hires fix (a second img2img pass at a larger size, as AUTOMATIC1111's)")
     h.add_argument("--hires", action="store_true", help="turn the hires fix on")
@@ -93,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("img2img", help="image to image (SDEdit)")
     _common(p)
+    _networks(p)
     p.add_argument("--image", required=True, help="input image")
     p.add_argument("--strength", type=float, default=0.75, help="fraction of the schedule re-run (0, 1]")
     p.add_argument("--width", type=int, default=None, help="resize the image to this width first")
@@ -103,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inpaint", help="repaint the white part of a mask")
     _common(p)
+    _networks(p)
     p.add_argument("--image", required=True, help="input image")
     p.add_argument("--mask", required=True, help="mask image: white = repaint, black = keep")
     p.add_argument("--strength", type=float, default=1.0, help="fraction of the schedule run (1 = from noise)")
@@ -142,6 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a JSON file: a list of [class_id, x0, y0, x1, y1] boxes, coordinates in [0, 1]")
     _size(p)
     return parser
+
+
+def _networks(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("LoRA and embeddings (AUTOMATIC1111's files)")
+    g.add_argument("--lora-dir", default="weights/lora", metavar="DIR",
+                   help="folder of the prompt's <lora:name:weight> tags (default weights/lora)")
+    g.add_argument("--embeddings-dir", default="weights/embeddings", metavar="DIR",
+                   help="textual-inversion embeddings used by writing their name (default weights/embeddings)")
 
 
 def _size(p: argparse.ArgumentParser) -> None:
@@ -195,6 +206,8 @@ def _run(args, stop: threading.Event, bar: ProgressBar) -> list:
                   eta=args.eta, vae_tile=args.vae_tile, callback=bar, should_stop=stop,
                   guidance_scale=args.guidance_scale)
     many = dict(n=args.n, batch_size=args.batch_size) if args.command != "upscale" else {}
+    if args.command in ("txt2img", "img2img", "inpaint"):
+        many.update(lora_dir=args.lora_dir, embeddings_dir=args.embeddings_dir)   # the prompt's folders
     if args.command == "txt2img" and args.hires:
         return _hires(args, m, device, dtype, many, common)
     if args.command == "txt2img":

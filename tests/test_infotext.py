@@ -46,7 +46,7 @@ def test_parse_a1111_string_with_unknown_and_quoted_keys():
                                                                                        512, 768)
     assert p["clip_skip"] == 2
     assert p["ADetailer model"] == "face_yolov8n.pt"                      # unknown keys kept as written
-    assert p["Lora hashes"] == "detail: 1a2b3c, style: 4d5e6f"            # JSON-unquoted
+    assert p["lora_hashes"] == "detail: 1a2b3c, style: 4d5e6f"            # JSON-unquoted, a known key now
     # Older A1111 wrote Karras into the sampler name.
     assert parse_infotext("x\nSteps: 5, Sampler: DPM++ 2M Karras, Seed: 1")["karras"] is True
 

@@ -30,7 +30,8 @@ def randomize(module, seed=0):
 
 def fake_model(encoder):
     """What conditioning reads of a LatentDiffusion: the encoder and get_learned_conditioning."""
-    return SimpleNamespace(cond_stage_model=encoder, get_learned_conditioning=lambda batch: encoder(batch))
+    return SimpleNamespace(cond_stage_model=encoder, get_learned_conditioning=lambda batch: encoder(batch),
+                           config=SimpleNamespace(model_class="LatentDiffusion"))   # not SDXL's DiffusionEngine
 
 
 @pytest.fixture(scope="module")

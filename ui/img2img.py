@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from core import pipelines
+from core.lora import network_folders
 from core.pipelines.images import RESIZE_MODES, resize_mode_key
 from core.samplers import check_strength
 from ui.controls import (check_batch, interrupt, model_picker, name_dropdown, optional_int, prompt_row,
@@ -50,7 +51,8 @@ def img2img(studio: Studio, prompt: str, image: str | None = None, negative_prom
         m = studio.models.load(entry)
         return run_and_save(lambda: pipelines.img2img(m, init, prompt or "", negative_prompt=negative_prompt or "",
                                                       strength=strength, n=n, batch_size=batch_size, **size, **options,
-                                                      callback=pipeline_progress(job), should_stop=job.should_stop),
+                                                      callback=pipeline_progress(job), should_stop=job.should_stop,
+                                                      **network_folders(studio.settings.weights_dir)),
                             studio.settings.outputs_dir, job.folder)
 
     yield from run_job(studio.jobs, TAB, work, progress)

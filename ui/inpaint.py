@@ -12,6 +12,7 @@ import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
 from core import pipelines
+from core.lora import network_folders
 from ui.controls import (check_batch, interrupt, model_picker, optional_int, prompt_row, results_panel,
                          sampling_controls, sampling_options, wire_model_controls)
 from ui.errors import user_errors
@@ -81,7 +82,8 @@ def inpaint(studio: Studio, prompt: str, image: dict | None = None, mask: str | 
                                                       masked_content=masked_content, strength=strength, n=n,
                                                       batch_size=batch_size, **size, **options,
                                                       callback=pipeline_progress(job),
-                                                      should_stop=job.should_stop),
+                                                      should_stop=job.should_stop,
+                                                      **network_folders(studio.settings.weights_dir)),
                             studio.settings.outputs_dir, job.folder)
 
     yield from run_job(studio.jobs, TAB, work, progress)

@@ -16,6 +16,7 @@ from core import load_model
 from core.capabilities import AUTOENCODER, Capabilities, capabilities
 from core.pipelines.defaults import Defaults, model_defaults
 from core.checkpoints.bundled_configs import BUNDLED_CONFIGS
+from core.lora import NETWORK_FOLDERS
 from core.checkpoints.compvis_yaml import config_from_yaml
 from core.checkpoints.detect import detect_family
 from core.checkpoints.config_json import config_from_json
@@ -92,7 +93,8 @@ class ModelCache:
         entries, problems = [], {}
         if not self.weights_dir.is_dir():
             return entries, problems
-        for path in sorted(p for p in self.weights_dir.rglob("*") if p.suffix in MODEL_SUFFIXES and p.is_file()):
+        for path in sorted(p for p in self.weights_dir.rglob("*") if p.suffix in MODEL_SUFFIXES and p.is_file()
+                           and p.relative_to(self.weights_dir).parts[0] not in NETWORK_FOLDERS.values()):
             try:
                 entries.append(_read_entry(self.weights_dir, path))
             except ValueError as err:

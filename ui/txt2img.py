@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from core import pipelines
+from core.lora import network_folders
 from ui.controls import (check_batch, interrupt, model_picker, optional_int, prompt_row, results_panel,
                          sampling_controls, sampling_options, wire_model_controls)
 from ui.hires import hires_controls, hires_request
@@ -43,7 +44,7 @@ def txt2img(studio: Studio, prompt: str, negative_prompt: str = "", model: str |
     def work(job):
         m = studio.models.load(entry)
         common = dict(n=n, batch_size=batch_size, **size, **options, callback=pipeline_progress(job),
-                      should_stop=job.should_stop)
+                      should_stop=job.should_stop, **network_folders(studio.settings.weights_dir))
         if hires is None:
             run = lambda: pipelines.txt2img(m, prompt or "", negative_prompt or "", **common)  # noqa: E731
         else:

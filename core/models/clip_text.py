@@ -26,6 +26,7 @@ from dataclasses import dataclass, fields
 import open_clip
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from open_clip.model import CLIPTextCfg
 from open_clip.tokenizer import SimpleTokenizer
 from open_clip.transformer import LayerNorm, QuickGELU, TextTransformer
@@ -122,8 +123,12 @@ def build_text_tower(cfg: CLIPTextCfg, embed_dim: int | None, quick_gelu: bool,
     )
 
 
-def run_text_tower(tower: TextTransformer, tokens: Tensor, n_blocks: int) -> Tensor:
-    """Embeddings + the first `n_blocks` resblocks (no final norm): (B, L) ids -> (B, L, width)."""
+def run_text_tower(tower: TextTransformer, tokens: Tensor, n_blocks: int,
+                   extra_vectors: Tensor | None = None) -> Tensor:
+    """Embeddings + the first `n_blocks` resblocks (no final norm): (B, L) ids -> (B, L, width).
+
+    extra_vectors (n, width): token vectors for ids vocab_size .. vocab_size + n - 1 (textual-inversion
+    embeddings, core/embeddings.py), looked up as if appended to the token embedding table."""
     weight = tower.token_embedding.weight
     if tokens.ndim != 2:
         raise ValueError(f"tokens must be (B, L), got shape {tuple(tokens.shape)}")
@@ -131,7 +136,11 @@ def run_text_tower(tower: TextTransformer, tokens: Tensor, n_blocks: int) -> Ten
     if L > tower.context_length:
         raise ValueError(f"{L} tokens exceed the text encoder's context length {tower.context_length}")
     tokens = tokens.to(device=weight.device, dtype=torch.long)
-    x = tower.token_embedding(tokens) + tower.positional_embedding[:L]      # (B, L, D)
+    if extra_vectors is None:
+        x = tower.token_embedding(tokens)                                   # (B, L, D)
+    else:
+        x = F.embedding(tokens, torch.cat([weight, extra_vectors.to(weight)]))  # (B, L, D)
+    x = x + tower.positional_embedding[:L]                                  # (B, L, D)
     mask = tower.attn_mask[:L, :L] if tower.attn_mask is not None else None  # (L, L) additive causal
     for block in tower.transformer.resblocks[:n_blocks]:
         x = block(x, attn_mask=mask)                                        # (B, L, D), batch-first
@@ -229,10 +238,10 @@ class FrozenOpenCLIPEmbedder(nn.Module):
         """The resblocks run for the configured layer (and the largest clip skip)."""
         return len(self.model.transformer.resblocks) - (1 if self.cfg.layer == "penultimate" else 0)
 
-    def encode_tokens(self, tokens: Tensor, clip_skip: int = 1) -> Tensor:
+    def encode_tokens(self, tokens: Tensor, clip_skip: int = 1, extra_vectors: Tensor | None = None) -> Tensor:
         """clip_skip N > 1 stops N - 1 blocks earlier than the configured layer (SD2: counted from
-        the penultimate block), still followed by ln_final."""
-        x = run_text_tower(self.model, tokens, _skipped(self.n_blocks, clip_skip))   # (B, L, D)
+        the penultimate block), still followed by ln_final. extra_vectors: see run_text_tower."""
+        x = run_text_tower(self.model, tokens, _skipped(self.n_blocks, clip_skip), extra_vectors)  # (B, L, D)
         return self.model.ln_final(x)      # ln_final also after "penultimate" (FACTS.md trap 2)
 
     def forward(self, texts: list[str]) -> Tensor:
@@ -339,10 +348,11 @@ class FrozenCLIPEmbedder(nn.Module):
         n = self.cfg.num_hidden_layers
         return n if self.cfg.layer == "last" else self.cfg.layer_idx % (n + 1)
 
-    def encode_tokens(self, tokens: Tensor, clip_skip: int = 1) -> Tensor:
+    def encode_tokens(self, tokens: Tensor, clip_skip: int = 1, extra_vectors: Tensor | None = None) -> Tensor:
         """clip_skip N > 1 (AUTOMATIC1111's "Clip skip"): HF hidden_states[-N], i.e. N - 1 blocks
-        fewer, then final_layer_norm, as A1111 does for SD1."""
-        x = run_text_tower(self.transformer, tokens, _skipped(self.n_blocks, clip_skip))  # (B, L, D)
+        fewer, then final_layer_norm, as A1111 does for SD1. extra_vectors: see run_text_tower."""
+        x = run_text_tower(self.transformer, tokens, _skipped(self.n_blocks, clip_skip),
+                           extra_vectors)                                                  # (B, L, D)
         if self.cfg.layer == "last":
             return self.transformer.ln_final(x)                                 # last_hidden_state
         return x                    # layer "hidden": the reference returns it without final_layer_norm

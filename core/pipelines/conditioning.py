@@ -39,6 +39,8 @@ import warnings
 
 import torch
 
+from core.embeddings import load_embeddings, replace_in, used_embeddings
+from core.lora import prompt_loras
 from core.models.clip_text import BOS_ID, EOS_ID, FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder, clip_bpe
 from core.models.conditioners import TransformerEmbedder
 from core.prompts import (BREAK, has_attention_syntax, has_schedule_syntax, parse_prompt_attention, prompt_chunks,
@@ -56,16 +58,19 @@ def _check_prompt(text, name: str) -> str:
     return text
 
 
-def text_conditioning(m, prompt, negative_prompt="", *, clip_skip=None, size=None):
+def text_conditioning(m, prompt, negative_prompt="", *, clip_skip=None, size=None, lora_dir=None,
+                      embeddings_dir=None):
     """(c, u): the text encoder's context for the prompt and for the negative prompt.
 
     Plain prompts: tensors (1, L, D). Prompts with A1111's syntax: PromptConditioning objects,
     resolved by core.pipelines.denoise once the steps are known. clip_skip: None or 1 = the
     model's usual layer; N > 1 stops N - 1 blocks earlier (CLIP text encoders only; others warn
     and ignore it, see `effective_clip_skip`). size: (height, width) of the image made, for SDXL's
-    size conditioning (see `sdxl_conditioning`).
+    size conditioning (see `sdxl_conditioning`). lora_dir: the folder of the prompt's
+    `<lora:name:weight>` tags (core/lora.py; None: the tags are removed, with a warning).
+    embeddings_dir: the folder of textual-inversion embeddings used by name (core/embeddings.py).
     """
-    prompt = _check_prompt(prompt, "prompt")
+    prompt = prompt_loras(m, _check_prompt(prompt, "prompt"), lora_dir)
     negative_prompt = _check_prompt(negative_prompt, "negative_prompt")
     if getattr(m, "conditioner", None) is not None:                    # SDXL (sgm GeneralConditioner)
         return sdxl_conditioning(m, prompt, negative_prompt, size)
@@ -73,8 +78,20 @@ def text_conditioning(m, prompt, negative_prompt="", *, clip_skip=None, size=Non
     if not prompt.strip():
         warnings.warn("the prompt is empty: sampling follows only the model's unconditional "
                       "distribution (and the negative prompt)", stacklevel=3)
-    return (_text(m, prompt, clip_skip, composable=True),
-            _text(m, negative_prompt, clip_skip, composable=False))
+    embeddings = _embeddings(m, embeddings_dir)
+    return (_text(m, prompt, clip_skip, True, embeddings),
+            _text(m, negative_prompt, clip_skip, False, embeddings))
+
+
+def _embeddings(m, folder) -> dict | None:
+    """The folder's textual-inversion embeddings, for CLIP / OpenCLIP text encoders."""
+    if folder is None:
+        return None
+    if not isinstance(m.cond_stage_model, (FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder)):
+        warnings.warn("textual-inversion embeddings apply to CLIP text encoders only; this model's "
+                      f"{type(m.cond_stage_model).__name__} reads their names as text", stacklevel=4)
+        return None
+    return load_embeddings(folder) or None
 
 
 def sdxl_conditioning(m, prompt: str, negative_prompt: str, size=None):
@@ -118,16 +135,17 @@ def effective_clip_skip(m, clip_skip, warn: bool = False) -> int | None:
     return clip_skip
 
 
-def _text(m, text: str, clip_skip, composable: bool):
+def _text(m, text: str, clip_skip, composable: bool, embeddings: dict | None = None):
     window = _window(m)
     if window is None:                                   # not a CLIP-tokenized encoder: as before
         return m.get_learned_conditioning([text])
     parts = split_and(text) if composable else [(text, 1.0)]
     plain = (clip_skip is None and len(parts) == 1 and parts[0][1] == 1.0 and not has_attention_syntax(text)
-             and not has_schedule_syntax(text) and len(clip_bpe().encode(text)) <= window)
+             and not has_schedule_syntax(text) and len(clip_bpe().encode(text)) <= window
+             and not (embeddings and used_embeddings([text], embeddings)))
     if plain:
         return m.get_learned_conditioning([text])
-    return PromptConditioning(m, parts, clip_skip)
+    return PromptConditioning(m, parts, clip_skip, embeddings)
 
 
 def _window(m) -> int | None:
@@ -151,8 +169,8 @@ class PromptConditioning:
     for_steps(steps, hires_steps): the schedule of hires fix's second pass (core.prompts).
     """
 
-    def __init__(self, m, parts, clip_skip: int | None):
-        self.m, self.parts, self.clip_skip = m, list(parts), clip_skip
+    def __init__(self, m, parts, clip_skip: int | None, embeddings: dict | None = None):
+        self.m, self.parts, self.clip_skip, self.embeddings = m, list(parts), clip_skip, embeddings
         self._by_steps: dict[tuple, object] = {}
 
     def for_steps(self, steps: int, hires_steps: int | None = None):
@@ -162,7 +180,8 @@ class PromptConditioning:
 
     def _build(self, steps: int, hires_steps: int | None):
         schedules = [prompt_schedule(text, steps, hires_steps) for text, _ in self.parts]
-        encoded = [_encode_schedule(self.m, [t for _, t in schedule], self.clip_skip) for schedule in schedules]
+        encoded = [_encode_schedule(self.m, [t for _, t in schedule], self.clip_skip, self.embeddings)
+                   for schedule in schedules]
         tokens = max(c.shape[1] for contexts in encoded for c in contexts)
         conds = []
         for schedule, contexts in zip(schedules, encoded):
@@ -193,10 +212,10 @@ def _repeat_last_token(c: torch.Tensor, tokens: int) -> torch.Tensor:
     return torch.cat([c, c[:, -1:].expand(1, tokens - c.shape[1], c.shape[2])], dim=1)
 
 
-def _encode_schedule(m, texts: list[str], clip_skip) -> list[torch.Tensor]:
+def _encode_schedule(m, texts: list[str], clip_skip, embeddings=None) -> list[torch.Tensor]:
     """One context (1, 77 k, D) per text, each distinct text encoded once; shorter ones padded with
     empty chunks to the longest (A1111 encodes a prompt's edited texts as one batch)."""
-    distinct = {text: _encode_chunks(m, text, clip_skip) for text in dict.fromkeys(texts)}
+    distinct = {text: _encode_chunks(m, text, clip_skip, embeddings) for text in dict.fromkeys(texts)}
     most = max(z.shape[0] for z in distinct.values())
     empty = None
     out = []
@@ -210,11 +229,21 @@ def _encode_schedule(m, texts: list[str], clip_skip) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def _encode_chunks(m, text: str, clip_skip) -> torch.Tensor:
-    """The chunks of one prompt text, encoded and emphasised: (k, window + 2, D)."""
+def _encode_chunks(m, text: str, clip_skip, embeddings=None) -> torch.Tensor:
+    """The chunks of one prompt text, encoded and emphasised: (k, window + 2, D). Embedding names
+    become their vectors (ids past the vocabulary, core/embeddings.py)."""
     encoder, bpe, window = m.cond_stage_model, clip_bpe(), _window(m)
-    pieces = [(None, -1.0) if piece == BREAK else (bpe.encode(piece[0]), piece[1])
-              for piece in parse_prompt_attention(text)]
+    pieces, extra = [], []
+    for piece in parse_prompt_attention(text):
+        if piece == BREAK:
+            pieces.append((None, -1.0))
+            continue
+        ids = bpe.encode(piece[0])
+        if embeddings:
+            tower = encoder.model if isinstance(encoder, FrozenOpenCLIPEmbedder) else encoder.transformer
+            vocab, width = tower.token_embedding.weight.shape
+            ids, _ = replace_in(ids, embeddings, width, vocab, extra)
+        pieces.append((ids, piece[1]))
     if window < CHUNK_LENGTH:                          # a short context: one chunk, BREAK only separates
         pieces = _truncated([p for p in pieces if p[0] is not None], window)
         chunks = prompt_chunks(pieces, window, EOS_ID, None)
@@ -230,7 +259,7 @@ def _encode_chunks(m, text: str, clip_skip) -> torch.Tensor:
     if isinstance(encoder, TransformerEmbedder):
         z = encoder.encode_tokens(encoder.bpe_rows(tokens, stacklevel=6))          # (k, L, D)
     else:
-        z = encoder.encode_tokens(tokens, clip_skip or 1)                          # (k, L, D)
+        z = encoder.encode_tokens(tokens, clip_skip or 1, torch.cat(extra) if extra else None)  # (k, L, D)
     return torch.stack([_emphasis(z_i, w.to(z_i)) for z_i, w in zip(z, multipliers)])
 
 

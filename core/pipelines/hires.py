@@ -17,6 +17,8 @@ from PIL import Image
 
 from core.capabilities import capabilities
 from core.pipelines import vae
+from core.embeddings import ti_hashes
+from core.lora import lora_hashes
 from core.pipelines.conditioning import text_conditioning
 from core.pipelines.defaults import MAX_LATENT_SIDE, check_size, model_defaults
 from core.pipelines.denoise import denoise_batches
@@ -70,7 +72,8 @@ class HiresSettings:
 
 def txt2img_hires(m, prompt, hires: HiresSettings, negative_prompt="", steps=None, guidance_scale=None,
                   sampler=None, seed=None, width=None, height=None, n=1, *, sr_model=None, batch_size=1,
-                  karras=None, vae_tile=None, callback=None, should_stop=None) -> list:
+                  karras=None, vae_tile=None, callback=None, should_stop=None, lora_dir=None,
+                  embeddings_dir=None) -> list:
     """txt2img with a hires-fix second pass; one PIL image per seed, at the hires size.
     Arguments as txt2img; `hires` the second pass; `sr_model` a super-resolution model for
     hires.upscaler == "model"."""
@@ -93,7 +96,8 @@ def txt2img_hires(m, prompt, hires: HiresSettings, negative_prompt="", steps=Non
     try:
         z = txt2img(m, prompt, negative_prompt, first.steps, first.guidance_scale, first.sampler, seeds[0],
                     width, height, n, karras=first.karras, batch_size=batch_size, vae_tile=vae_tile,
-                    callback=callback, should_stop=should_stop, output="latent")
+                    callback=callback, should_stop=should_stop, output="latent", lora_dir=lora_dir,
+                    embeddings_dir=embeddings_dir)
     except SamplingInterrupted as stop:
         stop.images = []                                  # the first pass hands back latents, not images
         raise
@@ -104,7 +108,8 @@ def txt2img_hires(m, prompt, hires: HiresSettings, negative_prompt="", steps=Non
     # 4. Second pass: img2img from the upscaled latents, same seeds, tiled when large.
     hr_prompt = prompt if hires.prompt is None else hires.prompt
     hr_negative = negative_prompt if hires.negative_prompt is None else hires.negative_prompt
-    cond, uncond = text_conditioning(m, hr_prompt, hr_negative, size=(hr_h, hr_w))
+    cond, uncond = text_conditioning(m, hr_prompt, hr_negative, size=(hr_h, hr_w), lora_dir=lora_dir,
+                                     embeddings_dir=embeddings_dir)
     if not isinstance(cond, dict):
         cond = {"c_crossattn": [cond]}                    # a dict, so tiling repeats it per tile
 
@@ -114,7 +119,8 @@ def txt2img_hires(m, prompt, hires: HiresSettings, negative_prompt="", steps=Non
                 "hr_scale": None if hires.width or hires.height else hires.scale,
                 "hr_resize": f"{hr_w}x{hr_h}" if hires.width or hires.height else None,
                 "hr_steps": hires.steps or None, "hr_sampler": hires.sampler and second.sampler,
-                "hr_prompt": hires.prompt, "hr_negative_prompt": hires.negative_prompt}
+                "hr_prompt": hires.prompt, "hr_negative_prompt": hires.negative_prompt, "lora_hashes": lora_hashes(m),
+                "ti_hashes": ti_hashes(embeddings_dir, [prompt, negative_prompt, hr_prompt, hr_negative])}
 
     def record(z):
         return plain_images(m, z, params_for, vae_tile, callback)

@@ -4,6 +4,8 @@ almost all of the image; small strengths keep its composition and colours."""
 
 from core.capabilities import capabilities
 from core.pipelines import vae
+from core.embeddings import ti_hashes
+from core.lora import lora_hashes
 from core.pipelines.conditioning import effective_clip_skip, text_conditioning
 from core.pipelines.defaults import check_size, model_defaults
 from core.pipelines.denoise import denoise_batches
@@ -18,13 +20,13 @@ from core.samplers import SamplingInterrupted, SamplingSettings, check_strength
 def img2img(m, image, prompt="", strength=0.75, negative_prompt="", steps=None, guidance_scale=None,
             sampler=None, seed=None, width=None, height=None, n=1, *, resize_mode="just_resize", batch_size=1,
             eta=None, karras=None, scheduler=None, clip_skip=None, vae_tile=None, callback=None, should_stop=None,
-            output="image"):
+            output="image", lora_dir=None, embeddings_dir=None):
     """Variations of `image` (PIL, path or array) following `prompt`, one PIL image per seed.
 
     width/height: bring the image to this size first (multiples of the model's grid), by
     `resize_mode` ("just_resize", "crop_and_resize", "resize_and_fill": A1111's 0, 1, 2); None keeps
     its size (padded to the grid by reflection inside, cropped back after). Unconditional models
-    take prompt "". Other arguments as txt2img.
+    take prompt "". Other arguments (lora_dir, embeddings_dir too) as txt2img.
     """
     # 1. Resolve: the model can do it; settings, size and seeds, checked once.
     caps = capabilities(m).require("img2img")
@@ -42,7 +44,8 @@ def img2img(m, image, prompt="", strength=0.75, negative_prompt="", steps=None, 
 
     def params_for(i):
         params = base_parameters(m, "img2img", settings, seeds[i], width, height, prompt, negative_prompt)
-        return {**params, "strength": strength, "clip_skip": effective_clip_skip(m, clip_skip) if caps.prompt else None}
+        return {**params, "strength": strength, "clip_skip": effective_clip_skip(m, clip_skip) if caps.prompt else None,
+                "lora_hashes": lora_hashes(m), "ti_hashes": ti_hashes(embeddings_dir, [prompt, negative_prompt])}
 
     def record(z):
         if output == "latent":
@@ -56,7 +59,8 @@ def img2img(m, image, prompt="", strength=0.75, negative_prompt="", steps=None, 
     z0 = vae.encode(m, x, tile=vae_tile)                                     # (1, C, h, w)
 
     # 3. Conditioning.
-    cond, uncond = text_conditioning(m, prompt, negative_prompt, clip_skip=clip_skip, size=(height, width)) \
+    cond, uncond = text_conditioning(m, prompt, negative_prompt, clip_skip=clip_skip, size=(height, width),
+                                     lora_dir=lora_dir, embeddings_dir=embeddings_dir) \
         if caps.prompt else (None, None)
 
     # 4. Denoise from x0 noised to `strength`, every image from its own seed.

@@ -46,6 +46,8 @@ PARAMETERS = [
     ("Hires prompt", "hr_prompt", str),
     ("Hires negative prompt", "hr_negative_prompt", str),
     ("Clip skip", "clip_skip", int),
+    ("Lora hashes", "lora_hashes", str),           # "name: shorthash, ..." (A1111's extra-network record)
+    ("TI hashes", "ti_hashes", str),               # textual-inversion embeddings used, likewise
     ("RNG", "rng", str),
     ("Eta DDIM", "eta", float),                  # DDIM's eta (the reference's label)
     ("Class", "class_label", int),

@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from core.capabilities import capabilities
+from core.embeddings import ti_hashes
+from core.lora import lora_hashes
 from core.pipelines import vae
 from core.pipelines.color import delta_e_2000, srgb_to_lab
 from core.pipelines.conditioning import effective_clip_skip, text_conditioning
@@ -74,7 +76,7 @@ class Region:
 def inpaint(m, image, mask, prompt="", negative_prompt="", steps=None, guidance_scale=None, sampler=None,
             seed=None, n=1, *, strength=1.0, mask_blur=4, inpaint_area="whole", padding=32,
             masked_content="original", width=None, height=None, eta=None, karras=None, scheduler=None,
-            clip_skip=None, batch_size=1,
+            clip_skip=None, batch_size=1, lora_dir=None, embeddings_dir=None,
             color_match=True, ring_width=8, vae_tile=None, callback=None, should_stop=None) -> list:
     """Repaint the white part of `mask` in `image` (PIL, path or array each); one PIL image per seed.
 
@@ -111,14 +113,16 @@ def inpaint(m, image, mask, prompt="", negative_prompt="", steps=None, guidance_
     z_init = vae.encode(m, _initial_image(x, mask_t, content), tile=vae_tile)   # (1, C, h, w)
     latent_mask = F.max_pool2d(mask_t, caps.factor).to(z_init.dtype)        # (1, 1, h, w): any repainted px
     z0 = torch.cat([_start_latent(z_init, latent_mask, content, s) for s in seeds])
-    cond, uncond = _conditioning(m, caps, x, mask_t, z_init, prompt, negative_prompt, vae_tile, clip_skip)
+    cond, uncond = _conditioning(m, caps, x, mask_t, z_init, prompt, negative_prompt, vae_tile, clip_skip,
+                                 {"lora_dir": lora_dir, "embeddings_dir": embeddings_dir})
 
     def params_for(i):
         params = base_parameters(m, "inpaint", settings, seeds[i], region.proc_w, region.proc_h, prompt,
                                  negative_prompt)
         return {**params, "clip_skip": effective_clip_skip(m, clip_skip) if caps.prompt else None,
                 "strength": strength, "mask_blur": mask_blur, "inpaint_area": INPAINT_AREAS[area],
-                "padding": padding if area == "only_masked" else None, "masked_content": MASKED_CONTENT[content]}
+                "padding": padding if area == "only_masked" else None, "masked_content": MASKED_CONTENT[content],
+                "lora_hashes": lora_hashes(m), "ti_hashes": ti_hashes(embeddings_dir, [prompt, negative_prompt])}
 
     def record(z):
         return [_paste_back(picture, hard, region, x_i, mask_blur, ring_width, color_match, params_for(i))
@@ -193,11 +197,11 @@ def _start_latent(z_init, latent_mask, content, seed: int):
     return z_init
 
 
-def _conditioning(m, caps, x, mask_t, z_init, prompt, negative_prompt, vae_tile, clip_skip):
+def _conditioning(m, caps, x, mask_t, z_init, prompt, negative_prompt, vae_tile, clip_skip, networks: dict):
     """(cond, uncond). Dedicated models get mask + masked image concatenated (FACTS.md section 9,
     trap 6); a text or unconditional model gets only its own conditioning and blends latents."""
     if caps.family == "inpaint-sd":                                        # [z, mask, masked latent]
-        c_text, u_text = text_conditioning(m, prompt, negative_prompt, clip_skip=clip_skip)
+        c_text, u_text = text_conditioning(m, prompt, negative_prompt, clip_skip=clip_skip, **networks)
         mask_nearest = F.interpolate(mask_t, size=z_init.shape[-2:], mode="nearest")
         masked_latent = vae.encode(m, x * (mask_t < 0.5), tile=vae_tile)      # hole = 0 (grey)
         cond = {"c_concat": [torch.cat([mask_nearest.to(masked_latent), masked_latent], dim=1)],
@@ -209,7 +213,8 @@ def _conditioning(m, caps, x, mask_t, z_init, prompt, negative_prompt, vae_tile,
         mask_pm = F.interpolate(mask_t, size=z_init.shape[-2:], mode="nearest") * 2 - 1
         return {"c_concat": [torch.cat([masked_latent, mask_pm.to(masked_latent)], dim=1)]}, None
     if caps.prompt:
-        return text_conditioning(m, prompt, negative_prompt, clip_skip=clip_skip, size=tuple(x.shape[-2:]))
+        return text_conditioning(m, prompt, negative_prompt, clip_skip=clip_skip, size=tuple(x.shape[-2:]),
+                                 **networks)
     return None, None
 
 

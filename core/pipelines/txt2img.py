@@ -2,6 +2,8 @@
 guidance -> image by the decoder."""
 
 from core.capabilities import capabilities
+from core.embeddings import ti_hashes
+from core.lora import lora_hashes
 from core.pipelines.conditioning import effective_clip_skip, text_conditioning
 from core.pipelines.defaults import check_size, model_defaults
 from core.pipelines.denoise import denoise_batches
@@ -11,7 +13,8 @@ from core.samplers import SamplingInterrupted, SamplingSettings
 
 
 def txt2img(m, prompt, negative_prompt="", steps=None, guidance_scale=None, sampler=None, seed=None,
-            width=None, height=None, n=1, *, clip_skip=None, **options):
+            width=None, height=None, n=1, *, clip_skip=None, lora_dir=None,
+            embeddings_dir=None, **options):
     """Images for a prompt: a list of PIL images, each with its parameters in image.info.
 
     steps, guidance_scale, sampler, width, height: None = the model's defaults
@@ -20,6 +23,10 @@ def txt2img(m, prompt, negative_prompt="", steps=None, guidance_scale=None, samp
     prompt, negative_prompt: AUTOMATIC1111's syntax (core/prompts.py): (emphasis:1.2), [editing:at:0.5],
       [alter|nation], BREAK, AND (prompt only).
     clip_skip: None / 1 = the text encoder's usual layer; N stops N - 1 layers earlier (CLIP encoders).
+    lora_dir: the folder of the prompt's <lora:name:weight> tags (core/lora.py), e.g. weights/lora;
+      None: tags are removed with a warning. Recorded as "Lora hashes".
+    embeddings_dir: textual-inversion embeddings used by name (core/embeddings.py), e.g.
+      weights/embeddings; recorded as "TI hashes".
     options:
       scheduler: the schedule type of sigma samplers ("Karras", "Exponential", ...; None = default);
       batch_size: images per UNet batch (faster on a GPU; each image still depends only on its seed);
@@ -35,8 +42,10 @@ def txt2img(m, prompt, negative_prompt="", steps=None, guidance_scale=None, samp
     defaults = model_defaults(m)
     width, height = check_size(m, defaults.width if width is None else width,
                                defaults.height if height is None else height, "txt2img")
-    cond, uncond = text_conditioning(m, prompt, negative_prompt, clip_skip=clip_skip, size=(height, width))
-    extra = {"prompt": prompt, "negative_prompt": negative_prompt, "clip_skip": effective_clip_skip(m, clip_skip)}
+    cond, uncond = text_conditioning(m, prompt, negative_prompt, clip_skip=clip_skip, size=(height, width),
+                                     lora_dir=lora_dir, embeddings_dir=embeddings_dir)
+    extra = {"prompt": prompt, "negative_prompt": negative_prompt, "clip_skip": effective_clip_skip(m, clip_skip),
+             "lora_hashes": lora_hashes(m), "ti_hashes": ti_hashes(embeddings_dir, [prompt, negative_prompt])}
     # 3. Noise -> latents -> images, one seed each.
     return sample_images(m, "txt2img", cond, uncond, extra, n, seed, steps, sampler, guidance_scale,
                          width, height, **options)
