@@ -29,6 +29,7 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from PIL import Image, UnidentifiedImageError
 
 from core import pipelines
+from core.lora import network_folders
 from core.checkpoints import CheckpointError
 from core.pipelines.hires import IMAGE_UPSCALERS, LATENT_UPSCALERS
 from core.pipelines.infotext import PARAMETERS, attach_parameters, cached_model_hash
@@ -253,7 +254,7 @@ class A1111Api:
         def work(job):
             m = self.studio.models.load(entry)
             common = dict(n=n, batch_size=batch_size, **options, callback=pipeline_progress(job),
-                          should_stop=job.should_stop)
+                          should_stop=job.should_stop, **network_folders(self.studio.settings.weights_dir))
             if hires is None:
                 run = lambda: pipelines.txt2img(m, req.prompt, req.negative_prompt, **common)  # noqa: E731
             else:
@@ -275,7 +276,8 @@ class A1111Api:
         n, batch_size = check_batch(req.n_iter, req.batch_size)
         options = self.sampling(req)
         strength = 0.75 if req.denoising_strength is None else req.denoising_strength
-        common = dict(negative_prompt=req.negative_prompt, strength=strength, n=n, batch_size=batch_size, **options)
+        common = dict(negative_prompt=req.negative_prompt, strength=strength, n=n, batch_size=batch_size, **options,
+                      **network_folders(self.studio.settings.weights_dir))
         if req.mask:
             common.update(self.inpainting(req, init.size))
             run_pipeline, images = pipelines.inpaint, (init, common.pop("mask"))
