@@ -78,7 +78,8 @@ def estimate(studio: Studio, image: str | None = None, model: str | None = None,
     last = studio.jobs.last_finished(TAB)
     per_unit = last.extra.get("seconds_per_unet_pixel_step") if last else None
     if per_unit:
-        text += f", about {_duration(per_unit * p.unet_pixel_steps)} on this machine"
+        seconds = per_unit * p.unet_pixel_steps + last.extra.get("seconds_per_decoded_pixel", 0) * _decoded_pixels(p)
+        text += f", about {_duration(seconds)} on this machine"
     else:
         text += "; a time estimate appears after the first upscale"
     return text
@@ -143,14 +144,28 @@ def _model_work(studio: Studio, entry, low, plan, options: dict, prompt: str, ne
     _before(job, low, plan.out_width, plan.out_height)
     job.note(tiles=plan.tiles)
     started = time.monotonic()
+    sampled = {"at": started}                   # when the last sampling step ended (then: decode, finish)
+    report = pipeline_progress(job)
+
+    def progress(p):
+        if p.stage == "sample":
+            sampled["at"] = time.monotonic()
+        report(p)
 
     def generate():
         return [pipelines.upscale(m, low, prompt=prompt, negative_prompt=negative_prompt, **options,
-                                  callback=pipeline_progress(job), should_stop=job.should_stop)]
+                                  callback=progress, should_stop=job.should_stop)]
 
     images = run_and_save(generate, studio.settings.outputs_dir, job.folder)
-    job.note(seconds_per_unet_pixel_step=(time.monotonic() - started) / plan.unet_pixel_steps)
+    finished = time.monotonic()
+    job.note(seconds_per_unet_pixel_step=(sampled["at"] - started) / plan.unet_pixel_steps,
+             seconds_per_decoded_pixel=(finished - sampled["at"]) / _decoded_pixels(plan))
     return images
+
+
+def _decoded_pixels(plan) -> int:
+    """Pixels the VAE decodes (and back-projection touches): the model's full-size output."""
+    return plan.latent[0] * plan.latent[1] * plan.factor ** 2
 
 
 def _lanczos_work(studio: Studio, low, scale: float, job):
