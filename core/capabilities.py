@@ -108,7 +108,7 @@ def capabilities(model_or_config) -> Capabilities:
                               "no prompt or layout can be encoded here; its networks load and run through "
                               "m.apply_model and the transformer's encode_tokens()")
     guidance = {"text": True, "layout": True, "text+lr_image": True, "text+mask": True,
-                "class": kind == "class" and _has_null_class(cfg.cond_stage)}.get(kind, False)
+                "class": kind == "class" and cfg.cond_stage.null_class_present}.get(kind, False)
     f = cfg.first_stage.ddconfig.downsample_factor
     grid = f * 2 ** (len(cfg.unet.channel_mult) - 1)
     return Capabilities(family, kind, tasks, prompt=kind.startswith("text") and bool(tasks), guidance=guidance,
@@ -124,9 +124,3 @@ def _cross_attention_kind(cond_stage) -> str:
     if isinstance(cond_stage, LayoutEmbedderConfig):
         return "layout"
     return "text"
-
-
-def _has_null_class(cond_stage: ClassEmbedderConfig) -> bool:
-    """cin256-v2 was trained with a null class (the 1001st), which guidance uses as uncond."""
-    has = cond_stage.has_null_class
-    return has if has is not None else cond_stage.n_classes == 1001

@@ -78,7 +78,7 @@ def estimate(studio: Studio, image: str | None = None, model: str | None = None,
     last = studio.jobs.last_finished(TAB)
     per_unit = last.extra.get("seconds_per_unet_pixel_step") if last else None
     if per_unit:
-        seconds = per_unit * p.unet_pixel_steps + last.extra.get("seconds_per_decoded_pixel", 0) * _decoded_pixels(p)
+        seconds = per_unit * p.unet_pixel_steps + last.extra.get("seconds_per_decoded_pixel", 0) * p.decoded_pixels
         text += f", about {_duration(seconds)} on this machine"
     else:
         text += "; a time estimate appears after the first upscale"
@@ -159,13 +159,8 @@ def _model_work(studio: Studio, entry, low, plan, options: dict, prompt: str, ne
     images = run_and_save(generate, studio.settings.outputs_dir, job.folder)
     finished = time.monotonic()
     job.note(seconds_per_unet_pixel_step=(sampled["at"] - started) / plan.unet_pixel_steps,
-             seconds_per_decoded_pixel=(finished - sampled["at"]) / _decoded_pixels(plan))
+             seconds_per_decoded_pixel=(finished - sampled["at"]) / plan.decoded_pixels)
     return images
-
-
-def _decoded_pixels(plan) -> int:
-    """Pixels the VAE decodes (and back-projection touches): the model's full-size output."""
-    return plan.latent[0] * plan.latent[1] * plan.factor ** 2
 
 
 def _lanczos_work(studio: Studio, low, scale: float, job):

@@ -40,6 +40,11 @@ class ClassEmbedderConfig:
             raise ValueError(f"ClassEmbedder needs positive embed_dim and n_classes, got "
                              f"{self.embed_dim}, {self.n_classes}")
 
+    @property
+    def null_class_present(self) -> bool:
+        """A null class (the last label) for classifier-free guidance: cin256-v2's 1001st."""
+        return self.has_null_class if self.has_null_class is not None else self.n_classes == 1001
+
 
 class ClassEmbedder(nn.Module):
     """Class labels (B,) -> (B, 1, D). With a null class (the last one, as cin256-v2 was trained with
@@ -51,8 +56,7 @@ class ClassEmbedder(nn.Module):
         self.key = cfg.key
         self.n_classes = cfg.n_classes
         self.embedding = nn.Embedding(cfg.n_classes, cfg.embed_dim)
-        has_null = cfg.has_null_class if cfg.has_null_class is not None else cfg.n_classes == 1001
-        self.null_class: int | None = cfg.n_classes - 1 if has_null else None
+        self.null_class: int | None = cfg.n_classes - 1 if cfg.null_class_present else None
 
     @property
     def device(self) -> torch.device:

@@ -20,13 +20,14 @@ from core.pipelines import vae
 from core.embeddings import ti_hashes
 from core.lora import lora_hashes
 from core.pipelines.conditioning import text_conditioning
-from core.pipelines.defaults import MAX_LATENT_SIDE, check_size, model_defaults
+from core.pipelines.defaults import MAX_LATENT_SIDE, check_size, model_defaults, model_name
 from core.pipelines.denoise import denoise_batches
 from core.pipelines.generation import base_parameters, interrupted, plain_images, resolve_seeds
 from core.pipelines.images import image_to_tensor, tensor_to_images
 from core.pipelines.memory import budget_bytes, plan_tile, unet_peak_bytes
 from core.pipelines.tiling import tiled
 from core.pipelines.txt2img import txt2img
+from core.pipelines.upscale import upscale
 from core.samplers import SamplingInterrupted, SamplingSettings, check_strength
 from core.samplers.settings import finite_number, whole_number
 
@@ -144,7 +145,6 @@ def _snap(size: tuple[int, int], grid: int) -> tuple[int, int]:
 def _upscaler_name(hires: HiresSettings, sr_model) -> str:
     if hires.upscaler != SR_MODEL:
         return hires.upscaler
-    from core.pipelines.defaults import model_name
     return model_name(sr_model) or "super-resolution model"
 
 
@@ -160,7 +160,6 @@ def _upscale(m, z, hires: HiresSettings, size: tuple[int, int], sr_model, seeds,
     for i in range(z.shape[0]):
         small = tensor_to_images(vae.decode(m, z[i:i + 1], tile=vae_tile))[0]
         if hires.upscaler == SR_MODEL:
-            from core.pipelines.upscale import upscale
             sr_f = capabilities(sr_model).factor
             scale = min(sr_f, size[1] * f / small.width)
             small = upscale(sr_model, small, seed=seeds[i], scale=scale if scale < sr_f else None)

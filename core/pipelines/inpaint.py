@@ -124,8 +124,10 @@ def inpaint(m, image, mask, prompt="", negative_prompt="", steps=None, guidance_
                 "padding": padding if area == "only_masked" else None, "masked_content": MASKED_CONTENT[content],
                 "lora_hashes": lora_hashes(m), "ti_hashes": ti_hashes(embeddings_dir, [prompt, negative_prompt])}
 
+    target = _paste_target(picture, hard, region, mask_blur, ring_width)
+
     def record(z):
-        return [_paste_back(picture, hard, region, x_i, mask_blur, ring_width, color_match, params_for(i))
+        return [_paste_back(target, region, x_i, color_match, params_for(i))
                 for i, x_i in enumerate(decode(m, z, vae_tile, callback, images=z.shape[0]))]
 
     # 4. Denoise: dedicated models see mask + masked image; any other model blends latents.
@@ -218,24 +220,39 @@ def _conditioning(m, caps, x, mask_t, z_init, prompt, negative_prompt, vae_tile,
     return None, None
 
 
-def _paste_back(picture, hard, region: Region, decoded, mask_blur, ring_width, color_match, params):
-    """The decoded region back in the full picture: resized to its box, colour-matched on the ring
-    just outside the mask, feathered inside the mask; every pixel outside the mask is the original's."""
+@dataclass(frozen=True)
+class PasteBack:
+    """What every image of one inpainting call is pasted onto, computed once per call."""
+    original_u8: np.ndarray          # (H, W, 3) the picture
+    original: np.ndarray             # (H, W, 3) the same in [0, 1]
+    hard: np.ndarray                 # (H, W) bool, True = repainted
+    ring: np.ndarray                 # (H, W) bool, just outside the mask where the crop generated
+    soft: np.ndarray                 # (H, W, 1) the feathered mask, 0 outside
+
+
+def _paste_target(picture, hard, region: Region, mask_blur: int, ring_width: int) -> PasteBack:
     x0b, y0b, x1b, y1b = region.box
     original_u8 = np.asarray(picture)
-    original = original_u8.astype(np.float32) / 255.0                      # (H, W, 3)
-    gen = to_unit(decoded[..., :region.proc_h, :region.proc_w])             # (1, 3, ph, pw) in [0, 1]
-    if (y1b - y0b, x1b - x0b) != (region.proc_h, region.proc_w):
-        gen = _resize01(gen, (y1b - y0b, x1b - x0b))
-    full = original.copy()
-    full[y0b:y1b, x0b:x1b] = gen[0].permute(1, 2, 0).cpu().numpy()
     ring = outer_ring(hard, ring_width)
     ring[:y0b] = ring[y1b:] = False                                          # where the crop generated
     ring[:, :x0b] = ring[:, x1b:] = False
-    reports = _match_and_measure(full, original, ring, hard > 0.5, color_match)
-    soft = feather(hard, mask_blur)[..., None]                               # (H, W, 1), 0 outside
-    result = unit_to_uint8(original * (1 - soft) + reports.pop("_matched") * soft)
-    result = np.where(soft > 0, result, original_u8)                         # outside: bit-exact original
+    return PasteBack(original_u8, original_u8.astype(np.float32) / 255.0, hard > 0.5, ring,
+                     feather(hard, mask_blur)[..., None])
+
+
+def _paste_back(target: PasteBack, region: Region, decoded, color_match, params):
+    """The decoded region back in the full picture: resized to its box, colour-matched on the ring
+    just outside the mask, feathered inside the mask; every pixel outside the mask is the original's."""
+    x0b, y0b, x1b, y1b = region.box
+    gen = to_unit(decoded[..., :region.proc_h, :region.proc_w])             # (1, 3, ph, pw) in [0, 1]
+    if (y1b - y0b, x1b - x0b) != (region.proc_h, region.proc_w):
+        gen = _resize01(gen, (y1b - y0b, x1b - x0b))
+    full = target.original.copy()
+    full[y0b:y1b, x0b:x1b] = gen[0].permute(1, 2, 0).cpu().numpy()
+    reports = _match_and_measure(full, target.original, target.ring, target.hard, color_match)
+    soft = target.soft
+    result = unit_to_uint8(target.original * (1 - soft) + reports.pop("_matched") * soft)
+    result = np.where(soft > 0, result, target.original_u8)                  # outside: bit-exact original
     return attach_parameters(Image.fromarray(result, mode="RGB"), params, reports)
 
 

@@ -19,6 +19,13 @@ class TileState:
 
     def __init__(self, tile: int):
         self.tile, self.max_tile = tile, (0, 0)
+        self.weights = {}                    # (tile box, H, W, overlap, device) -> blend ramp, made once
+
+    def weight(self, tl, H: int, W: int, overlap: int, device) -> torch.Tensor:
+        key = (tl, H, W, overlap, device)
+        if key not in self.weights:
+            self.weights[key] = blend_weights(tl, H, W, overlap, device=device)   # (th, tw)
+        return self.weights[key]
 
 
 def tiled(tile: int, overlap: int, align: int, state: TileState | None = None, tile_batch: int = 1,
@@ -50,7 +57,7 @@ def _blend(model_fn, x, t, cond, tile, overlap, align, tile_batch, state, on_til
         o = model_fn(xs, torch.cat([t] * len(group)), _slice_cond(cond, group, H, W))
         state.max_tile = max(state.max_tile, tuple(xs.shape[-2:]))
         for j, tl in enumerate(group):
-            w = blend_weights(tl, H, W, overlap, device=x.device)                  # (th, tw)
+            w = state.weight(tl, H, W, overlap, x.device)                          # (th, tw)
             out[..., tl.y0:tl.y1, tl.x0:tl.x1] += o[j * B:(j + 1) * B].float() * w
             weight_sum[..., tl.y0:tl.y1, tl.x0:tl.x1] += w
         if on_tile is not None:

@@ -103,6 +103,11 @@ class UpscalePlan:
         area = min(self.tile, self.latent[0]) * min(self.tile, self.latent[1])
         return self.steps * self.tiles * area * (2 if self.guided else 1)
 
+    @property
+    def decoded_pixels(self) -> int:
+        """Pixels the VAE decodes (and back-projection touches): the model's full-size output."""
+        return self.latent[0] * self.latent[1] * self.factor ** 2
+
 
 def plan_upscale(model_or_config, width: int, height: int, settings: SamplingSettings, *, tile=None,
                  overlap=None, scale=None, tile_batch: int = 1, dtype=torch.float32, device="cpu",
