@@ -9,7 +9,8 @@ import json
 
 from core.models.autoencoder import AutoencoderConfig, DDConfig
 from core.models.clip_text import FrozenCLIPEmbedderConfig, FrozenOpenCLIPEmbedderConfig
-from core.models.conditioners import ClassEmbedderConfig, LayoutEmbedderConfig, TransformerEmbedderConfig
+from core.models.conditioners import (ClassEmbedderConfig, LayoutEmbedderConfig, SpatialRescalerConfig,
+                                      TransformerEmbedderConfig)
 from core.models.diffusion import LatentDiffusionConfig, NoiseAugmentationConfig
 from core.models.sdxl_conditioner import (ConcatTimestepEmbedderNDConfig, EmbedderSpec,
                                           FrozenOpenCLIPEmbedder2Config, GeneralConditionerConfig)
@@ -18,7 +19,7 @@ from core.models.unet import UNetConfig
 CONFIG_TYPES = {cls.__name__: cls for cls in (
     LatentDiffusionConfig, UNetConfig, AutoencoderConfig, DDConfig, NoiseAugmentationConfig,
     FrozenOpenCLIPEmbedderConfig, FrozenCLIPEmbedderConfig, TransformerEmbedderConfig,
-    ClassEmbedderConfig, LayoutEmbedderConfig, GeneralConditionerConfig, EmbedderSpec,
+    ClassEmbedderConfig, LayoutEmbedderConfig, SpatialRescalerConfig, GeneralConditionerConfig, EmbedderSpec,
     FrozenOpenCLIPEmbedder2Config, ConcatTimestepEmbedderNDConfig)}
 
 
