@@ -4,6 +4,7 @@
     caps = capabilities(m)                     # a LatentDiffusion, or its config (no weights needed)
     caps.tasks        # ("txt2img", "img2img", "inpaint") for a text model
     caps.require("upscale")                    # ValueError naming what this model is for
+    caps.training_stage                        # "autoencoder" or "ldm": which training loop trains it
 
 The UI's model pickers (from a file's header, before loading), the pipelines' checks, training,
 evaluation and the CLI all ask this record, so "which tab lists this model" and "which pipeline
@@ -72,6 +73,11 @@ class Capabilities:
     def joint_conditioner(self) -> bool:
         """The conditioner is trained with the UNet (LDM's transformer, class and layout embedders)."""
         return self.conditioner in ("transformer", "class", "layout")
+
+    @property
+    def training_stage(self) -> str:
+        """The training loop that trains it (core.train): "autoencoder" for a first stage alone, else "ldm"."""
+        return "autoencoder" if self.family == AUTOENCODER else "ldm"
 
     def serves(self, task: str) -> bool:
         return task in self.tasks
