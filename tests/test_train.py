@@ -341,6 +341,7 @@ def test_make_config_builds_every_stage(stage, ae_file):
     cfg = ldm_config(ae_file, stage)
     assert cfg.stage == capabilities(cfg.model).training_stage == "ldm"
     assert load_config(dump_config(cfg), "ldm") == cfg                # YAML only stores the dataclasses
+    assert "target" not in dump_config(cfg)                             # no CompVis target strings of ours
     m = cfg.model
     assert m.scale_factor == 0.5                              # read from the autoencoder file
     assert m.first_stage == load_model(ae_file).cfg

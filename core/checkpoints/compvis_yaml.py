@@ -144,6 +144,8 @@ def _cond_stage(block):
         known = _fields(SpatialRescalerConfig)
         check(known)
         return SpatialRescalerConfig(**{k: v for k, v in p.items() if k in known})
+    # Not CompVis': our layout embedder, named so in training configs written in the CompVis style before
+    # core.train stored its own format (scripts/train_configs/shapes-layout.yaml); read, never written.
     if target == "core.models.conditioners.LayoutEmbedder":
         known = _fields(LayoutEmbedderConfig)
         check(known)
