@@ -102,7 +102,7 @@ class Check:
         return result
 
     def save(self) -> None:
-        self.report["meta"]["elapsed_s"] = round(time.monotonic() - self.start, 1) if hasattr(self, "start") else 0
+        self.report["meta"]["elapsed_s"] = round(time.monotonic() - self.start, 1)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text(json.dumps(self.report, indent=1, default=str))

@@ -18,7 +18,7 @@ from core import load_model, save_model
 from core import pipelines as P
 from core.pipelines.memory import available_memory
 from core.pipelines.vae import plan_decode_tile
-from tests.tiny_models import tiny_model
+from tests.tiny_models import fp16_overflowing_sr_model, tiny_model
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(),
@@ -75,7 +75,7 @@ def test_load_model_on_cuda_runs_in_float16(device, tmp_path):
     assert g.alphas_cumprod.dtype == torch.float32                    # the schedule stays float32
     kw = {"steps": 3, "sampler": "ddim", "seed": 1, "width": 64, "height": 64}
     _assert_same_image(P.txt2img(g, "a red circle", **kw)[0], P.txt2img(m, "a red circle", **kw)[0],
-                       max_diff=24, mean_diff=3.0)
+                       max_diff=16, mean_diff=2.0)     # float16: 2 levels max on the CPU here
 
 
 def test_tiled_upscale_matches_the_cpu(device):
@@ -107,11 +107,7 @@ def test_tiled_vae_decode_matches_the_cpu(device):
 
 
 def test_fp16_vae_overflow_falls_back_to_fp32_on_cuda(device):
-    m = tiny_model("ldm_sr")
-    z = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():                                              # activations beyond float16's 65504
-        m.first_stage_model.post_quant_conv.bias.fill_(65000.0)
-        m.first_stage_model.post_quant_conv.weight.mul_(1000)
+    m, z = fp16_overflowing_sr_model()
     reference = m.decode_first_stage(z).float()
     m = m.to(device)
     m.first_stage_model.half()
