@@ -49,6 +49,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.gpu_tools import CudaGraphed  # noqa: E402
 from core.checkpoints import config_from_yaml  # noqa: E402
 from core.models.unet import UNetModel  # noqa: E402
 
@@ -245,16 +246,9 @@ def prepared_step(impl: str, spec: dict):
         return (lambda: fn(x, t, c)), model
     if not device.startswith("cuda"):
         raise ValueError("--cuda-graphs needs --device cuda")
-    side = torch.cuda.Stream()  # warm up on a side stream before capture, as torch.cuda.graphs asks
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn(x, t, c)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn(x, t, c)  # static inputs x, t, c; replay recomputes the same forward
-    return graph.replay, model
+    graphed = CudaGraphed(fn, warmup=3)     # bench/gpu_tools.py: warm-up on a side stream, capture
+    graphed(x, t, c)                         # captured here; later calls copy x, t, c in and replay
+    return (lambda: graphed(x, t, c)), model
 
 
 class LiveTensorPeak(TorchDispatchMode):
