@@ -24,6 +24,7 @@ goes to $OUT when set (the device machine), else bench/results/, as gpu_check-<d
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import platform
 import sys
@@ -38,6 +39,7 @@ import torch  # noqa: E402
 
 from bench import gpu_sections  # noqa: E402
 from bench.gpu_models import FULL, QUICK  # noqa: E402
+from bench.gpu_summary import summary  # noqa: E402
 from bench.gpu_tools import Check  # noqa: E402
 
 SECTIONS = {"correctness": (gpu_sections.tests, gpu_sections.cpu_vs_device, gpu_sections.precision),
@@ -50,7 +52,7 @@ ANCHORS = {
 DEFAULT_BUDGET_S = {"full": 420, "quick": 240}   # the shell's hard limit is 480 s (bench/gpu_check.sh)
 
 
-def environment(device: torch.device, args, plan) -> dict:
+def environment(device: torch.device, plan) -> dict:
     meta = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "argv": sys.argv[1:],
             "device": str(device), "plan": plan.name, "torch": torch.__version__, "python": platform.python_version(),
             "cpu_threads": torch.get_num_threads(), "machine": platform.node()}
@@ -113,7 +115,7 @@ def main(argv=None) -> int:
     plan = QUICK if args.quick else FULL
     out_dir = args.out_dir or Path(os.environ.get("OUT") or ROOT / "bench" / "results")
     path = out_dir / f"gpu_check-{device.type}{'-quick' if args.quick else ''}.json"
-    check = Check(path, args.budget_s or DEFAULT_BUDGET_S[plan.name], environment(device, args, plan), ANCHORS)
+    check = Check(path, args.budget_s or DEFAULT_BUDGET_S[plan.name], environment(device, plan), ANCHORS)
     ctx = context(args, device, plan)
     check.report["meta"].update(compile_backend=ctx.backend, dtype=str(ctx.dtype), skipped_variants=ctx.skip_variants)
     print(f"gpu_check: {check.report['meta'].get('gpu', device)}, plan {plan.name}, budget {check.budget_s:.0f} s, "
@@ -128,7 +130,6 @@ def main(argv=None) -> int:
                                  {"status": "error", "error": f"{type(exc).__name__}: {exc}"[:2000]})
             release(check, name, device)
     check.save()
-    from bench.gpu_summary import summary
     print(summary(check.report))
     print(f"\nreport: {path}")
     return 1 if count_errors(check.report["results"]) else 0
@@ -137,7 +138,6 @@ def main(argv=None) -> int:
 def release(check, name: str, device: torch.device) -> None:
     """Drop what a section left (compiled code, cached blocks) and record what is still allocated:
     a section's models must not stay on the device under the next one."""
-    import gc
     torch._dynamo.reset()
     gc.collect()
     if device.type == "cuda":

@@ -62,6 +62,8 @@ def problems(node, keys=()) -> list[str]:
         return []
     if node.get("status") in ("error", "skipped"):
         return [f"- {'/'.join(keys)}: {node['status']}: {node.get('error') or node.get('reason')}"]
+    if node.get("status") == "ok" and node.get("warnings"):
+        return [f"- {'/'.join(keys)}: warning: {w}" for w in node["warnings"]]
     return [line for k, v in node.items() for line in problems(v, (*keys, k))]
 
 
@@ -72,5 +74,5 @@ def summary(report: dict) -> str:
     lines = [head, "", *speed_rows(report), "", *correctness_rows(report)]
     issues = problems(report["results"])
     if issues:
-        lines += ["", "errors and skips:", *issues]
+        lines += ["", "errors, skips and warnings:", *issues]
     return "\n".join(lines)

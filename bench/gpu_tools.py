@@ -13,6 +13,7 @@ import signal
 import statistics
 import time
 import traceback
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -85,9 +86,13 @@ class Check:
             return None
         t0 = time.monotonic()
         try:
-            with alarm_after(left):
+            with alarm_after(left), warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
                 result = fn()
             entry = {"status": "ok", **(result if isinstance(result, dict) else {"value": result})}
+            seen = list(dict.fromkeys(f"{w.category.__name__}: {w.message}"[:300] for w in caught))
+            if seen:                 # e.g. the float16 VAE's fallback to float32, a dynamo graph break
+                entry["warnings"] = seen[:5]
         except Skip as reason:
             entry, result = {"status": "skipped", "reason": str(reason)}, None
         except Exception as exc:  # noqa: BLE001 - one failure must not stop the other items
