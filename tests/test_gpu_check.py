@@ -58,3 +58,19 @@ def test_an_item_running_past_the_budget_is_stopped(tmp_path):
     assert time.monotonic() - t0 < 5
     entry = json.loads((tmp_path / "r.json").read_text())["results"]["a"]["slow"]
     assert entry["status"] == "error" and entry["error"].startswith("BudgetExceeded")
+
+
+def test_full_plan_unets_take_the_check_inputs_on_meta():
+    """The full run's SD 2.1 and SDXL UNets (bundled configs) accept the CFG-step inputs the check
+    builds: shapes only, on the meta device (no memory, no GPU)."""
+    import torch
+
+    from bench.gpu_models import FULL, sd21_config, sdxl_config, unet_inputs
+    from core.models.unet import UNetModel
+    for cfg_of, latent, params in ((sd21_config, FULL.sd_latent, 865.9), (sdxl_config, FULL.sdxl_latent, 2567.5)):
+        cfg = cfg_of(FULL)
+        with torch.device("meta"):
+            unet = UNetModel(cfg.unet).half()
+        assert round(sum(p.numel() for p in unet.parameters()) / 1e6, 1) == params
+        args, kwargs = unet_inputs(cfg.unet, latent, torch.device("meta"), torch.float16)
+        assert unet(*args, **kwargs).shape == (2, 4, latent, latent)
