@@ -195,6 +195,7 @@ SLOW_TESTS = {
     "test_decoder_fine_tune_keeps_the_encoder_and_swaps_into_an_ldm", "test_export_round_trip",
     "test_ldm_loop_lowers_the_loss", "test_autoencoder_loop_lowers_the_loss_and_measures_the_scale_factor",
     "test_resume_continues_exactly_where_it_stopped", "test_defaults_from_metadata_and_reference",
+    "test_quick_cpu_run_writes_a_complete_report", "test_full_plan_unets_take_the_check_inputs_on_meta",
 }
 
 

@@ -280,6 +280,17 @@ def tiny_model(family: str, seed: int = 0) -> LatentDiffusion:
     return model.eval()
 
 
+def fp16_overflowing_sr_model() -> tuple[LatentDiffusion, torch.Tensor]:
+    """A tiny LDM-SR whose first stage overflows float16 (activations beyond 65504) and a latent z
+    for it: what the float16 decode's fallback to a float32 copy is tested with."""
+    m = tiny_model("ldm_sr")
+    z = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        m.first_stage_model.post_quant_conv.bias.fill_(65000.0)
+        m.first_stage_model.post_quant_conv.weight.mul_(1000)
+    return m, z
+
+
 def original_state_dict(model: LatentDiffusion, family: str, ema: bool = False) -> dict:
     """The model's weights in the reference checkpoint layout (what CompVis / Stability files hold).
 
