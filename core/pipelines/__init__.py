@@ -35,12 +35,13 @@ from core.pipelines.images import RESIZE_MODES, load_image, load_mask, resize_im
 from core.pipelines.img2img import img2img
 from core.pipelines.infotext import infotext, parse_infotext, read_infotext, save_png
 from core.pipelines.inpaint import inpaint
+from core.pipelines.outpaint import outpaint
 from core.pipelines.progress import Progress
 from core.pipelines.txt2img import txt2img
 from core.pipelines.upscale import UpscalePlan, lanczos, plan_upscale, upscale
 from core.samplers import SamplingInterrupted, SamplingSettings
 
-__all__ = ["txt2img", "txt2img_hires", "HiresSettings", "img2img", "inpaint", "upscale", "lanczos",
+__all__ = ["txt2img", "txt2img_hires", "HiresSettings", "img2img", "inpaint", "outpaint", "upscale", "lanczos",
            "sample_unconditional", "sample_class", "sample_layout", "denoise", "denoise_batches", "plan_upscale",
            "UpscalePlan", "SamplingSettings",
            "capabilities", "Capabilities", "read_infotext", "parse_infotext", "infotext", "save_png",
