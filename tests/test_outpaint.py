@@ -9,6 +9,8 @@ import torch
 from PIL import Image
 
 from core import pipelines as P
+from core import save_model
+from core.generate import main
 from core.pipelines import parse_infotext
 from core.pipelines.masks import feather, mask_plan
 from core.pipelines.outpaint import OVERLAP_CELLS, _edge_canvas, outpaint_plan
@@ -179,3 +181,26 @@ def test_a_zero_mask_value_keeps_the_latent_and_the_pixels():
         assert torch.equal(z, x0)
     with pytest.raises(ValueError, match="mask is empty"):
         P.inpaint(m, _photo(), Image.new("L", (64, 64), 0), "x", steps=1, soft_inpainting=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+
+def test_cli_outpaint_and_soft_inpainting(tmp_path, capsys):
+    model = save_model(tiny_model("sd2"), tmp_path / "tiny.safetensors", metadata={"ldm_studio_defaults": '{"steps": 1}'})
+    _photo().save(tmp_path / "in.png")
+    _stripes([0, 0.5, 1, 0]).save(tmp_path / "mask.png")
+    out = tmp_path / "out"
+    common = ["--model", str(model), "--image", str(tmp_path / "in.png"), "--outdir", str(out), "--quiet", "--seed", "1"]
+    assert main(["outpaint", *common, "--right", "32", "--top", "16", "--fill", "fill", "--soft-inpainting"]) == 0
+    assert main(["inpaint", *common, "--mask", str(tmp_path / "mask.png"), "--soft-inpainting"]) == 0
+    first, second = capsys.readouterr().out.split()
+    with Image.open(first) as im:
+        assert im.size == (96, 80)
+    grown = P.read_infotext(first)
+    assert (grown["outpaint"], grown["outpaint_fill"], grown["soft_inpainting"]) == ("right 32 top 16", "fill", True)
+    assert P.read_infotext(second)["soft_inpainting"] is True
+    assert main(["outpaint", *common, "--right", "20"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: right 20 is not a multiple of 16") and "\n" not in err
