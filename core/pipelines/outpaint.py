@@ -51,17 +51,12 @@ def outpaint(m, image, prompt="", negative_prompt="", *, left=0, right=0, top=0,
     """
     # 1. Resolve: the sides, the fill, the band, and the result's size.
     caps = capabilities(m).require("inpaint")
-    sides = _check_sides(caps.grid, left=left, right=right, top=top, bottom=bottom)
     fill = _choice("fill", "edge" if fill is None else fill, OUTPAINT_FILLS)
     if "mask_blur" in options or "masked_content" in options:
         raise ValueError("outpainting blends its overlap band instead of a mask blur, and starts the new "
                          "area from `fill`; leave mask_blur and masked_content out.")
     picture = load_image(image)
-    width, height = picture.width + sides["left"] + sides["right"], picture.height + sides["top"] + sides["bottom"]
-    limit = MAX_UPSCALE_SIDE if max_side is None else whole_number("max_side", max_side, 1)
-    if max(width, height) > limit:
-        raise ValueError(f"outpainting {picture.width}x{picture.height} by {_sides_text(sides)} px gives "
-                         f"{width}x{height} px; at most {limit} px per side (--max-size). Grow it by less.")
+    sides = check_sides(caps, picture.size, left=left, right=right, top=top, bottom=bottom, max_side=max_side)
     overlap = OVERLAP_CELLS * caps.factor if overlap is None else whole_number("overlap", overlap)
     overlap = min(overlap, min(picture.size) // 2)              # a band at most half the picture deep
 
@@ -77,7 +72,13 @@ def outpaint(m, image, prompt="", negative_prompt="", *, left=0, right=0, top=0,
                    **options)
 
 
-def _check_sides(grid: int, **sides) -> dict:
+def check_sides(caps, size: tuple[int, int], *, left=0, right=0, top=0, bottom=0, max_side=None) -> dict:
+    """{"left", "right", "top", "bottom"} px for growing a picture of `size` = (w, h) on a model of
+    capabilities `caps`: whole multiples of caps.grid, not all 0, the result within `max_side` (the
+    app's --max-size; default 16384). A ValueError says what to give instead. (The app checks
+    with this before loading anything.)"""
+    grid = caps.grid
+    sides = dict(left=left, right=right, top=top, bottom=bottom)
     for name, value in sides.items():
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise ValueError(f"{name} must be a whole number of pixels; got {value!r}.")
@@ -90,7 +91,13 @@ def _check_sides(grid: int, **sides) -> dict:
                              f"cells through every UNet level); nearest: {nearest}.")
     if not any(sides.values()):
         raise ValueError("nothing to outpaint: give left, right, top or bottom a number of pixels.")
-    return {name: int(sides[name]) for name in SIDES}
+    sides = {name: int(sides[name]) for name in SIDES}
+    width, height = size[0] + sides["left"] + sides["right"], size[1] + sides["top"] + sides["bottom"]
+    limit = MAX_UPSCALE_SIDE if max_side is None else whole_number("max_side", max_side, 1)
+    if max(width, height) > limit:
+        raise ValueError(f"outpainting {size[0]}x{size[1]} by {_sides_text(sides)} px gives {width}x{height} px; "
+                         f"at most {limit} px per side (--max-size). Grow it by less.")
+    return sides
 
 
 def _sides_text(sides: dict) -> str:
