@@ -43,7 +43,7 @@ def outpaint(studio: Studio, prompt: str = "", image: dict | None = None, negati
     """Grow the picture of `image` (the editor value {"background": image, ...}; its strokes are not
     used) by left/right/top/bottom pixels, multiples of the model's grid, and paint the new area
     following the prompt. fill: edge, fill, latent noise, latent nothing. overlap: the blended band
-    inside the original, px (empty: 4 latent cells). width/height: the processing size of "only
+    inside the original, px (0 or empty: 4 latent cells). width/height: the processing size of "only
     masked" (the whole canvas runs at its own size). Returns the larger images and their parameters."""
     entry = studio.models.entry(TAB, model)
     if not image or image.get("background") is None:
@@ -54,7 +54,7 @@ def outpaint(studio: Studio, prompt: str = "", image: dict | None = None, negati
                            (("left", left), ("right", right), ("top", top), ("bottom", bottom))})
     options = sampling_options(sampler, karras, steps, guidance_scale, seed)
     (n, batch_size), strength = check_batch(batch_count, batch_size), check_strength(float(strength))
-    band = None if overlap is None or overlap == "" else pixels(overlap, "Overlap")
+    band = optional_int(overlap, "Overlap band")                     # 0 / empty: 4 latent cells
     size = dict(width=optional_int(width, "Width"), height=optional_int(height, "Height")) \
         if inpaint_area == "only_masked" else {}
 
@@ -91,8 +91,7 @@ def build_controls() -> SimpleNamespace:
                      for side in ("left", "right", "top", "bottom")}
         with gr.Row():
             fill = gr.Radio(FILLS, value="edge", label="New area starts from", scale=3)
-            overlap = gr.Number(None, label="Overlap band, px (empty: 4 latent cells)", precision=0,
-                                scale=2)
+            overlap = gr.Number(0, label="Overlap band, px (0: 4 latent cells)", precision=0, scale=2)
         gr.Markdown("Sides are multiples of the model's grid (VAE factor x UNet down-sampling: 64 px for "
                     "Stable Diffusion). The band inside the original is repainted and blended; the rest of "
                     "the picture is kept exactly.")
