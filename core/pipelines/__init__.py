@@ -21,7 +21,8 @@ threading.Event): a stopped run raises core.samplers.SamplingInterrupted with `.
 images finished before the stop) and `.partial` (the interrupted ones, decoded from their latest
 estimate). n images run in UNet batches of `batch_size`; image i depends only on its seed.
 
-Files: txt2img.py (and the generic noise -> image pipeline), hires.py (hires fix), img2img.py, inpaint.py, upscale.py,
+Files: txt2img.py (and the generic noise -> image pipeline), hires.py (hires fix), img2img.py, inpaint.py,
+outpaint.py, upscale.py,
 conditional.py (unconditional / class / layout); denoise.py, tiling.py, generation.py (seeds,
 decode, record), conditioning.py, defaults.py; images.py, masks.py, color.py, infotext.py,
 progress.py; vae.py, tiled_vae.py, tiles.py, memory.py.

