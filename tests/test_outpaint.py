@@ -192,7 +192,8 @@ def test_cli_outpaint_and_soft_inpainting(tmp_path, capsys):
     _photo().save(tmp_path / "in.png")
     _stripes([0, 0.5, 1, 0]).save(tmp_path / "mask.png")
     out = tmp_path / "out"
-    common = ["--model", str(model), "--image", str(tmp_path / "in.png"), "--outdir", str(out), "--quiet", "--seed", "1"]
+    common = ["--model", str(model), "--image", str(tmp_path / "in.png"), "--outdir", str(out), "--quiet", "--seed", "1",
+              "--prompt", "x"]
     assert main(["outpaint", *common, "--right", "32", "--top", "16", "--fill", "fill", "--soft-inpainting"]) == 0
     assert main(["inpaint", *common, "--mask", str(tmp_path / "mask.png"), "--soft-inpainting"]) == 0
     first, second = capsys.readouterr().out.split()
