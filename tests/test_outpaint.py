@@ -188,12 +188,13 @@ def test_a_zero_mask_value_keeps_the_latent_and_the_pixels():
 # ---------------------------------------------------------------------------------------------
 
 def test_cli_outpaint_and_soft_inpainting(tmp_path, capsys):
-    model = save_model(tiny_model("sd2"), tmp_path / "tiny.safetensors", metadata={"ldm_studio_defaults": '{"steps": 1}'})
+    model = save_model(tiny_model("sd2"), tmp_path / "tiny.safetensors",
+                       metadata={"ldm_studio_defaults": '{"steps": 1}'})
     _photo().save(tmp_path / "in.png")
     _stripes([0, 0.5, 1, 0]).save(tmp_path / "mask.png")
     out = tmp_path / "out"
-    common = ["--model", str(model), "--image", str(tmp_path / "in.png"), "--outdir", str(out), "--quiet", "--seed", "1",
-              "--prompt", "x"]
+    common = ["--model", str(model), "--image", str(tmp_path / "in.png"), "--outdir", str(out), "--quiet",
+              "--seed", "1", "--prompt", "x"]
     assert main(["outpaint", *common, "--right", "32", "--top", "16", "--fill", "fill", "--soft-inpainting"]) == 0
     assert main(["inpaint", *common, "--mask", str(tmp_path / "mask.png"), "--soft-inpainting"]) == 0
     first, second = capsys.readouterr().out.split()
