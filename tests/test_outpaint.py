@@ -68,6 +68,21 @@ def test_repeated_outpainting_grows_the_picture_on_every_side(sd2):
     assert np.array_equal(np.asarray(again)[:48 - band], np.asarray(grown)[:48 - band])
 
 
+def test_outpaint_only_masked_runs_around_the_new_area_at_the_model_size(sd2):
+    image = _photo(256, 64)
+    sides = []
+    hook = sd2.model.diffusion_model.register_forward_hook(lambda mod, args, out: sides.append(args[0].shape[-2:]))
+    try:
+        out = P.outpaint(sd2, image, "x", right=32, overlap=8, inpaint_area="only_masked", padding=8, width=64,
+                         height=64, steps=1, seed=0)[0]
+    finally:
+        hook.remove()
+    assert out.size == (288, 64) and set(sides) == {(8, 8)}                  # 64 px at f = 8, not 288 x 64
+    assert _diff(out.crop((0, 0, 248, 64)), image.crop((0, 0, 248, 64))).max() == 0
+    info = out.info["ldm_studio"]
+    assert info["inpaint_area"] == "Only masked" and info["border_delta_e"] is not None
+
+
 @pytest.mark.parametrize("fill", ["edge", "fill", "latent noise", "latent_nothing"])
 def test_outpaint_fills(sd2, fill):
     out = P.outpaint(sd2, _photo(32, 32), "x", bottom=16, fill=fill, steps=1, seed=0)[0]
