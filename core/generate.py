@@ -4,6 +4,7 @@
         --prompt "a large red circle in the center on a white background" --n 4 --seed 1
     python -m core.generate img2img --model M --image in.png --prompt "..." --strength 0.6
     python -m core.generate inpaint --model M --image in.png --mask mask.png --prompt "..."
+    python -m core.generate outpaint --model M --image in.png --right 64 --prompt "..."
     python -m core.generate upscale --model weights/shapes-sr.safetensors --image small.png
     python -m core.generate class --model cin256-v2.ckpt --config cin256-v2.yaml --class-label 207
     python -m core.generate layout --model M --layout boxes.json      # [[class_id, x0, y0, x1, y1], ...]
@@ -73,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core.generate", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True,
-                                metavar="{txt2img,img2img,inpaint,upscale,class,uncond,layout,semantic}")
+                                metavar="{txt2img,img2img,inpaint,outpaint,upscale,class,uncond,layout,semantic}")
 
     p = sub.add_parser("txt2img", help="text to image")
     _common(p)
@@ -120,6 +121,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=None, help="only_masked: processing height")
     p.add_argument("--no-color-match", dest="color_match", action="store_false",
                    help="do not correct the colour shift measured around the mask")
+    p.add_argument("--soft-inpainting", action="store_true",
+                   help="keep the mask fractional: grey = a partial change, the blur a real transition")
+
+    p = sub.add_parser("outpaint", help="grow the canvas and paint the new area")
+    _common(p)
+    _networks(p)
+    p.add_argument("--image", required=True, help="input image")
+    for side in ("left", "right", "top", "bottom"):
+        p.add_argument(f"--{side}", type=int, default=0, help=f"pixels added on the {side} (a multiple of the grid)")
+    p.add_argument("--fill", choices=["edge", "fill", "latent_noise", "latent_nothing"], default="edge",
+                   help="what the new area starts from (edge: the border colours extended)")
+    p.add_argument("--overlap", type=int, default=None, help="blended band inside the original, px "
+                   "(default 4 latent cells)")
+    p.add_argument("--strength", type=float, default=1.0, help="fraction of the schedule run (1 = from noise)")
+    p.add_argument("--inpaint-area", choices=["whole", "only_masked"], default="whole",
+                   help="process the whole canvas, or a crop around the new area at the model's size")
+    p.add_argument("--padding", type=int, default=32, help="only_masked: pixels of context around the new area")
+    p.add_argument("--soft-inpainting", action="store_true", help="the band's weight also drives the latent blend")
 
     p = sub.add_parser("upscale", help="super-resolution, tiled to any size")
     _common(p, count=False)
@@ -211,7 +230,7 @@ def _run(args, stop: threading.Event, bar: ProgressBar) -> list:
                   eta=args.eta, vae_tile=args.vae_tile, callback=bar, should_stop=stop,
                   guidance_scale=args.guidance_scale)
     many = dict(n=args.n, batch_size=args.batch_size) if args.command != "upscale" else {}
-    if args.command in ("txt2img", "img2img", "inpaint"):
+    if args.command in ("txt2img", "img2img", "inpaint", "outpaint"):
         many.update(lora_dir=args.lora_dir, embeddings_dir=args.embeddings_dir)   # the prompt's folders
     if args.command == "txt2img" and args.hires:
         return _hires(args, m, device, dtype, many, common)
@@ -227,7 +246,12 @@ def _run(args, stop: threading.Event, bar: ProgressBar) -> list:
                                  strength=args.strength, mask_blur=args.mask_blur, inpaint_area=args.inpaint_area,
                                  padding=args.padding, masked_content=args.masked_content,
                                  width=args.width, height=args.height, color_match=args.color_match,
-                                 **many, **common)
+                                 soft_inpainting=args.soft_inpainting, **many, **common)
+    if args.command == "outpaint":
+        return pipelines.outpaint(m, args.image, args.prompt, args.negative_prompt, left=args.left, right=args.right,
+                                  top=args.top, bottom=args.bottom, fill=args.fill, overlap=args.overlap,
+                                  strength=args.strength, inpaint_area=args.inpaint_area, padding=args.padding,
+                                  soft_inpainting=args.soft_inpainting, **many, **common)
     if args.command == "upscale":
         return [pipelines.upscale(m, args.image, tile=args.tile, overlap=args.overlap, prompt=args.prompt,
                                   negative_prompt=args.negative_prompt, noise_level=args.noise_level,

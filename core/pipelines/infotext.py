@@ -58,6 +58,10 @@ PARAMETERS = [
     ("Inpaint area", "inpaint_area", str),
     ("Masked area padding", "padding", int),
     ("Masked content", "masked_content", str),
+    ("Soft inpainting enabled", "soft_inpainting", bool),      # A1111's label (PR 14208)
+    ("Outpaint", "outpaint", str),                 # the sides grown, in px: "left 64 right 64"
+    ("Outpaint fill", "outpaint_fill", str),
+    ("Outpaint overlap", "outpaint_overlap", int),
     ("Tile size", "tile", int),
     ("Tile overlap", "overlap", int),
     ("Upscale", "upscale", float),
@@ -193,7 +197,11 @@ def _typed(label: str, value: str, out: dict) -> None:
     elif label in _BY_LABEL:
         key, kind = _BY_LABEL[label]
         try:
-            if kind is int:
+            if kind is bool:
+                if value.strip() not in ("True", "False"):
+                    raise ValueError(value)
+                out[key] = value.strip() == "True"
+            elif kind is int:
                 out[key] = int(value)
             elif kind is float:
                 out[key] = float(value)
