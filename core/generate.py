@@ -8,6 +8,7 @@
     python -m core.generate class --model cin256-v2.ckpt --config cin256-v2.yaml --class-label 207
     python -m core.generate layout --model M --layout boxes.json      # [[class_id, x0, y0, x1, y1], ...]
     python -m core.generate uncond --model M --n 4
+    python -m core.generate txt2img --model M --prompt "..." --width 256 --height 256   # tiled above native
     python -m core.generate txt2img --help
 
 Files are named NNNNN-SEED.png in --outdir (default outputs/YYYY-MM-DD/), numbered after the
@@ -158,6 +159,9 @@ def _networks(p: argparse.ArgumentParser) -> None:
 def _size(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, default=None, help="pixels, a multiple of the model's grid")
     p.add_argument("--height", type=int, default=None, help="pixels, a multiple of the model's grid")
+    p.add_argument("--native-tiling", action=argparse.BooleanOptionalAction, default=True,
+                   help="above the model's native size, denoise the whole image in overlapping tiles of the "
+                        "native size blended every step (default; --no-native-tiling: in one piece)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,7 +216,7 @@ def _run(args, stop: threading.Event, bar: ProgressBar) -> list:
         return _hires(args, m, device, dtype, many, common)
     if args.command == "txt2img":
         return pipelines.txt2img(m, args.prompt, args.negative_prompt, width=args.width, height=args.height,
-                                 **many, **common)
+                                 native_tiling=args.native_tiling, **many, **common)
     if args.command == "img2img":
         return pipelines.img2img(m, args.image, args.prompt, args.strength, args.negative_prompt,
                                  width=args.width, height=args.height, resize_mode=args.resize_mode,
@@ -228,7 +232,7 @@ def _run(args, stop: threading.Event, bar: ProgressBar) -> list:
                                   negative_prompt=args.negative_prompt, noise_level=args.noise_level,
                                   back_projection=args.back_projection, scale=args.scale,
                                   tile_batch=args.tile_batch, **common)]
-    size = dict(width=args.width, height=args.height)
+    size = dict(width=args.width, height=args.height, native_tiling=args.native_tiling)
     if args.command == "class":
         return pipelines.sample_class(m, args.class_label, **size, **many, **common)
     if args.command == "layout":
@@ -250,7 +254,8 @@ def _hires(args, m, device, dtype, many: dict, common: dict) -> list:
                                     args.hires_negative_prompt, args.hires_sampler)
     del common["eta"]
     return pipelines.txt2img_hires(m, args.prompt, hires, args.negative_prompt, width=args.width,
-                                   height=args.height, sr_model=sr_model, **many, **common)
+                                   height=args.height, sr_model=sr_model, native_tiling=args.native_tiling,
+                                   **many, **common)
 
 
 def _read_layout(path: str) -> list:
