@@ -237,9 +237,6 @@ def _run(args, stop: threading.Event, bar: ProgressBar) -> list:
         return pipelines.sample_class(m, args.class_label, **size, **many, **common)
     if args.command == "layout":
         return pipelines.sample_layout(m, _read_layout(args.layout), **size, **many, **common)
-    if args.guidance_scale not in (None, 1.0):
-        raise ValueError("an unconditional model has nothing to guide towards; leave --cfg-scale out.")
-    del common["guidance_scale"]
     return pipelines.sample_unconditional(m, **size, **many, **common)
 
 

@@ -25,10 +25,15 @@ def class_names(model_or_config) -> tuple[str, ...] | None:
     return tuple(" ".join(class_words(i)) for i in range(SHAPES_CLASSES))
 
 
-def sample_unconditional(m, n=1, steps=None, sampler=None, seed=None, width=None, height=None, **options):
+def sample_unconditional(m, n=1, steps=None, sampler=None, seed=None, width=None, height=None, *,
+                         guidance_scale=None, **options):
     """n samples of an unconditional model (CelebA-HQ, LSUN ... LDMs), one PIL image per seed.
-    options: batch_size, eta, karras, vae_tile, callback, should_stop, output (as txt2img)."""
+    guidance_scale: None or 1 (there is nothing to guide towards). options: batch_size, eta, karras,
+    vae_tile, callback, should_stop, output, native_tiling (as txt2img)."""
     capabilities(m).require("unconditional")
+    if guidance_scale not in (None, 1, 1.0):
+        raise ValueError(f"an unconditional model has nothing to guide towards, so guidance_scale must be 1 "
+                         f"(or left out); got {guidance_scale!r}.")
     return sample_images(m, "unconditional", None, None, {}, n, seed, steps, sampler, None, width, height, **options)
 
 
