@@ -183,6 +183,8 @@ SLOW_MODULES = {
     "test_browser.py": "headless Chromium against a live app.py",
     "test_browser_send.py": "headless Chromium against a live app.py",
     "test_browser_tabs.py": "headless Chromium against a live app.py",
+    "test_browser_classgen.py": "headless Chromium against a live app.py",
+    "test_classgen_api.py": "gradio_client against a live app.py",
     "test_train_api.py": "training runs started through a live app.py",
     "test_train_tab.py": "training runs in the Train tab",
     "test_app_api.py": "gradio_client against a live app.py",

@@ -24,7 +24,7 @@ FIELDS = ("prompt", "negative_prompt", "model", "sampler", "karras", "steps", "g
           "width", "height", "strength", "class_label", "native_tiling")
 DESCRIPTIVE = {"model_hash", "version", "rng", "task", "eta", "class_name", "tiled_diffusion"}
 MAX_SIZE_OVER_NATIVE = 4        # a size over 4x the model's native side is "beyond the model"
-LABELS = {"strength": "Denoising strength", "guidance_scale": "CFG scale"}
+LABELS = {"strength": "Denoising strength", "guidance_scale": "CFG scale", "class_label": "Class"}
 
 
 def picture_parameters(path: str | None) -> dict:
