@@ -18,10 +18,12 @@ from ui.studio import Studio
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
     root = tmp_path_factory.mktemp("classgen")
-    for name, family in (("shapes", "shapes_class"), ("cin", "ldm_class"), ("uncond", "ldm_uncond"), ("txt", "sd2")):
+    families = (("shapes", "shapes_class"), ("cin", "ldm_class"), ("uncond", "ldm_uncond"), ("txt", "sd2"))
+    for name, family in families:
         save_model(tiny_model(family), root / "weights" / f"{name}.safetensors",
                    metadata={"ldm_studio_defaults": '{"steps": 2}'})
-    return Studio.create(AppSettings(weights_dir=root / "weights", outputs_dir=root / "outputs", runs_dir=root / "runs"))
+    settings = AppSettings(weights_dir=root / "weights", outputs_dir=root / "outputs", runs_dir=root / "runs")
+    return Studio.create(settings)
 
 
 def _run(handler_output):
@@ -86,8 +88,9 @@ def test_send_takes_the_class_and_the_tiling_choice(studio):
 
 
 def test_cli_class_errors(tmp_path, capsys):
-    shapes = save_model(tiny_model("shapes_class"), tmp_path / "s.safetensors", metadata={"ldm_studio_defaults": '{"steps": 1}'})
-    uncond = save_model(tiny_model("ldm_uncond"), tmp_path / "u.safetensors", metadata={"ldm_studio_defaults": '{"steps": 1}'})
+    meta = {"ldm_studio_defaults": '{"steps": 1}'}
+    shapes = save_model(tiny_model("shapes_class"), tmp_path / "s.safetensors", metadata=meta)
+    uncond = save_model(tiny_model("ldm_uncond"), tmp_path / "u.safetensors", metadata=meta)
     out = ["--quiet", "--outdir", str(tmp_path / "out"), "--device", "cpu"]
     assert main(["class", "--model", str(shapes), "--class-label", "30", *out]) == 2
     assert "class_label must be in [0, 23]" in capsys.readouterr().err

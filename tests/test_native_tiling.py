@@ -99,7 +99,8 @@ def test_seam_metric_sees_hard_tiles_and_the_blend_removes_them():
 
 def test_cli_tiles_above_native_and_can_turn_it_off(tmp_path, capsys):
     from core import save_model
-    path = save_model(tiny_model("ldm_uncond"), tmp_path / "u.safetensors", metadata={"ldm_studio_defaults": '{"steps": 2}'})
+    path = save_model(tiny_model("ldm_uncond"), tmp_path / "u.safetensors",
+                      metadata={"ldm_studio_defaults": '{"steps": 2}'})
     for flag, want in (([], "32 px tiles overlapping 16 px"), (["--no-native-tiling"], "off")):
         assert main(["uncond", "--model", str(path), "--width", "64", "--height", "64", "--seed", "1", "--quiet",
                      "--outdir", str(tmp_path / "out"), "--device", "cpu", *flag]) == 0

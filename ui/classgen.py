@@ -14,7 +14,7 @@ import gradio as gr
 
 from core import pipelines
 from core.pipelines.conditional import class_count, class_names
-from ui.controls import (check_batch, interrupt, model_picker, optional_int, results_panel, sampling_controls,
+from ui.controls import (check_batch, interrupt, model_picker, optional_int, results_with_sends, sampling_controls,
                          sampling_options, wire_model_controls)
 from ui.errors import user_errors
 from ui.follow import pipeline_progress, resume, run_job
@@ -116,11 +116,7 @@ def build(studio: Studio, demo: gr.Blocks, job: gr.BrowserState) -> SimpleNamesp
             note = gr.Markdown("", elem_classes=["ldm-class-note"])
             controls = sampling_controls(tiling=True)
         with gr.Column(scale=1):
-            results = results_panel()
-            with gr.Row():
-                to_img2img = gr.Button("Send to image to image", size="sm")
-                to_inpaint = gr.Button("Send to inpaint", size="sm")
-                to_upscale = gr.Button("Send to upscale", size="sm")
+            results, to_img2img, to_inpaint, to_upscale = results_with_sends()
 
     gr.on([generate.click], partial(classgen, studio),
           inputs_kwargs={"class_label": number, "model": picker, **controls.inputs()},

@@ -210,6 +210,17 @@ def results_panel(label: str = "Images") -> Results:
     return Results(gallery, info, selected)
 
 
+def results_with_sends() -> tuple[Results, gr.Button, gr.Button, gr.Button]:
+    """The results panel of a noise-to-image tab with its "Send to" buttons under it (image to image,
+    inpaint, upscale; wired in ui/send.py)."""
+    results = results_panel()
+    with gr.Row():
+        to_img2img = gr.Button("Send to image to image", size="sm")
+        to_inpaint = gr.Button("Send to inpaint", size="sm")
+        to_upscale = gr.Button("Send to upscale", size="sm")
+    return results, to_img2img, to_inpaint, to_upscale
+
+
 def sampling_options(sampler, karras, steps, guidance_scale, seed) -> dict:
     """The sampling keywords of core.pipelines from the shared controls (None = the model's default);
     `sampler` is a key ("dpmpp_2m") or a display name ("DPM++ 2M Karras", which also sets karras)."""

@@ -10,7 +10,7 @@ import gradio as gr
 
 from core import pipelines
 from core.lora import network_folders
-from ui.controls import (check_batch, interrupt, model_picker, optional_int, prompt_row, results_panel,
+from ui.controls import (check_batch, interrupt, model_picker, optional_int, prompt_row, results_with_sends,
                          sampling_controls, sampling_options, wire_model_controls)
 from ui.hires import hires_controls, hires_request
 from ui.errors import user_errors
@@ -66,11 +66,7 @@ def build(studio: Studio, demo: gr.Blocks, job: gr.BrowserState) -> SimpleNamesp
             controls = sampling_controls(tiling=True)
             hires = hires_controls(studio)
         with gr.Column(scale=1):
-            results = results_panel()
-            with gr.Row():
-                to_img2img = gr.Button("Send to image to image", size="sm")
-                to_inpaint = gr.Button("Send to inpaint", size="sm")
-                to_upscale = gr.Button("Send to upscale", size="sm")
+            results, to_img2img, to_inpaint, to_upscale = results_with_sends()
 
     gr.on([row.generate.click], partial(txt2img, studio),
           inputs_kwargs={"prompt": row.prompt, "negative_prompt": row.negative_prompt, "model": picker,
