@@ -53,6 +53,8 @@ PARAMETERS = [
     ("Class", "class_label", int),                 # "N (name)" when the class has a name (class_name)
     ("Tiled diffusion", "tiled_diffusion", str),   # above the native size: "64 px tiles overlapping 32 px" / "off"
     ("Layout", "layout", "json"),
+    ("Segmentation hash", "segmentation_hash", str),   # semantic synthesis: sha256 of the one-hot map, 10 digits
+    ("Segmentation classes", "segmentation_classes", "json"),
     ("Mask blur", "mask_blur", int),
     ("Inpaint area", "inpaint_area", str),
     ("Masked area padding", "padding", int),

@@ -27,7 +27,7 @@ from core.models.diffusion import LatentDiffusion
 from core.samplers import sample
 from core.train.checkpoint import (capture_rng, first_stage_state_dict, load_checkpoint, restore_rng, save_checkpoint,
                                    trained_state_dict)
-from core.train.config import RunConfig
+from core.train.config import RunConfig, config_dict
 from core.train.data import DataConfig, TrainData
 from core.train.ema import EMA
 from core.train.latents import LatentSource, encode_batch
@@ -53,6 +53,12 @@ def init_from_ldm(model: LatentDiffusion, path) -> None:
     begins as the text-to-image model."""
     sd = {k: v.float() for k, v in trained_state_dict(path).items()}
     own = model.state_dict()
+    if _conditioner_keys(sd) != _conditioner_keys(own):
+        # Another conditioning (text model -> layout model): the UNet and the first stage start from
+        # the file, the new conditioning encoder from scratch.
+        sd = {k: v for k, v in sd.items() if not k.startswith("cond_stage_model.")}
+        sd.update({k: v for k, v in own.items() if k.startswith("cond_stage_model.")})
+        log.info("init_from: %s has another conditioning encoder; it starts from scratch", path)
     missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
     if missing or unexpected:
         raise ValueError(f"init_from {path}: the model does not match this config ({len(missing)} missing keys, "
@@ -71,6 +77,10 @@ def init_from_ldm(model: LatentDiffusion, path) -> None:
             raise ValueError(f"init_from {path}: {key} has shape {tuple(value.shape)}, this config needs "
                              f"{tuple(own[key].shape)}")
     model.load_state_dict(sd, strict=True)
+
+
+def _conditioner_keys(state_dict: dict) -> set:
+    return {k for k in state_dict if k.startswith("cond_stage_model.")}
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,7 +241,7 @@ def train_ldm(cfg: RunConfig, run: RunFolder, rt: Runtime, resume: bool = False,
         if not rt.is_main:
             return
         save_checkpoint({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                         "scaler": scaler.state_dict(), "step": step, "config": cfg.raw, "rng": capture_rng(),
+                         "scaler": scaler.state_dict(), "step": step, "config": config_dict(cfg), "rng": capture_rng(),
                          "data_position": step * tc.grad_accum * tc.batch_size * rt.world_size,
                          "wall_time_s": wall_time, "commands": commands, "metrics": last_metrics,
                          "machine": machine(rt)},
