@@ -10,6 +10,7 @@
     python -m core.generate layout --model M --layout boxes.json      # [[class_id, x0, y0, x1, y1], ...]
     python -m core.generate uncond --model M --n 4
     python -m core.generate semantic --model M --config semantic_synthesis256.yaml --segmentation labels.png
+    python -m core.generate txt2img --model M --prompt "..." --width 256 --height 256   # tiled above native
     python -m core.generate txt2img --help
 
 Files are named NNNNN-SEED.png in --outdir (default outputs/YYYY-MM-DD/), numbered after the
@@ -182,6 +183,9 @@ def _networks(p: argparse.ArgumentParser) -> None:
 def _size(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, default=None, help="pixels, a multiple of the model's grid")
     p.add_argument("--height", type=int, default=None, help="pixels, a multiple of the model's grid")
+    p.add_argument("--native-tiling", action=argparse.BooleanOptionalAction, default=True,
+                   help="above the model's native size, denoise the whole image in overlapping tiles of the "
+                        "native size blended every step (default; --no-native-tiling: in one piece)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,7 +240,7 @@ def _run(args, stop: threading.Event, bar: ProgressBar) -> list:
         return _hires(args, m, device, dtype, many, common)
     if args.command == "txt2img":
         return pipelines.txt2img(m, args.prompt, args.negative_prompt, width=args.width, height=args.height,
-                                 **many, **common)
+                                 native_tiling=args.native_tiling, **many, **common)
     if args.command == "img2img":
         return pipelines.img2img(m, args.image, args.prompt, args.strength, args.negative_prompt,
                                  width=args.width, height=args.height, resize_mode=args.resize_mode,
@@ -257,16 +261,17 @@ def _run(args, stop: threading.Event, bar: ProgressBar) -> list:
                                   negative_prompt=args.negative_prompt, noise_level=args.noise_level,
                                   back_projection=args.back_projection, scale=args.scale,
                                   tile_batch=args.tile_batch, **common)]
-    size = dict(width=args.width, height=args.height) if args.command != "semantic" else {}   # semantic: the map's
+    size = {} if args.command == "semantic" else dict(width=args.width, height=args.height,   # semantic: the map's
+                                                      native_tiling=args.native_tiling)
     if args.command == "class":
         return pipelines.sample_class(m, args.class_label, **size, **many, **common)
     if args.command == "layout":
         return pipelines.sample_layout(m, _read_layout(args.layout), **size, **many, **common)
-    if args.guidance_scale not in (None, 1.0):
-        raise ValueError(f"{'a semantic-synthesis' if args.command == 'semantic' else 'an unconditional'} model "
-                         "has no unconditional branch to guide against; leave --cfg-scale out.")
-    del common["guidance_scale"]
     if args.command == "semantic":
+        if args.guidance_scale not in (None, 1.0):
+            raise ValueError("a semantic-synthesis model has no unconditional branch to guide against; "
+                             "leave --cfg-scale out.")
+        del common["guidance_scale"]
         return pipelines.sample_semantic(m, args.segmentation, **many, **common)
     return pipelines.sample_unconditional(m, **size, **many, **common)
 
@@ -282,7 +287,8 @@ def _hires(args, m, device, dtype, many: dict, common: dict) -> list:
                                     args.hires_negative_prompt, args.hires_sampler)
     del common["eta"]
     return pipelines.txt2img_hires(m, args.prompt, hires, args.negative_prompt, width=args.width,
-                                   height=args.height, sr_model=sr_model, **many, **common)
+                                   height=args.height, sr_model=sr_model, native_tiling=args.native_tiling,
+                                   **many, **common)
 
 
 def _read_layout(path: str) -> list:

@@ -38,6 +38,10 @@ TINY_WEIGHTS = {
     "tiny-inpaint.safetensors": ("sd2_inpaint", {"sampler": "ddim", "steps": STEPS, "guidance_scale": 3.0,
                                                  "width": 64, "height": 64}),
     "tiny-sr.safetensors": ("ldm_sr", {"sampler": "ddim", "steps": STEPS, "guidance_scale": 1.0, "eta": 1.0}),
+    "tiny-class.safetensors": ("shapes_class", {"sampler": "ddim", "steps": STEPS, "guidance_scale": 3.0,
+                                                "width": 32, "height": 32}),
+    "tiny-uncond.safetensors": ("ldm_uncond", {"sampler": "ddim", "steps": STEPS, "guidance_scale": 1.0,
+                                               "width": 32, "height": 32}),
 }
 
 
@@ -179,6 +183,8 @@ SLOW_MODULES = {
     "test_browser.py": "headless Chromium against a live app.py",
     "test_browser_send.py": "headless Chromium against a live app.py",
     "test_browser_tabs.py": "headless Chromium against a live app.py",
+    "test_browser_classgen.py": "headless Chromium against a live app.py",
+    "test_classgen_api.py": "gradio_client against a live app.py",
     "test_train_api.py": "training runs started through a live app.py",
     "test_train_tab.py": "training runs in the Train tab",
     "test_app_api.py": "gradio_client against a live app.py",
