@@ -183,9 +183,9 @@ def _networks(p: argparse.ArgumentParser) -> None:
 def _size(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, default=None, help="pixels, a multiple of the model's grid")
     p.add_argument("--height", type=int, default=None, help="pixels, a multiple of the model's grid")
-    p.add_argument("--native-tiling", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--native-tiling", action=argparse.BooleanOptionalAction, default=False,
                    help="above the model's native size, denoise the whole image in overlapping tiles of the "
-                        "native size blended every step (default; --no-native-tiling: in one piece)")
+                        "native size blended every step (default: in one piece, as AUTOMATIC1111 does)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ def test_tab_fields_follow_the_model(studio):
 def test_handler_runs_both_kinds_and_refuses_guidance_without_a_null_class(studio):
     _, info, _ = _run(classgen(studio, 3, "cin.safetensors", seed=1))
     assert "Class: 3," in info and "CFG scale: 1" in info
-    _, info, _ = _run(classgen(studio, -1, "uncond.safetensors", seed=1, width=64, height=64))
+    _, info, _ = _run(classgen(studio, -1, "uncond.safetensors", seed=1, width=64, height=64, native_tiling=True))
     assert "Task: unconditional" in info and "Tiled diffusion: 32 px tiles overlapping 16 px" in info
     with pytest.raises(Exception, match="no null class"):
         _run(classgen(studio, 3, "cin.safetensors", guidance_scale=3.0))

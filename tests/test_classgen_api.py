@@ -32,15 +32,15 @@ def test_a_named_class_then_png_info_reads_it_back(client):
 
 
 def test_unconditional_and_larger_than_trained(client):
-    gallery, info, _ = client.predict(model=UNCOND, seed=3, width=64, height=32, api_name="/class")
+    gallery, info, _ = client.predict(model=UNCOND, seed=3, width=64, height=32, native_tiling=True, api_name="/class")
     params = read_infotext(_png(gallery[0]))
     assert params["task"] == "unconditional" and "class_label" not in params
     assert params["width"] == 64 and params["tiled_diffusion"] == "32 px tiles overlapping 16 px"
-    gallery, _, _ = client.predict(model=UNCOND, seed=3, width=64, height=32, native_tiling=False, api_name="/class")
-    assert read_infotext(_png(gallery[0]))["tiled_diffusion"] == "off"
-    gallery, _, _ = client.predict("a red circle", seed=2, width=128, height=64, native_tiling=False,
+    gallery, _, _ = client.predict(model=UNCOND, seed=3, width=64, height=32, api_name="/class")   # default: off
+    assert "tiled_diffusion" not in read_infotext(_png(gallery[0]))
+    gallery, _, _ = client.predict("a red circle", seed=2, width=128, height=64, native_tiling=True,
                                    api_name="/txt2img")
-    assert read_infotext(_png(gallery[0]))["tiled_diffusion"] == "off"
+    assert read_infotext(_png(gallery[0]))["tiled_diffusion"] == "32 px tiles overlapping 16 px"
 
 
 @pytest.mark.parametrize("kwargs, words", [

@@ -1,7 +1,8 @@
-"""Larger than trained (issue 16 §3): above a model's native size, text, class and unconditional
-sampling denoise the whole latent in overlapping tiles of the native size, blended every step
-(core/pipelines/tiling.py native_tiling); at the native size nothing changes; the choice is
-recorded ("Tiled diffusion") and can be turned off (native_tiling=False, --no-native-tiling)."""
+"""Larger than trained (issue 16 §3): asked to (native_tiling=True, --native-tiling; off by default,
+as in AUTOMATIC1111), text, class and unconditional sampling above a model's native size denoise
+the whole latent in overlapping tiles of the native size, blended every step
+(core/pipelines/tiling.py native_tiling); at the native size nothing changes; tiling is recorded
+("Tiled diffusion")."""
 import numpy as np
 import pytest
 import torch
@@ -37,14 +38,14 @@ def test_above_native_the_unet_sees_native_tiles_and_the_choice_is_recorded(fami
     caps = P.capabilities(m)
     native, tile = caps.native_size, caps.native_size // caps.factor
     big = dict(steps=2, seed=1, width=2 * native, height=native + caps.grid)
-    image, sides = _unet_sides(m, lambda: _sample(m, family, **big)[0])
+    image, sides = _unet_sides(m, lambda: _sample(m, family, native_tiling=True, **big)[0])
     assert sides == {(tile, tile)}                                           # every call: native-size tiles
     assert image.size == (big["width"], big["height"])
     recorded = P.read_infotext(image)["tiled_diffusion"]
     assert recorded == f"{native} px tiles overlapping {native // 2} px"
-    off, sides = _unet_sides(m, lambda: _sample(m, family, native_tiling=False, **big)[0])
+    off, sides = _unet_sides(m, lambda: _sample(m, family, **big)[0])                 # the default
     assert sides == {(big["height"] // caps.factor, big["width"] // caps.factor)}    # one piece
-    assert P.read_infotext(off)["tiled_diffusion"] == "off"
+    assert "tiled_diffusion" not in P.read_infotext(off)
     assert np.abs(np.asarray(off, np.float32) - np.asarray(image, np.float32)).mean() > 1
 
 
@@ -53,11 +54,11 @@ def test_at_native_size_nothing_changes(family):
     m = tiny_model(family)
     native = P.capabilities(m).native_size
     kw = dict(steps=2, seed=4, width=native, height=native // 2 if family == "sd2" else native)
-    on = _sample(m, family, **kw)[0]
-    off = _sample(m, family, native_tiling=False, **kw)[0]
+    on = _sample(m, family, native_tiling=True, **kw)[0]
+    off = _sample(m, family, **kw)[0]
     assert np.array_equal(np.asarray(on), np.asarray(off))
     assert "Tiled diffusion" not in on.info["parameters"] and "tiled_diffusion" not in P.read_infotext(on)
-    assert native_tiling(m, native, native) == (None, None)
+    assert native_tiling(m, native, native, True) == (None, None)
     with pytest.raises(ValueError, match="native_tiling must be True"):
         _sample(m, family, native_tiling="yes", **kw)
 
@@ -69,7 +70,7 @@ def test_tiled_large_image_has_no_seams():
     caps = P.capabilities(m)
     f, side = caps.factor, 2 * caps.native_size
     tile = caps.native_size // f
-    image = np.asarray(P.txt2img(m, "a red circle", steps=3, seed=2, width=side, height=side)[0])
+    image = np.asarray(P.txt2img(m, "a red circle", steps=3, seed=2, width=side, height=side, native_tiling=True)[0])
     tiles = overlapping_tiles(side // f, side // f, tile, tile // 2, caps.grid // f)
     edges = [t.x0 * f for t in tiles] + [t.x1 * f for t in tiles]
     assert seam_ratio(image, edges, edges, f) < 1.15
@@ -97,12 +98,12 @@ def test_seam_metric_sees_hard_tiles_and_the_blend_removes_them():
         seam_ratio(x[0].permute(1, 2, 0).numpy(), [], [], 4)
 
 
-def test_cli_tiles_above_native_and_can_turn_it_off(tmp_path, capsys):
+def test_cli_tiles_above_native_when_asked(tmp_path, capsys):
     from core import save_model
     path = save_model(tiny_model("ldm_uncond"), tmp_path / "u.safetensors",
                       metadata={"ldm_studio_defaults": '{"steps": 2}'})
-    for flag, want in (([], "32 px tiles overlapping 16 px"), (["--no-native-tiling"], "off")):
+    for flag, want in ((["--native-tiling"], "32 px tiles overlapping 16 px"), ([], None)):
         assert main(["uncond", "--model", str(path), "--width", "64", "--height", "64", "--seed", "1", "--quiet",
                      "--outdir", str(tmp_path / "out"), "--device", "cpu", *flag]) == 0
         written = capsys.readouterr().out.split()
-        assert P.read_infotext(written[0])["tiled_diffusion"] == want
+        assert P.read_infotext(written[0]).get("tiled_diffusion") == want

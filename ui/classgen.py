@@ -46,7 +46,7 @@ def class_request(entry, class_label) -> int | None:
 def classgen(studio: Studio, class_label: int = NO_CLASS, model: str | None = None, sampler: str | None = None,
              karras: bool = False, steps: int | None = None, guidance_scale: float | None = None, seed: int = -1,
              width: int | None = None, height: int | None = None, batch_count: int = 1, batch_size: int = 1,
-             native_tiling: bool = True, progress=gr.Progress()):
+             native_tiling: bool = False, progress=gr.Progress()):
     """Images of class `class_label` from a class-conditional model, or (class_label -1) samples of
     an unconditional model. Empty settings use the model's defaults; seed -1 is random; guidance is
     against the null class (models without one: CFG scale 1). native_tiling: above the model's

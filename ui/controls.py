@@ -96,7 +96,7 @@ def sampling_controls(size: bool = True, batch: bool = True, size_zero: str = "m
             width = gr.Number(None, label=f"Width (0: {size_zero})", precision=0, step=8)
             height = gr.Number(None, label=f"Height (0: {size_zero})", precision=0, step=8)
     if tiling:
-        native_tiling = gr.Checkbox(True, label="Tile above the model's native size",
+        native_tiling = gr.Checkbox(False, label="Tile above the model's native size",
                                     info="larger than trained: the whole image denoised in overlapping tiles of the "
                                          "training size, blended every step (off: in one piece)",
                                     elem_classes=["ldm-native-tiling"])

@@ -83,8 +83,8 @@ def received(studio: Studio, tab: str, params: dict, names: tuple[str, ...]) -> 
     entry = _model(studio, tab, params, notes) if "model" in names else None
     values = {k: params[k] for k in ("prompt", "negative_prompt", "steps", "guidance_scale", "seed", "strength",
                                      "class_label") if k in params}
-    if "tiled_diffusion" in params:                              # "off": made in one piece above the native size
-        values["native_tiling"] = params["tiled_diffusion"] != "off"
+    # recorded only when tiled ("64 px tiles overlapping 32 px"); "off" in files from before it was the default
+    values["native_tiling"] = params.get("tiled_diffusion", "off") != "off"
     values.update(_sampler(params, notes))
     if entry is not None:
         values["model"] = entry.name

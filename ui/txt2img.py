@@ -28,7 +28,7 @@ def txt2img(studio: Studio, prompt: str, negative_prompt: str = "", model: str |
             height: int | None = None, batch_count: int = 1, batch_size: int = 1, enable_hr: bool = False,
             hr_upscaler: str = "Latent", hr_scale: float = 2.0, hr_steps: int = 0, denoising_strength: float = 0.7,
             hr_resize_x: int = 0, hr_resize_y: int = 0, hr_prompt: str = "", hr_negative_prompt: str = "",
-            native_tiling: bool = True, progress=gr.Progress()):
+            native_tiling: bool = False, progress=gr.Progress()):
     """Generate images from a prompt. Empty settings use the model's defaults; seed -1 is random;
     batch_count x batch_size images, batch_size of them per UNet batch. enable_hr and the hr_* /
     denoising_strength fields: AUTOMATIC1111's hires fix (a second img2img pass at a larger size).

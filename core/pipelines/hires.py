@@ -74,7 +74,7 @@ class HiresSettings:
 def txt2img_hires(m, prompt, hires: HiresSettings, negative_prompt="", steps=None, guidance_scale=None,
                   sampler=None, seed=None, width=None, height=None, n=1, *, sr_model=None, batch_size=1,
                   karras=None, vae_tile=None, callback=None, should_stop=None, lora_dir=None,
-                  embeddings_dir=None, native_tiling=True) -> list:
+                  embeddings_dir=None, native_tiling=False) -> list:
     """txt2img with a hires-fix second pass; one PIL image per seed, at the hires size.
     Arguments as txt2img (native_tiling: the first pass's, above the model's native size); `hires`
     the second pass; `sr_model` a super-resolution model for hires.upscaler == "model"."""

@@ -7,8 +7,8 @@ outputs (eps or v) in the overlaps with linear ramps, so the sampler steps one c
 border weighting the same way, FACTS.md section 9). Peak memory is one tile batch's. Out of memory
 inside an evaluation halves the tile and redoes that evaluation (earlier steps stay valid).
 
-Larger than trained (`native_tiling`): text, class, layout and unconditional models asked for a size
-above their training size denoise the WHOLE latent with tiles of the training size, overlapping by
+Larger than trained (`native_tiling`, off by default): text, class, layout and unconditional models
+asked for a size above their training size can denoise the WHOLE latent with tiles of the training size, overlapping by
 half a tile and blended every step, so each UNet call sees the scale it learned while the sampler
 steps one image (the paper's Sec. 4.3.2 samples larger-than-trained images convolutionally, in one
 piece; MultiDiffusion's overlapping windows keep the objects at their trained scale).
@@ -53,18 +53,17 @@ def tiled(tile: int, overlap: int, align: int, state: TileState | None = None, t
     return wrap
 
 
-def native_tiling(m, width: int, height: int, enabled: bool = True):
+def native_tiling(m, width: int, height: int, enabled: bool = False):
     """(wrap, recorded) for noise-to-image sampling at width x height px: (None, None) up to the
-    model's native size (nothing changes there); above it, a tiling wrapper with tiles of the native
-    latent size overlapping by half a tile and the parameter recorded ("64 px tiles overlapping
-    32 px"); with enabled=False, (None, "off") (one piece, as the convolutional UNet allows)."""
+    model's native size (nothing changes there) and when not enabled (one piece, as the
+    convolutional UNet allows and AUTOMATIC1111 does: a text model tiled draws its prompt in every
+    tile); enabled above the native size, a tiling wrapper with tiles of the native latent size
+    overlapping by half a tile and the parameter recorded ("64 px tiles overlapping 32 px")."""
     if not isinstance(enabled, bool):
         raise ValueError(f"native_tiling must be True (tile above the model's native size) or False; got {enabled!r}.")
     caps = capabilities(m)
-    if max(width, height) <= caps.native_size:
+    if not enabled or max(width, height) <= caps.native_size:
         return None, None
-    if not enabled:
-        return None, "off"
     align = caps.grid // caps.factor                                          # the UNet's down-sampling
     tile = max(align, caps.native_size // caps.factor // align * align)       # latent pixels
     overlap = tile // 2 // align * align

@@ -38,8 +38,9 @@ def txt2img(m, prompt, negative_prompt="", steps=None, guidance_scale=None, samp
         `.images` are the images finished so far and `.partial` the interrupted ones;
       output: "image", or "latent" for the latents (n, C, h, w) (a further pass takes them);
       native_tiling: above the model's native (training) size, denoise the whole latent in overlapping
-        tiles of the native size blended every step (True, the default), or in one piece (False);
-        recorded as "Tiled diffusion" (core/pipelines/tiling.py).
+        tiles of the native size blended every step (True), or in one piece (False, the default, as
+        AUTOMATIC1111 and the paper's Sec. 4.3.2 do); recorded as "Tiled diffusion" when on
+        (core/pipelines/tiling.py).
     """
     # 1. The model can do it, at this size. 2. The prompt and the negative prompt (CFG's other half).
     capabilities(m).require("txt2img")
@@ -57,7 +58,7 @@ def txt2img(m, prompt, negative_prompt="", steps=None, guidance_scale=None, samp
 
 def sample_images(m, task, cond, uncond, extra: dict, n, seed, steps, sampler, guidance_scale, width, height, *,
             batch_size=1, eta=None, karras=None, scheduler=None, vae_tile=None, callback=None, should_stop=None,
-            output="image", native_tiling=True):
+            output="image", native_tiling=False):
     """n images from noise under (cond, uncond), made by the caller for `task`; `extra`: parameters
     recorded besides the sampling ones (the class, the layout). Other arguments as txt2img."""
     # 1. Resolve the settings, size and seeds.
