@@ -107,3 +107,49 @@ def test_cli_tiles_above_native_when_asked(tmp_path, capsys):
                      "--outdir", str(tmp_path / "out"), "--device", "cpu", *flag]) == 0
         written = capsys.readouterr().out.split()
         assert P.read_infotext(written[0]).get("tiled_diffusion") == want
+
+
+def _layout_model():
+    import dataclasses
+    from core.models.conditioners import LayoutEmbedderConfig
+    from core.models.diffusion import LatentDiffusion
+    cfg = dataclasses.replace(tiny_model("ldm_layout").config,
+                              cond_stage=LayoutEmbedderConfig(embed_dim=32, n_classes=5, max_objects=3))
+    torch.manual_seed(0)
+    m = LatentDiffusion(cfg).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))              # non-zero output layers: conditioning shows
+    return m
+
+
+def test_a_layout_tiled_above_native_gives_each_tile_its_own_boxes():
+    """Larger than trained, a layout stays one scene: each native tile is conditioned on the boxes
+    inside it, in its own frame (a box half in or more, clipped), not on the whole layout."""
+    from core.pipelines.conditioning import layout_conditioning, layout_encoder
+    from core.pipelines.tiles import Tile
+    T = lambda y0, y1, x0, x1: Tile(y0, x0, y1, x1, y0, x0, y1, x1)          # noqa: E731
+    m = _layout_model()
+    enc, encode = m.cond_stage_model, layout_encoder(m)
+    layout = [(1, 0.05, 0.05, 0.2, 0.2), (4, 0.6, 0.1, 0.9, 0.4)]
+    raw, raw_u = layout_conditioning(m, layout)
+    assert torch.equal(encode(raw, None, 16, 16), enc([layout])) and torch.equal(encode(raw_u, None, 16, 16), enc([[]]))
+    # the top-left quarter of a 16x16 latent holds the first box only, twice as large in its frame
+    quarter = encode(raw, T(0, 8, 0, 8), 16, 16)
+    assert torch.allclose(quarter, enc([[(1, 0.1, 0.1, 0.4, 0.4)]]), atol=1e-6)
+    # the right half holds the second box entirely and none of the first (its slot: the null token;
+    # cross-attention does not see the order of the tokens)
+    right = encode(raw, T(0, 16, 8, 16), 16, 16)
+    assert torch.allclose(right[:, 1:], enc([[(4, 0.2, 0.1, 0.8, 0.4)]])[:, :2], atol=1e-6)
+    assert torch.equal(right[:, 0], enc([[]])[:, 0])
+    # a box cut by the tile's edge: kept, clipped, when at least half of it is inside
+    assert torch.allclose(encode(raw, T(0, 16, 0, 3), 16, 16),
+                          enc([[(1, 0.8 / 3, 0.05, 1.0, 0.2)]]), atol=1e-6)            # 0.8..3.2 of 0..3: 2.2/2.4
+    assert torch.equal(encode(raw, T(0, 16, 0, 2), 16, 16), enc([[]]))              # 1.2 of 2.4 inside: no
+    # sampling: native tiles, recorded, and different from the whole layout repeated in each tile
+    caps = P.capabilities(m)
+    big = dict(steps=2, seed=3, width=2 * caps.native_size, height=2 * caps.native_size)
+    image, sides = _unet_sides(m, lambda: P.sample_layout(m, layout, native_tiling=True, **big)[0])
+    assert sides == {(caps.native_size // caps.factor,) * 2} and "tiled_diffusion" in P.read_infotext(image)
+    one_piece = P.sample_layout(m, layout, **big)[0]
+    assert not np.array_equal(np.asarray(image), np.asarray(one_piece))

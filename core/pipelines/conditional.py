@@ -2,7 +2,7 @@
 and semantic-synthesis LDMs (Rombach et al. 2022, Sec. 4.1, 4.3.1, 4.3.2 and Fig. 8)."""
 
 from core.capabilities import capabilities
-from core.pipelines.conditioning import class_conditioning, layout_conditioning
+from core.pipelines.conditioning import class_conditioning, layout_conditioning, layout_encoder
 from core.pipelines.defaults import check_size
 from core.pipelines.segmentation import one_hot_segmentation, segmentation_record
 from core.pipelines.txt2img import sample_images
@@ -60,7 +60,7 @@ def sample_layout(m, layout, n=1, guidance_scale=None, steps=None, sampler=None,
     cond, uncond = layout_conditioning(m, layout)
     boxes = [[int(b[0])] + [float(v) for v in b[1:]] for b in layout]
     return sample_images(m, "layout", cond, uncond, {"layout": boxes}, n, seed, steps, sampler, guidance_scale,
-                   width, height, **options)
+                         width, height, tile_cond=layout_encoder(m), **options)
 
 
 def sample_semantic(m, segmentation, n=1, steps=None, sampler=None, seed=None, **options):

@@ -58,9 +58,11 @@ def txt2img(m, prompt, negative_prompt="", steps=None, guidance_scale=None, samp
 
 def sample_images(m, task, cond, uncond, extra: dict, n, seed, steps, sampler, guidance_scale, width, height, *,
             batch_size=1, eta=None, karras=None, scheduler=None, vae_tile=None, callback=None, should_stop=None,
-            output="image", native_tiling=False):
+            output="image", native_tiling=False, tile_cond=None):
     """n images from noise under (cond, uncond), made by the caller for `task`; `extra`: parameters
-    recorded besides the sampling ones (the class, the layout). Other arguments as txt2img."""
+    recorded besides the sampling ones (the class, the layout); tile_cond(cond, tile, H, W): cond and
+    uncond are raw and encoded by it, for the whole latent (tile None) or per tile when tiled (a
+    layout's boxes in each tile's frame). Other arguments as txt2img."""
     # 1. Resolve the settings, size and seeds.
     caps, defaults = capabilities(m), model_defaults(m)
     width, height = check_size(m, defaults.width if width is None else width,
@@ -73,7 +75,10 @@ def sample_images(m, task, cond, uncond, extra: dict, n, seed, steps, sampler, g
         settings = SamplingSettings(settings.sampler, settings.karras, settings.steps, 1.0, settings.eta,
                                     scheduler=settings.scheduler)
     seeds, batch_size, output = resolve_seeds(seed, n), check_batch_size(batch_size), check_output(output)
-    wrap, tiling = plan_native_tiling(m, width, height, native_tiling)    # above the native size: tiles
+    wrap, tiling = plan_native_tiling(m, width, height, native_tiling, tile_cond)   # above the native size: tiles
+    if tile_cond is not None and wrap is None:                                # one piece: encoded once
+        h, w = height // caps.factor, width // caps.factor
+        cond, uncond = tile_cond(cond, None, h, w), None if uncond is None else tile_cond(uncond, None, h, w)
 
     def params_for(i):
         return {**base_parameters(m, task, settings, seeds[i], width, height), **extra, "tiled_diffusion": tiling}
