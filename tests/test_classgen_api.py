@@ -40,7 +40,7 @@ def test_unconditional_and_larger_than_trained(client):
     assert "tiled_diffusion" not in read_infotext(_png(gallery[0]))
     gallery, _, _ = client.predict("a red circle", seed=2, width=128, height=64, native_tiling=True,
                                    api_name="/txt2img")
-    assert read_infotext(_png(gallery[0]))["tiled_diffusion"] == "32 px tiles overlapping 16 px"
+    assert read_infotext(_png(gallery[0]))["tiled_diffusion"] == "64 px tiles overlapping 32 px"     # native 64
 
 
 @pytest.mark.parametrize("kwargs, words", [
