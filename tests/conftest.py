@@ -38,6 +38,9 @@ TINY_WEIGHTS = {
     "tiny-inpaint.safetensors": ("sd2_inpaint", {"sampler": "ddim", "steps": STEPS, "guidance_scale": 3.0,
                                                  "width": 64, "height": 64}),
     "tiny-sr.safetensors": ("ldm_sr", {"sampler": "ddim", "steps": STEPS, "guidance_scale": 1.0, "eta": 1.0}),
+    # SD1's CLIP (2 blocks, last layer: clip skip 1-2), Karras by default; listed after tiny-txt2img
+    "tiny-txt2img_sd1.safetensors": ("sd1", {"sampler": "euler", "karras": True, "steps": STEPS,
+                                             "guidance_scale": 3.0, "width": 64, "height": 64}),
 }
 
 
@@ -182,6 +185,7 @@ SLOW_MODULES = {
     "test_train_api.py": "training runs started through a live app.py",
     "test_train_tab.py": "training runs in the Train tab",
     "test_app_api.py": "gradio_client against a live app.py",
+    "test_app_schedule_clip_skip.py": "gradio_client against a live app.py",
     "test_api_a1111_live.py": "the webuiapi client against a live app.py --api",
     "test_train_cli.py": "training subprocesses: SIGTERM / SIGKILL and resume, torchrun DDP",
 }

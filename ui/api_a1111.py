@@ -245,11 +245,6 @@ class A1111Api:
         hires, sr_entry = hires_request(self.studio, base, req.enable_hr, self.hr_upscaler(req.hr_upscaler),
                                         req.hr_scale, req.hr_second_pass_steps, strength, req.hr_resize_x,
                                         req.hr_resize_y, req.hr_prompt, req.hr_negative_prompt, req.hr_sampler_name)
-        if hires is not None:       # the hires pipeline takes Karras as a flag and the encoder's last layer
-            scheduler, clip_skip = options.pop("scheduler"), options.pop("clip_skip")
-            options["karras"] = True if scheduler == "karras" else None
-            if scheduler not in (None, "automatic", "karras") or clip_skip not in (None, 1):
-                log.warning("txt2img with enable_hr: scheduler %s / clip skip %s are not applied", scheduler, clip_skip)
 
         def work(job):
             m = self.studio.models.load(entry)

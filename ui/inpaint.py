@@ -62,15 +62,17 @@ def inpaint(studio: Studio, prompt: str, image: dict | None = None, mask: str | 
             padding: int = 32, masked_content: str = "original", strength: float = 1.0,
             sampler: str | None = None, karras: bool = False, steps: int | None = None,
             guidance_scale: float | None = None, seed: int = -1, batch_count: int = 1, width: int | None = None,
-            height: int | None = None, batch_size: int = 1, progress=gr.Progress()):
+            height: int | None = None, batch_size: int = 1, scheduler: str | None = None, clip_skip: int = 1,
+            progress=gr.Progress()):
     """Redraw the masked part of an image following a prompt. `image` is the editor value
     {"background": image, "layers": [strokes], "composite": ...}; `mask` (optional) an uploaded
     mask, white = repaint, used instead of the strokes. width/height: the processing size (the tab
     fills in the model's, as other web UIs do; None: the picture's own size, or the model's for
-    "only masked"); the result keeps the picture's size. Returns the images and their parameters."""
+    "only masked"); the result keeps the picture's size. scheduler, clip_skip: as /txt2img. Returns
+    the images and their parameters."""
     entry = studio.models.entry(TAB, model)
     init, painted = image_and_mask(image, mask, studio.settings.max_side)
-    options = sampling_options(sampler, karras, steps, guidance_scale, seed)
+    options = sampling_options(sampler, karras, steps, guidance_scale, seed, scheduler, clip_skip)
     (n, batch_size), strength = check_batch(batch_count, batch_size), check_strength(float(strength))
     size = dict(width=optional_int(width, "Width"), height=optional_int(height, "Height"))
 
@@ -108,7 +110,7 @@ def build(studio: Studio, demo: gr.Blocks, job: gr.BrowserState) -> SimpleNamesp
                 inpaint_area = gr.Radio(INPAINT_AREAS, value="whole", label="Inpaint area")
                 padding = gr.Slider(0, 256, value=32, step=4, label="Only masked padding, pixels")
             masked_content = gr.Radio(MASKED_CONTENT, value="original", label="Masked content")
-            controls = sampling_controls(size_zero="the picture's size")
+            controls = sampling_controls(size_zero="the picture's size", schedule_type=True, clip_skip=True)
         with gr.Column(scale=1):
             results = results_panel(label="Result")
 
