@@ -181,6 +181,7 @@ def page(browser, app_server, request, tmp_path_factory):
 SLOW_MODULES = {
     "test_browser.py": "headless Chromium against a live app.py",
     "test_browser_send.py": "headless Chromium against a live app.py",
+    "test_browser_schedule.py": "headless Chromium against a live app.py",
     "test_browser_tabs.py": "headless Chromium against a live app.py",
     "test_train_api.py": "training runs started through a live app.py",
     "test_train_tab.py": "training runs in the Train tab",

@@ -26,7 +26,7 @@ FIELDS = ("prompt", "negative_prompt", "model", "sampler", "karras", "steps", "g
 UNKNOWN_SCHEDULE = "Schedule type"      # parse_infotext keeps a schedule type it does not know under its label
 DESCRIPTIVE = {"model_hash", "version", "rng", "task", "eta"}
 MAX_SIZE_OVER_NATIVE = 4        # a size over 4x the model's native side is "beyond the model"
-LABELS = {"strength": "Denoising strength", "guidance_scale": "CFG scale"}
+LABELS = {"strength": "Denoising strength", "guidance_scale": "CFG scale", "scheduler": "Schedule type"}
 
 
 def picture_parameters(path: str | None) -> dict:
