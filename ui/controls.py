@@ -75,13 +75,14 @@ class SamplingControls:
     height: gr.Number | None = None
     batch_count: gr.Slider | None = None
     batch_size: gr.Slider | None = None
+    native_tiling: gr.Checkbox | None = None
     scheduler: gr.Dropdown | None = None        # "Schedule type" (then `karras` is a hidden API-only input)
     clip_skip: gr.Slider | None = None
 
     def inputs(self) -> dict:
         """Handler parameter name -> component, for inputs_kwargs."""
         names = ("sampler", "karras", "steps", "guidance_scale", "seed", "width", "height", "batch_count",
-                 "batch_size", "scheduler", "clip_skip")
+                 "batch_size", "native_tiling", "scheduler", "clip_skip")
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
     @staticmethod
@@ -95,7 +96,7 @@ class SamplingControls:
         """Field name (ui.send.FIELDS) -> component, for "Send to" (the schedule type rather than the
         hidden Karras flag when the tab has one)."""
         names = ("sampler", "karras" if self.scheduler is None else "scheduler", "steps", "guidance_scale", "seed",
-                 "width", "height", "clip_skip")
+                 "width", "height", "native_tiling", "clip_skip")
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
     def default_outputs(self) -> list:
@@ -104,9 +105,11 @@ class SamplingControls:
                 self.guidance_scale] + [c for c in (self.clip_skip, self.width, self.height) if c is not None]
 
 
-def sampling_controls(size: bool = True, batch: bool = True, size_zero: str = "model default", *,
-                      schedule_type: bool = False, clip_skip: bool = False) -> SamplingControls:
-    """The sampling fields; width/height (when `size`) say what 0 means with `size_zero`.
+def sampling_controls(size: bool = True, batch: bool = True, size_zero: str = "model default",
+                      tiling: bool = False, *, schedule_type: bool = False,
+                      clip_skip: bool = False) -> SamplingControls:
+    """The sampling fields; width/height (when `size`) say what 0 means with `size_zero`; `tiling`:
+    the "tile above the native size" checkbox of noise-to-image tabs (core/pipelines/tiling.py).
     `schedule_type`: A1111's "Schedule type" dropdown instead of the Karras checkbox (the handler
     then takes `scheduler`); `clip_skip`: A1111's "Clip skip" slider (the handler takes `clip_skip`)."""
     scheduler = skip = None
@@ -125,11 +128,16 @@ def sampling_controls(size: bool = True, batch: bool = True, size_zero: str = "m
     if clip_skip:
         skip = gr.Slider(1, MAX_CLIP_SKIP, value=1, step=1, label="Clip skip", info=CLIP_SKIP_INFO,
                          elem_classes=["ldm-clip-skip"])
-    width = height = batch_count = batch_size = None
+    width = height = batch_count = batch_size = native_tiling = None
     if size:
         with gr.Row():
             width = gr.Number(None, label=f"Width (0: {size_zero})", precision=0, step=8)
             height = gr.Number(None, label=f"Height (0: {size_zero})", precision=0, step=8)
+    if tiling:
+        native_tiling = gr.Checkbox(False, label="Tile above the model's native size",
+                                    info="larger than trained: the whole image denoised in overlapping tiles of the "
+                                         "training size, blended every step (off: in one piece)",
+                                    elem_classes=["ldm-native-tiling"])
     with gr.Row(equal_height=True):
         seed = gr.Number(-1, label="Seed (-1: random)", precision=0, scale=4)
         random_seed = gr.Button("random", scale=1, min_width=70, size="sm", elem_classes=["ldm-random-seed"])
@@ -141,7 +149,8 @@ def sampling_controls(size: bool = True, batch: bool = True, size_zero: str = "m
             batch_size = gr.Slider(1, MAX_BATCH, value=1, step=1, label="Batch size",
                                    info="images per batch, in parallel (faster on a GPU)")
     controls = SamplingControls(sampler, karras, steps, guidance_scale, seed, random_seed, reuse_seed,
-                                width, height, batch_count, batch_size, scheduler=scheduler, clip_skip=skip)
+                                width, height, batch_count, batch_size, native_tiling, scheduler=scheduler,
+                                clip_skip=skip)
     random_seed.click(lambda: -1, outputs=seed, queue=False, api_visibility="private")
     return controls
 
@@ -256,6 +265,17 @@ def results_panel(label: str = "Images") -> Results:
 
     gallery.select(pick, outputs=selected, queue=False, api_visibility="private")
     return Results(gallery, info, selected)
+
+
+def results_with_sends() -> tuple[Results, gr.Button, gr.Button, gr.Button]:
+    """The results panel of a noise-to-image tab with its "Send to" buttons under it (image to image,
+    inpaint, upscale; wired in ui/send.py)."""
+    results = results_panel()
+    with gr.Row():
+        to_img2img = gr.Button("Send to image to image", size="sm")
+        to_inpaint = gr.Button("Send to inpaint", size="sm")
+        to_upscale = gr.Button("Send to upscale", size="sm")
+    return results, to_img2img, to_inpaint, to_upscale
 
 
 def sampling_options(sampler, karras, steps, guidance_scale, seed, scheduler=None, clip_skip=None) -> dict:
