@@ -68,6 +68,7 @@ class Capabilities:
     conditioner: str | None = None  # its cross-attention encoder: "transformer" (trained jointly), "class",
                                     # "layout" (trained jointly too), "clip", "openclip" (frozen), None
     why_not: str = ""               # why a model of a usable family serves no task here
+    max_clip_skip: int = 1          # the largest A1111 "Clip skip" its text encoder takes (1: it does not apply)
 
     @property
     def joint_conditioner(self) -> bool:
@@ -131,7 +132,9 @@ def capabilities(model_or_config) -> Capabilities:
                         dedicated_inpainting=kind in ("masked_image", "text+mask"),
                         parameterization=cfg.parameterization, factor=f, grid=grid,
                         native_size=cfg.image_size * f, latent_channels=cfg.channels,
-                        conditioner=CONDITIONER_NAMES.get(type(cfg.cond_stage)), why_not=why_not)
+                        conditioner=CONDITIONER_NAMES.get(type(cfg.cond_stage)), why_not=why_not,
+                        max_clip_skip=cfg.cond_stage.n_blocks if CONDITIONER_NAMES.get(type(cfg.cond_stage)) in
+                        ("clip", "openclip") and tasks else 1)
 
 
 def _cross_attention_kind(cond_stage) -> str:

@@ -42,6 +42,9 @@ TINY_WEIGHTS = {
                                                 "width": 32, "height": 32}),
     "tiny-uncond.safetensors": ("ldm_uncond", {"sampler": "ddim", "steps": STEPS, "guidance_scale": 1.0,
                                                "width": 32, "height": 32}),
+    # SD1's CLIP (2 blocks, last layer: clip skip 1-2), Karras by default; listed after tiny-txt2img
+    "tiny-txt2img_sd1.safetensors": ("sd1", {"sampler": "euler", "karras": True, "steps": STEPS,
+                                             "guidance_scale": 3.0, "width": 64, "height": 64}),
 }
 
 
@@ -182,6 +185,7 @@ def page(browser, app_server, request, tmp_path_factory):
 SLOW_MODULES = {
     "test_browser.py": "headless Chromium against a live app.py",
     "test_browser_send.py": "headless Chromium against a live app.py",
+    "test_browser_schedule.py": "headless Chromium against a live app.py",
     "test_browser_tabs.py": "headless Chromium against a live app.py",
     "test_browser_classgen.py": "headless Chromium against a live app.py",
     "test_classgen_api.py": "gradio_client against a live app.py",
@@ -190,6 +194,7 @@ SLOW_MODULES = {
     "test_app_api.py": "gradio_client against a live app.py",
     "test_outpaint_api.py": "gradio_client against a live app.py",
     "test_browser_outpaint.py": "headless Chromium against a live app.py",
+    "test_app_schedule_clip_skip.py": "gradio_client against a live app.py",
     "test_api_a1111_live.py": "the webuiapi client against a live app.py --api",
     "test_train_cli.py": "training subprocesses: SIGTERM / SIGKILL and resume, torchrun DDP",
 }

@@ -144,11 +144,13 @@ def test_unknown_sampler_falls_back_with_a_warning(client):
 
 def test_hires_fix_fields(client):
     r = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "enable_hr": True, "hr_scale": 2, "hr_upscaler": "Lanczos",
-                                               "denoising_strength": 0.5, "hr_second_pass_steps": 2, "steps": STEPS})
+                                               "denoising_strength": 0.5, "hr_second_pass_steps": 2, "steps": STEPS,
+                                               "sampler_name": "Euler", "scheduler": "Exponential"})
     assert r.status_code == 200, r.text
     image = decoded(r.json()["images"][0])
     assert image.size == (128, 128)
     assert "Hires upscaler: Lanczos" in image.info["parameters"] and "Denoising strength: 0.5" in image.info["parameters"]
+    assert "Schedule type: Exponential" in image.info["parameters"]       # the hires pass takes it too
 
 
 def test_img2img_and_inpaint_with_mask(client):

@@ -34,10 +34,10 @@ from core.checkpoints import CheckpointError
 from core.pipelines.hires import IMAGE_UPSCALERS, LATENT_UPSCALERS
 from core.pipelines.infotext import PARAMETERS, attach_parameters, cached_model_hash
 from core.pipelines.upscale import scaled_size
-from core.samplers import SAMPLER_DISPLAY_NAMES, SCHEDULE_DISPLAY_NAMES, scheduler_name
+from core.samplers import SAMPLER_DISPLAY_NAMES, SCHEDULE_DISPLAY_NAMES
 from ui.api_a1111_models import (INPAINTING_FILL, SOFT_INPAINTING, ExtrasSingleImage, Generation, Img2Img, PNGInfo,
                                  Txt2Img, soft_inpainting_requested)
-from ui.controls import check_batch, optional_float, optional_int, seed_value
+from ui.controls import check_batch, optional_float, optional_int, schedule_key, seed_value
 from ui.follow import pipeline_progress
 from ui.hires import MODEL_PREFIX, hires_request
 from ui.images import mask_from_upload, open_image, run_and_save
@@ -204,7 +204,7 @@ class A1111Api:
         clip_skip = req.override_settings.get("CLIP_stop_at_last_layers", self.options.get("CLIP_stop_at_last_layers"))
         return dict(sampler=req.sampler(), steps=optional_int(req.steps, "steps", maximum=1000),
                     guidance_scale=optional_float(req.cfg_scale, "cfg_scale"), seed=seed_value(req.seed),
-                    scheduler=scheduler_name(req.scheduler) if req.scheduler else None,
+                    scheduler=schedule_key(req.scheduler),          # "Automatic": the model's default, as the tabs
                     width=optional_int(req.width, "width (--max-size)", maximum=side),
                     height=optional_int(req.height, "height (--max-size)", maximum=side),
                     clip_skip=int(clip_skip) if clip_skip else None)
@@ -247,11 +247,6 @@ class A1111Api:
         hires, sr_entry = hires_request(self.studio, base, req.enable_hr, self.hr_upscaler(req.hr_upscaler),
                                         req.hr_scale, req.hr_second_pass_steps, strength, req.hr_resize_x,
                                         req.hr_resize_y, req.hr_prompt, req.hr_negative_prompt, req.hr_sampler_name)
-        if hires is not None:       # the hires pipeline takes Karras as a flag and the encoder's last layer
-            scheduler, clip_skip = options.pop("scheduler"), options.pop("clip_skip")
-            options["karras"] = True if scheduler == "karras" else None
-            if scheduler not in (None, "automatic", "karras") or clip_skip not in (None, 1):
-                log.warning("txt2img with enable_hr: scheduler %s / clip skip %s are not applied", scheduler, clip_skip)
 
         def work(job):
             m = self.studio.models.load(entry)

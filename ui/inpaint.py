@@ -67,16 +67,17 @@ def inpaint(studio: Studio, prompt: str, image: dict | None = None, mask: str | 
             sampler: str | None = None, karras: bool = False, steps: int | None = None,
             guidance_scale: float | None = None, seed: int = -1, batch_count: int = 1, width: int | None = None,
             height: int | None = None, batch_size: int = 1, soft_inpainting: bool = False,
+            scheduler: str | None = None, clip_skip: int = 1,
             progress=gr.Progress()):
     """Redraw the masked part of an image following a prompt. `image` is the editor value
     {"background": image, "layers": [strokes], "composite": ...}; `mask` (optional) an uploaded
     mask, white = repaint, used instead of the strokes. width/height: the processing size (the tab
     fills in the model's, as other web UIs do; None: the picture's own size, or the model's for
     "only masked"); the result keeps the picture's size. soft_inpainting: the mask stays fractional.
-    Returns the images and their parameters."""
+    scheduler, clip_skip: as /txt2img. Returns the images and their parameters."""
     entry = studio.models.entry(TAB, model)
     init, painted = image_and_mask(image, mask, studio.settings.max_side, soft=bool(soft_inpainting))
-    options = sampling_options(sampler, karras, steps, guidance_scale, seed)
+    options = sampling_options(sampler, karras, steps, guidance_scale, seed, scheduler, clip_skip)
     (n, batch_size), strength = check_batch(batch_count, batch_size), check_strength(float(strength))
     size = dict(width=optional_int(width, "Width"), height=optional_int(height, "Height"))
 
@@ -119,15 +120,16 @@ def build(studio: Studio, demo: gr.Blocks, job: gr.BrowserState) -> SimpleNamesp
                 soft = gr.Checkbox(False, label="Soft inpainting", scale=1, elem_classes=["ldm-soft-inpainting"],
                                    info="grey mask = partial change; blur = a transition")
             grow = outpaint.build_controls()
-            controls = sampling_controls(size_zero="the picture's size")
+            controls = sampling_controls(size_zero="the picture's size", schedule_type=True, clip_skip=True)
         with gr.Column(scale=1):
             results = results_panel(label="Result")
 
     gr.on([row.generate.click], partial(inpaint, studio),
-          inputs_kwargs={"prompt": row.prompt, "image": editor, "mask": mask, "negative_prompt": row.negative_prompt,
-                         "model": picker, "mask_blur": mask_blur, "inpaint_area": inpaint_area, "padding": padding,
-                         "masked_content": masked_content, "strength": strength, **controls.inputs(),
-                         "soft_inpainting": soft},
+          inputs_kwargs=controls.newest_last({"prompt": row.prompt, "image": editor, "mask": mask,
+                                              "negative_prompt": row.negative_prompt, "model": picker,
+                                              "mask_blur": mask_blur, "inpaint_area": inpaint_area, "padding": padding,
+                                              "masked_content": masked_content, "strength": strength,
+                                              **controls.inputs(), "soft_inpainting": soft}),
           outputs=[results.gallery, results.info, job], api_name="inpaint",
           concurrency_id="device", concurrency_limit=1)
     outpaint.wire(studio, grow, {"prompt": row.prompt, "image": editor, "negative_prompt": row.negative_prompt,

@@ -39,12 +39,13 @@ def outpaint(studio: Studio, prompt: str = "", image: dict | None = None, negati
              inpaint_area: str = "whole", padding: int = 32, strength: float = 1.0, sampler: str | None = None,
              karras: bool = False, steps: int | None = None, guidance_scale: float | None = None, seed: int = -1,
              batch_count: int = 1, width: int | None = None, height: int | None = None, batch_size: int = 1,
-             progress=gr.Progress()):
+             scheduler: str | None = None, clip_skip: int = 1, progress=gr.Progress()):
     """Grow the picture of `image` (the editor value {"background": image, ...}; its strokes are not
     used) by left/right/top/bottom pixels, multiples of the model's grid, and paint the new area
     following the prompt. fill: edge, fill, latent noise, latent nothing. overlap: the blended band
     inside the original, px (0 or empty: 4 latent cells). width/height: the processing size of "only
-    masked" (the whole canvas runs at its own size). Returns the larger images and their parameters."""
+    masked" (the whole canvas runs at its own size). scheduler, clip_skip: as /txt2img. Returns the
+    larger images and their parameters."""
     entry = studio.models.entry(TAB, model)
     if not image or image.get("background") is None:
         raise ValueError("Upload an image to outpaint first.")
@@ -52,7 +53,7 @@ def outpaint(studio: Studio, prompt: str = "", image: dict | None = None, negati
     sides = check_sides(entry.caps, init.size, max_side=studio.settings.max_side,
                         **{name: pixels(value, name.capitalize()) for name, value in
                            (("left", left), ("right", right), ("top", top), ("bottom", bottom))})
-    options = sampling_options(sampler, karras, steps, guidance_scale, seed)
+    options = sampling_options(sampler, karras, steps, guidance_scale, seed, scheduler, clip_skip)
     (n, batch_size), strength = check_batch(batch_count, batch_size), check_strength(float(strength))
     band = optional_int(overlap, "Overlap band")                     # 0 / empty: 4 latent cells
     size = dict(width=optional_int(width, "Width"), height=optional_int(height, "Height")) \

@@ -4,7 +4,8 @@ The parameters are read from the picture itself (the PNG's "parameters" text, ou
 parsed by core.pipelines.parse_infotext), so the Text to image gallery and the PNG info tab send
 the same way. What cannot be taken is left as it is and named in a warning: a sampler we do not
 have ("DPM++ SDE Karras"), a model that is not in weights/, a size this model cannot make, keys we
-do not use (Clip skip, ENSD ...).
+do not use (ENSD ...). A schedule type we lack becomes Automatic, and a clip skip beyond the model's
+text encoder 1, each with a warning; a picture that names neither sets Automatic and 1 (what made it).
 """
 from functools import partial
 from pathlib import Path
@@ -13,18 +14,20 @@ import gradio as gr
 from PIL import Image
 
 from core import pipelines
-from core.samplers import sampler_name
-from core.samplers import SIGMA_SAMPLERS
+from core.samplers import SCHEDULE_DISPLAY_NAMES, SIGMA_SAMPLERS, sampler_name
+from ui.controls import AUTOMATIC, MAX_CLIP_SKIP
 from ui.errors import user_errors
 from ui.studio import Studio
 
 # Fields a tab may receive, in the order of its `receives` dict; keys that describe the picture but
 # are not settings (hash, version ...) are neither taken nor reported.
 FIELDS = ("prompt", "negative_prompt", "model", "sampler", "karras", "steps", "guidance_scale", "seed",
-          "width", "height", "strength", "class_label", "native_tiling")
+          "width", "height", "strength", "class_label", "native_tiling", "scheduler", "clip_skip")
+UNKNOWN_SCHEDULE = "Schedule type"      # parse_infotext keeps a schedule type it does not know under its label
 DESCRIPTIVE = {"model_hash", "version", "rng", "task", "eta", "class_name", "tiled_diffusion"}
 MAX_SIZE_OVER_NATIVE = 4        # a size over 4x the model's native side is "beyond the model"
-LABELS = {"strength": "Denoising strength", "guidance_scale": "CFG scale", "class_label": "Class"}
+LABELS = {"strength": "Denoising strength", "guidance_scale": "CFG scale", "class_label": "Class",
+          "scheduler": "Schedule type"}
 
 
 def picture_parameters(path: str | None) -> dict:
@@ -48,6 +51,23 @@ def _sampler(params: dict, notes: list[str]) -> dict:
         return {}
     karras = params.get("karras", named_karras) if key in SIGMA_SAMPLERS else False
     return {"sampler": key, "karras": bool(karras)}
+
+
+def _schedule(params: dict, notes: list[str]) -> dict:
+    """The schedule type's dropdown value (A1111's name): the picture's, else Automatic."""
+    if UNKNOWN_SCHEDULE in params:
+        notes.append(f"schedule type '{params[UNKNOWN_SCHEDULE]}' is not available here (Automatic is set)")
+    return {"scheduler": SCHEDULE_DISPLAY_NAMES.get(params.get("scheduler"), AUTOMATIC)}
+
+
+def _clip_skip(entry, params: dict, notes: list[str]) -> dict:
+    """The clip skip (1 when the picture names none) when this model's text encoder takes it."""
+    wanted = params.get("clip_skip") or 1
+    limit = min(entry.caps.max_clip_skip, MAX_CLIP_SKIP) if entry is not None else MAX_CLIP_SKIP
+    if wanted > limit:
+        notes.append(f"clip skip {wanted} is beyond this model's text encoder (at most {limit}; 1 is set)")
+        wanted = 1
+    return {"clip_skip": wanted}
 
 
 def _model(studio: Studio, tab: str, params: dict, notes: list[str]):
@@ -90,8 +110,14 @@ def received(studio: Studio, tab: str, params: dict, names: tuple[str, ...]) -> 
         values["model"] = entry.name
     if "width" in names:
         values.update(_size(entry or _first(studio, tab), params, notes, studio.settings.max_side))
-    unused = [k for k in params if k not in FIELDS and k not in DESCRIPTIVE]
-    unused += [k for k in ("strength", "class_label") if k in params and k not in names]
+    if "scheduler" in names:
+        values.update(_schedule(params, notes))
+    if "clip_skip" in names:
+        values.update(_clip_skip(entry or _first(studio, tab), params, notes))
+    unused = [k for k in params if k not in FIELDS and k not in DESCRIPTIVE and
+              not (k == UNKNOWN_SCHEDULE and "scheduler" in names)]
+    unused += [k for k in ("strength", "class_label", "clip_skip", "scheduler") if k in params and k not in names
+               and not (k == "scheduler" and params[k] == "karras" and "karras" in names)]
     if unused:
         notes.append("not used here: " + ", ".join(f"{_label(k)} {params[k]}" for k in unused))
     return [values[n] if n in values else gr.skip() for n in names], notes

@@ -28,14 +28,18 @@ def txt2img(studio: Studio, prompt: str, negative_prompt: str = "", model: str |
             height: int | None = None, batch_count: int = 1, batch_size: int = 1, enable_hr: bool = False,
             hr_upscaler: str = "Latent", hr_scale: float = 2.0, hr_steps: int = 0, denoising_strength: float = 0.7,
             hr_resize_x: int = 0, hr_resize_y: int = 0, hr_prompt: str = "", hr_negative_prompt: str = "",
-            native_tiling: bool = False, progress=gr.Progress()):
+            native_tiling: bool = False, scheduler: str | None = None, clip_skip: int = 1,
+            progress=gr.Progress()):
     """Generate images from a prompt. Empty settings use the model's defaults; seed -1 is random;
     batch_count x batch_size images, batch_size of them per UNet batch. enable_hr and the hr_* /
     denoising_strength fields: AUTOMATIC1111's hires fix (a second img2img pass at a larger size).
     native_tiling: above the model's native size, denoise in overlapping native-size tiles (else one piece).
+    scheduler: A1111's schedule type ("Karras", "Exponential", ...; None or "Automatic": the model's
+    default; karras=True is its old spelling, see ui/controls.py); clip_skip: 1 = the text encoder's
+    last layer (CLIP / OpenCLIP). Both also apply to the hires pass.
     Returns the images (PNG files with their parameters), the parameters as text, and the job id."""
     entry = studio.models.entry(TAB, model)
-    options = sampling_options(sampler, karras, steps, guidance_scale, seed)
+    options = sampling_options(sampler, karras, steps, guidance_scale, seed, scheduler, clip_skip)
     size = dict(width=optional_int(width, "Width"), height=optional_int(height, "Height"))
     n, batch_size = check_batch(batch_count, batch_size)
     base = (size["width"] or entry.defaults.width, size["height"] or entry.defaults.height)
@@ -63,14 +67,14 @@ def build(studio: Studio, demo: gr.Blocks, job: gr.BrowserState) -> SimpleNamesp
     with gr.Row():
         with gr.Column(scale=1):
             picker, refresh = model_picker(studio, TAB)
-            controls = sampling_controls(tiling=True)
+            controls = sampling_controls(tiling=True, schedule_type=True, clip_skip=True)
             hires = hires_controls(studio)
         with gr.Column(scale=1):
             results, to_img2img, to_inpaint, to_upscale = results_with_sends()
 
     gr.on([row.generate.click], partial(txt2img, studio),
-          inputs_kwargs={"prompt": row.prompt, "negative_prompt": row.negative_prompt, "model": picker,
-                         **controls.inputs(), **hires.inputs()},
+          inputs_kwargs=controls.newest_last({"prompt": row.prompt, "negative_prompt": row.negative_prompt,
+                                              "model": picker, **controls.inputs(), **hires.inputs()}),
           outputs=[results.gallery, results.info, job], api_name="txt2img",
           concurrency_id="device", concurrency_limit=1)
     answer = gr.Textbox(visible=False)          # the API's answer; the info box shows the job's own end
