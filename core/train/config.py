@@ -32,7 +32,7 @@ from core.train.data import DataConfig
 from core.train.losses import AutoencoderLossConfig
 
 
-STAGES = ("autoencoder", "ldm")
+STAGES = ("autoencoder", "ldm", "lora")          # lora: core/train/lora.py
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 METADATA_SCALE_FACTOR = "ldm_studio_scale_factor"     # an exported autoencoder's latent scale factor
 
@@ -166,7 +166,9 @@ def _fill_first_stage(params: dict, init_from: str | None) -> str | None:
 def stage_of(raw: dict) -> str:
     """The stage a training config (as read from YAML) trains, from its model target: first-stage
     targets (ldm.models.autoencoder.*, taming's VQModel) train "autoencoder", the rest "ldm". The one
-    place that tells (load_config and the run manager ask here)."""
+    place that tells (load_config and the run manager ask here). A `lora:` block trains "lora"."""
+    if isinstance(raw.get("lora"), dict):
+        return "lora"
     model = raw.get("model")
     target = model.get("target", "") if isinstance(model, dict) else ""
     if not target:
@@ -182,6 +184,9 @@ def load_config(source, stage: str | None = None) -> RunConfig:
     else:
         text = Path(source).read_text() if Path(str(source)).suffix in (".yaml", ".yml") else str(source)
         raw = yaml.safe_load(text)
+    if isinstance(raw, dict) and isinstance(raw.get("lora"), dict):
+        raise ValueError("this config trains a LoRA: run `python -m core.train lora --config ...` "
+                         "(core.train.lora.load_lora_config reads it)")
     if not isinstance(raw, dict) or "model" not in raw:
         raise ValueError("a training config needs a `model:` block (CompVis style), plus `data:` and `train:`")
     unknown = sorted(set(raw) - {"model", "data", "train", "export"})

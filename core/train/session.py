@@ -22,11 +22,12 @@ import yaml
 from core.train.autoencoder import train_autoencoder
 from core.train.config import STAGES, dump_config, load_config
 from core.train.ldm import train_ldm
+from core.train.lora import load_lora_config, train_lora
 from core.train.run_folder import RunFolder
 from core.train.runtime import setup_runtime, shutdown
 
 log = logging.getLogger("core.train")
-LOOPS = {"autoencoder": train_autoencoder, "ldm": train_ldm}
+LOOPS = {"autoencoder": train_autoencoder, "ldm": train_ldm, "lora": train_lora}
 
 
 class Stopped(Exception):
@@ -39,7 +40,7 @@ def _raise_stopped(signum, frame):
 
 def train(stage: str, config=None, *, name: str | None = None, runs_dir: str | Path = "runs", resume: bool = False,
           max_steps: int | None = None, steps: int | None = None, command: str | None = None) -> str:
-    """Train stage "autoencoder" or "ldm" into runs_dir/NAME; returns "finished" or "stopped"."""
+    """Train stage "autoencoder", "ldm" or "lora" into runs_dir/NAME; returns "finished" or "stopped"."""
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     if name is None:
@@ -70,7 +71,7 @@ def train(stage: str, config=None, *, name: str | None = None, runs_dir: str | P
             raise ValueError(f"{run.path} has no checkpoint to resume from; give --config to start the run")
         if steps is not None:
             raw = {**raw, "train": {**(raw.get("train") or {}), "steps": int(steps)}}
-        cfg = load_config(raw, stage)
+        cfg = load_lora_config(raw) if stage == "lora" else load_config(raw, stage)
         rt = setup_runtime(cfg.train)
         if main:
             run.config_path.write_text(dump_config(cfg.raw))
