@@ -184,3 +184,46 @@ def test_bad_inputs_have_clear_messages(tmp_path):
         train("lora", _config(base, data, steps=1, rank=40), name="big", runs_dir=tmp_path / "runs")
     with pytest.raises(ValueError, match=r"this config trains a LoRA: run `python -m core.train lora"):
         train("ldm", _config(base, data, steps=1), name="wrong", runs_dir=tmp_path / "runs")
+
+
+def test_a_lora_trained_in_the_train_tab_loads_back(tmp_path):
+    """The tab's LoRA choice starts a real background `python -m core.train lora` run; "Use this
+    model" writes weights/lora/NAME.safetensors, which apply_lora merges into the base model."""
+    import gradio as gr
+
+    from tests.test_runs import _wait_for
+    from ui import train as tab
+    from ui.settings import AppSettings
+    from ui.studio import Studio
+
+    settings = AppSettings(weights_dir=tmp_path / "weights", outputs_dir=tmp_path / "outputs",
+                           runs_dir=tmp_path / "runs", data_root=tmp_path / "data")
+    (tmp_path / "weights").mkdir()
+    save_model(tiny_model("sd1"), tmp_path / "weights" / "tiny-sd1.safetensors", dtype=torch.float32)
+    save_model(tiny_model("ldm_sr"), tmp_path / "weights" / "tiny-sr.safetensors")
+    _images(tmp_path / "data" / "pics", n=2)
+    studio = Studio.create(settings)
+    start = {"stage": "lora", "dataset": "folder", "folder": "pics", "steps": 2, "batch_size": 1}
+    with pytest.raises(gr.Error, match=r"in the field 'Base model \(LoRA\)' \(API base\)"):
+        tab.train_start(studio, **start)
+    with pytest.raises(gr.Error, match=r"Model 'tiny-sr.safetensors' is not a text-to-image model .* "
+                                       r"choose one of: tiny-sd1.safetensors"):
+        tab.train_start(studio, **start, base="tiny-sr.safetensors")
+    with pytest.raises(gr.Error, match="The LoRA rank must be at least 1; got 0"):
+        tab.train_start(studio, **start, base="tiny-sd1.safetensors", rank=0)
+
+    info = tab.train_start(studio, **start, base="tiny-sd1.safetensors", rank=2, alpha=1, lora_layers=["attn", "text"],
+                           learning_rate=0.01)
+    name = info["name"]
+    assert info["stage"] == "lora" and name.startswith("pics-tiny-sd1-lora-")
+    done = _wait_for(lambda: studio.runs.status(name).status in ("finished", "failed"), timeout=240)
+    assert done and studio.runs.status(name).status == "finished", studio.runs.log(name)
+    path = tab.train_export(studio, name)
+    assert path == str(tmp_path / "weights" / "lora" / f"{name}.safetensors")
+    assert tab.run_view(studio, name)[5] == path                         # the tab shows where it went
+    assert [e.name for e in studio.models.scan()[0]] == ["tiny-sd1.safetensors", "tiny-sr.safetensors"]
+    m = load_model(tmp_path / "weights" / "tiny-sd1.safetensors", dtype=torch.float32)
+    before = _outputs(m, "sd1")
+    assert apply_lora(m, path, 1.0) == 7 * 8 + 2 * 6     # q, k, v, out of attn1 / attn2 in 7 transformers; 2 text layers
+    after = _outputs(m, "sd1")
+    assert (after[1] - before[1]).abs().max() > 1e-4 and (after[0] - before[0]).abs().max() > 1e-4
