@@ -58,8 +58,26 @@ def _config(base, data, steps=20, **kw):
 def _outputs(m, family):
     x, t, _ = example_inputs(m, family)
     with torch.no_grad():
-        context = m.get_learned_conditioning(["a photo of sks", ""])
-        return context, m.apply_model(x, t, context)
+        cond = m.get_learned_conditioning(["a photo of sks", ""])
+        context = torch.cat([cond["c_crossattn"][0].flatten(1), cond["y"]], 1) if isinstance(cond, dict) else cond
+        return context, m.apply_model(x, t, cond)
+
+
+def _in_memory_and_merged(tmp_path, base, run: str, family: str, out):
+    """(base outputs, outputs with the run's adapters attached, outputs with the exported file merged)."""
+    ckpt = load_checkpoint(tmp_path / "runs" / run / "checkpoints" / "last.pt")
+    lc = load_lora_config(ckpt["config"]).lora
+    m = load_model(base, dtype=torch.float32)
+    base_outputs = _outputs(m, family)
+    network = LoraNetwork(m, select_layers(m, lc.layers), lc.rank, lc.alpha)
+    network.load_kohya_state_dict(ckpt["model"])
+    network.attach(m)
+    trained = _outputs(m, family)
+    network.detach(m)
+    assert torch.equal(_outputs(m, family)[1], base_outputs[1])        # detached: the base model again
+    merged = load_model(base, dtype=torch.float32)
+    assert apply_lora(merged, out, 1.0) == len(network.adapters)
+    return base_outputs, trained, _outputs(merged, family)
 
 
 @pytest.mark.parametrize("family", ["sd1", pytest.param("sd2", marks=pytest.mark.slow)])
@@ -72,21 +90,10 @@ def test_trained_lora_exports_in_kohya_format_and_loads_back_identically(tmp_pat
     assert [r["step"] for r in rows] == [5, 10, 15, 20] and all(np.isfinite(r["loss"]) for r in rows)
     assert (tmp_path / "runs" / "sks" / "samples" / "step_0000020.png").is_file()
 
-    # The trained adapters in memory (from the run's checkpoint) around a fresh base model ...
-    ckpt = load_checkpoint(tmp_path / "runs" / "sks" / "checkpoints" / "last.pt")
-    lc = load_lora_config(ckpt["config"]).lora
-    m = load_model(base, dtype=torch.float32)
-    base_context, base_eps = _outputs(m, family)
-    network = LoraNetwork(m, select_layers(m, lc.layers), lc.rank, lc.alpha)
-    network.load_kohya_state_dict(ckpt["model"])
-    network.attach(m)
-    context, eps = _outputs(m, family)
-    network.detach(m)
-    assert torch.equal(_outputs(m, family)[1], base_eps)                  # detached: the base model again
-    # ... against the exported file merged by apply_lora at weight 1: the same outputs.
-    merged = load_model(base, dtype=torch.float32)
-    assert apply_lora(merged, out, 1.0) == len(network.adapters)
-    merged_context, merged_eps = _outputs(merged, family)
+    # The trained adapters in memory (from the run's checkpoint) around a fresh base model, against
+    # the exported file merged by apply_lora at weight 1: the same outputs.
+    (base_context, base_eps), (context, eps), (merged_context, merged_eps) = \
+        _in_memory_and_merged(tmp_path, base, "sks", family, out)
     assert (eps - base_eps).abs().max() > 1e-3 and (context - base_context).abs().max() > 1e-3   # it learned
     torch.testing.assert_close(merged_context, context, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(merged_eps, eps, rtol=1e-5, atol=1e-6)
@@ -96,6 +103,7 @@ def test_trained_lora_exports_in_kohya_format_and_loads_back_identically(tmp_pat
         keys, meta = set(f.keys()), f.metadata()
     names = {k.rsplit(".", 2)[0] if k.endswith(".weight") else k.rsplit(".", 1)[0] for k in keys}
     assert keys == {f"{n}.{s}" for n in names for s in ("lora_down.weight", "lora_up.weight", "alpha")}
+    m = load_model(base, dtype=torch.float32)
     table = lora_targets(m)
     assert names <= set(table) and all(n.startswith(("lora_unet_down_blocks_", "lora_unet_mid_block_",
                                                      "lora_unet_up_blocks_", "lora_te_text_model_")) for n in names)
@@ -112,7 +120,24 @@ def test_trained_lora_exports_in_kohya_format_and_loads_back_identically(tmp_pat
     # <lora:sks:1> picks it from weights/lora.
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert use_loras(merged, [LoraTag("sks")], tmp_path / "weights" / "lora").startswith("sks: ")
+        assert use_loras(m, [LoraTag("sks")], tmp_path / "weights" / "lora").startswith("sks: ")
+
+
+def test_sdxl_lora_uses_sgm_names_and_both_text_encoders(tmp_path):
+    base = _base(tmp_path, "sdxl")
+    cfg = _config(base, _images(tmp_path / "pics", n=2), steps=3, layers=["attn", "text"], image_size=64)
+    assert train("lora", cfg, name="xl", runs_dir=tmp_path / "runs") == "finished"
+    out = export_lora(tmp_path / "runs" / "xl", tmp_path / "xl.safetensors")
+    base_outputs, trained, merged = _in_memory_and_merged(tmp_path, base, "xl", "sdxl", out)
+    assert (trained[1] - base_outputs[1]).abs().max() > 1e-4
+    for a, b in zip(merged, trained):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with safe_open(str(out), "pt") as f:
+        names = {k.split(".")[0] for k in f.keys()}
+        assert f.metadata()["ss_base_model_version"] == "sdxl_base_v1-0"
+    assert {n.split("_")[1] for n in names} == {"unet", "te1", "te2"}
+    assert all(n.startswith(("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_",
+                             "lora_te1_text_model_", "lora_te2_text_model_")) for n in names)
 
 
 def test_kohya_names_are_the_inverse_of_the_loading_table():
