@@ -249,6 +249,6 @@ def test_a_lora_trained_in_the_train_tab_loads_back(tmp_path):
     assert [e.name for e in studio.models.scan()[0]] == ["tiny-sd1.safetensors", "tiny-sr.safetensors"]
     m = load_model(tmp_path / "weights" / "tiny-sd1.safetensors", dtype=torch.float32)
     before = _outputs(m, "sd1")
-    assert apply_lora(m, path, 1.0) == 7 * 8 + 2 * 6     # q, k, v, out of attn1 / attn2 in 7 transformers; 2 text layers
+    assert apply_lora(m, path, 1.0) == 7 * 8 + 2 * 6      # q, k, v, out of attn1 / attn2 in 7 transformers, 2 text
     after = _outputs(m, "sd1")
     assert (after[1] - before[1]).abs().max() > 1e-4 and (after[0] - before[0]).abs().max() > 1e-4

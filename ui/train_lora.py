@@ -35,10 +35,11 @@ def lora_config(studio: Studio, base: str | None, source: str, rank, alpha, laye
         raise ValueError(f"The LoRA rank must be a whole number of at least 1; got {rank!r}.") from None
     if rank < 1:
         raise ValueError(f"The LoRA rank must be at least 1; got {rank}.")
+    data_name = Path(source).name if source != "shapes" else "shapes"
     return make_lora_config(str(entry.path), source, rank=rank, alpha=float(alpha) if alpha else None,
                             layers=list(layers or ["attn"]), steps=steps, batch_size=batch_size,
                             lr=float(learning_rate) if learning_rate else None, base_config=entry.config,
-                            name=f"{Path(source).name if source != 'shapes' else 'shapes'}-{Path(entry.name).stem}-lora")
+                            name=f"{data_name}-{Path(entry.name).stem}-lora")
 
 
 def build_fields(studio: Studio) -> SimpleNamespace:

@@ -41,12 +41,13 @@ from core.pipelines.txt2img import txt2img
 from core.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from core.train.config import TrainConfig, _known, stage_of
 from core.train.data import DataConfig, ImageFolder, TrainData, to_tensor
-from core.train.export import METADATA_RUN_ID, check_overwrite
+from core.train.export import METADATA_RUN_ID, last_checkpoint
 from core.train.latents import encode_batch
 from core.train.losses import diffusion_loss, diffusion_target, min_snr_weight, q_sample
 from core.train.lora_network import LoraNetwork, check_layer_groups, select_layers
 from core.train.run_folder import RunFolder
-from core.train.runtime import Runtime, StopFlag, learning_rate, machine, sample_indices, step_generator
+from core.train.runtime import (Runtime, StopFlag, machine, sample_indices, samples_and_checkpoint,
+                                set_learning_rate, step_generator)
 
 log = logging.getLogger("core.train")
 
@@ -239,6 +240,9 @@ def train_lora(cfg: LoraRunConfig, run: RunFolder, rt: Runtime, resume: bool = F
                          "wall_time_s": wall_time, "commands": commands, "metrics": last_metrics, "info": info,
                          "machine": machine(rt)}, run.checkpoint_path)
 
+    def grids():
+        run.save_grid(sample_grid(model, held, tc, size), step, nrow=tc.n_samples)
+
     run.truncate_metrics(step)
     run.write_state(status="running", step=step, total_steps=tc.steps, error=None)
     stop, last_metrics, status = StopFlag(), {}, "finished" if end >= tc.steps else "stopped"
@@ -246,9 +250,7 @@ def train_lora(cfg: LoraRunConfig, run: RunFolder, rt: Runtime, resume: bool = F
     try:
         while step < end:
             started = time.perf_counter()
-            lr = learning_rate(step, tc)
-            for group in opt.param_groups:
-                group["lr"] = lr
+            lr = set_learning_rate(opt, step, tc)
             for micro in range(tc.grad_accum):
                 g = step_generator(tc.seed, step, 0, micro)
                 batch = data.batch(sample_indices(step, micro, rt, tc.batch_size, tc.grad_accum))
@@ -274,14 +276,8 @@ def train_lora(cfg: LoraRunConfig, run: RunFolder, rt: Runtime, resume: bool = F
                                 eta_s=(tc.steps - step) * train_time / n_logged)
                 log.info("step %d/%d loss %.4f lr %.2e %.1f img/s", step, tc.steps, sums / n_logged, lr, speed)
                 sums, n_logged, train_time = 0.0, 0, 0.0
-            stopping = stop.check(rt)
-            if step % tc.sample_every == 0 or step == end:
-                run.save_grid(sample_grid(model, held, tc, size), step, nrow=tc.n_samples)
-            if step % tc.ckpt_every == 0 or step == end or stopping:
-                save()
-            if stopping:
+            if samples_and_checkpoint(step, end, tc, stop, rt, grids, save):
                 status = "stopped"
-                log.info("stop requested: checkpoint saved at step %d", step)
                 break
     finally:
         stop.restore()
@@ -326,7 +322,8 @@ def kohya_metadata(ckpt: dict, cfg: LoraRunConfig, name: str) -> dict[str, str]:
             "ss_text_encoder_lr": str(tc.lr) if "text" in lc.layers else "None",
             "ss_network_train_unet_only": str("text" not in lc.layers),
             "ss_network_train_text_encoder_only": str(set(lc.layers) == {"text"}),
-            "ss_max_train_steps": str(tc.steps), "ss_steps": str(ckpt["step"]), "ss_lr_warmup_steps": str(tc.warmup_steps),
+            "ss_max_train_steps": str(tc.steps), "ss_steps": str(ckpt["step"]),
+            "ss_lr_warmup_steps": str(tc.warmup_steps),
             "ss_lr_scheduler": tc.lr_schedule, "ss_batch_size_per_device": str(tc.batch_size),
             "ss_gradient_accumulation_steps": str(tc.grad_accum), "ss_max_grad_norm": str(tc.grad_clip),
             "ss_optimizer": f"torch.optim.AdamW(weight_decay={tc.weight_decay},betas={tc.betas})",
@@ -346,13 +343,8 @@ def export_lora(run_dir, out, name: str | None = None, dtype: torch.dtype = torc
     defaults / first_stage belong to model exports: a LoRA refuses them."""
     if defaults or first_stage:
         raise ValueError("a LoRA file holds adapters only: --defaults and --first-stage apply to model exports")
-    run = RunFolder(run_dir)
-    if not run.checkpoint_path.exists():
-        raise FileNotFoundError(f"{run.path} has no checkpoint yet ({run.checkpoint_path}); train first")
+    run, run_id, ckpt = last_checkpoint(run_dir, out)
     out = Path(out)
-    run_id = run.run_id()
-    check_overwrite(out, run_id)
-    ckpt = load_checkpoint(run.checkpoint_path)
     cfg = load_lora_config(ckpt["config"])
     name = name or cfg.export.get("name") or run.name
     tensors = {k: v.to(dtype) for k, v in ckpt["model"].items()}
