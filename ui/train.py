@@ -314,6 +314,15 @@ def build_notice(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
     return SimpleNamespace(row=row, notice=notice, stop=stop)
 
 
+def refresh_sources(studio: Studio, current: str | None, chosen_stage: str, base: str | None) -> tuple:
+    """The model pickers of the chosen stage (the LDM stages' autoencoder and start model, or the
+    LoRA's base model), their choices read afresh from weights/."""
+    ldm = chosen_stage != "lora"
+    return gr.update(**first_stage_update(studio, current), visible=ldm), \
+        gr.update(choices=studio.models.choices("txt2img"), visible=ldm), \
+        gr.update(**train_lora.base_update(studio, base)), gr.update(visible=not ldm)
+
+
 def _own_images(studio: Studio) -> tuple:
     """The "Your own images" fields: a folder under the data root, or a zip; and a data check."""
     with gr.Accordion("Your own images", open=False):
@@ -328,8 +337,9 @@ def _own_images(studio: Studio) -> tuple:
 
 def build(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
     gr.Markdown("Train the two stages of a latent diffusion model: first the **autoencoder**, then an **LDM** in its "
-                "latent space (text-to-image, 4x super-resolution, inpainting). Runs go on in the background "
-                "(closing this page does not stop them); **Use this model** exports a run to the model pickers.")
+                "latent space (text-to-image, 4x super-resolution, inpainting); or a **LoRA** for a text-to-image "
+                "model. Runs go on in the background (closing this page does not stop them); **Use this model** "
+                "exports a run to the model pickers (a LoRA to weights/lora, for `<lora:name:1>` in a prompt).")
     with gr.Row():
         with gr.Column(scale=1):
             stage = gr.Radio(STAGES, value="autoencoder", label="What to train")
@@ -392,12 +402,8 @@ def build(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
     use.click(partial(train_export, studio), inputs=[run], outputs=[exported], api_name="train_export",
               concurrency_limit=None)
 
-    def refresh_sources(current, chosen_stage):
-        txt2img = gr.update(choices=studio.models.choices("txt2img"))
-        return gr.update(**first_stage_update(studio, current)), txt2img, txt2img, \
-            gr.update(visible=chosen_stage == "lora")
-
-    gr.on([demo.load, exported.change, stage.change], refresh_sources, inputs=[first_stage, stage],
+    gr.on([demo.load, exported.change, stage.change], partial(refresh_sources, studio),
+          inputs=[first_stage, stage, lora.base],
           outputs=[first_stage, init_from, lora.base, lora.group], api_visibility="private", queue=False)
 
     def status_api(name: str = "") -> dict:

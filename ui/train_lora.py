@@ -42,10 +42,17 @@ def lora_config(studio: Studio, base: str | None, source: str, rank, alpha, laye
                             name=f"{data_name}-{Path(entry.name).stem}-lora")
 
 
+def base_update(studio: Studio, current: str | None) -> dict:
+    """The base picker's choices and value: `current` while offered, else the first text-to-image model."""
+    choices = studio.models.choices("txt2img")
+    values = [v for _, v in choices]
+    return {"choices": choices, "value": current if current in values else (values[0] if values else None)}
+
+
 def build_fields(studio: Studio) -> SimpleNamespace:
     """The LoRA fields, shown while the LoRA choice is picked."""
     with gr.Group(visible=False) as group:
-        base = gr.Dropdown(studio.models.choices("txt2img"), value=None, label=BASE_LABEL,
+        base = gr.Dropdown(**base_update(studio, None), label=BASE_LABEL,
                            info="the text-to-image model the LoRA is trained for (it stays frozen)")
         with gr.Row():
             rank = gr.Number(4, label="Rank", precision=0, minimum=1)

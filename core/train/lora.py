@@ -111,8 +111,8 @@ def make_lora_config(base: str, dataset: str, rank: int = 4, alpha: float | None
     if image_size:
         data["size"] = int(image_size)
     train = {"steps": steps, "batch_size": batch_size, "lr": lr or 1e-4, "warmup_steps": min(100, steps // 10),
-             "weight_decay": 0.01, "cond_drop": 0.0, "sample_every": max(1, min(250, steps // 4)),
-             "ckpt_every": max(1, min(250, steps // 4)), "n_samples": 4, "sample_guidance": 5.0,
+             "weight_decay": 0.01, "cond_drop": 0.0, "sample_every": min(250, steps // 4 or steps),   # 4 grids
+             "ckpt_every": min(250, steps // 4 or steps), "n_samples": 4, "sample_guidance": 5.0,
              "seed": seed, **train_overrides}
     lora = {"base": str(base), "base_config": base_config, "rank": rank, "alpha": alpha, "layers": list(layers)}
     return {"lora": lora, "data": data, "train": train,
