@@ -19,7 +19,7 @@ from core.lora import LoraTag, apply_lora, use_loras
 from core.train import train
 from core.train.__main__ import main
 from core.train.checkpoint import load_checkpoint
-from core.train.lora import export_lora, load_lora_config, make_lora_config
+from core.train.lora import base_version, export_lora, load_lora_config, make_lora_config
 from core.train.lora_network import LoraNetwork, select_layers
 from tests.tiny_models import example_inputs, tiny_model
 
@@ -153,6 +153,9 @@ def test_kohya_names_are_the_inverse_of_the_loading_table():
         assert all(table[layer.name] == layer.target == table[layer.path] for layer in layers)
         assert all(layer.name.startswith(prefixes) for layer in layers), family
         assert len({layer.target for layer in layers}) == len(layers)           # one name per weight
+    versions = {family: base_version(tiny_model(family)) for family in ("sd1", "sd2", "sd2_v", "sdxl", "ldm_txt2img")}
+    assert versions == {"sd1": ("sd_v1", False), "sd2": ("sd_v2", True), "sd2_v": ("sd_v2_v", True),
+                        "sdxl": ("sdxl_base_v1-0", False), "ldm_txt2img": ("ldm_studio_transformer", False)}
 
 
 def test_resume_continues_exactly(tmp_path):

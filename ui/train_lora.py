@@ -36,7 +36,7 @@ def lora_config(studio: Studio, base: str | None, source: str, rank, alpha, laye
     if rank < 1:
         raise ValueError(f"The LoRA rank must be at least 1; got {rank}.")
     data_name = Path(source).name if source != "shapes" else "shapes"
-    return make_lora_config(str(entry.path), source, rank=rank, alpha=float(alpha) if alpha else None,
+    return make_lora_config(str(entry.path.resolve()), source, rank=rank, alpha=float(alpha) if alpha else None,
                             layers=list(layers or ["attn"]), steps=steps, batch_size=batch_size,
                             lr=float(learning_rate) if learning_rate else None, base_config=entry.config,
                             name=f"{data_name}-{Path(entry.name).stem}-lora")
@@ -56,7 +56,7 @@ def build_fields(studio: Studio) -> SimpleNamespace:
                            info="the text-to-image model the LoRA is trained for (it stays frozen)")
         with gr.Row():
             rank = gr.Number(4, label="Rank", precision=0, minimum=1)
-            alpha = gr.Number(4, label="Alpha (scale = alpha / rank)", minimum=0)
+            alpha = gr.Number(4, label="Alpha (scale = alpha / rank; 0: = rank)", minimum=0)
         layers = gr.CheckboxGroup(LAYER_CHOICES, value=["attn"], label="Layers")
         gr.Markdown("Trains at the base model's own size on your images (**Your own images**); the exported "
                     "file works in other UIs too (kohya format).")

@@ -107,7 +107,7 @@ def make_lora_config(base: str, dataset: str, rank: int = 4, alpha: float | None
         data = {"source": "shapes"}
     else:
         ImageFolder(dataset, 8)                                            # ValueError: missing or empty
-        data = {"source": "folder", "path": str(dataset)}
+        data = {"source": "folder", "path": str(dataset), "flip": False}     # kohya's default: no flip_aug
     if image_size:
         data["size"] = int(image_size)
     train = {"steps": steps, "batch_size": batch_size, "lr": lr or 1e-4, "warmup_steps": min(100, steps // 10),
