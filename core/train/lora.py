@@ -202,6 +202,7 @@ def train_lora(cfg: LoraRunConfig, run: RunFolder, rt: Runtime, resume: bool = F
     model.model.train()                                   # the UNet's gradient checkpointing runs in train mode
     params = list(network.parameters())
     opt = torch.optim.AdamW(params, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.scaler)        # fp16 autocast: loss scaling
     log.info("LoRA rank %d alpha %g on %d layers (%s) of %s: %.3fM trained parameters", lc.rank, lc.alpha,
              len(network.adapters), ", ".join(lc.layers), Path(lc.base).name, sum(p.numel() for p in params) / 1e6)
 
@@ -224,6 +225,7 @@ def train_lora(cfg: LoraRunConfig, run: RunFolder, rt: Runtime, resume: bool = F
                              "a LoRA continues on the same base only")
         network.load_kohya_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["opt"])
+        scaler.load_state_dict(ckpt["scaler"])
         step, wall_time, commands, info = ckpt["step"], ckpt["wall_time_s"], list(ckpt["commands"]), ckpt["info"]
         restore_rng(ckpt["rng"])
         log.info("resumed from %s at step %d", run.checkpoint_path, step)
@@ -235,7 +237,8 @@ def train_lora(cfg: LoraRunConfig, run: RunFolder, rt: Runtime, resume: bool = F
                 ss_mixed_precision={None: "no", torch.bfloat16: "bf16", torch.float16: "fp16"}[rt.amp_dtype])
 
     def save():
-        save_checkpoint({"model": network.kohya_state_dict(), "opt": opt.state_dict(), "step": step,
+        save_checkpoint({"model": network.kohya_state_dict(), "opt": opt.state_dict(), "scaler": scaler.state_dict(),
+                         "step": step,
                          "config": cfg.raw, "rng": capture_rng(), "data_position": step * tc.grad_accum * tc.batch_size,
                          "wall_time_s": wall_time, "commands": commands, "metrics": last_metrics, "info": info,
                          "machine": machine(rt)}, run.checkpoint_path)
@@ -257,10 +260,12 @@ def train_lora(cfg: LoraRunConfig, run: RunFolder, rt: Runtime, resume: bool = F
                 entry = encode_batch(model, batch, rt.device, rt.autocast)                # frozen first stage
                 with rt.autocast():
                     loss = lora_loss(model, entry, batch["caption"], g, tc, size) / tc.grad_accum
-                loss.backward()
+                scaler.scale(loss).backward()
                 sums += loss.item()
+            scaler.unscale_(opt)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip or float("inf"))
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             opt.zero_grad(set_to_none=True)
             step += 1
             n_logged += 1
