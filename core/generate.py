@@ -8,6 +8,7 @@
     python -m core.generate class --model cin256-v2.ckpt --config cin256-v2.yaml --class-label 207
     python -m core.generate layout --model M --layout boxes.json      # [[class_id, x0, y0, x1, y1], ...]
     python -m core.generate uncond --model M --n 4
+    python -m core.generate semantic --model M --config semantic_synthesis256.yaml --segmentation labels.png
     python -m core.generate txt2img --help
 
 Files are named NNNNN-SEED.png in --outdir (default outputs/YYYY-MM-DD/), numbered after the
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core.generate", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True,
-                                metavar="{txt2img,img2img,inpaint,upscale,class,uncond,layout}")
+                                metavar="{txt2img,img2img,inpaint,upscale,class,uncond,layout,semantic}")
 
     p = sub.add_parser("txt2img", help="text to image")
     _common(p)
@@ -144,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", required=True, metavar="FILE",
                    help="a JSON file: a list of [class_id, x0, y0, x1, y1] boxes, coordinates in [0, 1]")
     _size(p)
+    p = sub.add_parser("semantic", help="semantic synthesis: an image from a segmentation map")
+    _common(p, prompts=False)
+    p.add_argument("--segmentation", required=True, metavar="FILE.png",
+                   help="a label map: a single-channel PNG whose pixel values are class ids; the image has its size")
     return parser
 
 
@@ -228,14 +233,17 @@ def _run(args, stop: threading.Event, bar: ProgressBar) -> list:
                                   negative_prompt=args.negative_prompt, noise_level=args.noise_level,
                                   back_projection=args.back_projection, scale=args.scale,
                                   tile_batch=args.tile_batch, **common)]
-    size = dict(width=args.width, height=args.height)
+    size = dict(width=args.width, height=args.height) if args.command != "semantic" else {}   # semantic: the map's
     if args.command == "class":
         return pipelines.sample_class(m, args.class_label, **size, **many, **common)
     if args.command == "layout":
         return pipelines.sample_layout(m, _read_layout(args.layout), **size, **many, **common)
     if args.guidance_scale not in (None, 1.0):
-        raise ValueError("an unconditional model has nothing to guide towards; leave --cfg-scale out.")
+        raise ValueError(f"{'a semantic-synthesis' if args.command == 'semantic' else 'an unconditional'} model "
+                         "has no unconditional branch to guide against; leave --cfg-scale out.")
     del common["guidance_scale"]
+    if args.command == "semantic":
+        return pipelines.sample_semantic(m, args.segmentation, **many, **common)
     return pipelines.sample_unconditional(m, **size, **many, **common)
 
 

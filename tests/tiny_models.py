@@ -98,6 +98,19 @@ FAMILIES: dict[str, str] = {
           params: {image_size: 8, in_channels: 7, out_channels: 3, model_channels: 32, attention_resolutions: [2],
                    num_res_blocks: 1, channel_mult: [1, 2], num_heads: 2, resblock_updown: true}
         """, _VQ.format(embed=3, mult=[1, 1, 2], attn=[]), "cond_stage_config: __is_first_stage__\n"),
+    # LDM semantic synthesis (semantic_synthesis256/512): z ++ SpatialRescaler(one-hot map), VQ-f4; the released
+    # configs: 182 classes, n_stages 2, out_channels 3, `concat_mode: true` and no conditioning_key.
+    "ldm_semantic": _model(_LDM, _SCHED + "channels: 3\nconcat_mode: true\ncond_stage_key: segmentation\n"
+                           "cond_stage_trainable: true\nloss_type: l1\n", """
+        unet_config:
+          target: ldm.modules.diffusionmodules.openaimodel.UNetModel
+          params: {image_size: 8, in_channels: 6, out_channels: 3, model_channels: 32, attention_resolutions: [2],
+                   num_res_blocks: 1, channel_mult: [1, 2], num_heads: 2}
+        """, _VQ.format(embed=3, mult=[1, 1, 2], attn=[]), """
+        cond_stage_config:
+          target: ldm.modules.encoders.modules.SpatialRescaler
+          params: {n_stages: 2, in_channels: 5, out_channels: 3}
+        """),
     # LDM layout-to-image: VQ-f8 with attention, layout tokens -> a jointly trained transformer.
     "ldm_layout": _model(_LDM, _SCHED + "channels: 4\ncond_stage_key: coordinates_bbox\n"
                          "conditioning_key: crossattn\ncond_stage_trainable: true\n", """
@@ -307,6 +320,10 @@ def example_inputs(model: LatentDiffusion, family: str, batch: int = 2, seed: in
                                                             generator=g))
     elif family == "ldm_sr":
         cond = torch.rand(batch, 3, side, side, generator=g) * 2 - 1          # LR image at latent size
+    elif family == "ldm_semantic":
+        labels = torch.randint(0, model.config.cond_stage.in_channels, (batch, side * f, side * f), generator=g)
+        one_hot = torch.nn.functional.one_hot(labels, model.config.cond_stage.in_channels).permute(0, 3, 1, 2)
+        cond = model.get_learned_conditioning(one_hot.float())                # (B, 3, side, side), concatenated
     elif family == "ldm_inpaint":
         mask = (torch.rand(batch, 1, side, side, generator=g) > 0.5).float() * 2 - 1
         cond = {"c_concat": [torch.cat([model.get_learned_conditioning(image), mask], dim=1)]}

@@ -17,7 +17,7 @@ import pandas as pd
 from core.train.config import make_config
 from core.train.dataset_check import check_dataset, extract_zip, resolve_data_path
 from core.train.export import exported_from, export_run
-from core.train.lora import export_lora
+from core.train.lora import LoraRunConfig, export_lora, lora_config_dict
 from ui import train_lora
 from ui.errors import user_errors
 from ui.studio import Studio
@@ -164,7 +164,7 @@ def train_start(studio: Studio, stage: str = "autoencoder", dataset: str = "shap
                                         learning_rate)
         for warning in warnings:
             gr.Warning(warning)
-        return _start(studio, config, name, "lora")
+        return _start(studio, config, name)
     sources = [v for _, v in first_stage_choices(studio)]
     if first_stage and first_stage not in sources:
         raise ValueError(f"{first_stage!r} (field '{FIRST_STAGE_LABEL}', API first_stage) is not a trained "
@@ -182,13 +182,16 @@ def train_start(studio: Studio, stage: str = "autoencoder", dataset: str = "shap
                          lr=float(learning_rate) if learning_rate else None, image_size=image_size,
                          first_stage=first_stage or None, init_from=init_path,
                          log_every=max(1, min(10, steps // 20)))
-    return _start(studio, config, name, "autoencoder" if stage == "autoencoder" else "ldm")
+    return _start(studio, config, name)
 
 
-def _start(studio: Studio, config: dict, name: str | None, stage: str) -> dict:
+def _start(studio: Studio, config, name: str | None) -> dict:
+    """Start `config` (a RunConfig or a LoraRunConfig) as run `name` (default: its export name and the time)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    run_name = name or re.sub(r"[^A-Za-z0-9._-]+", "-", f"{config['export']['name']}-{stamp}")   # a folder name
-    return status_dict(studio.runs.start(config, name=run_name, stage=stage))
+    run_name = name or re.sub(r"[^A-Za-z0-9._-]+", "-", f"{config.export['name']}-{stamp}")   # a folder name
+    if isinstance(config, LoraRunConfig):
+        return status_dict(studio.runs.start(lora_config_dict(config), name=run_name, stage="lora"))
+    return status_dict(studio.runs.start(config, name=run_name))   # the stage: the model's capabilities say
 
 
 @user_errors

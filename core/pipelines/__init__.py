@@ -22,12 +22,12 @@ images finished before the stop) and `.partial` (the interrupted ones, decoded f
 estimate). n images run in UNet batches of `batch_size`; image i depends only on its seed.
 
 Files: txt2img.py (and the generic noise -> image pipeline), hires.py (hires fix), img2img.py, inpaint.py, upscale.py,
-conditional.py (unconditional / class / layout); denoise.py, tiling.py, generation.py (seeds,
+conditional.py (unconditional / class / layout / semantic), segmentation.py; denoise.py, tiling.py, generation.py (seeds,
 decode, record), conditioning.py, defaults.py; images.py, masks.py, color.py, infotext.py,
 progress.py; vae.py, tiled_vae.py, tiles.py, memory.py.
 """
 from core.capabilities import Capabilities, capabilities
-from core.pipelines.conditional import sample_class, sample_layout, sample_unconditional
+from core.pipelines.conditional import sample_class, sample_layout, sample_semantic, sample_unconditional
 from core.pipelines.defaults import Defaults, model_defaults, size_multiple
 from core.pipelines.denoise import denoise, denoise_batches
 from core.pipelines.hires import HiresSettings, txt2img_hires
@@ -41,7 +41,7 @@ from core.pipelines.upscale import UpscalePlan, lanczos, plan_upscale, upscale
 from core.samplers import SamplingInterrupted, SamplingSettings
 
 __all__ = ["txt2img", "txt2img_hires", "HiresSettings", "img2img", "inpaint", "upscale", "lanczos",
-           "sample_unconditional", "sample_class", "sample_layout", "denoise", "denoise_batches", "plan_upscale",
+           "sample_unconditional", "sample_class", "sample_layout", "sample_semantic", "denoise", "denoise_batches", "plan_upscale",
            "UpscalePlan", "SamplingSettings",
            "capabilities", "Capabilities", "read_infotext", "parse_infotext", "infotext", "save_png",
            "load_image", "load_mask", "resize_image", "RESIZE_MODES", "Progress", "SamplingInterrupted",

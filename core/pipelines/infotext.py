@@ -52,6 +52,8 @@ PARAMETERS = [
     ("Eta DDIM", "eta", float),                  # DDIM's eta (the reference's label)
     ("Class", "class_label", int),
     ("Layout", "layout", "json"),
+    ("Segmentation hash", "segmentation_hash", str),   # semantic synthesis: sha256 of the one-hot map, 10 digits
+    ("Segmentation classes", "segmentation_classes", "json"),
     ("Mask blur", "mask_blur", int),
     ("Inpaint area", "inpaint_area", str),
     ("Masked area padding", "padding", int),

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from core.train.export import export_run, reexport_file
 from core.train.dataset_check import extract_zip
-from core.train.lora import export_lora, is_lora_run, make_lora_config
+from core.train.lora import LoraRunConfig, export_lora, is_lora_run, make_lora_config
 from core.train.lora_network import LAYER_GROUPS
 from core.train.session import train
 
@@ -43,7 +43,7 @@ def add_lora_arguments(p: argparse.ArgumentParser) -> None:
                                  "when trained from --base / --data)")
 
 
-def lora_cli_config(args) -> tuple[dict | str | None, str | None, Path | None]:
+def lora_cli_config(args) -> tuple[LoraRunConfig | str | None, str | None, Path | None]:
     """(config, run name, output file) of `lora`: a --config file, a resumed run, or --base and --data."""
     if args.config or args.resume:
         return args.config, args.name, Path(args.out) if args.out else None

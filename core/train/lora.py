@@ -24,7 +24,7 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,30 +59,47 @@ class LoraConfig:
     rank: int = 4                        # r: the adapters' inner dimension (kohya's network_dim)
     alpha: float | None = None           # scale alpha / r (kohya's network_alpha); None = rank (scale 1)
     layers: tuple[str, ...] = ("attn",)  # groups of lora_network.LAYER_GROUPS
+    size: int | None = None              # training image side in pixels; None = the base's native size
 
     def __post_init__(self):
+        if not self.base:
+            raise ValueError("lora.base: give the text-to-image model file the LoRA is trained for")
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
             raise ValueError(f"lora.rank must be a whole number >= 1, got {self.rank!r}")
         if self.alpha is not None and not float(self.alpha) > 0:
             raise ValueError(f"lora.alpha must be > 0 (or empty for alpha = rank), got {self.alpha!r}")
+        if self.size is not None and (self.size < 8 or self.size % 8):
+            raise ValueError(f"lora.size must be a multiple of 8 (or empty for the base's size), got {self.size}")
         object.__setattr__(self, "alpha", float(self.rank if self.alpha is None else self.alpha))
         object.__setattr__(self, "layers", check_layer_groups(self.layers))
-        if not self.base:
-            raise ValueError("lora.base: give the text-to-image model file the LoRA is trained for")
 
 
 @dataclass(frozen=True)
 class LoraRunConfig:
     lora: LoraConfig
-    data: DataConfig                     # data.size None in the YAML: the base's native size (at train time)
+    data: DataConfig                     # data.size: lora.size (the side the loop trains at decides)
     train: TrainConfig
-    export: dict = field(default_factory=dict)
-    raw: dict = field(default_factory=dict)
-    stage: str = "lora"
+    export: dict = field(default_factory=dict)          # {name}
+
+    @property
+    def stage(self) -> str:
+        return "lora"
+
+
+def lora_config_dict(cfg: LoraRunConfig) -> dict:
+    """The config as plain values (a run folder's config.yaml, a checkpoint's "config")."""
+    out = {name: json.loads(json.dumps(asdict(getattr(cfg, name)))) for name in ("lora", "data", "train")}
+    return {**out, "export": copy.deepcopy(cfg.export)}
+
+
+def dump_lora_config(cfg: LoraRunConfig) -> str:
+    return yaml.safe_dump(lora_config_dict(cfg), sort_keys=False, default_flow_style=None, width=110)
 
 
 def load_lora_config(source) -> LoraRunConfig:
-    """A LoRA training config (dict, or YAML path) -> LoraRunConfig; bad values raise ValueError."""
+    """A LoRA training config (dict, YAML path or LoraRunConfig) -> LoraRunConfig; bad values raise ValueError."""
+    if isinstance(source, LoraRunConfig):
+        return source
     raw = copy.deepcopy(source) if isinstance(source, dict) else yaml.safe_load(Path(source).read_text())
     if not isinstance(raw, dict) or not isinstance(raw.get("lora"), dict):
         raise ValueError("a LoRA config needs a `lora:` block {base, rank, alpha, layers}, plus `data:` and `train:`")
@@ -90,33 +107,29 @@ def load_lora_config(source) -> LoraRunConfig:
     if unknown:
         raise ValueError(f"config: unknown top-level blocks {unknown}; valid: lora, data, train, export")
     lora = LoraConfig(**_known(LoraConfig, raw["lora"], "lora"))
-    data_block = _known(DataConfig, raw.get("data") or {}, "data")
-    data = DataConfig(**{**data_block, "size": data_block.get("size") or 64})   # checked now, size set later
+    data = DataConfig(**_known(DataConfig, raw.get("data") or {}, "data"))
     train = TrainConfig(**_known(TrainConfig, raw.get("train") or {}, "train"))
-    return LoraRunConfig(lora, data, train, dict(raw.get("export") or {}), raw)
+    return LoraRunConfig(lora, data, train, dict(raw.get("export") or {}))
 
 
 def make_lora_config(base: str, dataset: str, rank: int = 4, alpha: float | None = None, layers=("attn",),
                      steps: int = 1000, batch_size: int = 1, lr: float | None = None, *,
                      image_size: int | None = None, base_config: str | None = None, seed: int = 0,
-                     name: str | None = None, **train_overrides) -> dict:
-    """A LoRA training config dict. dataset: an image folder (captions in name.txt / captions.jsonl)
-    or "shapes"; image_size None: the base model's native size. train_overrides: other train.* keys."""
-    LoraConfig(base, base_config, rank, alpha, tuple(layers))              # the values, checked once here
+                     name: str | None = None, **train_overrides) -> LoraRunConfig:
+    """A LoRA training config. dataset: an image folder (captions in name.txt / captions.jsonl) or
+    "shapes"; image_size None: the base model's native size. train_overrides: other train.* keys."""
+    lora = LoraConfig(str(base), base_config, rank, alpha, tuple(layers), image_size or None)
     if dataset == "shapes":
-        data = {"source": "shapes"}
+        data = DataConfig(source="shapes")
     else:
         ImageFolder(dataset, 8)                                            # ValueError: missing or empty
-        data = {"source": "folder", "path": str(dataset), "flip": False}     # kohya's default: no flip_aug
-    if image_size:
-        data["size"] = int(image_size)
+        data = DataConfig(source="folder", path=str(dataset), flip=False)   # kohya's default: no flip_aug
     train = {"steps": steps, "batch_size": batch_size, "lr": lr or 1e-4, "warmup_steps": min(100, steps // 10),
              "weight_decay": 0.01, "cond_drop": 0.0, "sample_every": min(250, steps // 4 or steps),   # 4 grids
              "ckpt_every": min(250, steps // 4 or steps), "n_samples": 4, "sample_guidance": 5.0,
              "seed": seed, **train_overrides}
-    lora = {"base": str(base), "base_config": base_config, "rank": rank, "alpha": alpha, "layers": list(layers)}
-    return {"lora": lora, "data": data, "train": train,
-            "export": {"name": name or f"{Path(str(dataset)).name}-lora"}}
+    return LoraRunConfig(lora, data, TrainConfig(**_known(TrainConfig, train, "train")),
+                         {"name": name or f"{Path(str(dataset)).name}-lora"})
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,7 +220,7 @@ def train_lora(cfg: LoraRunConfig, run: RunFolder, rt: Runtime, resume: bool = F
              len(network.adapters), ", ".join(lc.layers), Path(lc.base).name, sum(p.numel() for p in params) / 1e6)
 
     # 2. Data: the captioned images at the base's native size (or data.size), the held-out captions.
-    size = int(cfg.raw.get("data", {}).get("size") or caps.native_size)
+    size = lc.size or caps.native_size
     if size % caps.grid:
         raise ValueError(f"data.size {size} must be a multiple of {caps.grid} for this model")
     data = TrainData(replace(cfg.data, size=size))
@@ -239,7 +252,7 @@ def train_lora(cfg: LoraRunConfig, run: RunFolder, rt: Runtime, resume: bool = F
     def save():
         save_checkpoint({"model": network.kohya_state_dict(), "opt": opt.state_dict(), "scaler": scaler.state_dict(),
                          "step": step,
-                         "config": cfg.raw, "rng": capture_rng(), "data_position": step * tc.grad_accum * tc.batch_size,
+                         "config": lora_config_dict(cfg), "rng": capture_rng(), "data_position": step * tc.grad_accum * tc.batch_size,
                          "wall_time_s": wall_time, "commands": commands, "metrics": last_metrics, "info": info,
                          "machine": machine(rt)}, run.checkpoint_path)
 
