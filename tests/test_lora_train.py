@@ -6,6 +6,7 @@ Also: resume, the CLI (folder and zip), the Train tab's LoRA choice, and bad inp
 import json
 import warnings
 import zipfile
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -255,3 +256,18 @@ def test_a_lora_trained_in_the_train_tab_loads_back(tmp_path):
     assert apply_lora(m, path, 1.0) == 7 * 8 + 2 * 6      # q, k, v, out of attn1 / attn2 in 7 transformers, 2 text
     after = _outputs(m, "sd1")
     assert (after[1] - before[1]).abs().max() > 1e-4 and (after[0] - before[0]).abs().max() > 1e-4
+
+
+def test_a_stop_asked_while_sampling_ends_the_grid():
+    """The loop's grids pass the stop flag to txt2img: Stop does not wait for a whole grid."""
+    from core.samplers import SamplingInterrupted
+    from core.train.config import TrainConfig
+    from core.train.lora import sample_grid
+
+    m = tiny_model("sd1")
+    m.model.train()
+    tc = TrainConfig(sample_steps=50, n_samples=2)
+    assert sample_grid(m, ["a", "b"], replace(tc, sample_steps=1), 64).shape == (2, 3, 64, 64)
+    with pytest.raises(SamplingInterrupted):
+        sample_grid(m, ["a", "b"], tc, 64, should_stop=lambda: True)
+    assert m.model.training                                   # the UNet back in training mode

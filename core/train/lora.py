@@ -38,6 +38,7 @@ from core.capabilities import capabilities
 from core.checkpoints import load_model
 from core.models.clip_text import FrozenOpenCLIPEmbedderConfig
 from core.pipelines.txt2img import txt2img
+from core.samplers import SamplingInterrupted
 from core.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from core.train.config import TrainConfig, _known, stage_of
 from core.train.data import DataConfig, ImageFolder, TrainData, to_tensor
@@ -171,14 +172,18 @@ def lora_loss(m, entry: dict, captions: list[str], g: torch.Generator, tc: Train
 
 
 @torch.no_grad()
-def sample_grid(m, captions: list[str], tc: TrainConfig, size: int) -> torch.Tensor:
-    """(N, 3, S, S) in [-1, 1]: the held-out captions through txt2img at fixed seeds, LoRA active."""
+def sample_grid(m, captions: list[str], tc: TrainConfig, size: int, should_stop=None) -> torch.Tensor:
+    """(N, 3, S, S) in [-1, 1]: the held-out captions through txt2img at fixed seeds, LoRA active.
+    should_stop() True ends it early (core.samplers.SamplingInterrupted)."""
     was_training = m.model.training
     m.eval()
-    with parametrize.cached():
-        images = [txt2img(m, c, steps=tc.sample_steps, guidance_scale=tc.sample_guidance, sampler="ddim",
-                          seed=tc.seed + 1234 + i, width=size, height=size)[0] for i, c in enumerate(captions)]
-    m.model.train(was_training)
+    try:
+        with parametrize.cached():
+            images = [txt2img(m, c, steps=tc.sample_steps, guidance_scale=tc.sample_guidance, sampler="ddim",
+                              seed=tc.seed + 1234 + i, width=size, height=size, should_stop=should_stop)[0]
+                      for i, c in enumerate(captions)]
+    finally:
+        m.model.train(was_training)
     return torch.stack([to_tensor(np.asarray(im.convert("RGB"))) for im in images])
 
 
@@ -256,8 +261,11 @@ def train_lora(cfg: LoraRunConfig, run: RunFolder, rt: Runtime, resume: bool = F
                          "wall_time_s": wall_time, "commands": commands, "metrics": last_metrics, "info": info,
                          "machine": machine(rt)}, run.checkpoint_path)
 
-    def grids():
-        run.save_grid(sample_grid(model, held, tc, size), step, nrow=tc.n_samples)
+    def grids():                        # a stop asked while sampling ends the grid, not the wait for it
+        try:
+            run.save_grid(sample_grid(model, held, tc, size, lambda: stop.requested), step, nrow=tc.n_samples)
+        except SamplingInterrupted:
+            log.info("stop requested: the sample grid of step %d was left out", step)
 
     run.truncate_metrics(step)
     run.write_state(status="running", step=step, total_steps=tc.steps, error=None)
