@@ -3,7 +3,7 @@
 The server is started once per test session (the API tests and the browser tests share it) from a
 temporary folder holding weights/, outputs/, runs/ and data/, so nothing touches the repository.
 Its weights are tiny models of the real families (tests/tiny_models.py): "sd2" for text to
-image, "sd2_inpaint" for inpainting, "ldm_sr" for 4x upscaling, each with ldm_studio_defaults
+image, "sd2_inpaint" for inpainting, "ldm_sr" for 4x upscaling, "layout" for layout to image, each with ldm_studio_defaults
 metadata asking for few steps at a small size, so a generation takes well under a second.
 With LDM_TEST_WEIGHTS=DIR the server gets DIR's models instead (scripts/screenshots.sh).
 
@@ -38,6 +38,8 @@ TINY_WEIGHTS = {
     "tiny-inpaint.safetensors": ("sd2_inpaint", {"sampler": "ddim", "steps": STEPS, "guidance_scale": 3.0,
                                                  "width": 64, "height": 64}),
     "tiny-sr.safetensors": ("ldm_sr", {"sampler": "ddim", "steps": STEPS, "guidance_scale": 1.0, "eta": 1.0}),
+    "tiny-layout.safetensors": ("layout", {"sampler": "ddim", "steps": STEPS, "guidance_scale": 3.0,
+                                           "width": 64, "height": 64}),
 }
 
 

@@ -183,6 +183,19 @@ FAMILIES: dict[str, str] = {
             noise_schedule_config: {linear_start: 0.0001, linear_end: 0.02}
             max_noise_level: 350
         """),
+    # This project's layout-to-image model (core/train/config.py, stage "layout"): the shapes world's
+    # 24 classes, at most 3 objects, our LayoutEmbedder read by cross-attention.
+    "layout": _model(_LDM, _SD_SCHED + "cond_stage_key: layout\nconditioning_key: crossattn\nuse_ema: false\n", """
+        unet_config:
+          target: ldm.modules.diffusionmodules.openaimodel.UNetModel
+          params: {image_size: 8, in_channels: 4, out_channels: 4, model_channels: 32, attention_resolutions: [1, 2],
+                   num_res_blocks: 1, channel_mult: [1, 2], num_head_channels: 16, use_spatial_transformer: true,
+                   transformer_depth: 1, context_dim: 32, legacy: false}
+        """, _KL.format(embed=4, mult=[1, 1, 1, 2]), """
+        cond_stage_config:
+          target: core.models.conditioners.LayoutEmbedder
+          params: {embed_dim: 32, n_classes: 24, max_objects: 3}
+        """),
 }
 
 # SD 2.x 768-v: the base config with v-prediction.

@@ -28,7 +28,7 @@ MODEL_SUFFIXES = (".safetensors", ".ckpt")
 # (core/capabilities.py): inpainting takes a dedicated inpainting model or, by latent blending,
 # any text or unconditional model.
 TAB_NAMES = {"txt2img": "text-to-image", "img2img": "image-to-image", "inpaint": "inpainting",
-             "upscale": "upscaling"}
+             "upscale": "upscaling", "layout": "layout-to-image"}
 
 
 @dataclass(frozen=True)

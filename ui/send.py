@@ -13,6 +13,7 @@ import gradio as gr
 from PIL import Image
 
 from core import pipelines
+from core.pipelines.layout_text import format_layout, layout_vocabulary
 from core.samplers import sampler_name
 from core.samplers import SIGMA_SAMPLERS
 from ui.errors import user_errors
@@ -21,7 +22,7 @@ from ui.studio import Studio
 # Fields a tab may receive, in the order of its `receives` dict; keys that describe the picture but
 # are not settings (hash, version ...) are neither taken nor reported.
 FIELDS = ("prompt", "negative_prompt", "model", "sampler", "karras", "steps", "guidance_scale", "seed",
-          "width", "height", "strength")
+          "width", "height", "strength", "layout")
 DESCRIPTIVE = {"model_hash", "version", "rng", "task", "eta"}
 MAX_SIZE_OVER_NATIVE = 4        # a size over 4x the model's native side is "beyond the model"
 LABELS = {"strength": "Denoising strength", "guidance_scale": "CFG scale"}
@@ -76,6 +77,17 @@ def _size(entry, params: dict, notes: list[str], max_side: int) -> dict:
     return {"width": width, "height": height}
 
 
+def _layout(entry, params: dict, notes: list[str]) -> dict:
+    """The picture's layout (class ids) as the Layout tab's text, in its model's labels."""
+    if "layout" not in params or entry is None:
+        return {}
+    try:
+        return {"layout": format_layout(params["layout"], layout_vocabulary(entry.model_config))}
+    except ValueError as err:
+        notes.append(f"layout ({err})")
+        return {}
+
+
 def received(studio: Studio, tab: str, params: dict, names: tuple[str, ...]) -> tuple[list, list[str]]:
     """Values for the fields `names` of `tab` from parsed parameters (gr.skip() where nothing is
     taken) and notes saying what was not taken and why."""
@@ -88,8 +100,10 @@ def received(studio: Studio, tab: str, params: dict, names: tuple[str, ...]) -> 
         values["model"] = entry.name
     if "width" in names:
         values.update(_size(entry or _first(studio, tab), params, notes, studio.settings.max_side))
+    if "layout" in names:
+        values.update(_layout(entry or _first(studio, tab), params, notes))
     unused = [k for k in params if k not in FIELDS and k not in DESCRIPTIVE]
-    unused += [k for k in ("strength",) if k in params and k not in names]
+    unused += [k for k in ("strength", "layout") if k in params and k not in names]
     if unused:
         notes.append("not used here: " + ", ".join(f"{_label(k)} {params[k]}" for k in unused))
     return [values[n] if n in values else gr.skip() for n in names], notes
@@ -137,7 +151,7 @@ def send(studio: Studio, tab: str, names: tuple[str, ...], kind: str, *picture) 
     return ([image] if kind else []) + values
 
 
-def wire_sends(studio: Studio, tabs: gr.Tabs, t2i, i2i, inp, up, info) -> None:
+def wire_sends(studio: Studio, tabs: gr.Tabs, t2i, i2i, inp, up, info, lay=None) -> None:
     """The "Send to" buttons of Text to image's gallery and of PNG info. Each shows its tab first:
     the inpaint editor takes an image only once its tab is showing (its canvas is drawn lazily)."""
     gallery = [t2i.results.gallery, t2i.results.selected]
@@ -147,6 +161,8 @@ def wire_sends(studio: Studio, tabs: gr.Tabs, t2i, i2i, inp, up, info) -> None:
               (info.send, [info.image], "txt2img", "", None, t2i.receives),
               (info.to_img2img, [info.image], "img2img", "file", i2i.image, i2i.receives),
               (info.to_inpaint, [info.image], "inpaint", "editor", inp.editor, inp.receives)]
+    if lay is not None:
+        routes.append((info.to_layout, [info.image], "layout", "", None, lay.receives))
     for button, inputs, tab, kind, picture, receives in routes:
         outputs = ([picture] if picture is not None else []) + list(receives.values())
         button.click(partial(gr.Tabs, selected=tab), outputs=tabs, api_visibility="private", queue=False).then(

@@ -3,6 +3,7 @@ LDMs (Rombach et al. 2022, Sec. 4.1, 4.3.1 and Fig. 8)."""
 
 from core.capabilities import capabilities
 from core.pipelines.conditioning import class_conditioning, layout_conditioning
+from core.pipelines.layout_text import layout_vocabulary, parse_layout
 from core.pipelines.txt2img import sample_images
 
 
@@ -25,10 +26,11 @@ def sample_class(m, class_label, n=1, guidance_scale=None, steps=None, sampler=N
 
 def sample_layout(m, layout, n=1, guidance_scale=None, steps=None, sampler=None, seed=None, width=None,
                   height=None, **options):
-    """n samples of a layout, a list of (class_id, x0, y0, x1, y1) boxes with coordinates in [0, 1];
-    the unconditional half of guidance is the empty layout."""
-    capabilities(m).require("layout")
-    cond, uncond = layout_conditioning(m, layout)
-    boxes = [[int(b[0])] + [float(v) for v in b[1:]] for b in layout]
-    return sample_images(m, "layout", cond, uncond, {"layout": boxes}, n, seed, steps, sampler, guidance_scale,
-                   width, height, **options)
+    """n samples of a layout: a list of (class_id, x0, y0, x1, y1) boxes with coordinates in [0, 1],
+    or the same as text, one object a line ("circle red 0.1 0.1 0.4 0.4", layout_text.py) or JSON;
+    checked by parse_layout. The unconditional half of guidance is the empty layout."""
+    boxes = parse_layout(layout, layout_vocabulary(m))             # requires a layout model
+    cond, uncond = layout_conditioning(m, boxes)
+    recorded = [[c, *box] for c, *box in boxes]
+    return sample_images(m, "layout", cond, uncond, {"layout": recorded}, n, seed, steps, sampler, guidance_scale,
+                         width, height, **options)
