@@ -184,6 +184,8 @@ SLOW_MODULES = {
     "test_train_api.py": "training runs started through a live app.py",
     "test_train_tab.py": "training runs in the Train tab",
     "test_app_api.py": "gradio_client against a live app.py",
+    "test_layout_api.py": "gradio_client against a live app.py",
+    "test_browser_layout.py": "headless Chromium against a live app.py",
     "test_api_a1111_live.py": "the webuiapi client against a live app.py --api",
     "test_train_cli.py": "training subprocesses: SIGTERM / SIGKILL and resume, torchrun DDP",
 }

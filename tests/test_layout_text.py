@@ -11,7 +11,6 @@ from PIL import Image
 from core import save_model
 from core.generate import main
 from core.models.conditioners import LayoutEmbedderConfig
-from core.models.diffusion import LatentDiffusion
 from core.pipelines import format_layout, layout_vocabulary, parse_layout, read_infotext, sample_layout
 from core.pipelines.layout_text import SHAPES_WORLD_NAMES, LayoutVocabulary
 from core.world import PALETTE, SHAPES, class_label

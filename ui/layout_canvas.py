@@ -40,9 +40,10 @@ CSS = """
 .ldm-layout-board { width: 100%; max-width: 384px; aspect-ratio: 1; border: 1px solid #999;
                     cursor: crosshair; touch-action: none; }
 .ldm-layout-board:focus { outline: 2px solid #4a7; }
-.ldm-layout-tools { display: flex; flex-wrap: wrap; gap: 10px; align-items: center; }
-.ldm-layout-tools select { margin-left: 4px; padding: 2px 4px; }
-.ldm-layout-delete { padding: 2px 10px; border: 1px solid #999; border-radius: 4px; }
+.ldm-layout-tools { display: flex; flex-wrap: wrap; gap: 12px; align-items: center; font-size: 0.9em; }
+.ldm-layout-tools select { appearance: auto; -webkit-appearance: menulist; min-width: 7.5em; margin-left: 4px;
+                           padding: 3px 6px; border: 1px solid #999; border-radius: 4px; font-size: 1em; }
+.ldm-layout-delete { padding: 3px 10px; border: 1px solid #999; border-radius: 4px; cursor: pointer; }
 .ldm-layout-hint { font-size: 0.85em; opacity: 0.8; min-height: 1.2em; }
 """
 
