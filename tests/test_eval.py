@@ -372,3 +372,29 @@ def test_eval_autoencoder_judges_reconstructions_with_the_checker():
     vq = tiny_model("ldm_uncond").first_stage_model
     r = eval_autoencoder(vq, n_shapes=2, size=32, photos=False, log=None)["shapes"]
     assert 0 < r["median_psnr"] < 60 and r["checker"]["scenes"] == 2
+
+
+# ---------------------------------------------------------------- layout following
+
+
+def test_layout_judge_rewards_each_object_inside_its_box_and_nothing_else():
+    from core.eval import judge_layout, layout_boxes
+    scenes = eval_scenes(6, "2", seed=2)
+    for scene in scenes:
+        boxes = layout_boxes(scene)
+        assert len(boxes) == 2 and all(0 <= v <= 1 for box in boxes for v in box[1:])
+        assert all(0 <= box[0] < 24 for box in boxes)
+        verdict = judge_layout(render(scene, 64), scene)
+        assert verdict["scene_ok"] and verdict["extra_objects"] == 0, verdict
+    scene = scenes[0]
+    a, b = scene.objects
+    # the second object drawn in another cell: its box is empty and an object is drawn outside it
+    moved = dataclasses.replace(b, cell=next(c for c in range(9) if c not in (a.cell, b.cell)))
+    moved = dataclasses.replace(moved, cx=CELL_CENTRES[moved.cell % 3], cy=CELL_CENTRES[moved.cell // 3])
+    verdict = judge_layout(render(Scene(scene.background, (a, moved)), 64), scene)
+    assert not verdict["scene_ok"] and verdict["extra_objects"] == 1
+    assert [o["ok"] for o in verdict["objects"]] == [True, False] and not verdict["objects"][1]["found"]
+    # right place, wrong colour
+    recoloured = dataclasses.replace(a, colour=next(c for c in PALETTE if c != a.colour))
+    verdict = judge_layout(render(Scene(scene.background, (recoloured, b)), 64), scene)
+    assert [(o["found"], o["colour"], o["ok"]) for o in verdict["objects"]] == [(True, False, False), (True, True, True)]

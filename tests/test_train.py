@@ -126,7 +126,8 @@ def test_shapes_batch_has_captions_classes_and_layouts():
         shape, colour, *box = s["layout"][0]
         assert batch["layout"][b, 0, 0] == SHAPES.index(shape) * 6 + ["red", "green", "blue", "yellow", "purple",
                                                                       "orange"].index(colour)
-        assert torch.allclose(batch["layout"][b, 0, 1:], torch.tensor(box, dtype=torch.float32))
+        # the box clipped to the image, as a user draws it
+        assert torch.allclose(batch["layout"][b, 0, 1:], torch.tensor(box, dtype=torch.float32).clamp(0, 1))
         assert (batch["layout"][b, 1:, 0] == -1).all()
         assert torch.equal(batch["image"][b], torch.from_numpy(s["image"]).permute(2, 0, 1).float() / 127.5 - 1)
 
@@ -523,6 +524,20 @@ def test_inpainting_starts_from_txt2img_with_zero_new_channels(tmp_path, ae_file
     with torch.no_grad():
         assert torch.allclose(inp.apply_model(z, t, {"c_concat": [extra], "c_crossattn": [c]}),
                               txt.apply_model(z, t, c), atol=1e-6)
+
+
+def test_a_layout_model_starts_from_a_text_models_unet(tmp_path, ae_file):
+    txt = LatentDiffusion(load_config(ldm_config(ae_file, "txt2img")).model)
+    with torch.no_grad():
+        for p in txt.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    save_model(txt, tmp_path / "txt.safetensors", dtype=None)
+    lay = LatentDiffusion(load_config(ldm_config(ae_file, "layout")).model)
+    fresh = {k: v.clone() for k, v in lay.cond_stage_model.state_dict().items()}
+    init_from_ldm(lay, tmp_path / "txt.safetensors")
+    for key, value in txt.model.state_dict().items():
+        assert torch.equal(lay.model.state_dict()[key], value), key
+    assert all(torch.equal(lay.cond_stage_model.state_dict()[k], v) for k, v in fresh.items())
 
 
 def test_export_round_trip(tmp_path, ae_file):

@@ -1,4 +1,4 @@
-"""python -m core.eval shapes|sr|inpaint|autoencoder --model FILE ... (see core/eval/__init__.py)."""
+"""python -m core.eval shapes|layout|sr|inpaint|autoencoder --model FILE ... (see core/eval/__init__.py)."""
 
 import argparse
 import sys
@@ -6,12 +6,12 @@ import sys
 import torch
 
 import core.eval
-from core.eval import autoencoder, inpaint, shapes, sr
+from core.eval import autoencoder, inpaint, layout, shapes, sr
 from core.eval.results import write_json
 from core.samplers import SAMPLERS
 
-SUMMARIES = {"shapes": shapes.summary_lines, "sr": sr.summary_lines, "inpaint": inpaint.summary_lines,
-             "autoencoder": autoencoder.summary_lines}
+SUMMARIES = {"shapes": shapes.summary_lines, "layout": layout.summary_lines, "sr": sr.summary_lines,
+             "inpaint": inpaint.summary_lines, "autoencoder": autoencoder.summary_lines}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -28,7 +28,7 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
         s.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
         s.add_argument("--out", help="write the results here as JSON")
-    ae, inp, sha, srp = (sub.choices[k] for k in ("autoencoder", "inpaint", "shapes", "sr"))
+    ae, inp, sha, lay, srp = (sub.choices[k] for k in ("autoencoder", "inpaint", "shapes", "layout", "sr"))
     ae.add_argument("--n", type=int, default=64, help="held-out shapes-world scenes")
     ae.add_argument("--max-side", type=int, default=256, help="centre crops of the photos, at most this side")
     ae.add_argument("--no-photos", action="store_true", help="skip the four evaluation photos")
@@ -41,6 +41,9 @@ def parser() -> argparse.ArgumentParser:
     sha.add_argument("--guidance", type=float, help="classifier-free guidance scale; default: the model's")
     sha.add_argument("--batch-size", type=int, default=16, help="captions per progress line")
     sha.add_argument("--save-images", help="folder for the generated images, named by index and verdict")
+    lay.add_argument("--n", type=int, default=200, help="number of layouts")
+    lay.add_argument("--objects", choices=list(shapes.OBJECT_CHOICES), default="mixed")
+    lay.add_argument("--guidance", type=float, help="classifier-free guidance scale; default: the model's")
     srp.add_argument("--n-shapes", type=int, default=16, help="shapes-world scenes (256 px) besides the photos")
     srp.add_argument("--shapes-size", type=int, default=256, help="side of the shapes-world scenes")
     srp.add_argument("--max-side", type=int, help="crop the photos to at most this side (default: whole)")
@@ -58,6 +61,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.task == "shapes":
         result = shapes.eval_shapes(m, n=args.n, objects=args.objects, guidance_scale=args.guidance,
                                     batch_size=args.batch_size, save_dir=args.save_images, log=log, **common)
+    elif args.task == "layout":
+        result = layout.eval_layout(m, n=args.n, objects=args.objects, guidance_scale=args.guidance, log=log,
+                                    **common)
     elif args.task == "autoencoder":
         result = autoencoder.eval_autoencoder(m, n_shapes=args.n, seed=args.seed, photos=not args.no_photos,
                                               max_side=args.max_side, log=log)

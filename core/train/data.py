@@ -300,8 +300,9 @@ class Shapes:
         s = self.world.sample(index)
         if s["image"].shape[0] != self.size:
             return {"image": random_crop(s["image"], self.size, rng), "caption": ""}
-        layout = [(SHAPES.index(shape) * len(PALETTE) + list(PALETTE).index(colour), x0, y0, x1, y1)
-                  for shape, colour, x0, y0, x1, y1 in s["layout"]]
+        # boxes clipped to the image, as a user draws them (a large object at an edge overhangs it)
+        layout = [(SHAPES.index(shape) * len(PALETTE) + list(PALETTE).index(colour),
+                   *(min(max(v, 0.0), 1.0) for v in box)) for shape, colour, *box in s["layout"]]
         label = -1 if s["class_label"] is None else s["class_label"]
         return {"image": s["image"], "caption": s["caption"], "class_label": label, "layout": layout}
 

@@ -53,6 +53,12 @@ def init_from_ldm(model: LatentDiffusion, path) -> None:
     begins as the text-to-image model."""
     sd = {k: v.float() for k, v in trained_state_dict(path).items()}
     own = model.state_dict()
+    if _conditioner_keys(sd) != _conditioner_keys(own):
+        # Another conditioning (text model -> layout model): the UNet and the first stage start from
+        # the file, the new conditioning encoder from scratch.
+        sd = {k: v for k, v in sd.items() if not k.startswith("cond_stage_model.")}
+        sd.update({k: v for k, v in own.items() if k.startswith("cond_stage_model.")})
+        log.info("init_from: %s has another conditioning encoder; it starts from scratch", path)
     missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
     if missing or unexpected:
         raise ValueError(f"init_from {path}: the model does not match this config ({len(missing)} missing keys, "
@@ -71,6 +77,10 @@ def init_from_ldm(model: LatentDiffusion, path) -> None:
             raise ValueError(f"init_from {path}: {key} has shape {tuple(value.shape)}, this config needs "
                              f"{tuple(own[key].shape)}")
     model.load_state_dict(sd, strict=True)
+
+
+def _conditioner_keys(state_dict: dict) -> set:
+    return {k for k in state_dict if k.startswith("cond_stage_model.")}
 
 
 # --------------------------------------------------------------------------------------------
