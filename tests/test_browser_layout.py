@@ -111,3 +111,7 @@ def test_png_info_sends_the_layout_back(page, client):
     canvas = Canvas(page)                                             # the canvas drew the sent boxes
     page.wait_for_function("c => { const d = c.getContext('2d').getImageData(250, 250, 1, 1).data; "
                            "return d[2] - d[0] > 20; }", arg=canvas.board.element_handle())
+    width = visible(page, "input[aria-label='Width (0: model default)']")
+    width.fill("128")
+    width.press("Enter")                                              # a 128x64 image: a 2:1 canvas
+    page.wait_for_function("c => c.width === 2 * c.height", arg=canvas.board.element_handle())

@@ -74,10 +74,16 @@ def boxes_view(studio: Studio, show: bool, images, index, model: str | None):
         return gr.update(value=boxes_picture(im, parse_layout(boxes, vocabulary), vocabulary), visible=True)
 
 
-def canvas_update(studio: Studio, model: str | None):
-    """The canvas' labels and object budget for the picked model."""
+def canvas_update(studio: Studio, model: str | None, width=None, height=None):
+    """The canvas for the picked model: its labels and object budget, and the shape of the image it
+    will make (width and height, 0 or empty: the model's)."""
     vocabulary = vocabulary_of(studio, model)
-    return gr.HTML(vocab=vocabulary.as_dict() if vocabulary else None)
+    try:
+        defaults = studio.models.entry(TAB, model).defaults
+        w, h = (optional_int(width, "Width") or defaults.width), (optional_int(height, "Height") or defaults.height)
+    except ValueError:                              # no model yet, or a size being typed
+        w = h = 1
+    return gr.HTML(vocab=vocabulary.as_dict() if vocabulary else None, aspect=h / w)
 
 
 def build(studio: Studio, demo: gr.Blocks, job: gr.BrowserState) -> SimpleNamespace:
@@ -102,8 +108,8 @@ def build(studio: Studio, demo: gr.Blocks, job: gr.BrowserState) -> SimpleNamesp
     # The canvas and the textbox hold the same text: each edit of one is copied into the other.
     canvas.edit(None, inputs=[canvas], outputs=[text], js="(value) => value", api_visibility="private")
     text.change(None, inputs=[text], outputs=[canvas], js="(value) => value", api_visibility="private")
-    picker.change(partial(canvas_update, studio), inputs=[picker], outputs=[canvas], api_visibility="private",
-                  queue=False)
+    gr.on([picker.change, controls.width.change, controls.height.change], partial(canvas_update, studio),
+          inputs=[picker, controls.width, controls.height], outputs=[canvas], api_visibility="private", queue=False)
     gr.on([generate.click], partial(layout, studio),
           inputs_kwargs={"layout": text, "model": picker, **controls.inputs()},
           outputs=[results.gallery, results.info, job], api_name="layout",

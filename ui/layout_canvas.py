@@ -8,7 +8,8 @@ corner resizes it, Delete (or the button) removes the selected one; the Shape / 
 Class, for a model without names) label the selected box and the next one drawn. Each edit sets
 `props.value` and triggers "edit"; a new value from outside (the layout textbox, "Send to") is
 drawn again through `watch("value")`. The prop `vocab` (LayoutVocabulary.as_dict) says which
-labels the picked model reads and how many objects it takes.
+labels the picked model reads and how many objects it takes; `aspect` (height / width of the image
+to be made) shapes the canvas.
 
 `boxes_picture` draws the boxes of a result's own "Layout" parameter over a faint copy of it.
 """
@@ -18,8 +19,6 @@ import gradio as gr
 from PIL import Image, ImageDraw, ImageFont
 
 from core.pipelines.layout_text import LayoutVocabulary
-
-CANVAS_PX = 384                 # the canvas' drawing resolution (it is shown at most this wide)
 
 HTML = """
 <div class="ldm-layout-widget">
@@ -37,7 +36,7 @@ HTML = """
 
 CSS = """
 .ldm-layout-widget { display: flex; flex-direction: column; gap: 6px; }
-.ldm-layout-board { width: 100%; max-width: 384px; aspect-ratio: 1; border: 1px solid #999;
+.ldm-layout-board { width: 100%; max-width: 384px; border: 1px solid #999;
                     cursor: crosshair; touch-action: none; }
 .ldm-layout-board:focus { outline: 2px solid #4a7; }
 .ldm-layout-tools { display: flex; flex-wrap: wrap; gap: 12px; align-items: center; font-size: 0.9em; }
@@ -53,7 +52,7 @@ const shapeSel = element.querySelector(".ldm-layout-shape"), colourSel = element
 const classSel = element.querySelector(".ldm-layout-class"), hint = element.querySelector(".ldm-layout-hint");
 const HELP = "Drag on empty space to add a box, drag a box to move it, drag a corner to resize it; " +
              "Delete removes the selected box.";
-const HANDLE = 8, MIN = 0.03;                       // corner handle (canvas px), smallest side (fraction)
+const HANDLE = 8, MIN = 0.03, SIDE = 384;           // corner handle (canvas px), smallest side (fraction)
 let boxes = [], selected = -1, drag = null, lastText = null;
 
 const vocab = () => props.vocab || {names: null, n_classes: 1, max_objects: 8, shapes: [], colours: [],
@@ -183,6 +182,14 @@ function setVocab() {
   element.querySelector(".ldm-layout-class-field").style.display = named ? "none" : "";
   draw();
 }
+function setAspect() {                             // the image's shape: the longer side is SIDE px
+  const a = Number(props.aspect) > 0 ? Number(props.aspect) : 1;
+  canvas.width = Math.round(a > 1 ? SIDE / a : SIDE);
+  canvas.height = Math.round(a > 1 ? SIDE : SIDE * a);
+  canvas.style.aspectRatio = `${canvas.width} / ${canvas.height}`;
+  canvas.style.maxWidth = `${canvas.width}px`;
+  draw();
+}
 function fromValue() {
   const text = props.value || "";
   if (text === lastText) return;
@@ -269,7 +276,9 @@ for (const sel of [shapeSel, colourSel, classSel]) {
 }
 watch("value", fromValue);
 watch("vocab", setVocab);
+watch("aspect", setAspect);
 setVocab();
+setAspect();
 fromValue();
 """
 
@@ -277,7 +286,7 @@ fromValue();
 def layout_canvas(text: str, vocabulary: LayoutVocabulary | None) -> gr.HTML:
     """The canvas component (its value: the layout text); `trigger("edit")` after each mouse edit."""
     return gr.HTML(text, html_template=HTML, css_template=CSS, js_on_load=JS, apply_default_css=False,
-                   vocab=vocabulary.as_dict() if vocabulary else None, elem_classes=["ldm-layout-canvas"])
+                   vocab=vocabulary.as_dict() if vocabulary else None, aspect=1.0, elem_classes=["ldm-layout-canvas"])
 
 
 def boxes_picture(image: Image.Image, boxes: list, vocabulary: LayoutVocabulary, side: int = 384) -> Image.Image:
