@@ -4,6 +4,7 @@
     caps = capabilities(m)                     # a LatentDiffusion, or its config (no weights needed)
     caps.tasks        # ("txt2img", "img2img", "inpaint") for a text model
     caps.require("upscale")                    # ValueError naming what this model is for
+    caps.training_stage                        # "autoencoder" or "ldm": which training loop trains it
 
 The UI's model pickers (from a file's header, before loading), the pipelines' checks, training,
 evaluation and the CLI all ask this record, so "which tab lists this model" and "which pipeline
@@ -16,7 +17,9 @@ Conditioning kinds (what the UNet is conditioned on):
     none           unconditional                   lr_image the low-res image, concatenated (LDM-SR)
     text+lr_image  SD x4 upscaler                  masked_image  LDM inpainting (concat)
     text+mask      SD inpainting (concat + prompt)
+    segmentation   a semantic map, one-hot, resized and concatenated (LDM semantic synthesis)
 """
+import math
 from dataclasses import dataclass
 
 from core.models.autoencoder import AutoencoderConfig
@@ -35,15 +38,18 @@ TASKS_BY_KIND = {
     "text+lr_image": ("upscale",),
     "masked_image": ("inpaint",),
     "text+mask": ("inpaint",),
+    "segmentation": ("semantic",),
 }
 KIND_BY_FAMILY = {"upscale-ldm": "lr_image", "upscale-sd": "text+lr_image", "inpaint-ldm": "masked_image",
-                  "inpaint-sd": "text+mask", "unconditional": "none"}
+                  "inpaint-sd": "text+mask", "unconditional": "none", "semantic-ldm": "segmentation"}
 TASK_NAMES = {"txt2img": "text to image", "img2img": "image to image", "inpaint": "inpainting",
               "upscale": "upscaling", "class": "class-conditional sampling",
-              "layout": "layout to image", "unconditional": "unconditional sampling"}
+              "layout": "layout to image", "unconditional": "unconditional sampling",
+              "semantic": "semantic synthesis"}
 # The core.pipelines function of each task.
 PIPELINES = {"txt2img": "txt2img", "img2img": "img2img", "inpaint": "inpaint", "upscale": "upscale",
-             "class": "sample_class", "layout": "sample_layout", "unconditional": "sample_unconditional"}
+             "class": "sample_class", "layout": "sample_layout", "unconditional": "sample_unconditional",
+             "semantic": "sample_semantic"}
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,11 @@ class Capabilities:
     def joint_conditioner(self) -> bool:
         """The conditioner is trained with the UNet (LDM's transformer, class and layout embedders)."""
         return self.conditioner in ("transformer", "class", "layout")
+
+    @property
+    def training_stage(self) -> str:
+        """The training loop that trains it (core.train): "autoencoder" for a first stage alone, else "ldm"."""
+        return "autoencoder" if self.family == AUTOENCODER else "ldm"
 
     def serves(self, task: str) -> bool:
         return task in self.tasks
@@ -107,9 +118,14 @@ def capabilities(model_or_config) -> Capabilities:
                               "bundled (BERT ids for CompVis' text model, layout ids for its layout model), so "
                               "no prompt or layout can be encoded here; its networks load and run through "
                               "m.apply_model and the transformer's encode_tokens()")
+    f = cfg.first_stage.ddconfig.downsample_factor
+    if kind == "segmentation" and not math.isclose(cfg.cond_stage.multiplier ** cfg.cond_stage.n_stages * f, 1):
+        tasks, why_not = (), (f"its SpatialRescaler resizes the map by {cfg.cond_stage.multiplier}^"
+                              f"{cfg.cond_stage.n_stages}, which does not bring an image onto the latent grid "
+                              f"(the first stage's factor is {f}), so no map fits; its networks load and run "
+                              "through m.apply_model")
     guidance = {"text": True, "layout": True, "text+lr_image": True, "text+mask": True,
                 "class": kind == "class" and cfg.cond_stage.null_class_present}.get(kind, False)
-    f = cfg.first_stage.ddconfig.downsample_factor
     grid = f * 2 ** (len(cfg.unet.channel_mult) - 1)
     return Capabilities(family, kind, tasks, prompt=kind.startswith("text") and bool(tasks), guidance=guidance,
                         dedicated_inpainting=kind in ("masked_image", "text+mask"),

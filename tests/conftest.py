@@ -38,6 +38,10 @@ TINY_WEIGHTS = {
     "tiny-inpaint.safetensors": ("sd2_inpaint", {"sampler": "ddim", "steps": STEPS, "guidance_scale": 3.0,
                                                  "width": 64, "height": 64}),
     "tiny-sr.safetensors": ("ldm_sr", {"sampler": "ddim", "steps": STEPS, "guidance_scale": 1.0, "eta": 1.0}),
+    "tiny-class.safetensors": ("shapes_class", {"sampler": "ddim", "steps": STEPS, "guidance_scale": 3.0,
+                                                "width": 32, "height": 32}),
+    "tiny-uncond.safetensors": ("ldm_uncond", {"sampler": "ddim", "steps": STEPS, "guidance_scale": 1.0,
+                                               "width": 32, "height": 32}),
     "tiny-layout.safetensors": ("layout", {"sampler": "ddim", "steps": STEPS, "guidance_scale": 3.0,
                                            "width": 64, "height": 64}),
 }
@@ -181,9 +185,13 @@ SLOW_MODULES = {
     "test_browser.py": "headless Chromium against a live app.py",
     "test_browser_send.py": "headless Chromium against a live app.py",
     "test_browser_tabs.py": "headless Chromium against a live app.py",
+    "test_browser_classgen.py": "headless Chromium against a live app.py",
+    "test_classgen_api.py": "gradio_client against a live app.py",
     "test_train_api.py": "training runs started through a live app.py",
     "test_train_tab.py": "training runs in the Train tab",
     "test_app_api.py": "gradio_client against a live app.py",
+    "test_outpaint_api.py": "gradio_client against a live app.py",
+    "test_browser_outpaint.py": "headless Chromium against a live app.py",
     "test_layout_api.py": "gradio_client against a live app.py",
     "test_browser_layout.py": "headless Chromium against a live app.py",
     "test_api_a1111_live.py": "the webuiapi client against a live app.py --api",
@@ -199,6 +207,7 @@ SLOW_TESTS = {
     "test_decoder_fine_tune_keeps_the_encoder_and_swaps_into_an_ldm", "test_export_round_trip",
     "test_ldm_loop_lowers_the_loss", "test_autoencoder_loop_lowers_the_loss_and_measures_the_scale_factor",
     "test_resume_continues_exactly_where_it_stopped", "test_defaults_from_metadata_and_reference",
+    "test_quick_cpu_run_writes_a_complete_report", "test_full_plan_unets_take_the_check_inputs_on_meta",
 }
 
 

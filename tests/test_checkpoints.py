@@ -18,7 +18,7 @@ from core.models.schedule import SCHEDULE_BUFFERS
 from tests.tiny_models import FAMILIES, example_inputs, original_state_dict, tiny_model
 
 # Families whose YAML leaves use_ema at its default (True): the reference samples with model_ema.*.
-EMA_FAMILIES = {"ldm_uncond", "ldm_churches", "ldm_sr", "ldm_inpaint", "ldm_layout"}
+EMA_FAMILIES = {"ldm_uncond", "ldm_churches", "ldm_sr", "ldm_inpaint", "ldm_layout", "ldm_semantic"}
 
 
 def _write(tmp_path: Path, family: str, sd: dict, fmt: str = "ckpt") -> tuple[Path, Path]:

@@ -10,9 +10,11 @@ import sys
 import textwrap
 import time
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 
 from core.train.dataset_check import (UnsafeArchiveError, check_dataset, extract_zip,
@@ -274,9 +276,10 @@ def test_metrics_tolerate_a_half_written_last_line(tmp_path):
 
 
 def test_start_from_a_config_file_and_the_command_line_given(manager, tmp_path):
+    from core.train.config import config_dict, make_config
+    model = config_dict(make_config("autoencoder", model_size="tiny"))["model"]     # the stage: its capabilities
     cfg = tmp_path / "my.yaml"
-    cfg.write_text("model: {target: ldm.models.autoencoder.AutoencoderKL}\nexport: {name: from-file}\n"
-                   "steps: 2\nstep_time: 0.001\n")
+    cfg.write_text(yaml.safe_dump({"model": model, "export": {"name": "from-file"}, "steps": 2, "step_time": 0.001}))
     info = manager.start(cfg)
     assert info.name == "from-file" and info.stage == "autoencoder"
     _wait_for(lambda: manager.status("from-file").status == "finished")
@@ -292,7 +295,7 @@ def test_real_trainer_tiny_run_stop_and_resume(tmp_path):
     from core.train.config import make_config
     cfg = make_config("autoencoder", "shapes", "tiny", steps=2, batch_size=2, image_size=32, name="real-tiny",
                       log_every=1, sample_every=1, ckpt_every=1, n_samples=2, precision="fp32")
-    cfg["data"]["photo_fraction"] = 0.0
+    cfg = replace(cfg, data=replace(cfg.data, photo_fraction=0.0))
     runs = RunManager(tmp_path / "runs")
     info = runs.start(cfg, max_steps=1)                    # stage and name come from the config
     assert (info.name, info.stage) == ("real-tiny", "autoencoder")
@@ -308,32 +311,6 @@ def test_real_trainer_tiny_run_stop_and_resume(tmp_path):
     assert done.loss == runs.metrics("real-tiny")[-1]["loss"] and done.latest_sample.endswith("step_0000002.png")
     _wait_for(lambda: not (tmp_path / "runs/real-tiny/lock").exists())      # the process unlocks, then exits
     assert not pid_alive(info.pid)
-
-
-# ---------------------------------------------------------------- memory estimate
-
-
-def _profiled_peak(fn) -> int:
-    """Peak bytes allocated on the CPU while fn runs, from torch.profiler's allocation record (each
-    op's own allocations minus frees, in start order)."""
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    current = peak = 0
-    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
-        current += event.self_cpu_memory_usage
-        peak = max(peak, current)
-    return peak
-
-
-def _tiny_ldm_config(batch_size):
-    from core.train.config import make_config
-    ae = make_config("autoencoder", model_size="tiny")["model"]["params"]
-    cfg = make_config("txt2img", model_size="tiny", first_stage="unused", batch_size=batch_size,
-                      precision="fp32", image_size=32)
-    cfg["model"]["params"]["first_stage_config"]["params"] = {k: v for k, v in ae.items() if k != "lossconfig"}
-    cfg["data"]["cache_latents"] = False
-    return cfg
 
 
 # ---------------------------------------------------------------- dataset check

@@ -15,22 +15,26 @@ import signal
 import subprocess
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from safetensors.torch import save_file
 from torchvision.models.vgg import cfgs, make_layers
 
 from core import load_model, save_model
+from core.capabilities import capabilities
 from core.models.autoencoder import build_autoencoder
 from core.models.diffusion import LatentDiffusion
 from core.models.unet import UNetModel
-from core.train import (DataConfig, DegradationConfig, RunFolder, RunLockedError, TrainData, degrade, export_run,
-                        load_config, make_config, random_mask, reexport_file, train)
+from core.train import (DataConfig, DegradationConfig, RunConfig, RunFolder, RunLockedError, TrainData, config_dict,
+                        degrade, dump_config, export_run, load_config, make_config, random_mask, reexport_file,
+                        train)
 from core.train.config import TrainConfig
 from core.train.checkpoint import capture_rng, ema_state_dict, load_checkpoint, restore_rng, save_checkpoint
 from core.train.data import EVAL_PHOTOS, TRAIN_PHOTOS, resize_crop
@@ -59,31 +63,28 @@ def one_thread():
 # Tiny configs
 # --------------------------------------------------------------------------------------------
 
-def ae_config(steps=6, batch_size=4, **train_kw) -> dict:
+def ae_config(steps=6, batch_size=4, disc_start=3, **train_kw) -> RunConfig:
     kw = dict(warmup_steps=0, log_every=1, sample_every=1000, ckpt_every=3, n_samples=2, lr=1e-3)
     kw.update(train_kw)
     cfg = make_config("autoencoder", "shapes", "tiny", steps=steps, batch_size=batch_size, image_size=16, **kw)
-    cfg["data"]["photo_fraction"] = 0.0
-    cfg["model"]["params"]["lossconfig"]["params"]["disc_start"] = 3
-    return cfg
+    return replace(cfg, data=replace(cfg.data, photo_fraction=0.0), loss=replace(cfg.loss, disc_start=disc_start))
 
 
 @pytest.fixture(scope="module")
 def ae_file(tmp_path_factory) -> str:
     """A tiny KL autoencoder (random weights) exported like a trained one, scale factor 0.5."""
-    cfg = load_config(ae_config()).model
+    cfg = ae_config().model
     torch.manual_seed(3)
     path = tmp_path_factory.mktemp("ae") / "ae.safetensors"
     save_model(build_autoencoder(cfg), path, metadata={"ldm_studio_scale_factor": "0.5"})
     return str(path)
 
 
-def ldm_config(ae_file, stage="txt2img", steps=6, **train_kw) -> dict:
+def ldm_config(ae_file, stage="txt2img", steps=6, **train_kw) -> RunConfig:
     kw = dict(warmup_steps=0, log_every=1, sample_every=1000, ckpt_every=3, n_samples=2, sample_steps=2, lr=1e-3)
     kw.update(train_kw)
     cfg = make_config(stage, "shapes", "tiny", steps=steps, batch_size=4, image_size=16, first_stage=ae_file, **kw)
-    cfg["data"].update(pool_size=16, photo_fraction=0.0)
-    return cfg
+    return replace(cfg, data=replace(cfg.data, pool_size=16, photo_fraction=0.0))
 
 
 def losses_of(run_dir) -> dict[int, float]:
@@ -309,7 +310,7 @@ def test_checkpoint_is_atomic_and_rng_round_trips(tmp_path, monkeypatch):
 
 
 def test_learning_rate_warmup_and_cosine():
-    cfg = load_config(ae_config(lr_schedule="cosine", warmup_steps=10, steps=110)).train
+    cfg = ae_config(lr_schedule="cosine", warmup_steps=10, steps=110).train
     assert learning_rate(0, cfg) == pytest.approx(cfg.lr / 10)
     assert learning_rate(9, cfg) == pytest.approx(cfg.lr)
     assert learning_rate(60, cfg) == pytest.approx(cfg.lr * (0.1 + 0.9 * 0.5))
@@ -337,7 +338,10 @@ def test_run_folder_lock(tmp_path):
 
 @pytest.mark.parametrize("stage", LDM_STAGES)
 def test_make_config_builds_every_stage(stage, ae_file):
-    cfg = load_config(ldm_config(ae_file, stage), "ldm")
+    cfg = ldm_config(ae_file, stage)
+    assert cfg.stage == capabilities(cfg.model).training_stage == "ldm"
+    assert load_config(dump_config(cfg), "ldm") == cfg                # YAML only stores the dataclasses
+    assert "target" not in dump_config(cfg)                             # no CompVis target strings of ours
     m = cfg.model
     assert m.scale_factor == 0.5                              # read from the autoencoder file
     assert m.first_stage == load_model(ae_file).cfg
@@ -347,23 +351,27 @@ def test_make_config_builds_every_stage(stage, ae_file):
     if stage == "class":
         assert m.cond_stage.n_classes == 25 and m.cond_stage.has_null_class
     with pytest.raises(ValueError, match="run `python -m core.train ldm"):
-        load_config(ldm_config(ae_file, stage), "autoencoder")
+        load_config(config_dict(ldm_config(ae_file, stage)), "autoencoder")
 
 
 def test_config_errors_are_clear(ae_file):
-    cfg = ldm_config(ae_file, "sr")
+    cfg = config_dict(ldm_config(ae_file, "sr"))
     cfg["data"]["sr_factor"] = 2
     with pytest.raises(ValueError, match="sr_factor"):
         load_config(cfg)
-    cfg = ldm_config(ae_file, "txt2img")
+    cfg = config_dict(ldm_config(ae_file, "txt2img"))
     cfg["train"]["batch_sise"] = 3
     with pytest.raises(ValueError, match="batch_sise"):
         load_config(cfg)
     with pytest.raises(ValueError, match="first_stage="):
         make_config("txt2img", "shapes", "tiny")
-    # The stage is told in one place (config.stage_of), for load_config and the run manager alike.
+    # The stage is told in one place (capabilities), after the model block is read in either format.
     with pytest.raises(ValueError, match="no model.target to tell its stage"):
         load_config({"model": {"params": {}}, "train": {"steps": 1}})
+    with pytest.raises(ValueError, match="`loss` holds an autoencoder's loss settings"):
+        load_config({**config_dict(ldm_config(ae_file)), "loss": {"disc_start": 3}})
+    with pytest.raises(ValueError, match="unknown config type 'Nope'"):
+        load_config({**config_dict(ldm_config(ae_file)), "model": {"type": "Nope"}})
 
 
 # --------------------------------------------------------------------------------------------
@@ -371,9 +379,7 @@ def test_config_errors_are_clear(ae_file):
 # --------------------------------------------------------------------------------------------
 
 def test_autoencoder_loop_lowers_the_loss_and_measures_the_scale_factor(tmp_path):
-    cfg = ae_config(steps=24, batch_size=16, ckpt_every=24)
-    cfg["model"]["params"]["lossconfig"]["params"]["disc_start"] = 20
-    rc = load_config(cfg)
+    rc = cfg = ae_config(steps=24, batch_size=16, ckpt_every=24, disc_start=20)
     x = TrainData(rc.data).batch(range(1000, 1016))["image"]             # images the loop never sees
     torch.manual_seed(rc.train.seed)
     ae = build_autoencoder(rc.model)                                     # the loop's initial weights
@@ -417,8 +423,8 @@ def _eval_loss(model: LatentDiffusion, x: torch.Tensor, captions) -> float:
 
 @pytest.mark.parametrize("min_snr_gamma", [None, 5.0])
 def test_ldm_loop_lowers_the_loss(tmp_path, ae_file, min_snr_gamma):
-    cfg = ldm_config(ae_file, steps=25, ckpt_every=25, log_every=5, precision="fp32", min_snr_gamma=min_snr_gamma)
-    rc = load_config(cfg)
+    rc = cfg = ldm_config(ae_file, steps=25, ckpt_every=25, log_every=5, precision="fp32",
+                          min_snr_gamma=min_snr_gamma)
     torch.manual_seed(rc.train.seed)
     before = LatentDiffusion(rc.model)                          # the loop's initial weights (same seed)
     before.first_stage_model.load_state_dict(load_model(ae_file).state_dict())
@@ -441,6 +447,8 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path, ae_file):
     with pytest.raises(ValueError, match="--resume"):
         train("ldm", cfg, name="paused", runs_dir=tmp_path)
     assert RunFolder(tmp_path / "paused").read_state()["step"] == 3
+    written = RunFolder(tmp_path / "paused").config_path       # the run folder keeps our format, read back whole
+    assert load_config(written) == cfg and yaml.safe_load(written.read_text())["model"]["type"] == "LatentDiffusionConfig"
     assert train("ldm", None, name="paused", runs_dir=tmp_path, resume=True) == "finished"
     straight, paused = losses_of(tmp_path / "straight"), losses_of(tmp_path / "paused")
     assert list(paused) == [1, 2, 3, 4, 5, 6]
@@ -478,7 +486,7 @@ def test_sigterm_saves_and_stops(tmp_path, ae_file):
 
 def test_failure_is_recorded(tmp_path, ae_file):
     cfg = ldm_config(ae_file, steps=2)
-    cfg["train"]["init_from"] = str(tmp_path / "missing.safetensors")
+    cfg = replace(cfg, train=replace(cfg.train, init_from=str(tmp_path / "missing.safetensors")))
     with pytest.raises(Exception):
         train("ldm", cfg, name="bad", runs_dir=tmp_path)
     state = RunFolder(tmp_path / "bad").read_state()
@@ -491,7 +499,7 @@ def test_failure_is_recorded(tmp_path, ae_file):
 
 def test_conditioning_dropout_gives_the_unconditional_inputs(ae_file):
     for stage in ("txt2img", "class", "layout"):
-        rc = load_config(ldm_config(ae_file, stage))
+        rc = ldm_config(ae_file, stage)
         m = LatentDiffusion(rc.model)
         entry = encode_batch(m, TrainData(rc.data).batch(range(3)), torch.device("cpu"), contextlib.nullcontext)
         drop = torch.tensor([True, False, True])
@@ -508,12 +516,12 @@ def test_conditioning_dropout_gives_the_unconditional_inputs(ae_file):
 
 
 def test_inpainting_starts_from_txt2img_with_zero_new_channels(tmp_path, ae_file):
-    txt = LatentDiffusion(load_config(ldm_config(ae_file, "txt2img")).model)
+    txt = LatentDiffusion(ldm_config(ae_file, "txt2img").model)
     with torch.no_grad():
         for p in txt.parameters():
             p.add_(0.01 * torch.randn_like(p))                  # non-zero output layers
     save_model(txt, tmp_path / "txt.safetensors", dtype=None)
-    inp = LatentDiffusion(load_config(ldm_config(ae_file, "inpaint")).model)
+    inp = LatentDiffusion(ldm_config(ae_file, "inpaint").model)
     init_from_ldm(inp, tmp_path / "txt.safetensors")
     w = inp.model.diffusion_model.input_blocks[0][0].weight
     assert torch.equal(w[:, :4], txt.model.diffusion_model.input_blocks[0][0].weight)
@@ -527,12 +535,12 @@ def test_inpainting_starts_from_txt2img_with_zero_new_channels(tmp_path, ae_file
 
 
 def test_a_layout_model_starts_from_a_text_models_unet(tmp_path, ae_file):
-    txt = LatentDiffusion(load_config(ldm_config(ae_file, "txt2img")).model)
+    txt = LatentDiffusion(ldm_config(ae_file, "txt2img").model)
     with torch.no_grad():
         for p in txt.parameters():
             p.add_(0.01 * torch.randn_like(p))
     save_model(txt, tmp_path / "txt.safetensors", dtype=None)
-    lay = LatentDiffusion(load_config(ldm_config(ae_file, "layout")).model)
+    lay = LatentDiffusion(ldm_config(ae_file, "layout").model)
     fresh = {k: v.clone() for k, v in lay.cond_stage_model.state_dict().items()}
     init_from_ldm(lay, tmp_path / "txt.safetensors")
     for key, value in txt.model.state_dict().items():
@@ -542,7 +550,7 @@ def test_a_layout_model_starts_from_a_text_models_unet(tmp_path, ae_file):
 
 def test_export_round_trip(tmp_path, ae_file):
     cfg = ldm_config(ae_file, steps=3)
-    cfg["export"]["defaults"]["steps"] = 7
+    cfg = replace(cfg, export={**cfg.export, "defaults": {**cfg.export["defaults"], "steps": 7}})
     train("ldm", cfg, name="exp", runs_dir=tmp_path)
     out = export_run(tmp_path / "exp", tmp_path / "w" / "exp.safetensors", name="tiny-txt2img")
     m = load_model(out, dtype=torch.float16)                         # as stored (the default runs float32)
@@ -632,6 +640,7 @@ def test_shipped_training_configs_load(name, ae_file):
     for shipped in ("weights/shapes-kl-f4.safetensors", "weights/shapes-txt2img.safetensors"):
         text = text.replace(shipped, ae_file)                   # first stages (and init weights) of the test's own
     cfg = load_config(text)
+    assert load_config(dump_config(cfg)) == cfg                # a CompVis-style file, stored in our format
     if name.startswith("shapes-kl-f4"):
         assert cfg.stage == "autoencoder" and cfg.model.ddconfig.downsample_factor == 4
         assert cfg.train.freeze_encoder == ("-decoder" in name)
@@ -639,7 +648,7 @@ def test_shipped_training_configs_load(name, ae_file):
         assert 0.5e6 < sum(p.numel() for p in ae.parameters()) < 4e6
         assert all(m.num_groups == cfg.model.ddconfig.num_groups for m in ae.modules() if isinstance(m, torch.nn.GroupNorm))
         return
-    task = {"shapes-txt2img": "conditional", "shapes-sr4x": "upscale-ldm",
+    task = {"shapes-txt2img": "conditional", "shapes-layout": "conditional", "shapes-sr4x": "upscale-ldm",
             "shapes-inpaint": "inpaint-sd"}[re.sub(r"(-continue)?\d*$", "", name)]   # continue4, inpaint2
     assert cfg.stage == "ldm" and cfg.model.task == task and cfg.model.scale_factor == 0.5
     with torch.device("meta"):
@@ -651,7 +660,7 @@ def test_shipped_training_configs_load(name, ae_file):
 def test_every_ldm_stage_trains_samples_and_exports(stage, ae_file, tmp_path):
     cfg = ldm_config(ae_file, stage, steps=2, sample_every=2)
     if stage == "sr":
-        cfg["data"]["render_size"] = 32                         # 16x16 crops of 32x32 renders
+        cfg = replace(cfg, data=replace(cfg.data, render_size=32))     # 16x16 crops of 32x32 renders
     assert train("ldm", cfg, name=stage, runs_dir=tmp_path) == "finished"
     run = RunFolder(tmp_path / stage)
     grid = Image.open(run.samples_dir / "step_0000002.png")
@@ -666,14 +675,12 @@ def test_every_ldm_stage_trains_samples_and_exports(stage, ae_file, tmp_path):
 
 def test_vq_autoencoder_trains_and_exports(tmp_path):
     cfg = ae_config(steps=2)
-    params = cfg["model"]["params"]
-    cfg["model"]["target"] = "ldm.models.autoencoder.VQModelInterface"
-    params.update(n_embed=32)
-    params["ddconfig"]["double_z"] = False
-    params["lossconfig"]["params"] = {"disc_start": 1, "codebook_weight": 1.0, "disc_num_layers": 2, "disc_ndf": 16}
+    vq = replace(cfg.model, kind="vq", n_embed=32, ddconfig=replace(cfg.model.ddconfig, double_z=False))
+    cfg = replace(cfg, model=vq, loss=AutoencoderLossConfig(disc_start=1, codebook_weight=1.0, disc_num_layers=2,
+                                                            disc_ndf=16))
     with pytest.raises(ValueError, match="logvar_init is for KL"):       # make_config's KL default is refused
         train("autoencoder", cfg, name="vq-bad", runs_dir=tmp_path)
-    del cfg["train"]["logvar_init"]
+    cfg = replace(cfg, train=replace(cfg.train, logvar_init=None))
     assert train("autoencoder", cfg, name="vq", runs_dir=tmp_path) == "finished"
     rows = RunFolder(tmp_path / "vq").read_metrics()
     assert "codebook" in rows[0] and "g_loss" in rows[1]

@@ -6,15 +6,15 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from core import save_model
 from core.models.autoencoder import build_autoencoder
-from core.train import RunFolder, load_config, make_config, train
+from core.train import RunConfig, RunFolder, dump_config, make_config, train
 from core.train.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,13 +52,12 @@ def checkpoint_step(run: RunFolder) -> int:
         return 0
 
 
-def tiny_ae_config(tmp_path) -> tuple[dict, Path]:
+def tiny_ae_config(tmp_path) -> tuple[RunConfig, Path]:
     cfg = make_config("autoencoder", "shapes", "tiny", steps=1000, batch_size=4, lr=1e-3, image_size=16,
                       warmup_steps=0, log_every=1, sample_every=1000, ckpt_every=2, n_samples=2)
-    cfg["data"]["photo_fraction"] = 0.0
-    cfg["model"]["params"]["lossconfig"]["params"]["disc_start"] = 3
+    cfg = replace(cfg, data=replace(cfg.data, photo_fraction=0.0), loss=replace(cfg.loss, disc_start=3))
     config = tmp_path / "tiny-ae.yaml"
-    config.write_text(yaml.safe_dump(cfg))
+    config.write_text(dump_config(cfg))
     return cfg, config
 
 
@@ -116,16 +115,16 @@ def test_sigkill_then_resume_continues_exactly(tmp_path):
 
 
 def test_torchrun_ddp_two_gloo_processes(tmp_path):
-    ae_cfg = load_config(make_config("autoencoder", "shapes", "tiny", image_size=16)).model
+    ae_cfg = make_config("autoencoder", "shapes", "tiny", image_size=16).model
     torch.manual_seed(0)
     ae_file = tmp_path / "ae.safetensors"
     save_model(build_autoencoder(ae_cfg), ae_file, metadata={"ldm_studio_scale_factor": "0.5"})
     cfg = make_config("txt2img", "shapes", "tiny", steps=3, batch_size=2, lr=1e-3, image_size=16,
                       first_stage=str(ae_file), warmup_steps=0, log_every=1, sample_every=1000, ckpt_every=1000,
                       n_samples=2, sample_steps=2, device="cpu")
-    cfg["data"].update(pool_size=16)
+    cfg = replace(cfg, data=replace(cfg.data, pool_size=16))
     config = tmp_path / "ddp.yaml"
-    config.write_text(yaml.safe_dump(cfg))
+    config.write_text(dump_config(cfg))
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           "-m", "core.train", "ldm", "--config", str(config), "--runs-dir", str(tmp_path / "runs")],
                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)

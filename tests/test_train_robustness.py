@@ -3,6 +3,7 @@ run (or nobody: a shipped model) wrote; half-written checkpoints of a killed tra
 the run starts again; a huge prompt reaches the log as a bounded excerpt. Real tiny runs, real files."""
 import stat
 import warnings
+from dataclasses import replace
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import torch
 from core import load_model, save_model
 from core.models.autoencoder import build_autoencoder
 from core.models.clip_text import tokenize_clip
-from core.train import RunFolder, export_run, load_config, make_config, reexport_file, train
+from core.train import RunConfig, RunFolder, export_run, make_config, reexport_file, train
 from tests.tiny_models import tiny_model
 
 
@@ -22,11 +23,10 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def tiny_ae(steps=1) -> dict:
+def tiny_ae(steps=1) -> RunConfig:
     cfg = make_config("autoencoder", "shapes", "tiny", steps=steps, batch_size=2, image_size=16, warmup_steps=0,
                       log_every=1, sample_every=1000, ckpt_every=1, n_samples=2)
-    cfg["data"]["photo_fraction"] = 0.0
-    return cfg
+    return replace(cfg, data=replace(cfg.data, photo_fraction=0.0))
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def runs(tmp_path_factory):
 def test_export_never_replaces_a_model_of_another_run(runs, tmp_path):
     weights = tmp_path / "weights"
     shipped = weights / "shapes-kl-f4.safetensors"
-    save_model(build_autoencoder(load_config(tiny_ae()).model), shipped,
+    save_model(build_autoencoder(tiny_ae().model), shipped,
                metadata={"ldm_studio_name": "shapes-kl-f4", "ldm_studio_scale_factor": "0.5"})
     before = shipped.read_bytes()
     with pytest.raises(ValueError, match=r"shapes-kl-f4\.safetensors already holds the model 'shapes-kl-f4', "

@@ -11,7 +11,7 @@ import pytest
 
 from core import load_model, save_model
 from core.models.autoencoder import build_autoencoder
-from core.train import load_config, train
+from core.train import train
 from core.train.runs import RunManager
 from tests.test_runs import FAKE_TRAINER, _wait_for
 from tests.test_train_robustness import one_thread, tiny_ae  # noqa: F401  (one_thread: autouse fixture)
@@ -43,7 +43,7 @@ def test_the_only_autoencoder_is_preselected(studio, tmp_path):
     assert [v for _, v in only["choices"]] == [str(studio.runs.folder("ae-run"))]
     assert only["value"] == str(studio.runs.folder("ae-run"))
     # Two to choose from: none is taken for the user, a choice made stays.
-    ae = build_autoencoder(load_config(tiny_ae()).model)
+    ae = build_autoencoder(tiny_ae().model)
     save_model(ae, studio.settings.weights_dir / "other-ae.safetensors", metadata={"ldm_studio_scale_factor": "1"})
     try:
         two = tab.first_stage_update(studio, None)

@@ -98,6 +98,19 @@ FAMILIES: dict[str, str] = {
           params: {image_size: 8, in_channels: 7, out_channels: 3, model_channels: 32, attention_resolutions: [2],
                    num_res_blocks: 1, channel_mult: [1, 2], num_heads: 2, resblock_updown: true}
         """, _VQ.format(embed=3, mult=[1, 1, 2], attn=[]), "cond_stage_config: __is_first_stage__\n"),
+    # LDM semantic synthesis (semantic_synthesis256/512): z ++ SpatialRescaler(one-hot map), VQ-f4; the released
+    # configs: 182 classes, n_stages 2, out_channels 3, `concat_mode: true` and no conditioning_key.
+    "ldm_semantic": _model(_LDM, _SCHED + "channels: 3\nconcat_mode: true\ncond_stage_key: segmentation\n"
+                           "cond_stage_trainable: true\nloss_type: l1\n", """
+        unet_config:
+          target: ldm.modules.diffusionmodules.openaimodel.UNetModel
+          params: {image_size: 8, in_channels: 6, out_channels: 3, model_channels: 32, attention_resolutions: [2],
+                   num_res_blocks: 1, channel_mult: [1, 2], num_heads: 2}
+        """, _VQ.format(embed=3, mult=[1, 1, 2], attn=[]), """
+        cond_stage_config:
+          target: ldm.modules.encoders.modules.SpatialRescaler
+          params: {n_stages: 2, in_channels: 5, out_channels: 3}
+        """),
     # LDM layout-to-image: VQ-f8 with attention, layout tokens -> a jointly trained transformer.
     "ldm_layout": _model(_LDM, _SCHED + "channels: 4\ncond_stage_key: coordinates_bbox\n"
                          "conditioning_key: crossattn\ncond_stage_trainable: true\n", """
@@ -266,18 +279,34 @@ FAMILIES["sdxl_refiner"] = _sgm_model("""
                context_dim: [32, 32], spatial_transformer_attn_type: softmax-xformers}
     """, _SGM_BIGG + _sizes("original_size_as_tuple", "crop_coords_top_left", "aesthetic_score"))
 SGM_FAMILIES = ("sdxl", "sdxl_refiner")
+# Variants of a family (not separate families: detection calls them by their family's name).
+# shapes_class: the project's shapes class model (core/train/config.py stage "class"), 24 classes
+# and a null class for guidance, as ldm_class otherwise.
+VARIANTS = {"shapes_class": FAMILIES["ldm_class"].replace("n_classes: 11, key: class_label",
+                                                          "n_classes: 25, key: class_label, has_null_class: true")}
 
 
 def tiny_model(family: str, seed: int = 0) -> LatentDiffusion:
     """A tiny model of `family` with random weights (every zero-initialised output layer made
     non-zero, so outputs depend on every weight)."""
     torch.manual_seed(seed)
-    model = LatentDiffusion(config_from_yaml(yaml.safe_load(FAMILIES[family])))
+    model = LatentDiffusion(config_from_yaml(yaml.safe_load({**FAMILIES, **VARIANTS}[family])))
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.abs().sum() == 0:
                 p.normal_(0, 0.05)
     return model.eval()
+
+
+def fp16_overflowing_sr_model() -> tuple[LatentDiffusion, torch.Tensor]:
+    """A tiny LDM-SR whose first stage overflows float16 (activations beyond 65504) and a latent z
+    for it: what the float16 decode's fallback to a float32 copy is tested with."""
+    m = tiny_model("ldm_sr")
+    z = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        m.first_stage_model.post_quant_conv.bias.fill_(65000.0)
+        m.first_stage_model.post_quant_conv.weight.mul_(1000)
+    return m, z
 
 
 def original_state_dict(model: LatentDiffusion, family: str, ema: bool = False) -> dict:
@@ -320,6 +349,10 @@ def example_inputs(model: LatentDiffusion, family: str, batch: int = 2, seed: in
                                                             generator=g))
     elif family == "ldm_sr":
         cond = torch.rand(batch, 3, side, side, generator=g) * 2 - 1          # LR image at latent size
+    elif family == "ldm_semantic":
+        labels = torch.randint(0, model.config.cond_stage.in_channels, (batch, side * f, side * f), generator=g)
+        one_hot = torch.nn.functional.one_hot(labels, model.config.cond_stage.in_channels).permute(0, 3, 1, 2)
+        cond = model.get_learned_conditioning(one_hot.float())                # (B, 3, side, side), concatenated
     elif family == "ldm_inpaint":
         mask = (torch.rand(batch, 1, side, side, generator=g) > 0.5).float() * 2 - 1
         cond = {"c_concat": [torch.cat([model.get_learned_conditioning(image), mask], dim=1)]}

@@ -35,7 +35,8 @@ from core.pipelines.hires import IMAGE_UPSCALERS, LATENT_UPSCALERS
 from core.pipelines.infotext import PARAMETERS, attach_parameters, cached_model_hash
 from core.pipelines.upscale import scaled_size
 from core.samplers import SAMPLER_DISPLAY_NAMES, SCHEDULE_DISPLAY_NAMES, scheduler_name
-from ui.api_a1111_models import INPAINTING_FILL, ExtrasSingleImage, Generation, Img2Img, PNGInfo, Txt2Img
+from ui.api_a1111_models import (INPAINTING_FILL, SOFT_INPAINTING, ExtrasSingleImage, Generation, Img2Img, PNGInfo,
+                                 Txt2Img, soft_inpainting_requested)
 from ui.controls import check_batch, optional_float, optional_int, seed_value
 from ui.follow import pipeline_progress
 from ui.hires import MODEL_PREFIX, hires_request
@@ -187,7 +188,8 @@ class A1111Api:
     def warn_ignored(self, req, route: str) -> None:
         names = req.ignored_fields()
         if isinstance(req, Generation):
-            names += [f"alwayson_scripts.{k}" for k in req.alwayson_scripts]
+            names += [f"alwayson_scripts.{k}" for k in req.alwayson_scripts
+                      if not (k.lower() == SOFT_INPAINTING and getattr(req, "mask", None))]
             names += ["script_name"] if req.script_name else []
             names += [f"override_settings.{k}" for k in req.override_settings
                       if k not in ("sd_model_checkpoint", "CLIP_stop_at_last_layers")]
@@ -297,7 +299,8 @@ class A1111Api:
         """inpaint()'s keywords from A1111's mask fields (white = repaint unless inverted)."""
         raw = decode_image(req.mask, self.studio, "mask")
         raw = raw.convert("RGBA") if "A" in raw.getbands() or "transparency" in raw.info else raw.convert("L")
-        mask = mask_from_upload(raw, size)
+        soft = soft_inpainting_requested(req.alwayson_scripts)
+        mask = mask_from_upload(raw, size, binary=not soft)
         if req.inpainting_mask_invert:
             mask = mask.point(lambda v: 255 - v)
         if mask.getextrema()[1] == 0:
@@ -307,7 +310,8 @@ class A1111Api:
                              f"nothing); got {req.inpainting_fill}.")
         return dict(mask=mask, mask_blur=req.mask_blur_x if req.mask_blur is None else req.mask_blur,
                     inpaint_area="only_masked" if req.inpaint_full_res else "whole",
-                    padding=req.inpaint_full_res_padding, masked_content=INPAINTING_FILL[req.inpainting_fill])
+                    padding=req.inpaint_full_res_padding, masked_content=INPAINTING_FILL[req.inpainting_fill],
+                    soft_inpainting=soft)
 
     @answers
     def extra_single_image(self, req: ExtrasSingleImage) -> dict:

@@ -59,16 +59,17 @@ class SamplingControls:
     height: gr.Number | None = None
     batch_count: gr.Slider | None = None
     batch_size: gr.Slider | None = None
+    native_tiling: gr.Checkbox | None = None
 
     def inputs(self) -> dict:
         """Handler parameter name -> component, for inputs_kwargs."""
         names = ("sampler", "karras", "steps", "guidance_scale", "seed", "width", "height", "batch_count",
-                 "batch_size")
+                 "batch_size", "native_tiling")
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
     def receives(self) -> dict:
         """Field name (ui.send.FIELDS) -> component, for "Send to"."""
-        names = ("sampler", "karras", "steps", "guidance_scale", "seed", "width", "height")
+        names = ("sampler", "karras", "steps", "guidance_scale", "seed", "width", "height", "native_tiling")
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
     def default_outputs(self) -> list:
@@ -77,8 +78,10 @@ class SamplingControls:
             [c for c in (self.width, self.height) if c is not None]
 
 
-def sampling_controls(size: bool = True, batch: bool = True, size_zero: str = "model default") -> SamplingControls:
-    """The sampling fields; width/height (when `size`) say what 0 means with `size_zero`."""
+def sampling_controls(size: bool = True, batch: bool = True, size_zero: str = "model default",
+                      tiling: bool = False) -> SamplingControls:
+    """The sampling fields; width/height (when `size`) say what 0 means with `size_zero`; `tiling`:
+    the "tile above the native size" checkbox of noise-to-image tabs (core/pipelines/tiling.py)."""
     with gr.Row():
         sampler = name_dropdown(SAMPLER_CHOICES, value=None, label="Sampling method", scale=3,
                                 info="empty: the model's default")
@@ -87,11 +90,16 @@ def sampling_controls(size: bool = True, batch: bool = True, size_zero: str = "m
     with gr.Row():
         steps = gr.Number(None, label="Sampling steps (0: model default)", precision=0)
         guidance_scale = gr.Number(None, label="CFG scale (0: model default)", step=0.5)
-    width = height = batch_count = batch_size = None
+    width = height = batch_count = batch_size = native_tiling = None
     if size:
         with gr.Row():
             width = gr.Number(None, label=f"Width (0: {size_zero})", precision=0, step=8)
             height = gr.Number(None, label=f"Height (0: {size_zero})", precision=0, step=8)
+    if tiling:
+        native_tiling = gr.Checkbox(False, label="Tile above the model's native size",
+                                    info="larger than trained: the whole image denoised in overlapping tiles of the "
+                                         "training size, blended every step (off: in one piece)",
+                                    elem_classes=["ldm-native-tiling"])
     with gr.Row(equal_height=True):
         seed = gr.Number(-1, label="Seed (-1: random)", precision=0, scale=4)
         random_seed = gr.Button("random", scale=1, min_width=70, size="sm", elem_classes=["ldm-random-seed"])
@@ -103,7 +111,7 @@ def sampling_controls(size: bool = True, batch: bool = True, size_zero: str = "m
             batch_size = gr.Slider(1, MAX_BATCH, value=1, step=1, label="Batch size",
                                    info="images per batch, in parallel (faster on a GPU)")
     controls = SamplingControls(sampler, karras, steps, guidance_scale, seed, random_seed, reuse_seed,
-                                width, height, batch_count, batch_size)
+                                width, height, batch_count, batch_size, native_tiling)
     random_seed.click(lambda: -1, outputs=seed, queue=False, api_visibility="private")
     return controls
 
@@ -200,6 +208,17 @@ def results_panel(label: str = "Images") -> Results:
 
     gallery.select(pick, outputs=selected, queue=False, api_visibility="private")
     return Results(gallery, info, selected)
+
+
+def results_with_sends() -> tuple[Results, gr.Button, gr.Button, gr.Button]:
+    """The results panel of a noise-to-image tab with its "Send to" buttons under it (image to image,
+    inpaint, upscale; wired in ui/send.py)."""
+    results = results_panel()
+    with gr.Row():
+        to_img2img = gr.Button("Send to image to image", size="sm")
+        to_inpaint = gr.Button("Send to inpaint", size="sm")
+        to_upscale = gr.Button("Send to upscale", size="sm")
+    return results, to_img2img, to_inpaint, to_upscale
 
 
 def sampling_options(sampler, karras, steps, guidance_scale, seed) -> dict:

@@ -39,18 +39,21 @@ def vocabulary_of(studio: Studio, model: str | None):
 @user_errors
 def layout(studio: Studio, layout: str, model: str | None = None, sampler: str | None = None, karras: bool = False,
            steps: int | None = None, guidance_scale: float | None = None, seed: int = -1, width: int | None = None,
-           height: int | None = None, batch_count: int = 1, batch_size: int = 1, progress=gr.Progress()):
+           height: int | None = None, batch_count: int = 1, batch_size: int = 1, native_tiling: bool = False,
+           progress=gr.Progress()):
     """Generate images of a layout: text, one object a line (its label, then x0 y0 x1 y1 in [0, 1] of
     the width and height: "circle red 0.1 0.1 0.4 0.4"), or JSON ([[class_id, x0, y0, x1, y1], ...]).
-    Empty settings use the model's defaults; seed -1 is random; batch_count x batch_size images.
-    Returns the images (PNG files, their parameters carrying the layout), the parameters as text,
-    and the job id."""
+    Empty settings use the model's defaults; seed -1 is random; batch_count x batch_size images;
+    native_tiling: above the model's native size, denoise in overlapping native-size tiles. Returns
+    the images (PNG files, their parameters carrying the layout), the parameters as text, and the
+    job id."""
     entry = studio.models.entry(TAB, model)
     boxes = parse_layout(layout or "", layout_vocabulary(entry.model_config))
     if not boxes:
         raise ValueError(f"The layout is empty: draw a box on the canvas, or type one object a line ('{EXAMPLE}').")
     options = sampling_options(sampler, karras, steps, guidance_scale, seed)
-    size = dict(width=optional_int(width, "Width"), height=optional_int(height, "Height"))
+    size = dict(width=optional_int(width, "Width"), height=optional_int(height, "Height"),
+                native_tiling=bool(native_tiling))
     n, batch_size = check_batch(batch_count, batch_size)
 
     def work(job):
@@ -97,7 +100,7 @@ def build(studio: Studio, demo: gr.Blocks, job: gr.BrowserState) -> SimpleNamesp
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", size="lg", elem_classes=["ldm-generate"])
                 stop = gr.Button("Interrupt", variant="stop", elem_classes=["ldm-interrupt"])
-            controls = sampling_controls()
+            controls = sampling_controls(tiling=True)
         with gr.Column(scale=1):
             results = results_panel()
             show = gr.Checkbox(False, label="Show boxes", info="each result's layout over a faint copy of it",

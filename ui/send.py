@@ -22,10 +22,10 @@ from ui.studio import Studio
 # Fields a tab may receive, in the order of its `receives` dict; keys that describe the picture but
 # are not settings (hash, version ...) are neither taken nor reported.
 FIELDS = ("prompt", "negative_prompt", "model", "sampler", "karras", "steps", "guidance_scale", "seed",
-          "width", "height", "strength", "layout")
-DESCRIPTIVE = {"model_hash", "version", "rng", "task", "eta"}
+          "width", "height", "strength", "class_label", "native_tiling", "layout")
+DESCRIPTIVE = {"model_hash", "version", "rng", "task", "eta", "class_name", "tiled_diffusion"}
 MAX_SIZE_OVER_NATIVE = 4        # a size over 4x the model's native side is "beyond the model"
-LABELS = {"strength": "Denoising strength", "guidance_scale": "CFG scale"}
+LABELS = {"strength": "Denoising strength", "guidance_scale": "CFG scale", "class_label": "Class"}
 
 
 def picture_parameters(path: str | None) -> dict:
@@ -93,8 +93,10 @@ def received(studio: Studio, tab: str, params: dict, names: tuple[str, ...]) -> 
     taken) and notes saying what was not taken and why."""
     notes: list[str] = []
     entry = _model(studio, tab, params, notes) if "model" in names else None
-    values = {k: params[k] for k in ("prompt", "negative_prompt", "steps", "guidance_scale", "seed", "strength")
-              if k in params}
+    values = {k: params[k] for k in ("prompt", "negative_prompt", "steps", "guidance_scale", "seed", "strength",
+                                     "class_label") if k in params}
+    # recorded only when tiled ("64 px tiles overlapping 32 px"); "off" in files from before it was the default
+    values["native_tiling"] = params.get("tiled_diffusion", "off") != "off"
     values.update(_sampler(params, notes))
     if entry is not None:
         values["model"] = entry.name
@@ -103,7 +105,7 @@ def received(studio: Studio, tab: str, params: dict, names: tuple[str, ...]) -> 
     if "layout" in names:
         values.update(_layout(entry or _first(studio, tab), params, notes))
     unused = [k for k in params if k not in FIELDS and k not in DESCRIPTIVE]
-    unused += [k for k in ("strength", "layout") if k in params and k not in names]
+    unused += [k for k in ("strength", "class_label", "layout") if k in params and k not in names]
     if unused:
         notes.append("not used here: " + ", ".join(f"{_label(k)} {params[k]}" for k in unused))
     return [values[n] if n in values else gr.skip() for n in names], notes
@@ -151,18 +153,21 @@ def send(studio: Studio, tab: str, names: tuple[str, ...], kind: str, *picture) 
     return ([image] if kind else []) + values
 
 
-def wire_sends(studio: Studio, tabs: gr.Tabs, t2i, i2i, inp, up, info, lay=None) -> None:
-    """The "Send to" buttons of Text to image's gallery and of PNG info. Each shows its tab first:
-    the inpaint editor takes an image only once its tab is showing (its canvas is drawn lazily)."""
-    gallery = [t2i.results.gallery, t2i.results.selected]
-    routes = [(t2i.to_img2img, gallery, "img2img", "file", i2i.image, i2i.receives),
-              (t2i.to_inpaint, gallery, "inpaint", "editor", inp.editor, inp.receives),
-              (t2i.to_upscale, gallery, "upscale", "file", up.image, {}),
-              (info.send, [info.image], "txt2img", "", None, t2i.receives),
-              (info.to_img2img, [info.image], "img2img", "file", i2i.image, i2i.receives),
-              (info.to_inpaint, [info.image], "inpaint", "editor", inp.editor, inp.receives)]
-    if lay is not None:
-        routes.append((info.to_layout, [info.image], "layout", "", None, lay.receives))
+def wire_sends(studio: Studio, tabs: gr.Tabs, t2i, i2i, inp, up, info, cls, lay) -> None:
+    """The "Send to" buttons of the Text to image and Class / unconditional galleries and of PNG info.
+    Each shows its tab first: the inpaint editor takes an image only once its tab is showing (its
+    canvas is drawn lazily)."""
+    routes = []
+    for source in (t2i, cls):
+        gallery = [source.results.gallery, source.results.selected]
+        routes += [(source.to_img2img, gallery, "img2img", "file", i2i.image, i2i.receives),
+                   (source.to_inpaint, gallery, "inpaint", "editor", inp.editor, inp.receives),
+                   (source.to_upscale, gallery, "upscale", "file", up.image, {})]
+    routes += [(info.send, [info.image], "txt2img", "", None, t2i.receives),
+               (info.to_img2img, [info.image], "img2img", "file", i2i.image, i2i.receives),
+               (info.to_inpaint, [info.image], "inpaint", "editor", inp.editor, inp.receives),
+               (info.to_classgen, [info.image], "classgen", "", None, cls.receives),
+               (info.to_layout, [info.image], "layout", "", None, lay.receives)]
     for button, inputs, tab, kind, picture, receives in routes:
         outputs = ([picture] if picture is not None else []) + list(receives.values())
         button.click(partial(gr.Tabs, selected=tab), outputs=tabs, api_visibility="private", queue=False).then(

@@ -172,8 +172,8 @@ def train_start(studio: Studio, stage: str = "autoencoder", dataset: str = "shap
                          first_stage=first_stage or None, init_from=init_path,
                          log_every=max(1, min(10, steps // 20)))
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    run_name = name or re.sub(r"[^A-Za-z0-9._-]+", "-", f"{config['export']['name']}-{stamp}")   # a folder name
-    info = runs.start(config, name=run_name, stage="autoencoder" if stage == "autoencoder" else "ldm")
+    run_name = name or re.sub(r"[^A-Za-z0-9._-]+", "-", f"{config.export['name']}-{stamp}")   # a folder name
+    info = runs.start(config, name=run_name)                # the stage: the model's capabilities say
     return status_dict(info)
 
 

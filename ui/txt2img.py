@@ -10,7 +10,7 @@ import gradio as gr
 
 from core import pipelines
 from core.lora import network_folders
-from ui.controls import (check_batch, interrupt, model_picker, optional_int, prompt_row, results_panel,
+from ui.controls import (check_batch, interrupt, model_picker, optional_int, prompt_row, results_with_sends,
                          sampling_controls, sampling_options, wire_model_controls)
 from ui.hires import hires_controls, hires_request
 from ui.errors import user_errors
@@ -28,10 +28,11 @@ def txt2img(studio: Studio, prompt: str, negative_prompt: str = "", model: str |
             height: int | None = None, batch_count: int = 1, batch_size: int = 1, enable_hr: bool = False,
             hr_upscaler: str = "Latent", hr_scale: float = 2.0, hr_steps: int = 0, denoising_strength: float = 0.7,
             hr_resize_x: int = 0, hr_resize_y: int = 0, hr_prompt: str = "", hr_negative_prompt: str = "",
-            progress=gr.Progress()):
+            native_tiling: bool = False, progress=gr.Progress()):
     """Generate images from a prompt. Empty settings use the model's defaults; seed -1 is random;
     batch_count x batch_size images, batch_size of them per UNet batch. enable_hr and the hr_* /
     denoising_strength fields: AUTOMATIC1111's hires fix (a second img2img pass at a larger size).
+    native_tiling: above the model's native size, denoise in overlapping native-size tiles (else one piece).
     Returns the images (PNG files with their parameters), the parameters as text, and the job id."""
     entry = studio.models.entry(TAB, model)
     options = sampling_options(sampler, karras, steps, guidance_scale, seed)
@@ -43,7 +44,8 @@ def txt2img(studio: Studio, prompt: str, negative_prompt: str = "", model: str |
 
     def work(job):
         m = studio.models.load(entry)
-        common = dict(n=n, batch_size=batch_size, **size, **options, callback=pipeline_progress(job),
+        common = dict(n=n, batch_size=batch_size, **size, **options, native_tiling=bool(native_tiling),
+                      callback=pipeline_progress(job),
                       should_stop=job.should_stop, **network_folders(studio.settings.weights_dir))
         if hires is None:
             run = lambda: pipelines.txt2img(m, prompt or "", negative_prompt or "", **common)  # noqa: E731
@@ -61,14 +63,10 @@ def build(studio: Studio, demo: gr.Blocks, job: gr.BrowserState) -> SimpleNamesp
     with gr.Row():
         with gr.Column(scale=1):
             picker, refresh = model_picker(studio, TAB)
-            controls = sampling_controls()
+            controls = sampling_controls(tiling=True)
             hires = hires_controls(studio)
         with gr.Column(scale=1):
-            results = results_panel()
-            with gr.Row():
-                to_img2img = gr.Button("Send to image to image", size="sm")
-                to_inpaint = gr.Button("Send to inpaint", size="sm")
-                to_upscale = gr.Button("Send to upscale", size="sm")
+            results, to_img2img, to_inpaint, to_upscale = results_with_sends()
 
     gr.on([row.generate.click], partial(txt2img, studio),
           inputs_kwargs={"prompt": row.prompt, "negative_prompt": row.negative_prompt, "model": picker,

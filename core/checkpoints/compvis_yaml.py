@@ -15,7 +15,8 @@ import yaml
 
 from core.models.autoencoder import AutoencoderConfig, DDConfig
 from core.models.clip_text import FrozenCLIPEmbedderConfig, FrozenOpenCLIPEmbedderConfig
-from core.models.conditioners import ClassEmbedderConfig, LayoutEmbedderConfig, TransformerEmbedderConfig
+from core.models.conditioners import (ClassEmbedderConfig, LayoutEmbedderConfig, SpatialRescalerConfig,
+                                      TransformerEmbedderConfig)
 from core.models.diffusion import (COND_STAGE_FIRST_STAGE, COND_STAGE_IDENTITY, LatentDiffusionConfig,
                                    NoiseAugmentationConfig)
 from core.models.unet import UNetConfig
@@ -139,12 +140,19 @@ def _cond_stage(block):
         check(_fields(ClassEmbedderConfig))
         return ClassEmbedderConfig(embed_dim=p["embed_dim"], n_classes=p.get("n_classes", 1000),
                                    key=p.get("key", "class"), has_null_class=p.get("has_null_class"))
+    if target == _ENCODERS + "SpatialRescaler":            # semantic synthesis: the map, concatenated
+        known = _fields(SpatialRescalerConfig)
+        check(known)
+        return SpatialRescalerConfig(**{k: v for k, v in p.items() if k in known})
+    # Not CompVis': our layout embedder, named so in training configs written in the CompVis style before
+    # core.train stored its own format (scripts/train_configs/shapes-layout.yaml); read, never written.
     if target == "core.models.conditioners.LayoutEmbedder":
         known = _fields(LayoutEmbedderConfig)
         check(known)
         return LayoutEmbedderConfig(**{k: v for k, v in p.items() if k in known})
     raise ValueError(f"config: cond stage {target!r} is not supported. Supported: FrozenOpenCLIPEmbedder, "
-                     "FrozenCLIPEmbedder, BERTEmbedder, TransformerEmbedder, ClassEmbedder, torch.nn.Identity, "
+                     "FrozenCLIPEmbedder, BERTEmbedder, TransformerEmbedder, ClassEmbedder, SpatialRescaler, "
+                     "torch.nn.Identity, "
                      "__is_first_stage__, __is_unconditional__")
 
 

@@ -9,6 +9,7 @@ in the UNet's input channels (FACTS.md sections 1, 4 and 9):
     cond_stage_model.model.*                              SD 2.x (in 4: eps or v, the file cannot tell),
                                                           SD 2 inpainting (in 9), x4 upscaler (low_scale_model)
     cond_stage_model.transformer.token_emb / .embedding   LDM text / layout (BERT-style) / class models
+    cond_stage_model.channel_mapper                       LDM semantic synthesis (SpatialRescaler)
     no cond stage                                         LDM unconditional / super-resolution / inpainting
 
 `detect_family(sd)` returns a Detection: the family name, and the name of a bundled config
@@ -72,6 +73,9 @@ def detect_family(sd: Mapping) -> Detection:
         return Detection("sd2", None, "Stable Diffusion 2.x: the file does not say whether it predicts eps (512 px "
                          "base models) or v (768-v models); say which: load_model(path, config='sd2') or "
                          "config='sd2_v' (or the YAML: v2-inference.yaml / v2-inference-v.yaml)")
+    if has("cond_stage_model.channel_mapper."):
+        return Detection("ldm_semantic", None, f"an LDM semantic-synthesis model (its class count and sizes vary): "
+                         f"{yaml_hint}")
     if has("cond_stage_model.embedding."):
         return Detection("ldm_class", None, f"a class-conditional LDM: {yaml_hint}")
     if "scale_factor" in sd:

@@ -8,6 +8,9 @@ trained text transformer, and box layouts, each mapped to a cross-attention cont
   attn_layers=Encoder(dim, depth))` of `ldm/modules/x_transformer.py`, so the released weights load
   with strict=True.
 * `LayoutEmbedder`: ours, for the shapes world; no reference weights.
+* `SpatialRescaler`: latent-diffusion's, for semantic synthesis (the `semantic_synthesis256/512`
+  configs): a one-hot segmentation map resized to the latent grid and mapped to a few channels by a
+  1x1 convolution (`channel_mapper`), concatenated to z. Not a cross-attention context: (B, C', h, w).
 """
 import math
 import operator
@@ -342,3 +345,66 @@ class LayoutEmbedder(nn.Module):
 
     def encode(self, layouts: list) -> Tensor:
         return self(layouts)
+
+
+# --------------------------------------------------------------------------------------------
+# SpatialRescaler: latent-diffusion `ldm/modules/encoders/modules.py`, for semantic synthesis
+# --------------------------------------------------------------------------------------------
+
+RESCALE_METHODS = ("nearest", "bilinear", "bicubic", "area")   # the reference's, less the 1-D / 3-D modes
+
+
+@dataclass(frozen=True)
+class SpatialRescalerConfig:
+    """The reference's constructor arguments (semantic_synthesis256/512: n_stages 2, in_channels 182,
+    out_channels 3, the rest default)."""
+    n_stages: int = 1                      # resizes by `multiplier`, n_stages times
+    method: str = "bilinear"               # F.interpolate mode
+    multiplier: float = 0.5                # scale factor of each stage
+    in_channels: int = 3                   # the one-hot map's channels: the number of classes (COCO-stuff: 182)
+    out_channels: int | None = None        # None: no channel_mapper (the resized map is concatenated as it is)
+    bias: bool = False                     # channel_mapper's bias
+
+    def __post_init__(self):
+        if self.method not in RESCALE_METHODS:
+            raise ValueError(f"SpatialRescaler method must be one of {RESCALE_METHODS} for images, "
+                             f"got {self.method!r}")
+        if self.n_stages < 0 or not self.multiplier > 0 or self.in_channels <= 0 or \
+                (self.out_channels is not None and self.out_channels <= 0):
+            raise ValueError(f"SpatialRescalerConfig needs n_stages >= 0, multiplier > 0 and positive channel "
+                             f"counts: {self}")
+
+    @property
+    def channels(self) -> int:
+        """Channels of the output, concatenated to z in front of the UNet."""
+        return self.in_channels if self.out_channels is None else self.out_channels
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """The (h, w) that F.interpolate gives for an (height, width) map: floor per stage."""
+        for _ in range(self.n_stages):
+            height, width = math.floor(height * self.multiplier), math.floor(width * self.multiplier)
+        return height, width
+
+
+class SpatialRescaler(nn.Module):
+    """(B, in_channels, H, W) -> (B, out_channels, H * m^n, W * m^n): n_stages interpolations by
+    `multiplier`, then the 1x1 `channel_mapper` (the checkpoint key) when out_channels is set."""
+
+    def __init__(self, cfg: SpatialRescalerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.channel_mapper = (nn.Conv2d(cfg.in_channels, cfg.out_channels, 1, bias=cfg.bias)
+                               if cfg.out_channels is not None else None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim != 4 or x.shape[1] != self.cfg.in_channels:
+            raise ValueError(f"the segmentation map must be (B, {self.cfg.in_channels}, H, W) (one channel per "
+                             f"class); got {tuple(x.shape)}")
+        if self.channel_mapper is not None:
+            x = x.to(self.channel_mapper.weight)                            # the weights' device and dtype
+        for _ in range(self.cfg.n_stages):
+            x = F.interpolate(x, scale_factor=self.cfg.multiplier, mode=self.cfg.method)   # (B, C, H m, W m)
+        return x if self.channel_mapper is None else self.channel_mapper(x)            # (B, C', h, w)
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self(x)

@@ -5,7 +5,8 @@ from torch import nn
 from core.models.clip_text import (FrozenCLIPEmbedder, FrozenCLIPEmbedderConfig, FrozenOpenCLIPEmbedder,
                                    FrozenOpenCLIPEmbedderConfig)
 from core.models.conditioners import (ClassEmbedder, ClassEmbedderConfig, LayoutEmbedder, LayoutEmbedderConfig,
-                                      TransformerEmbedder, TransformerEmbedderConfig)
+                                      SpatialRescaler, SpatialRescalerConfig, TransformerEmbedder,
+                                      TransformerEmbedderConfig)
 
 CONDITIONERS: dict[type, type[nn.Module]] = {
     FrozenOpenCLIPEmbedderConfig: FrozenOpenCLIPEmbedder,   # SD 2.x
@@ -13,6 +14,7 @@ CONDITIONERS: dict[type, type[nn.Module]] = {
     TransformerEmbedderConfig: TransformerEmbedder,         # LDM's jointly trained T_theta
     ClassEmbedderConfig: ClassEmbedder,                     # class-conditional LDMs
     LayoutEmbedderConfig: LayoutEmbedder,                   # layout-to-image (ours)
+    SpatialRescalerConfig: SpatialRescaler,                 # semantic synthesis (segmentation, concat)
 }
 
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from core.models.autoencoder import AutoencoderConfig, DiagonalGaussianDistribution, build_autoencoder
+from core.models.conditioners import SpatialRescalerConfig
 from core.models.conditioners_registry import build_conditioner
 from core.models.schedule import LOW_SCALE_BUFFERS, discrete_sigmas, make_beta_schedule, schedule_buffers
 from core.models.sdxl_conditioner import GeneralConditioner, GeneralConditionerConfig
@@ -70,6 +71,9 @@ class LatentDiffusionConfig:
             raise ValueError("LatentUpscaleDiffusion needs a low_scale (noise augmentation) config")
         if (self.model_class == "DiffusionEngine") != isinstance(self.cond_stage, GeneralConditionerConfig):
             raise ValueError("a GeneralConditioner (SDXL) goes with model_class 'DiffusionEngine' and only there")
+        if isinstance(self.cond_stage, SpatialRescalerConfig) and self.conditioning_key != "concat":
+            raise ValueError(f"a SpatialRescaler's map is concatenated to z: conditioning_key must be 'concat', "
+                             f"got {self.conditioning_key!r}")
 
     @property
     def task(self) -> str:
@@ -82,6 +86,8 @@ class LatentDiffusionConfig:
             return "inpaint-ldm"           # z ++ masked-image latent ++ mask (+-1)
         if self.cond_stage == COND_STAGE_IDENTITY and self.conditioning_key == "concat":
             return "upscale-ldm"           # z ++ LR image
+        if isinstance(self.cond_stage, SpatialRescalerConfig):
+            return "semantic-ldm"          # z ++ the segmentation map, resized and channel-mapped
         if self.cond_stage is None:
             return "unconditional"
         return "conditional"               # text, class or layout through cross-attention

@@ -292,8 +292,10 @@ def class_conditioning(m, class_label):
         label = operator.index(class_label)
     except TypeError:
         raise ValueError(f"class_label must be a whole number; got {class_label!r}.") from None
-    if isinstance(class_label, bool) or not 0 <= label < embedder.n_classes:
-        raise ValueError(f"class_label must be in [0, {embedder.n_classes - 1}]; got {class_label!r}.")
+    classes = embedder.n_classes - (embedder.null_class is not None)        # the null class is guidance's
+    if isinstance(class_label, bool) or not 0 <= label < classes:
+        null = "" if embedder.null_class is None else f" ({embedder.null_class} is the null class, used by guidance)"
+        raise ValueError(f"class_label must be in [0, {classes - 1}]{null}; got {class_label!r}.")
     cond = m.get_learned_conditioning(torch.tensor([label]))
     uncond = embedder.unconditional(1) if embedder.null_class is not None else None
     return cond, uncond

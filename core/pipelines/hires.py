@@ -25,7 +25,7 @@ from core.pipelines.denoise import denoise_batches
 from core.pipelines.generation import base_parameters, interrupted, plain_images, resolve_seeds
 from core.pipelines.images import image_to_tensor, tensor_to_images
 from core.pipelines.memory import budget_bytes, plan_tile, unet_peak_bytes
-from core.pipelines.tiling import tiled
+from core.pipelines.tiling import native_tiling as native_tiling_plan, tiled
 from core.pipelines.txt2img import txt2img
 from core.pipelines.upscale import upscale
 from core.samplers import SamplingInterrupted, SamplingSettings, check_strength
@@ -74,10 +74,10 @@ class HiresSettings:
 def txt2img_hires(m, prompt, hires: HiresSettings, negative_prompt="", steps=None, guidance_scale=None,
                   sampler=None, seed=None, width=None, height=None, n=1, *, sr_model=None, batch_size=1,
                   karras=None, vae_tile=None, callback=None, should_stop=None, lora_dir=None,
-                  embeddings_dir=None) -> list:
+                  embeddings_dir=None, native_tiling=False) -> list:
     """txt2img with a hires-fix second pass; one PIL image per seed, at the hires size.
-    Arguments as txt2img; `hires` the second pass; `sr_model` a super-resolution model for
-    hires.upscaler == "model"."""
+    Arguments as txt2img (native_tiling: the first pass's, above the model's native size); `hires`
+    the second pass; `sr_model` a super-resolution model for hires.upscaler == "model"."""
     # 1. Resolve both passes: sizes on the model's grid, settings, seeds (checked before any work).
     caps = capabilities(m).require("txt2img")
     defaults = model_defaults(m)
@@ -98,7 +98,7 @@ def txt2img_hires(m, prompt, hires: HiresSettings, negative_prompt="", steps=Non
         z = txt2img(m, prompt, negative_prompt, first.steps, first.guidance_scale, first.sampler, seeds[0],
                     width, height, n, karras=first.karras, batch_size=batch_size, vae_tile=vae_tile,
                     callback=callback, should_stop=should_stop, output="latent", lora_dir=lora_dir,
-                    embeddings_dir=embeddings_dir)
+                    embeddings_dir=embeddings_dir, native_tiling=native_tiling)
     except SamplingInterrupted as stop:
         stop.images = []                                  # the first pass hands back latents, not images
         raise
@@ -114,9 +114,12 @@ def txt2img_hires(m, prompt, hires: HiresSettings, negative_prompt="", steps=Non
     if not isinstance(cond, dict):
         cond = {"c_crossattn": [cond]}                    # a dict, so tiling repeats it per tile
 
+    first_tiling = native_tiling_plan(m, width, height, native_tiling)[1]
+
     def params_for(i):
         params = base_parameters(m, "txt2img", first, seeds[i], width, height, prompt, negative_prompt)
-        return {**params, "strength": hires.strength, "hr_upscaler": _upscaler_name(hires, sr_model),
+        return {**params, "tiled_diffusion": first_tiling, "strength": hires.strength,
+                "hr_upscaler": _upscaler_name(hires, sr_model),
                 "hr_scale": None if hires.width or hires.height else hires.scale,
                 "hr_resize": f"{hr_w}x{hr_h}" if hires.width or hires.height else None,
                 "hr_steps": hires.steps or None, "hr_sampler": hires.sampler and second.sampler,

@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from core.eval.metrics import psnr
 from core.models.autoencoder import AutoencoderKL, build_autoencoder
 from core.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint, trained_state_dict
-from core.train.config import RunConfig
+from core.train.config import RunConfig, config_dict
 from core.train.data import TrainData
 from core.train.ema import EMA
 from core.train.losses import NLayerDiscriminator, autoencoder_loss, build_lpips, hinge_d_loss
@@ -131,7 +131,7 @@ def train_autoencoder(cfg: RunConfig, run: RunFolder, rt: Runtime, resume: bool 
             scale_factor = latent_scale_factor(ae, first_batch, rt, tc.seed)
         save_checkpoint({"model": ae.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                          "disc": disc.state_dict(), "opt_disc": opt_d.state_dict(), "scaler": scaler.state_dict(),
-                         "step": step, "config": cfg.raw, "rng": capture_rng(), "scale_factor": scale_factor,
+                         "step": step, "config": config_dict(cfg), "rng": capture_rng(), "scale_factor": scale_factor,
                          "data_position": step * tc.grad_accum * tc.batch_size * rt.world_size,
                          "wall_time_s": wall_time, "commands": commands, "metrics": last_metrics,
                          "machine": machine(rt)},

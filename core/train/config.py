@@ -1,40 +1,59 @@
-"""Training configs: a YAML file with three blocks.
+"""Training configs: RunConfig and the dataclasses in it; YAML is only how they are stored.
 
-    model:   a CompVis-style model block, translated by core.checkpoints.config_from_yaml, so our own
-             models use the reference's targets and names (AutoencoderKL / VQModelInterface for the
-             first stage, LatentDiffusion / LatentInpaintDiffusion with a UNetModel, TransformerEmbedder,
-             ClassEmbedder, LayoutEmbedder, torch.nn.Identity ...). The first-stage `lossconfig.params`
-             are the autoencoder loss settings (losses.AutoencoderLossConfig). In an LDM config,
+    cfg = make_config("txt2img", "shapes", "small", first_stage="weights/shapes-kl-f4.safetensors")
+    cfg.stage                      # "ldm": capabilities(cfg.model).training_stage, the one place that tells
+    text = dump_config(cfg)        # YAML in LDM Studio's format
+    load_config(text) == cfg
+
+A config file has these blocks:
+    model:   LDM Studio's format: the model config as a project file's `ldm_studio_config` metadata
+             holds it (core/checkpoints/config_json.py: each dataclass with its `type:`), complete;
+             or a CompVis-style block (`target:` ...), read by the one YAML translator,
+             core.checkpoints.config_from_yaml (scripts/train_configs/*.yaml are such). In a CompVis
+             first-stage block `lossconfig.params` are the loss settings; in an LDM block
              `first_stage_config.params.ckpt_path` names the trained autoencoder (an exported
-             .safetensors or a run folder): its architecture and scale factor are read from it, so
-             `ddconfig`, `embed_dim` and `scale_factor` may be left out.
+             .safetensors or a run folder), whose architecture and scale factor fill in `ddconfig`,
+             `embed_dim` and `scale_factor` when they are left out.
+    first_stage_path:  ours: the trained autoencoder an LDM's first stage is loaded from
+    loss:    ours: losses.AutoencoderLossConfig (autoencoders)
     data:    data.DataConfig
     train:   TrainConfig below
     export:  optional {name, defaults: {sampler, karras, steps, guidance_scale, eta, width, height}}
 
-`make_config(stage, dataset, model_size, steps, batch_size, lr, ...)` writes such a config as a dict
-(the app's Train tab); `load_config` reads one into a RunConfig.
+`make_config(stage, dataset, model_size, steps, batch_size, lr, ...)` builds a RunConfig (the app's
+Train tab); `load_config` reads either format; `dump_config` / `config_dict` write ours.
 """
 
 import copy
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from core.capabilities import capabilities
 from core.checkpoints import config_from_yaml, read_checkpoint
-from core.checkpoints.config_json import config_from_json
-from core.models.autoencoder import AutoencoderConfig
-from core.models.conditioners import TransformerEmbedderConfig
+from core.checkpoints.config_json import (
+    config_from_json,
+    config_from_plain,
+    config_to_plain,
+)
+from core.models.autoencoder import AutoencoderConfig, DDConfig
+from core.models.conditioners import (
+    ClassEmbedderConfig,
+    LayoutEmbedderConfig,
+    TransformerEmbedderConfig,
+)
 from core.models.diffusion import COND_STAGE_IDENTITY, LatentDiffusionConfig
+from core.models.unet import UNetConfig
 from core.train.data import DataConfig
 from core.train.losses import AutoencoderLossConfig
-
 
 STAGES = ("autoencoder", "ldm")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 METADATA_SCALE_FACTOR = "ldm_studio_scale_factor"     # an exported autoencoder's latent scale factor
+BLOCKS = ("model", "first_stage_path", "loss", "data", "train", "export")
 
 
 @dataclass(frozen=True)
@@ -99,17 +118,36 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    stage: str                                           # "autoencoder" or "ldm"
     model: AutoencoderConfig | LatentDiffusionConfig
     data: DataConfig
     train: TrainConfig
-    loss: AutoencoderLossConfig | None = None            # autoencoder only
+    loss: AutoencoderLossConfig | None = None            # autoencoders (None there: the defaults)
     first_stage_path: str | None = None                  # LDM: the trained autoencoder's weights
     export: dict = field(default_factory=dict)           # {name, defaults}
-    raw: dict = field(default_factory=dict)              # the YAML as given (written to the run folder)
+
+    def __post_init__(self):
+        if self.stage == "autoencoder" and self.loss is None:
+            object.__setattr__(self, "loss", AutoencoderLossConfig())
+        if self.stage == "ldm" and self.loss is not None:
+            raise ValueError("config: `loss` holds an autoencoder's loss settings; a latent diffusion model has none")
+
+    @property
+    def stage(self) -> str:
+        """"autoencoder" or "ldm", as the model's capabilities say (never read off a target string)."""
+        return capabilities(self.model).training_stage
+
+
+def require_stage(cfg: RunConfig, stage: str | None) -> RunConfig:
+    """cfg, or a ValueError when the command line asks for the other stage."""
+    if stage is not None and stage != cfg.stage:
+        what = "an autoencoder" if cfg.stage == "autoencoder" else "a latent diffusion model"
+        raise ValueError(f"this config trains {what}; run `python -m core.train {cfg.stage} --config ...`")
+    return cfg
 
 
 def _known(cls, block: dict, where: str) -> dict:
+    if not isinstance(block, dict):
+        raise ValueError(f"config: {where} must be a mapping of settings, got {block!r}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(block) - names)
     if unknown:
@@ -140,10 +178,10 @@ def first_stage_source(path: str | Path) -> tuple[AutoencoderConfig, float | Non
 
 
 def _fill_first_stage(params: dict, init_from: str | None) -> str | None:
-    """Complete an LDM model block's first stage (and scale factor) from the trained autoencoder."""
-    fs = params.get("first_stage_config")
+    """Complete a CompVis LDM block's first stage (and scale factor) from the trained autoencoder."""
+    fs = params["first_stage_config"]
     if not isinstance(fs, dict):
-        raise ValueError("config: model.params.first_stage_config is missing")
+        raise ValueError("config: model.params.first_stage_config must be a block with a target")
     fs_params = dict(fs.get("params") or {})
     path = fs_params.get("ckpt_path") or init_from
     if path is not None and ("ddconfig" not in fs_params or "scale_factor" not in params):
@@ -163,51 +201,92 @@ def _fill_first_stage(params: dict, init_from: str | None) -> str | None:
     return fs_params.get("ckpt_path")
 
 
+def _compvis_model(block: dict, init_from: str | None):
+    """(model config, loss config or None, first-stage path) from a CompVis-style model block."""
+    block = copy.deepcopy(block)
+    params = block.setdefault("params", {})
+    first_stage_path = None
+    if "first_stage_config" in params:            # a diffusion model's block: its first stage may be a file
+        first_stage_path = _fill_first_stage(params, init_from)
+    model = config_from_yaml({"model": block})
+    loss = None
+    if isinstance(model, AutoencoderConfig):
+        loss_params = (params.get("lossconfig") or {}).get("params") or {}
+        loss = AutoencoderLossConfig(**_known(AutoencoderLossConfig, loss_params, "lossconfig.params"))
+    return model, loss, first_stage_path
+
+
+def _read(source) -> dict:
+    if isinstance(source, dict):
+        return copy.deepcopy(source)
+    is_file = isinstance(source, Path) or Path(str(source)).suffix in (".yaml", ".yml")
+    text = Path(source).read_text() if is_file else str(source)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ValueError(f"config: not valid YAML: {err}") from None
+
+
+def model_config(raw: dict, init_from: str | None = None):
+    """(model config, loss, first-stage path) of a config file's `model:` block, in either format."""
+    block = raw.get("model") if isinstance(raw, dict) else None
+    if not isinstance(block, dict) or not ({"type", "target"} & set(block)):
+        raise ValueError("config: the model block needs `type:` (LDM Studio's format) or `target:` (a CompVis-style "
+                         "block); without either there is no model.target to tell its stage")
+    if "target" in block:
+        for ours in ("loss", "first_stage_path"):
+            if ours in raw:
+                raise ValueError(f"config: `{ours}` belongs to LDM Studio's format; in a CompVis-style model block "
+                                 "give lossconfig.params / first_stage_config.params.ckpt_path instead")
+        return _compvis_model(block, init_from)
+    loss = raw.get("loss")
+    loss = None if loss is None else AutoencoderLossConfig(**_known(AutoencoderLossConfig, loss, "loss"))
+    return config_from_plain(block, "the config's model block"), loss, raw.get("first_stage_path")
+
+
 def stage_of(raw: dict) -> str:
-    """The stage a training config (as read from YAML) trains, from its model target: first-stage
-    targets (ldm.models.autoencoder.*, taming's VQModel) train "autoencoder", the rest "ldm". The one
-    place that tells (load_config and the run manager ask here)."""
-    model = raw.get("model")
-    target = model.get("target", "") if isinstance(model, dict) else ""
-    if not target:
-        raise ValueError("the config has no model.target to tell its stage; pass stage='autoencoder' or 'ldm'")
-    is_ae = target.startswith("ldm.models.autoencoder.") or target == "taming.models.vqgan.VQModel"
-    return "autoencoder" if is_ae else "ldm"
+    """The stage a config file's dict trains (the run manager asks before launching): its model block
+    read, then capabilities(model).training_stage."""
+    return capabilities(model_config(raw)[0]).training_stage
 
 
 def load_config(source, stage: str | None = None) -> RunConfig:
-    """Read a training config (a YAML path, YAML text or dict) into a RunConfig."""
-    if isinstance(source, dict):
-        raw = copy.deepcopy(source)
-    else:
-        text = Path(source).read_text() if Path(str(source)).suffix in (".yaml", ".yml") else str(source)
-        raw = yaml.safe_load(text)
+    """Read a training config (a YAML path, YAML text or dict, in either format) into a RunConfig."""
+    raw = _read(source)
     if not isinstance(raw, dict) or "model" not in raw:
-        raise ValueError("a training config needs a `model:` block (CompVis style), plus `data:` and `train:`")
-    unknown = sorted(set(raw) - {"model", "data", "train", "export"})
+        raise ValueError("a training config needs a `model:` block, plus `data:` and `train:`")
+    unknown = sorted(set(raw) - set(BLOCKS))
     if unknown:
-        raise ValueError(f"config: unknown top-level blocks {unknown}; valid: model, data, train, export")
+        raise ValueError(f"config: unknown top-level blocks {unknown}; valid: {', '.join(BLOCKS)}")
     train = TrainConfig(**_known(TrainConfig, raw.get("train") or {}, "train"))
     data = DataConfig(**_known(DataConfig, raw.get("data") or {}, "data"))
-    model_block = copy.deepcopy(raw["model"])
-    params = model_block.setdefault("params", {})
-    found = stage_of(raw)
-    is_ae = found == "autoencoder"
-    if stage is not None and stage != found:
-        raise ValueError(f"this config trains {'an autoencoder' if is_ae else 'a latent diffusion model'} "
-                         f"(model target {model_block.get('target')}); run `python -m core.train {found} --config ...`")
-    loss, first_stage_path = None, None
-    if is_ae:
-        loss_params = ((params.get("lossconfig") or {}).get("params") or {})
-        loss = AutoencoderLossConfig(**_known(AutoencoderLossConfig, loss_params, "lossconfig.params"))
-    else:
-        first_stage_path = _fill_first_stage(params, train.init_from)
-    model = config_from_yaml({"model": model_block})
-    raw = {**raw, "model": model_block}            # resolved: the first stage's ddconfig and scale factor filled in
-    if not is_ae:
-        _check_ldm(model, data)
-    return RunConfig(stage=found, model=model, data=data, train=train, loss=loss,
-                     first_stage_path=first_stage_path, export=dict(raw.get("export") or {}), raw=raw)
+    model, loss, first_stage_path = model_config(raw, train.init_from)
+    cfg = require_stage(RunConfig(model, data, train, loss, first_stage_path, dict(raw.get("export") or {})), stage)
+    if cfg.stage == "ldm":
+        _check_ldm(cfg.model, cfg.data)
+    return cfg
+
+
+def _plain(obj) -> dict:
+    """A flat config dataclass as YAML-safe values (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(obj)))
+
+
+def config_dict(cfg: RunConfig) -> dict:
+    """The config in LDM Studio's format, as plain values (a run folder's config.yaml, a checkpoint's "config")."""
+    out = {"model": config_to_plain(cfg.model)}
+    if cfg.first_stage_path is not None:
+        out["first_stage_path"] = str(cfg.first_stage_path)
+    if cfg.loss is not None:
+        out["loss"] = _plain(cfg.loss)
+    out.update(data=_plain(cfg.data), train=_plain(cfg.train))
+    if cfg.export:
+        out["export"] = copy.deepcopy(cfg.export)
+    return out
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(config_dict(cfg), sort_keys=False, default_flow_style=None, width=110)
 
 
 def _check_ldm(m: LatentDiffusionConfig, data: DataConfig) -> None:
@@ -236,47 +315,46 @@ def _check_ldm(m: LatentDiffusionConfig, data: DataConfig) -> None:
 # make_config: the app's Train tab
 # --------------------------------------------------------------------------------------------
 
-def _ae(ch: int, mult: list, nrb: int) -> dict:
-    return {"target": "ldm.models.autoencoder.AutoencoderKL", "params": {
-        "embed_dim": 4,
-        "ddconfig": {"double_z": True, "z_channels": 4, "resolution": 64, "in_channels": 3, "out_ch": 3,
-                     "ch": ch, "ch_mult": mult, "num_res_blocks": nrb, "attn_resolutions": [], "dropout": 0.0},
-        "lossconfig": {"target": "ldm.modules.losses.LPIPSWithDiscriminator",
-                       "params": {"disc_start": 2000, "kl_weight": 1e-6, "disc_weight": 0.5,
-                                  "disc_num_layers": 2, "disc_ndf": 32, "pixel_l2_weight": 10.0}}}}
+def _ae(ch: int, mult: tuple, image_size: int) -> AutoencoderConfig:
+    return AutoencoderConfig(kind="kl", embed_dim=4, ddconfig=DDConfig(
+        z_channels=4, resolution=image_size, double_z=True, ch=ch, ch_mult=mult, num_res_blocks=1,
+        attn_resolutions=(), dropout=0.0))
 
 
-def _unet(mc: int, mult: list, nrb: int, attn: list) -> dict:
+def _unet(mc: int, mult: tuple, nrb: int, attn: tuple) -> dict:
     return {"model_channels": mc, "channel_mult": mult, "num_res_blocks": nrb, "attention_resolutions": attn,
             "num_head_channels": 32}
 
 
-# Model sizes, as small factory tables (DiT's habit): autoencoders and UNets on 16x16x4 latents.
+# Model sizes, as small factory tables (DiT's habit): autoencoders (of image side S) and UNets on S/4 latents.
 AUTOENCODER_SIZES = {
-    "tiny": lambda: _ae(32, [1, 1, 2], 1),      # ~0.9M: tests and smoke runs
-    "small": lambda: _ae(32, [1, 2, 4], 1),     # ~2.7M: the shapes-world default
-    "base": lambda: _ae(64, [1, 2, 2], 1),      # ~3.8M
+    "tiny": lambda size: _ae(32, (1, 1, 2), size),      # ~0.9M: tests and smoke runs
+    "small": lambda size: _ae(32, (1, 2, 4), size),     # ~2.7M: the shapes-world default
+    "base": lambda size: _ae(64, (1, 2, 2), size),      # ~3.8M
 }
 UNET_SIZES = {
-    "tiny": lambda: _unet(32, [1, 2], 1, [2]),
-    "small": lambda: _unet(64, [1, 2, 2], 1, [2, 4]),       # ~6.6M with a 64-wide context
-    "base": lambda: _unet(64, [1, 2, 2], 2, [2, 4]),        # ~9.9M
+    "tiny": lambda: _unet(32, (1, 2), 1, (2,)),
+    "small": lambda: _unet(64, (1, 2, 2), 1, (2, 4)),       # ~6.6M with a 64-wide context
+    "base": lambda: _unet(64, (1, 2, 2), 2, (2, 4)),        # ~9.9M
 }
 TEXT_ENCODER_SIZES = {"tiny": (32, 1), "small": (64, 4), "base": (64, 6)}    # (width, layers)
 LDM_STAGES = ("txt2img", "class", "layout", "uncond", "sr", "inpaint")
+AUTOENCODER_LOSS = AutoencoderLossConfig(disc_start=2000, kl_weight=1e-6, disc_weight=0.5, disc_num_layers=2,
+                                         disc_ndf=32, pixel_l2_weight=10.0)
 
 
 def make_config(stage: str, dataset: str = "shapes", model_size: str = "small", steps: int = 10000,
                 batch_size: int = 32, lr: float | None = None, *, image_size: int = 64,
                 first_stage: str | None = None, init_from: str | None = None, precision: str = "auto",
-                seed: int = 0, name: str | None = None, **train_overrides) -> dict:
-    """A training config dict (what `load_config` reads, and what a YAML file holds).
+                seed: int = 0, name: str | None = None, **train_overrides) -> RunConfig:
+    """A training config (what `load_config` reads back from `dump_config`'s YAML).
 
     stage: "autoencoder", or an LDM stage: "txt2img" (jointly trained text encoder, open_clip tokens),
         "class" (24 shapes-world classes + null), "layout", "uncond", "sr" (4x, concat LR image) or
         "inpaint" (SD2's 9-channel layout; give init_from = a txt2img model to fine-tune).
     dataset: "shapes", "photos" or the path of an image folder (captions from name.txt / captions.jsonl).
-    model_size: "tiny", "small" or "base". first_stage: the trained autoencoder (LDM stages).
+    model_size: "tiny", "small" or "base". first_stage: the trained autoencoder (LDM stages): an exported
+        .safetensors or its run folder, read here for its architecture and latent scale factor.
     train_overrides: any other train.* key (log_every, sample_every, grad_accum, ...).
     """
     if model_size not in UNET_SIZES:
@@ -284,75 +362,72 @@ def make_config(stage: str, dataset: str = "shapes", model_size: str = "small", 
     if stage not in ("autoencoder",) + LDM_STAGES:
         raise ValueError(f"stage must be 'autoencoder' or one of {LDM_STAGES}, got {stage!r}")
     source = dataset if dataset in ("shapes", "photos") else "folder"
-    data = {"source": source, "size": image_size}
-    if source == "folder":
-        data["path"] = dataset
+    data = {"source": source, "size": image_size, **({"path": dataset} if source == "folder" else {})}
     train = {"steps": steps, "batch_size": batch_size, "precision": precision, "seed": seed,
              "warmup_steps": min(500, steps // 10), "sample_every": max(1, min(500, steps // 10)),
              "ckpt_every": max(1, min(500, steps // 10)), **train_overrides}
     export = {"name": name or (f"{dataset}-{stage}" if source != "folder" else Path(dataset).name + f"-{stage}")}
+    if init_from is not None and stage in ("autoencoder", "inpaint"):
+        train["init_from"] = init_from
     if stage == "autoencoder":
-        model = AUTOENCODER_SIZES[model_size]()
-        model["params"]["ddconfig"]["resolution"] = image_size
         if source == "shapes":
             data["photo_fraction"] = 0.2           # photos too, so the SR model's latents cover them
-        train.update(lr=lr or 2e-4, betas=[0.5, 0.9], weight_decay=0.0)
+        train.update(lr=lr or 2e-4, betas=(0.5, 0.9), weight_decay=0.0)
         train.setdefault("logvar_init", -8.0)       # a nearly deterministic posterior at the start
-        if init_from is not None:
-            train["init_from"] = init_from
-        return {"model": model, "data": data, "train": train, "export": export}
-
+        return RunConfig(AUTOENCODER_SIZES[model_size](image_size), DataConfig(**data), TrainConfig(**train),
+                         AUTOENCODER_LOSS, export=export)
     if first_stage is None and init_from is None:
         raise ValueError(f"stage {stage!r} trains in the latent space of an autoencoder: give first_stage= "
                          "(an exported autoencoder .safetensors or its run folder)")
-    f = 4                                           # latents are image_size / 4 (KL-f4 defaults)
-    unet = {"image_size": image_size // f, "in_channels": 4, "out_channels": 4, **UNET_SIZES[model_size]()}
-    params = {"linear_start": 0.00085, "linear_end": 0.012, "timesteps": 1000, "image_size": image_size // f,
-              "channels": 4, "conditioning_key": "crossattn", "use_ema": False,
-              "first_stage_config": {"target": "ldm.models.autoencoder.AutoencoderKL",
-                                     "params": {"ckpt_path": first_stage} if first_stage else {}},
-              "unet_config": {"target": "ldm.modules.diffusionmodules.openaimodel.UNetModel", "params": unet}}
-    width, layers = TEXT_ENCODER_SIZES[model_size]
-    text = {"target": "ldm.modules.encoders.modules.TransformerEmbedder",
-            "params": {"n_embed": width, "n_layer": layers, "vocab_size": 49408, "max_seq_len": 32,
-                       "heads": 4, "dim_head": width // 4, "tokenizer": "clip", "with_logits": False}}
-    target = "ldm.models.diffusion.ddpm.LatentDiffusion"
-    if stage in ("txt2img", "inpaint"):
-        params["cond_stage_config"], params["cond_stage_key"] = text, "caption"
-        unet.update(use_spatial_transformer=True, context_dim=width, transformer_depth=1, legacy=False)
-    elif stage == "class":
-        params["cond_stage_config"] = {"target": "ldm.modules.encoders.modules.ClassEmbedder",
-                                       "params": {"embed_dim": width, "n_classes": 25, "key": "class_label",
-                                                  "has_null_class": True}}
-        unet.update(use_spatial_transformer=True, context_dim=width, legacy=False)
+    ae, scale = first_stage_source(first_stage or init_from)
+    if scale is None:
+        raise ValueError(f"{first_stage or init_from} has no latent scale factor (train the autoencoder to its "
+                         "end, or export it, first)")
+    model = _ldm(stage, model_size, image_size, ae, scale)
+    if stage == "class":
         data["n_objects"] = 1
-    elif stage == "layout":
-        params["cond_stage_config"] = {"target": "core.models.conditioners.LayoutEmbedder",
-                                       "params": {"embed_dim": width, "n_classes": 24, "max_objects": 3}}
-        unet.update(use_spatial_transformer=True, context_dim=width, legacy=False)
-    elif stage == "uncond":
-        params["cond_stage_config"] = "__is_unconditional__"
     elif stage == "sr":
-        params.update(conditioning_key="concat", cond_stage_config="torch.nn.Identity",
-                      linear_start=0.0015, linear_end=0.0155)
-        unet.update(in_channels=7, attention_resolutions=[4])
-        data.update(sr_factor=f, render_size=4 * image_size)
+        data.update(sr_factor=ae.ddconfig.downsample_factor, render_size=4 * image_size)
         if source == "shapes":
             data["photo_fraction"] = 0.3
-    if stage == "inpaint":
-        target = "ldm.models.diffusion.ddpm.LatentInpaintDiffusion"
-        params["conditioning_key"] = "hybrid"
-        unet["in_channels"] = 9                     # z (4) ++ mask (1) ++ masked-image latent (4)
+    elif stage == "inpaint":
         data["masks"] = True
-        if init_from is not None:
-            train["init_from"] = init_from
     train.update(lr=lr or 2e-4)
     train.setdefault("min_snr_gamma", 5.0)          # bench/results/min_snr_ab.json: 2x the accuracy at step 700
     if stage in ("txt2img", "class", "layout", "inpaint"):
         export["defaults"] = {"sampler": "ddim", "karras": False, "steps": 50, "guidance_scale": 3.0,
                               "eta": 0.0, "width": image_size, "height": image_size}
-    return {"model": {"target": target, "params": params}, "data": data, "train": train, "export": export}
+    cfg = RunConfig(model, DataConfig(**data), TrainConfig(**train), first_stage_path=first_stage, export=export)
+    _check_ldm(cfg.model, cfg.data)
+    return cfg
 
 
-def dump_config(cfg: dict) -> str:
-    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None, width=110)
+def _ldm(stage: str, model_size: str, image_size: int, ae: AutoencoderConfig, scale: float) -> LatentDiffusionConfig:
+    """The LatentDiffusionConfig of an LDM stage on the autoencoder `ae` (latents of side image_size / f)."""
+    f, z = ae.ddconfig.downsample_factor, ae.embed_dim
+    unet = {"image_size": image_size // f, "in_channels": z, "out_channels": z, **UNET_SIZES[model_size]()}
+    width, layers = TEXT_ENCODER_SIZES[model_size]
+    cross_attention = {"use_spatial_transformer": True, "context_dim": width, "transformer_depth": 1,
+                       "legacy": False}
+    cond, key, model_class, schedule = None, "crossattn", "LatentDiffusion", (0.00085, 0.012)
+    if stage in ("txt2img", "inpaint"):
+        cond = TransformerEmbedderConfig(n_embed=width, n_layer=layers, vocab_size=49408, max_seq_len=32, heads=4,
+                                         dim_head=width // 4, tokenizer="clip", with_logits=False)
+    elif stage == "class":
+        cond = ClassEmbedderConfig(embed_dim=width, n_classes=25, key="class_label", has_null_class=True)
+    elif stage == "layout":
+        cond = LayoutEmbedderConfig(embed_dim=width, n_classes=24, max_objects=3)
+    elif stage == "uncond":
+        key = None
+    elif stage == "sr":                             # z ++ the low-res image, concatenated (LDM-SR)
+        cond, key, schedule = COND_STAGE_IDENTITY, "concat", (0.0015, 0.0155)
+        unet.update(in_channels=z + 3, attention_resolutions=(4,))
+    if stage == "inpaint":                          # z (4) ++ mask (1) ++ masked-image latent (4), SD2's layout
+        key, model_class = "hybrid", "LatentInpaintDiffusion"
+        unet["in_channels"] = 2 * z + 1
+    if stage in ("txt2img", "inpaint", "class", "layout"):
+        unet.update(cross_attention)
+    return LatentDiffusionConfig(unet=UNetConfig(**unet), first_stage=ae, cond_stage=cond, conditioning_key=key,
+                                 model_class=model_class, linear_start=schedule[0], linear_end=schedule[1],
+                                 timesteps=1000, scale_factor=scale, image_size=image_size // f, channels=z,
+                                 use_ema=False)

@@ -27,7 +27,7 @@ from core.models.diffusion import LatentDiffusion
 from core.samplers import sample
 from core.train.checkpoint import (capture_rng, first_stage_state_dict, load_checkpoint, restore_rng, save_checkpoint,
                                    trained_state_dict)
-from core.train.config import RunConfig
+from core.train.config import RunConfig, config_dict
 from core.train.data import DataConfig, TrainData
 from core.train.ema import EMA
 from core.train.latents import LatentSource, encode_batch
@@ -241,7 +241,7 @@ def train_ldm(cfg: RunConfig, run: RunFolder, rt: Runtime, resume: bool = False,
         if not rt.is_main:
             return
         save_checkpoint({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                         "scaler": scaler.state_dict(), "step": step, "config": cfg.raw, "rng": capture_rng(),
+                         "scaler": scaler.state_dict(), "step": step, "config": config_dict(cfg), "rng": capture_rng(),
                          "data_position": step * tc.grad_accum * tc.batch_size * rt.world_size,
                          "wall_time_s": wall_time, "commands": commands, "metrics": last_metrics,
                          "machine": machine(rt)},

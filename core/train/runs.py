@@ -41,7 +41,7 @@ from pathlib import Path
 
 import yaml
 
-from core.train.config import STAGES, stage_of
+from core.train.config import STAGES, RunConfig, config_dict, require_stage, stage_of
 from core.train.run_folder import RunLockedError, pid_alive, write_json_atomic
 
 __all__ = ["RunManager", "RunInfo", "RunLockedError", "STAGES", "check_name", "stage_of", "pid_alive"]
@@ -157,14 +157,18 @@ class RunManager:
               stage: str | None = None, max_steps: int | None = None) -> RunInfo:
         """Write runs/NAME/config.yaml and launch the trainer in the background.
 
-        config: the training config (a dict, or a .yaml/.json file; core.train.config's format).
-        stage: "autoencoder" or "ldm"; by default read off the config's model target, as the trainer
-        does. name: by default the config's export.name, else STAGE-YYYYmmdd-HHMMSS.
+        config: the training config (a core.train.RunConfig, a dict, or a .yaml/.json file in either of
+        core.train.config's formats). stage: "autoencoder" or "ldm"; by default what the model's
+        capabilities say, as the trainer does. name: by default the config's export.name, else
+        STAGE-YYYYmmdd-HHMMSS.
         A fresh start refuses a folder that already holds a run (resume it, or pick another name);
         resume=True continues it from its last checkpoint. max_steps: stop (resumably) there.
         """
-        cfg = self._load_config(config)
-        stage = stage or stage_of(cfg)
+        if isinstance(config, RunConfig):
+            stage, cfg = require_stage(config, stage).stage, config_dict(config)
+        else:
+            cfg = self._load_config(config)
+            stage = stage or stage_of(cfg)
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         if name is None:

@@ -15,12 +15,11 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
-import yaml
-
 from core.train.autoencoder import train_autoencoder
-from core.train.config import STAGES, dump_config, load_config
+from core.train.config import STAGES, RunConfig, dump_config, load_config, require_stage
 from core.train.ldm import train_ldm
 from core.train.run_folder import RunFolder
 from core.train.runtime import setup_runtime, shutdown
@@ -43,7 +42,7 @@ def train(stage: str, config=None, *, name: str | None = None, runs_dir: str | P
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     if name is None:
-        if config is None or isinstance(config, dict):
+        if config is None or isinstance(config, (dict, RunConfig)):
             raise ValueError("give the run a --name (or a config file, whose name it then takes)")
         name = Path(config).stem
     run = RunFolder(Path(runs_dir) / name)
@@ -63,17 +62,18 @@ def train(stage: str, config=None, *, name: str | None = None, runs_dir: str | P
                              f"{run.read_state().get('step', '?')}); pass --resume to continue it, or choose "
                              "another --name")
         if resume and has_checkpoint and run.config_path.exists():
-            raw = yaml.safe_load(run.config_path.read_text())
+            cfg = load_config(run.config_path, stage)
+        elif isinstance(config, RunConfig):
+            cfg = require_stage(config, stage)
         elif config is not None:
-            raw = config if isinstance(config, dict) else yaml.safe_load(Path(config).read_text())
+            cfg = load_config(config if isinstance(config, dict) else Path(config), stage)
         else:
             raise ValueError(f"{run.path} has no checkpoint to resume from; give --config to start the run")
         if steps is not None:
-            raw = {**raw, "train": {**(raw.get("train") or {}), "steps": int(steps)}}
-        cfg = load_config(raw, stage)
+            cfg = replace(cfg, train=replace(cfg.train, steps=int(steps)))
         rt = setup_runtime(cfg.train)
         if main:
-            run.config_path.write_text(dump_config(cfg.raw))
+            run.config_path.write_text(dump_config(cfg))
             started = run.read_state().get("started_at") if resume else None
             run.run_id(new=not resume)
             run.write_state(name=name, stage=stage, status="running", pid=os.getpid(), step=0,
