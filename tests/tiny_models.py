@@ -196,19 +196,6 @@ FAMILIES: dict[str, str] = {
             noise_schedule_config: {linear_start: 0.0001, linear_end: 0.02}
             max_noise_level: 350
         """),
-    # This project's layout-to-image model (core/train/config.py, stage "layout"): the shapes world's
-    # 24 classes, at most 3 objects, our LayoutEmbedder read by cross-attention.
-    "layout": _model(_LDM, _SD_SCHED + "cond_stage_key: layout\nconditioning_key: crossattn\nuse_ema: false\n", """
-        unet_config:
-          target: ldm.modules.diffusionmodules.openaimodel.UNetModel
-          params: {image_size: 8, in_channels: 4, out_channels: 4, model_channels: 32, attention_resolutions: [1, 2],
-                   num_res_blocks: 1, channel_mult: [1, 2], num_head_channels: 16, use_spatial_transformer: true,
-                   transformer_depth: 1, context_dim: 32, legacy: false}
-        """, _KL.format(embed=4, mult=[1, 1, 1, 2]), """
-        cond_stage_config:
-          target: core.models.conditioners.LayoutEmbedder
-          params: {embed_dim: 32, n_classes: 24, max_objects: 3}
-        """),
 }
 
 # SD 2.x 768-v: the base config with v-prediction.
@@ -282,8 +269,15 @@ SGM_FAMILIES = ("sdxl", "sdxl_refiner")
 # Variants of a family (not separate families: detection calls them by their family's name).
 # shapes_class: the project's shapes class model (core/train/config.py stage "class"), 24 classes
 # and a null class for guidance, as ldm_class otherwise.
+# layout: the project's layout model (stage "layout"): the shapes world's 24 classes, at most 3 objects,
+# our LayoutEmbedder in place of CompVis' layout-token transformer, as ldm_layout otherwise.
 VARIANTS = {"shapes_class": FAMILIES["ldm_class"].replace("n_classes: 11, key: class_label",
-                                                          "n_classes: 25, key: class_label, has_null_class: true")}
+                                                          "n_classes: 25, key: class_label, has_null_class: true"),
+            "layout": FAMILIES["ldm_layout"].replace(
+                "target: ldm.modules.encoders.modules.BERTEmbedder\n      params: {n_embed: 32, n_layer: 1, "
+                "vocab_size: 120, max_seq_len: 16}",
+                "target: core.models.conditioners.LayoutEmbedder\n      params: {embed_dim: 32, n_classes: 24, "
+                "max_objects: 3}")}
 
 
 def tiny_model(family: str, seed: int = 0) -> LatentDiffusion:
