@@ -7,7 +7,8 @@
     python -m core.generate outpaint --model M --image in.png --right 64 --prompt "..."
     python -m core.generate upscale --model weights/shapes-sr.safetensors --image small.png
     python -m core.generate class --model cin256-v2.ckpt --config cin256-v2.yaml --class-label 207
-    python -m core.generate layout --model M --layout boxes.json      # [[class_id, x0, y0, x1, y1], ...]
+    python -m core.generate layout --model M --layout boxes.txt       # "circle red 0.1 0.1 0.4 0.4" a line
+    python -m core.generate layout --model M --layout boxes.json      # or [[class_id, x0, y0, x1, y1], ...]
     python -m core.generate uncond --model M --n 4
     python -m core.generate semantic --model M --config semantic_synthesis256.yaml --segmentation labels.png
     python -m core.generate txt2img --model M --prompt "..." --width 256 --height 256   # tiled above native
@@ -21,7 +22,6 @@ the images already finished and exits with 130 (a second Ctrl-C aborts at once).
 
 import argparse
 import datetime
-import json
 import signal
 import sys
 import threading
@@ -163,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("layout", help="layout to image")
     _common(p, prompts=False)
     p.add_argument("--layout", required=True, metavar="FILE",
-                   help="a JSON file: a list of [class_id, x0, y0, x1, y1] boxes, coordinates in [0, 1]")
+                   help="a text file, one object a line: its label then x0 y0 x1 y1 in [0, 1] ('circle red 0.1 "
+                        "0.1 0.4 0.4'); or a JSON file: a list of [class_id, x0, y0, x1, y1]")
     _size(p)
     p = sub.add_parser("semantic", help="semantic synthesis: an image from a segmentation map")
     _common(p, prompts=False)
@@ -291,14 +292,13 @@ def _hires(args, m, device, dtype, many: dict, common: dict) -> list:
                                    **many, **common)
 
 
-def _read_layout(path: str) -> list:
+def _read_layout(path: str) -> str:
+    """The layout file's text (the text format or JSON; core.pipelines.parse_layout reads both)."""
     try:
-        layout = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"--layout {path}: not JSON ({err}); give a list of [class_id, x0, y0, x1, y1].") from None
-    if not isinstance(layout, list):
-        raise ValueError(f"--layout {path}: give a JSON list of [class_id, x0, y0, x1, y1] boxes.")
-    return layout
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"--layout {path}: not a text file; write one object a line, e.g. "
+                         "'circle red 0.1 0.1 0.4 0.4', or a JSON list of [class_id, x0, y0, x1, y1].") from None
 
 
 def _save(images, outdir: Path) -> None:

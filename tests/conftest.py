@@ -3,7 +3,7 @@
 The server is started once per test session (the API tests and the browser tests share it) from a
 temporary folder holding weights/, outputs/, runs/ and data/, so nothing touches the repository.
 Its weights are tiny models of the real families (tests/tiny_models.py): "sd2" for text to
-image, "sd2_inpaint" for inpainting, "ldm_sr" for 4x upscaling, each with ldm_studio_defaults
+image, "sd2_inpaint" for inpainting, "ldm_sr" for 4x upscaling, "layout" for layout to image, each with ldm_studio_defaults
 metadata asking for few steps at a small size, so a generation takes well under a second.
 With LDM_TEST_WEIGHTS=DIR the server gets DIR's models instead (scripts/screenshots.sh).
 
@@ -45,6 +45,8 @@ TINY_WEIGHTS = {
     # SD1's CLIP (2 blocks, last layer: clip skip 1-2), Karras by default; listed after tiny-txt2img
     "tiny-txt2img_sd1.safetensors": ("sd1", {"sampler": "euler", "karras": True, "steps": STEPS,
                                              "guidance_scale": 3.0, "width": 64, "height": 64}),
+    "tiny-layout.safetensors": ("layout", {"sampler": "ddim", "steps": STEPS, "guidance_scale": 3.0,
+                                           "width": 64, "height": 64}),
 }
 
 
@@ -195,6 +197,8 @@ SLOW_MODULES = {
     "test_outpaint_api.py": "gradio_client against a live app.py",
     "test_browser_outpaint.py": "headless Chromium against a live app.py",
     "test_app_schedule_clip_skip.py": "gradio_client against a live app.py",
+    "test_layout_api.py": "gradio_client against a live app.py",
+    "test_browser_layout.py": "headless Chromium against a live app.py",
     "test_api_a1111_live.py": "the webuiapi client against a live app.py --api",
     "test_train_cli.py": "training subprocesses: SIGTERM / SIGKILL and resume, torchrun DDP",
 }

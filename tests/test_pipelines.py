@@ -406,7 +406,7 @@ def test_class_layout_unconditional():
     layout = [(1, 0.1, 0.1, 0.5, 0.5), (4, 0.5, 0.5, 0.9, 0.8)]
     out = P.sample_layout(ml, layout, steps=2, seed=1)[0]
     assert P.read_infotext(out)["layout"] == [[1, 0.1, 0.1, 0.5, 0.5], [4, 0.5, 0.5, 0.9, 0.8]]
-    with pytest.raises(ValueError, match="box must satisfy"):
+    with pytest.raises(ValueError, match="has no area"):
         P.sample_layout(ml, [(1, 0.6, 0.1, 0.5, 0.5)], steps=1)
     mu = tiny_model("ldm_uncond")
     assert len(P.sample_unconditional(mu, n=2, steps=2, seed=0)) == 2

@@ -269,8 +269,15 @@ SGM_FAMILIES = ("sdxl", "sdxl_refiner")
 # Variants of a family (not separate families: detection calls them by their family's name).
 # shapes_class: the project's shapes class model (core/train/config.py stage "class"), 24 classes
 # and a null class for guidance, as ldm_class otherwise.
+# layout: the project's layout model (stage "layout"): the shapes world's 24 classes, at most 3 objects,
+# our LayoutEmbedder in place of CompVis' layout-token transformer, as ldm_layout otherwise.
 VARIANTS = {"shapes_class": FAMILIES["ldm_class"].replace("n_classes: 11, key: class_label",
-                                                          "n_classes: 25, key: class_label, has_null_class: true")}
+                                                          "n_classes: 25, key: class_label, has_null_class: true"),
+            "layout": FAMILIES["ldm_layout"].replace(
+                "target: ldm.modules.encoders.modules.BERTEmbedder\n      params: {n_embed: 32, n_layer: 1, "
+                "vocab_size: 120, max_seq_len: 16}",
+                "target: core.models.conditioners.LayoutEmbedder\n      params: {embed_dim: 32, n_classes: 24, "
+                "max_objects: 3}")}
 
 
 def tiny_model(family: str, seed: int = 0) -> LatentDiffusion:

@@ -28,7 +28,8 @@ MODEL_SUFFIXES = (".safetensors", ".ckpt")
 # (core/capabilities.py): inpainting takes a dedicated inpainting model or, by latent blending,
 # any text or unconditional model.
 TAB_NAMES = {"txt2img": "text-to-image", "img2img": "image-to-image", "inpaint": "inpainting",
-             "upscale": "upscaling", "classgen": "class-conditional or unconditional"}
+             "upscale": "upscaling", "classgen": "class-conditional or unconditional",
+             "layout": "layout-to-image"}
 # A tab that runs more than one task (else a tab's name is its task's).
 TAB_TASKS = {"classgen": ("class", "unconditional")}
 

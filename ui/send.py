@@ -14,6 +14,7 @@ import gradio as gr
 from PIL import Image
 
 from core import pipelines
+from core.pipelines.layout_text import format_layout, layout_vocabulary
 from core.samplers import SCHEDULE_DISPLAY_NAMES, SIGMA_SAMPLERS, sampler_name
 from ui.controls import AUTOMATIC, MAX_CLIP_SKIP
 from ui.errors import user_errors
@@ -22,7 +23,7 @@ from ui.studio import Studio
 # Fields a tab may receive, in the order of its `receives` dict; keys that describe the picture but
 # are not settings (hash, version ...) are neither taken nor reported.
 FIELDS = ("prompt", "negative_prompt", "model", "sampler", "karras", "steps", "guidance_scale", "seed",
-          "width", "height", "strength", "class_label", "native_tiling", "scheduler", "clip_skip")
+          "width", "height", "strength", "class_label", "native_tiling", "scheduler", "clip_skip", "layout")
 UNKNOWN_SCHEDULE = "Schedule type"      # parse_infotext keeps a schedule type it does not know under its label
 DESCRIPTIVE = {"model_hash", "version", "rng", "task", "eta", "class_name", "tiled_diffusion"}
 MAX_SIZE_OVER_NATIVE = 4        # a size over 4x the model's native side is "beyond the model"
@@ -96,6 +97,17 @@ def _size(entry, params: dict, notes: list[str], max_side: int) -> dict:
     return {"width": width, "height": height}
 
 
+def _layout(entry, params: dict, notes: list[str]) -> dict:
+    """The picture's layout (class ids) as the Layout tab's text, in its model's labels."""
+    if "layout" not in params or entry is None:
+        return {}
+    try:
+        return {"layout": format_layout(params["layout"], layout_vocabulary(entry.model_config))}
+    except ValueError as err:
+        notes.append(f"layout ({err})")
+        return {}
+
+
 def received(studio: Studio, tab: str, params: dict, names: tuple[str, ...]) -> tuple[list, list[str]]:
     """Values for the fields `names` of `tab` from parsed parameters (gr.skip() where nothing is
     taken) and notes saying what was not taken and why."""
@@ -114,10 +126,12 @@ def received(studio: Studio, tab: str, params: dict, names: tuple[str, ...]) -> 
         values.update(_schedule(params, notes))
     if "clip_skip" in names:
         values.update(_clip_skip(entry or _first(studio, tab), params, notes))
+    if "layout" in names:
+        values.update(_layout(entry or _first(studio, tab), params, notes))
     unused = [k for k in params if k not in FIELDS and k not in DESCRIPTIVE and
               not (k == UNKNOWN_SCHEDULE and "scheduler" in names)]
-    unused += [k for k in ("strength", "class_label", "clip_skip", "scheduler") if k in params and k not in names
-               and not (k == "scheduler" and params[k] == "karras" and "karras" in names)]
+    unused += [k for k in ("strength", "class_label", "clip_skip", "scheduler", "layout") if k in params
+               and k not in names and not (k == "scheduler" and params[k] == "karras" and "karras" in names)]
     if unused:
         notes.append("not used here: " + ", ".join(f"{_label(k)} {params[k]}" for k in unused))
     return [values[n] if n in values else gr.skip() for n in names], notes
@@ -165,7 +179,7 @@ def send(studio: Studio, tab: str, names: tuple[str, ...], kind: str, *picture) 
     return ([image] if kind else []) + values
 
 
-def wire_sends(studio: Studio, tabs: gr.Tabs, t2i, i2i, inp, up, info, cls) -> None:
+def wire_sends(studio: Studio, tabs: gr.Tabs, t2i, i2i, inp, up, info, cls, lay) -> None:
     """The "Send to" buttons of the Text to image and Class / unconditional galleries and of PNG info.
     Each shows its tab first: the inpaint editor takes an image only once its tab is showing (its
     canvas is drawn lazily)."""
@@ -178,7 +192,8 @@ def wire_sends(studio: Studio, tabs: gr.Tabs, t2i, i2i, inp, up, info, cls) -> N
     routes += [(info.send, [info.image], "txt2img", "", None, t2i.receives),
                (info.to_img2img, [info.image], "img2img", "file", i2i.image, i2i.receives),
                (info.to_inpaint, [info.image], "inpaint", "editor", inp.editor, inp.receives),
-               (info.to_classgen, [info.image], "classgen", "", None, cls.receives)]
+               (info.to_classgen, [info.image], "classgen", "", None, cls.receives),
+               (info.to_layout, [info.image], "layout", "", None, lay.receives)]
     for button, inputs, tab, kind, picture, receives in routes:
         outputs = ([picture] if picture is not None else []) + list(receives.values())
         button.click(partial(gr.Tabs, selected=tab), outputs=tabs, api_visibility="private", queue=False).then(

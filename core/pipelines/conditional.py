@@ -4,9 +4,10 @@ and semantic-synthesis LDMs (Rombach et al. 2022, Sec. 4.1, 4.3.1, 4.3.2 and Fig
 from core.capabilities import capabilities
 from core.pipelines.conditioning import class_conditioning, layout_conditioning, layout_encoder
 from core.pipelines.defaults import check_size
+from core.pipelines.layout_text import SHAPES_WORLD_NAMES, layout_vocabulary, parse_layout
 from core.pipelines.segmentation import one_hot_segmentation, segmentation_record
 from core.pipelines.txt2img import sample_images
-from core.world import PALETTE, SHAPES, class_words
+from core.world import PALETTE, SHAPES
 
 SHAPES_CLASSES = len(SHAPES) * len(PALETTE)         # shared/shapes_world.md: shape_index * 6 + colour_index
 
@@ -24,7 +25,7 @@ def class_names(model_or_config) -> tuple[str, ...] | None:
     for a model of 24 classes, the count our shapes class model has; None (numbers only) otherwise."""
     if class_count(model_or_config) != SHAPES_CLASSES:
         return None
-    return tuple(" ".join(class_words(i)) for i in range(SHAPES_CLASSES))
+    return SHAPES_WORLD_NAMES                       # the same names the layout models read
 
 
 def sample_unconditional(m, n=1, steps=None, sampler=None, seed=None, width=None, height=None, *,
@@ -54,12 +55,14 @@ def sample_class(m, class_label, n=1, guidance_scale=None, steps=None, sampler=N
 
 def sample_layout(m, layout, n=1, guidance_scale=None, steps=None, sampler=None, seed=None, width=None,
                   height=None, **options):
-    """n samples of a layout, a list of (class_id, x0, y0, x1, y1) boxes with coordinates in [0, 1];
-    the unconditional half of guidance is the empty layout."""
-    capabilities(m).require("layout")
-    cond, uncond = layout_conditioning(m, layout)
-    boxes = [[int(b[0])] + [float(v) for v in b[1:]] for b in layout]
-    return sample_images(m, "layout", cond, uncond, {"layout": boxes}, n, seed, steps, sampler, guidance_scale,
+    """n samples of a layout: a list of (class_id, x0, y0, x1, y1) boxes with coordinates in [0, 1],
+    or the same as text, one object a line ("circle red 0.1 0.1 0.4 0.4", layout_text.py) or JSON;
+    checked by parse_layout. The unconditional half of guidance is the empty layout. Larger than
+    trained with native_tiling, each tile is conditioned on its own boxes (layout_encoder)."""
+    boxes = parse_layout(layout, layout_vocabulary(m))             # requires a layout model
+    cond, uncond = layout_conditioning(m, boxes)
+    recorded = [[c, *box] for c, *box in boxes]
+    return sample_images(m, "layout", cond, uncond, {"layout": recorded}, n, seed, steps, sampler, guidance_scale,
                          width, height, tile_cond=layout_encoder(m), **options)
 
 
