@@ -90,3 +90,14 @@ def test_the_training_notice_names_the_run_and_stops_it(studio, tmp_path):
         assert fake.runs.status("busy-run").status == "stopped"
     finally:
         fake.runs.stop("busy-run", force=True)
+
+
+def test_the_tab_offers_every_ldm_stage_of_the_shapes_world(studio):
+    """Layout, class and unconditional LDMs start from the Train tab too (the layout tab's model)."""
+    stages = [value for _, value in tab.STAGES]
+    assert {"layout", "class", "uncond"} <= set(stages)
+    from core.train.config import make_config
+    ae = str(studio.runs.folder("ae-run"))
+    assert make_config("layout", model_size="tiny", first_stage=ae, init_from=ae).train.init_from == ae
+    with pytest.raises(ValueError, match="come from the shapes world"):
+        make_config("layout", dataset="photos", model_size="tiny", first_stage=ae)

@@ -77,7 +77,8 @@ def train_resume(studio: Studio, name: str | None = None) -> dict:
 
 
 STAGES = [("Autoencoder (first stage, train it first)", "autoencoder"), ("Text-to-image LDM", "txt2img"),
-          ("Super-resolution LDM (4x)", "sr"), ("Inpainting LDM", "inpaint"),
+          ("Layout-to-image LDM (shapes world)", "layout"), ("Class-conditional LDM (shapes world)", "class"),
+          ("Unconditional LDM", "uncond"), ("Super-resolution LDM (4x)", "sr"), ("Inpainting LDM", "inpaint"),
           ("LoRA for a text-to-image model", "lora")]
 SIZES = ["tiny", "small", "base"]
 
@@ -348,8 +349,10 @@ def build(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
             stage = gr.Radio(STAGES, value="autoencoder", label="What to train")
             first_stage = gr.Dropdown(**first_stage_update(studio, None), label=FIRST_STAGE_LABEL,
                                       info="a trained first stage: an exported file or an autoencoder run")
-            init_from = gr.Dropdown(studio.models.choices("txt2img"), value=None, label="Start from (inpainting)",
-                                    info="optional: a text-to-image model to fine-tune")
+            init_from = gr.Dropdown(studio.models.choices("txt2img"), value=None, label="Start from",
+                                    info="optional: a text-to-image model whose UNet the LDM starts from (inpainting, "
+                                         "layout, class; or more text-to-image training); a new conditioning "
+                                         "encoder starts from scratch")
             dataset = gr.Radio(DATASETS, value="shapes", label="Training data")
             lora = train_lora.build_fields(studio)
             folder, zip_file, check, data_report = _own_images(studio)

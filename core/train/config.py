@@ -372,7 +372,7 @@ def make_config(stage: str, dataset: str = "shapes", model_size: str = "small", 
              "warmup_steps": min(500, steps // 10), "sample_every": max(1, min(500, steps // 10)),
              "ckpt_every": max(1, min(500, steps // 10)), **train_overrides}
     export = {"name": name or (f"{dataset}-{stage}" if source != "folder" else Path(dataset).name + f"-{stage}")}
-    if init_from is not None and stage in ("autoencoder", "inpaint"):
+    if init_from is not None:                       # LDM stages: the UNet where shapes allow (ldm.init_from_ldm)
         train["init_from"] = init_from
     if stage == "autoencoder":
         if source == "shapes":
