@@ -4,4 +4,4 @@
 #   bash scripts/screenshots.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LDM_TEST_WEIGHTS=weights LDM_SCREENSHOTS=docs/screenshots python -m pytest -q tests/test_browser.py "$@"
+LDM_TEST_WEIGHTS=weights LDM_SCREENSHOTS=docs/screenshots python -m pytest -q tests/test_browser.py tests/test_browser_layout.py "$@"

@@ -6,6 +6,7 @@ import re
 
 from browser_util import TIMEOUT_MS, open_tab, steps_field, visible
 from test_app_api import _png
+from test_browser import _screenshot
 
 SQUARE_GREEN, TRIANGLE_PURPLE = 1 * 6 + 1, 2 * 6 + 4          # shape_index * 6 + colour_index
 
@@ -95,6 +96,7 @@ def test_draw_two_boxes_label_them_and_generate(page):
 
     visible(page, ".ldm-layout-show input").check()                   # the boxes over a faint copy
     visible(page, ".ldm-layout-overlay img").wait_for()
+    _screenshot(page, "layout")
 
 
 def test_png_info_sends_the_layout_back(page, client):
