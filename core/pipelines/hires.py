@@ -24,11 +24,12 @@ from core.pipelines.defaults import MAX_LATENT_SIDE, check_size, model_defaults,
 from core.pipelines.denoise import denoise_batches
 from core.pipelines.generation import base_parameters, interrupted, plain_images, resolve_seeds
 from core.pipelines.images import image_to_tensor, tensor_to_images
+from core.pipelines.refiner import refiner_parameters
 from core.pipelines.memory import budget_bytes, plan_tile, unet_peak_bytes
 from core.pipelines.tiling import tiled
 from core.pipelines.txt2img import txt2img
 from core.pipelines.upscale import upscale
-from core.samplers import SamplingInterrupted, SamplingSettings, check_strength
+from core.samplers import SamplingInterrupted, SamplingSettings, check_strength, schedule_length
 from core.samplers.settings import finite_number, whole_number
 
 # A1111's latent upscalers: (interpolation mode, antialias).
@@ -74,10 +75,11 @@ class HiresSettings:
 def txt2img_hires(m, prompt, hires: HiresSettings, negative_prompt="", steps=None, guidance_scale=None,
                   sampler=None, seed=None, width=None, height=None, n=1, *, sr_model=None, batch_size=1,
                   karras=None, vae_tile=None, callback=None, should_stop=None, lora_dir=None,
-                  embeddings_dir=None) -> list:
+                  embeddings_dir=None, refiner=None, refiner_switch_at=None) -> list:
     """txt2img with a hires-fix second pass; one PIL image per seed, at the hires size.
     Arguments as txt2img; `hires` the second pass; `sr_model` a super-resolution model for
-    hires.upscaler == "model"."""
+    hires.upscaler == "model". refiner / refiner_switch_at: the refiner finishes the first pass
+    (core/pipelines/refiner.py); the base model runs the hires pass."""
     # 1. Resolve both passes: sizes on the model's grid, settings, seeds (checked before any work).
     caps = capabilities(m).require("txt2img")
     defaults = model_defaults(m)
@@ -98,7 +100,7 @@ def txt2img_hires(m, prompt, hires: HiresSettings, negative_prompt="", steps=Non
         z = txt2img(m, prompt, negative_prompt, first.steps, first.guidance_scale, first.sampler, seeds[0],
                     width, height, n, karras=first.karras, batch_size=batch_size, vae_tile=vae_tile,
                     callback=callback, should_stop=should_stop, output="latent", lora_dir=lora_dir,
-                    embeddings_dir=embeddings_dir)
+                    embeddings_dir=embeddings_dir, refiner=refiner, refiner_switch_at=refiner_switch_at)
     except SamplingInterrupted as stop:
         stop.images = []                                  # the first pass hands back latents, not images
         raise
@@ -121,7 +123,8 @@ def txt2img_hires(m, prompt, hires: HiresSettings, negative_prompt="", steps=Non
                 "hr_resize": f"{hr_w}x{hr_h}" if hires.width or hires.height else None,
                 "hr_steps": hires.steps or None, "hr_sampler": hires.sampler and second.sampler,
                 "hr_prompt": hires.prompt, "hr_negative_prompt": hires.negative_prompt, "lora_hashes": lora_hashes(m),
-                "ti_hashes": ti_hashes(embeddings_dir, [prompt, negative_prompt, hr_prompt, hr_negative])}
+                "ti_hashes": ti_hashes(embeddings_dir, [prompt, negative_prompt, hr_prompt, hr_negative]),
+                **refiner_parameters(refiner, refiner_switch_at, schedule_length(first, len(m.alphas_cumprod)))}
 
     def record(z):
         return plain_images(m, z, params_for, vae_tile, callback)
