@@ -90,3 +90,18 @@ def test_hires_first_pass_is_refined(base, refiner):
     refined = P.txt2img_hires(base, "a photo", hires, **run, refiner=refiner, refiner_switch_at=0.5)[0]
     assert refined.size == (2 * SIZE, 2 * SIZE) and refined.tobytes() != plain.tobytes()
     assert P.parse_infotext(refined.info["parameters"])["refiner_switch_at"] == 0.5
+
+
+def test_cli_refiner_flags(tmp_path, base, refiner):
+    from core import save_model
+    from core.generate import main
+    from core.pipelines.infotext import cached_model_hash
+    base_file = save_model(base, tmp_path / "xl_base.safetensors")
+    refiner_file = save_model(refiner, tmp_path / "xl_refiner.safetensors")
+    out = tmp_path / "out"
+    assert main(["txt2img", "--model", str(base_file), "--refiner", str(refiner_file), "--refiner-switch-at", "0.5",
+                 "--steps", "2", "--width", str(SIZE), "--height", str(SIZE), "--seed", "1", "--outdir", str(out),
+                 "--quiet", "--device", "cpu"]) == 0
+    params = P.read_infotext(next(out.iterdir()))
+    assert params["refiner"] == f"xl_refiner [{cached_model_hash(refiner_file)}]"
+    assert params["refiner_switch_at"] == 0.5

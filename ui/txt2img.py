@@ -16,6 +16,7 @@ from ui.hires import hires_controls, hires_request
 from ui.errors import user_errors
 from ui.follow import pipeline_progress, resume, run_job
 from ui.images import run_and_save
+from ui.refiner import refiner_choices, refiner_controls, refiner_entry
 from ui.studio import Studio
 
 TAB = "txt2img"
@@ -28,10 +29,11 @@ def txt2img(studio: Studio, prompt: str, negative_prompt: str = "", model: str |
             height: int | None = None, batch_count: int = 1, batch_size: int = 1, enable_hr: bool = False,
             hr_upscaler: str = "Latent", hr_scale: float = 2.0, hr_steps: int = 0, denoising_strength: float = 0.7,
             hr_resize_x: int = 0, hr_resize_y: int = 0, hr_prompt: str = "", hr_negative_prompt: str = "",
-            progress=gr.Progress()):
+            refiner: str | None = None, refiner_switch_at: float = 0.8, progress=gr.Progress()):
     """Generate images from a prompt. Empty settings use the model's defaults; seed -1 is random;
     batch_count x batch_size images, batch_size of them per UNet batch. enable_hr and the hr_* /
     denoising_strength fields: AUTOMATIC1111's hires fix (a second img2img pass at a larger size).
+    refiner (a text-to-image model's name, "None" or empty for none) takes over at refiner_switch_at.
     Returns the images (PNG files with their parameters), the parameters as text, and the job id."""
     entry = studio.models.entry(TAB, model)
     options = sampling_options(sampler, karras, steps, guidance_scale, seed)
@@ -40,11 +42,14 @@ def txt2img(studio: Studio, prompt: str, negative_prompt: str = "", model: str |
     base = (size["width"] or entry.defaults.width, size["height"] or entry.defaults.height)
     hires, sr_entry = hires_request(studio, base, enable_hr, hr_upscaler, hr_scale, hr_steps, denoising_strength,
                                     hr_resize_x, hr_resize_y, hr_prompt, hr_negative_prompt)
+    refiner_model = refiner_entry(studio, refiner)
 
     def work(job):
         m = studio.models.load(entry)
         common = dict(n=n, batch_size=batch_size, **size, **options, callback=pipeline_progress(job),
                       should_stop=job.should_stop, **network_folders(studio.settings.weights_dir))
+        if refiner_model is not None:
+            common.update(refiner=studio.models.load(refiner_model), refiner_switch_at=refiner_switch_at)
         if hires is None:
             run = lambda: pipelines.txt2img(m, prompt or "", negative_prompt or "", **common)  # noqa: E731
         else:
@@ -63,6 +68,7 @@ def build(studio: Studio, demo: gr.Blocks, job: gr.BrowserState) -> SimpleNamesp
             picker, refresh = model_picker(studio, TAB)
             controls = sampling_controls()
             hires = hires_controls(studio)
+            refiner = refiner_controls(studio)
         with gr.Column(scale=1):
             results = results_panel()
             with gr.Row():
@@ -72,13 +78,15 @@ def build(studio: Studio, demo: gr.Blocks, job: gr.BrowserState) -> SimpleNamesp
 
     gr.on([row.generate.click], partial(txt2img, studio),
           inputs_kwargs={"prompt": row.prompt, "negative_prompt": row.negative_prompt, "model": picker,
-                         **controls.inputs(), **hires.inputs()},
+                         **controls.inputs(), **hires.inputs(), **refiner.inputs()},
           outputs=[results.gallery, results.info, job], api_name="txt2img",
           concurrency_id="device", concurrency_limit=1)
     answer = gr.Textbox(visible=False)          # the API's answer; the info box shows the job's own end
     row.interrupt.click(partial(interrupt, studio), inputs=[job], outputs=[answer], api_name="interrupt",
                         queue=False)
     wire_model_controls(studio, demo, TAB, picker, refresh, controls, job)
+    refresh.click(lambda: gr.update(choices=refiner_choices(studio)), outputs=[refiner.refiner],
+                  api_visibility="private")
     demo.load(partial(resume, studio.jobs), inputs=[job], outputs=[results.gallery, results.info],
               api_visibility="private")
     receives = dict(prompt=row.prompt, negative_prompt=row.negative_prompt, model=picker, **controls.receives())
