@@ -41,6 +41,7 @@ import torch
 
 from core.embeddings import load_embeddings, replace_in, used_embeddings
 from core.lora import prompt_loras
+from core.pipelines.offload import use_part
 from core.models.clip_text import BOS_ID, EOS_ID, FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder, clip_bpe
 from core.models.conditioners import TransformerEmbedder
 from core.prompts import (BREAK, has_attention_syntax, has_schedule_syntax, parse_prompt_attention, prompt_chunks,
@@ -72,6 +73,7 @@ def text_conditioning(m, prompt, negative_prompt="", *, clip_skip=None, size=Non
     """
     prompt = prompt_loras(m, _check_prompt(prompt, "prompt"), lora_dir)
     negative_prompt = _check_prompt(negative_prompt, "negative_prompt")
+    use_part(m, "text")                                                # --medvram: the encoders onto the GPU
     if getattr(m, "conditioner", None) is not None:                    # SDXL (sgm GeneralConditioner)
         return sdxl_conditioning(m, prompt, negative_prompt, size,
                                  load_embeddings(embeddings_dir) if embeddings_dir is not None else None)
@@ -214,6 +216,7 @@ class PromptConditioning:
         return self._by_steps[steps, hires_steps]
 
     def _build(self, steps: int, hires_steps: int | None):
+        use_part(self.m, "text")
         schedules = [prompt_schedule(text, steps, hires_steps) for text, _ in self.parts]
         encoded = [_encode_schedule(self.m, [t for _, t in schedule], self.clip_skip, self.embeddings)
                    for schedule in schedules]

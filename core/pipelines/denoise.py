@@ -19,6 +19,7 @@ own seed's CPU generator, so an image is reproducible alone from its recorded se
 import torch
 
 from core.pipelines.conditioning import with_steps
+from core.pipelines.offload import use_part
 from core.pipelines.progress import Progress
 from core.pipelines.refiner import Handoff
 from core.samplers import CFGDenoiser, SamplingInterrupted, SamplingSettings, sample_denoiser, schedule_length
@@ -55,10 +56,12 @@ def denoise(m, cond, uncond, settings: SamplingSettings, shape: tuple, generator
     noise = randn(shape, generators, param.device, dtype)                      # (B, C, h, w)
     guided, cond, uncond, callback = _guided(m, dtype, cond, uncond, settings.steps, wrap, callback)
     extra_args = {"cond": cond, "uncond": uncond, "cond_scale": settings.guidance_scale}
+    use_part(m, "unet")                                                        # --medvram: text and VAE off
     total = schedule_length(settings, len(m.alphas_cumprod))
     if refiner is not None and refiner.switches(total):                        # A1111's refiner (refiner.py)
         second, r_cond, r_uncond, callback = _guided(refiner.model, dtype, refiner.cond, refiner.uncond,
                                                      settings.steps, wrap, callback)
+        use_part(refiner.model, "unet")
         guided = Handoff(guided, second, {"cond": r_cond, "uncond": r_uncond,
                                           "cond_scale": settings.guidance_scale}, refiner.switch_step(total))
         callback = guided.following(callback)
