@@ -119,6 +119,54 @@ def test_sdxl_unknown_lora_keys_are_warned_and_the_rest_applies(xl):
     remove_lora(xl)
 
 
+def sdxl_lora(xl, fmt: str, seed: int = 0) -> dict:
+    """What trainers write for SDXL: kohya (sgm-named UNet attention layers, lora_te1_ / lora_te2_, alpha)
+    or PEFT (unet.*attentions*, text_encoder., text_encoder_2.; no alpha)."""
+    table = lora_targets(xl)
+    if fmt == "kohya":
+        names = [n for n in table if n.startswith(("lora_te1_", "lora_te2_")) or n.startswith(
+            ("lora_unet_input_blocks", "lora_unet_middle_block", "lora_unet_output_blocks"))
+            and ("transformer_blocks" in n or n.endswith(("proj_in", "proj_out")))]
+        return _lora(xl, names, seed=seed)
+    names = [n for n in table if n.startswith(("text_encoder.", "text_encoder_2.")) or
+             n.startswith("unet.") and ".attentions." in n]
+    return _lora(xl, names, ".lora_B.weight", ".lora_A.weight", alpha=False, seed=seed)
+
+
+def sdxl_inputs(xl):
+    """(CLIP-L tokens, OpenCLIP tokens, x, t, context, y) for comparing against diffusers."""
+    g = torch.Generator().manual_seed(3)
+    prompt = ["a red circle on a blue square"]
+    return (xl.conditioner.embedders[0].tokenize(prompt), xl.conditioner.embedders[1].tokenize(prompt),
+            torch.randn(1, 4, 8, 8, generator=g), torch.tensor([500]), torch.randn(1, 77, 64, generator=g),
+            torch.randn(1, 72, generator=g))
+
+
+@pytest.mark.parametrize("fmt", ["kohya", "peft"])
+def test_sdxl_lora_matches_diffusers_own_loader(xl, fmt):
+    """Recorded by tests/data/lora/record_diffusers_sdxl_reference.py: diffusers' UNet and transformers'
+    two text encoders on the same weights, the same LoRA loaded by StableDiffusionXLLoraLoaderMixin."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+    ref = load_file(Path(__file__).parent / "data" / "lora" / f"diffusers_sdxl_{fmt}.safetensors")
+    tokens_l, tokens_g, x, t, ctx, y = sdxl_inputs(xl)
+
+    def run():
+        with torch.no_grad():
+            return (xl.model.diffusion_model(x, t, context=ctx, y=y), xl.conditioner.embedders[0].encode_tokens(tokens_l),
+                    xl.conditioner.embedders[1].encode_tokens(tokens_g)[0])
+
+    def rel(a, b):
+        return float((a - b).norm() / b.norm())
+    for name, ours in zip(("eps", "text_l", "text_g"), run()):
+        assert rel(ours, ref[name + "_base"]) < 1e-5, name                     # the same base model
+    apply_lora(xl, sdxl_lora(xl, fmt), 1.0)
+    for name, ours in zip(("eps", "text_l", "text_g"), run()):
+        assert rel(ours, ref[name]) < 1e-4, (name, rel(ours, ref[name]))
+        assert rel(ref[name], ref[name + "_base"]) > 1e-3                      # the LoRA changed it
+
+
 def _a1111_style(embedder_tower, tokens_with_zeros, positions, vectors, encode):
     """A1111's way (EmbeddingsWithFixes): token 0 at the embedding's positions, then the token
     embedding's output overwritten there by the vectors."""
