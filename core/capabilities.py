@@ -26,6 +26,7 @@ from core.models.autoencoder import AutoencoderConfig
 from core.models.clip_text import FrozenCLIPEmbedderConfig, FrozenOpenCLIPEmbedderConfig
 from core.models.conditioners import ClassEmbedderConfig, LayoutEmbedderConfig, TransformerEmbedderConfig
 from core.models.diffusion import LatentDiffusionConfig
+from core.models.sdxl_conditioner import GeneralConditionerConfig
 
 # The pipelines (and UI tabs) a model of each conditioning kind serves. Any text or unconditional
 # model inpaints by latent blending and redraws images (img2img).
@@ -68,6 +69,7 @@ class Capabilities:
     conditioner: str | None = None  # its cross-attention encoder: "transformer" (trained jointly), "class",
                                     # "layout" (trained jointly too), "clip", "openclip" (frozen), None
     why_not: str = ""               # why a model of a usable family serves no task here
+    refiner: bool = False           # made to finish another model's sampling (SDXL refiner: aesthetic score)
 
     @property
     def joint_conditioner(self) -> bool:
@@ -131,7 +133,9 @@ def capabilities(model_or_config) -> Capabilities:
                         dedicated_inpainting=kind in ("masked_image", "text+mask"),
                         parameterization=cfg.parameterization, factor=f, grid=grid,
                         native_size=cfg.image_size * f, latent_channels=cfg.channels,
-                        conditioner=CONDITIONER_NAMES.get(type(cfg.cond_stage)), why_not=why_not)
+                        conditioner=CONDITIONER_NAMES.get(type(cfg.cond_stage)), why_not=why_not,
+                        refiner=isinstance(cfg.cond_stage, GeneralConditionerConfig)
+                        and "aesthetic_score" in cfg.cond_stage.input_keys)
 
 
 def _cross_attention_kind(cond_stage) -> str:

@@ -71,6 +71,11 @@ def test_handoff_equals_a_manual_split(base, refiner):
     assert (handoff - base_only).abs().max() > 1e-3                  # the refiner really ran
 
 
+def test_capabilities_name_the_refiner(base, refiner):
+    from core.capabilities import capabilities
+    assert capabilities(refiner).refiner and not capabilities(base).refiner
+
+
 def test_refiner_bad_input(base, refiner):
     for bad in (0, 1.5, "0.8", True):
         with pytest.raises(ValueError, match="refiner_switch_at"):

@@ -20,9 +20,10 @@ class RefinerControls:
 
 
 def refiner_choices(studio: Studio) -> list[tuple[str, str]]:
-    """None, then every model the picker lists for text to image (capabilities decide): an SDXL
-    refiner first, any model of the same latent space and schedule can continue the sampling."""
-    entries = sorted(studio.models.for_tab("txt2img"), key=lambda e: ("refiner" not in e.name.lower(), e.name))
+    """None, then every model the picker lists for text to image (capabilities decide): refiners
+    (caps.refiner: the SDXL refiner) first; any model of the same latent space and schedule can
+    continue the sampling, as in A1111."""
+    entries = sorted(studio.models.for_tab("txt2img"), key=lambda e: (not e.caps.refiner, e.name))
     return [(NO_REFINER, NO_REFINER)] + [(e.label if e.label == e.name else f"{e.label} ({e.name})", e.name)
                                          for e in entries]
 
