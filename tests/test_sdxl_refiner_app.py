@@ -61,3 +61,16 @@ def test_a1111_api_refiner_fields(studio):
         assert "Refiner" not in Image.open(io.BytesIO(base64.b64decode(none.json()["images"][0]))).info["parameters"]
         bad = client.post("/sdapi/v1/txt2img", json={**body, "refiner_checkpoint": "nope"})
         assert bad.status_code == 422 and "refiner_checkpoint" in bad.text
+
+
+def test_send_to_text_to_image_sets_the_refiner(studio):
+    from ui.send import received
+    names = ("prompt", "model", "refiner", "refiner_switch_at")
+    params = parse_infotext("a photo\nSteps: 2, Sampler: Euler, Seed: 4, Size: 64x64, Model: xl_base, "
+                            "Refiner: xl_refiner [0123456789], Refiner switch at: 0.6")
+    values, notes = received(studio, "txt2img", params, names)
+    assert values == ["a photo", "xl_base.safetensors", "xl_refiner.safetensors", 0.6] and not notes
+    values, notes = received(studio, "txt2img", {**params, "refiner": "gone [0123456789]"}, names)
+    assert values[2:] == [gr.skip(), gr.skip()] and "refiner 'gone'" in notes[0]
+    _, notes = received(studio, "img2img", params, ("prompt", "model"))
+    assert "Refiner xl_refiner [0123456789]" in notes[-1] and "Refiner switch at 0.6" in notes[-1]

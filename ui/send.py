@@ -13,6 +13,7 @@ import gradio as gr
 from PIL import Image
 
 from core import pipelines
+from core.pipelines.refiner import DEFAULT_SWITCH_AT
 from core.samplers import sampler_name
 from core.samplers import SIGMA_SAMPLERS
 from ui.errors import user_errors
@@ -21,7 +22,8 @@ from ui.studio import Studio
 # Fields a tab may receive, in the order of its `receives` dict; keys that describe the picture but
 # are not settings (hash, version ...) are neither taken nor reported.
 FIELDS = ("prompt", "negative_prompt", "model", "sampler", "karras", "steps", "guidance_scale", "seed",
-          "width", "height", "strength")
+          "width", "height", "strength", "refiner", "refiner_switch_at")
+TAB_ONLY = ("strength", "refiner", "refiner_switch_at")     # named as not used where the tab lacks them
 DESCRIPTIVE = {"model_hash", "version", "rng", "task", "eta"}
 MAX_SIZE_OVER_NATIVE = 4        # a size over 4x the model's native side is "beyond the model"
 LABELS = {"strength": "Denoising strength", "guidance_scale": "CFG scale"}
@@ -88,11 +90,23 @@ def received(studio: Studio, tab: str, params: dict, names: tuple[str, ...]) -> 
         values["model"] = entry.name
     if "width" in names:
         values.update(_size(entry or _first(studio, tab), params, notes, studio.settings.max_side))
+    if "refiner" in names and "refiner" in params:
+        values.update(_refiner(studio, params, notes))
     unused = [k for k in params if k not in FIELDS and k not in DESCRIPTIVE]
-    unused += [k for k in ("strength",) if k in params and k not in names]
+    unused += [k for k in TAB_ONLY if k in params and k not in names]
     if unused:
         notes.append("not used here: " + ", ".join(f"{_label(k)} {params[k]}" for k in unused))
     return [values[n] if n in values else gr.skip() for n in names], notes
+
+
+def _refiner(studio: Studio, params: dict, notes: list[str]) -> dict:
+    """The Refiner group's values for the picture's `Refiner: name [hash]`, when that model is here."""
+    wanted = str(params["refiner"]).rsplit(" [", 1)[0]
+    for entry in studio.models.for_tab("txt2img"):
+        if wanted in (entry.label, Path(entry.name).stem, entry.name):
+            return {"refiner": entry.name, "refiner_switch_at": params.get("refiner_switch_at", DEFAULT_SWITCH_AT)}
+    notes.append(f"refiner '{wanted}' is not in weights/ (no refiner is set)")
+    return {}
 
 
 def _label(key: str) -> str:

@@ -143,6 +143,7 @@ def build(studio: Studio, demo: gr.Blocks, job: gr.BrowserState) -> SimpleNamesp
           show_progress="hidden")
     demo.load(partial(resume, studio.jobs), inputs=[job], outputs=[results.gallery, results.info],
               api_visibility="private")
-    receives = dict(prompt=row.prompt, negative_prompt=row.negative_prompt, model=picker, **controls.receives())
+    receives = dict(prompt=row.prompt, negative_prompt=row.negative_prompt, model=picker, **controls.receives(),
+                    **refiner.inputs())
     return SimpleNamespace(picker=picker, refresh=refresh, results=results, receives=receives,
                            to_img2img=to_img2img, to_inpaint=to_inpaint, to_upscale=to_upscale)
