@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 import yaml
-from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
@@ -30,6 +29,7 @@ from diffusers.loaders.single_file_utils import (convert_ldm_unet_checkpoint,  #
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection  # noqa: E402
 
 from core.checkpoints.clip_keys import ours_to_hf_clip_text  # noqa: E402
+from tests.data.lora.record_diffusers_reference import save_reference  # noqa: E402
 from tests.test_sdxl_lora import sdxl_inputs, sdxl_lora  # noqa: E402
 from tests.tiny_models import FAMILIES, original_state_dict, tiny_model  # noqa: E402
 
@@ -86,12 +86,8 @@ def main():
         names = ("eps", "text_l", "text_g")
         for name, a, b in zip(names, out, base):
             print(fmt, name, "changed by", float((a - b).norm() / b.norm()))
-        save_file({**{n: v.contiguous() for n, v in zip(names, out)},
-                   **{n + "_base": v.contiguous() for n, v in zip(names, base)}},
-                  Path(__file__).parent / f"diffusers_sdxl_{fmt}.safetensors",
-                  metadata={"diffusers": __import__("diffusers").__version__,
-                            "transformers": __import__("transformers").__version__,
-                            "peft": __import__("peft").__version__})
+        save_reference({**dict(zip(names, out)), **{n + "_base": v for n, v in zip(names, base)}},
+                       f"diffusers_sdxl_{fmt}")
 
 
 if __name__ == "__main__":
