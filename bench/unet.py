@@ -49,6 +49,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.gpu_tools import CudaGraphed  # noqa: E402
 from core.checkpoints import config_from_yaml  # noqa: E402
 from core.models.unet import UNetModel  # noqa: E402
 
@@ -81,31 +82,43 @@ def unet_config():
     return config_from_yaml(V2_INFERENCE).unet
 
 
-def seeded_unet(seed: int) -> UNetModel:
-    """Our UNet with deterministic, all non-zero float32 weights drawn from one torch.Generator.
+def seeded_unet(seed: int, config=None, device="cpu") -> UNetModel:
+    """Our UNet (`config`, default SD 2.1's) with deterministic, all non-zero float32 weights drawn
+    from one torch.Generator on `device` (seeded_init_)."""
+    with torch.device("meta"):
+        model = UNetModel(config or unet_config())
+    model = model.to_empty(device=device).eval()
+    if any(True for _ in model.buffers()):
+        raise RuntimeError("seeded_unet: the UNet gained buffers; initialise them here too")
+    return seeded_init_(model, seed)
+
+
+@torch.no_grad()
+def seeded_init_(model: nn.Module, seed: int) -> nn.Module:
+    """Overwrite every parameter of `model` from one torch.Generator on the model's device, in
+    module order (the same seed on the same device gives the same weights).
 
     Linear / conv weights ~ N(0, 1 / (3 fan_in)) (the spread of torch's default init); biases
     ~ N(0, 0.02^2); norm scales 1 + N(0, 0.1^2), norm shifts N(0, 0.1^2). The zero-initialised
-    output layers get the same treatment, so every block contributes to the output.
+    output layers get the same treatment, so every block contributes to the output. Any other
+    parameter (embeddings, attention in-projections, positional embeddings: the text encoders)
+    ~ N(0, 1 / (3 fan_in)) when it is a matrix, else N(0, 0.02^2).
     """
-    with torch.device("meta"):
-        model = UNetModel(unet_config())
-    model = model.to_empty(device="cpu").eval()
-    if any(True for _ in model.buffers()):
-        raise RuntimeError("seeded_unet: the UNet gained buffers; initialise them here too")
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (nn.GroupNorm, nn.LayerNorm)):
+    g = torch.Generator(next(model.parameters()).device).manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, (nn.GroupNorm, nn.LayerNorm)):
+            if module.weight is not None:
                 module.weight.normal_(1.0, 0.1, generator=g)
+            if module.bias is not None:
                 module.bias.normal_(0.0, 0.1, generator=g)
-            elif isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-                fan_in = module.weight[0].numel()
-                module.weight.normal_(0.0, (3 * fan_in) ** -0.5, generator=g)
-                if module.bias is not None:
-                    module.bias.normal_(0.0, 0.02, generator=g)
-            elif list(module.parameters(recurse=False)):
-                raise RuntimeError(f"seeded_unet: no init rule for {type(module).__name__}")
+        elif isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            fan_in = module.weight[0].numel()
+            module.weight.normal_(0.0, (3 * fan_in) ** -0.5, generator=g)
+            if module.bias is not None:
+                module.bias.normal_(0.0, 0.02, generator=g)
+        else:
+            for p in module.parameters(recurse=False):
+                p.normal_(0.0, (3 * p[0].numel()) ** -0.5 if p.dim() >= 2 else 0.02, generator=g)
     return model
 
 
@@ -156,11 +169,11 @@ def load(impl: str, cache: Path, device: str, dtype: torch.dtype) -> nn.Module:
     return model.eval()
 
 
-def inputs(device: str, dtype: torch.dtype, size: int, seed: int = 1):
-    """x_t (B, 4, size, size), t (B,) = [10, 900], context (B, 77, 1024), from one torch.Generator."""
+def inputs(device: str, dtype: torch.dtype, size: int, seed: int = 1, context_dim: int = CONTEXT_DIM):
+    """x_t (B, 4, size, size), t (B,) = [10, 900], context (B, 77, context_dim), from one torch.Generator."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(BATCH, 4, size, size, generator=g)
-    context = torch.randn(BATCH, CONTEXT_LEN, CONTEXT_DIM, generator=g)
+    context = torch.randn(BATCH, CONTEXT_LEN, context_dim, generator=g)
     t = torch.tensor([10, 900])
     return x.to(device, dtype), t.to(device), context.to(device, dtype)
 
@@ -233,16 +246,9 @@ def prepared_step(impl: str, spec: dict):
         return (lambda: fn(x, t, c)), model
     if not device.startswith("cuda"):
         raise ValueError("--cuda-graphs needs --device cuda")
-    side = torch.cuda.Stream()  # warm up on a side stream before capture, as torch.cuda.graphs asks
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn(x, t, c)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn(x, t, c)  # static inputs x, t, c; replay recomputes the same forward
-    return graph.replay, model
+    graphed = CudaGraphed(fn, warmup=3)     # bench/gpu_tools.py: warm-up on a side stream, capture
+    graphed(x, t, c)                         # captured here; later calls copy x, t, c in and replay
+    return (lambda: graphed(x, t, c)), model
 
 
 class LiveTensorPeak(TorchDispatchMode):

@@ -69,6 +69,7 @@ class Capabilities:
     conditioner: str | None = None  # its cross-attention encoder: "transformer" (trained jointly), "class",
                                     # "layout" (trained jointly too), "clip", "openclip" (frozen), None
     why_not: str = ""               # why a model of a usable family serves no task here
+    max_clip_skip: int = 1          # the largest A1111 "Clip skip" its text encoder takes (1: it does not apply)
     refiner: bool = False           # made to finish another model's sampling (SDXL refiner: aesthetic score)
 
     @property
@@ -134,6 +135,8 @@ def capabilities(model_or_config) -> Capabilities:
                         parameterization=cfg.parameterization, factor=f, grid=grid,
                         native_size=cfg.image_size * f, latent_channels=cfg.channels,
                         conditioner=CONDITIONER_NAMES.get(type(cfg.cond_stage)), why_not=why_not,
+                        max_clip_skip=cfg.cond_stage.n_blocks if CONDITIONER_NAMES.get(type(cfg.cond_stage)) in
+                        ("clip", "openclip") and tasks else 1,
                         refiner=isinstance(cfg.cond_stage, GeneralConditionerConfig)
                         and "aesthetic_score" in cfg.cond_stage.input_keys)
 

@@ -4,11 +4,14 @@
         --prompt "a large red circle in the center on a white background" --n 4 --seed 1
     python -m core.generate img2img --model M --image in.png --prompt "..." --strength 0.6
     python -m core.generate inpaint --model M --image in.png --mask mask.png --prompt "..."
+    python -m core.generate outpaint --model M --image in.png --right 64 --prompt "..."
     python -m core.generate upscale --model weights/shapes-sr.safetensors --image small.png
     python -m core.generate class --model cin256-v2.ckpt --config cin256-v2.yaml --class-label 207
-    python -m core.generate layout --model M --layout boxes.json      # [[class_id, x0, y0, x1, y1], ...]
+    python -m core.generate layout --model M --layout boxes.txt       # "circle red 0.1 0.1 0.4 0.4" a line
+    python -m core.generate layout --model M --layout boxes.json      # or [[class_id, x0, y0, x1, y1], ...]
     python -m core.generate uncond --model M --n 4
     python -m core.generate semantic --model M --config semantic_synthesis256.yaml --segmentation labels.png
+    python -m core.generate txt2img --model M --prompt "..." --width 256 --height 256   # tiled above native
     python -m core.generate txt2img --help
 
 Files are named NNNNN-SEED.png in --outdir (default outputs/YYYY-MM-DD/), numbered after the
@@ -19,7 +22,6 @@ the images already finished and exits with 130 (a second Ctrl-C aborts at once).
 
 import argparse
 import datetime
-import json
 import signal
 import sys
 import threading
@@ -73,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core.generate", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True,
-                                metavar="{txt2img,img2img,inpaint,upscale,class,uncond,layout,semantic}")
+                                metavar="{txt2img,img2img,inpaint,outpaint,upscale,class,uncond,layout,semantic}")
 
     p = sub.add_parser("txt2img", help="text to image")
     _common(p)
@@ -124,6 +126,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=None, help="only_masked: processing height")
     p.add_argument("--no-color-match", dest="color_match", action="store_false",
                    help="do not correct the colour shift measured around the mask")
+    p.add_argument("--soft-inpainting", action="store_true",
+                   help="keep the mask fractional: grey = a partial change, the blur a real transition")
+
+    p = sub.add_parser("outpaint", help="grow the canvas and paint the new area")
+    _common(p)
+    _networks(p)
+    p.add_argument("--image", required=True, help="input image")
+    for side in ("left", "right", "top", "bottom"):
+        p.add_argument(f"--{side}", type=int, default=0, help=f"pixels added on the {side} (a multiple of the grid)")
+    p.add_argument("--fill", choices=["edge", "fill", "latent_noise", "latent_nothing"], default="edge",
+                   help="what the new area starts from (edge: the border colours extended)")
+    p.add_argument("--overlap", type=int, default=None, help="blended band inside the original, px "
+                   "(default 4 latent cells)")
+    p.add_argument("--strength", type=float, default=1.0, help="fraction of the schedule run (1 = from noise)")
+    p.add_argument("--inpaint-area", choices=["whole", "only_masked"], default="whole",
+                   help="process the whole canvas, or a crop around the new area at the model's size")
+    p.add_argument("--padding", type=int, default=32, help="only_masked: pixels of context around the new area")
+    p.add_argument("--soft-inpainting", action="store_true", help="the band's weight also drives the latent blend")
 
     p = sub.add_parser("upscale", help="super-resolution, tiled to any size")
     _common(p, count=False)
@@ -147,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("layout", help="layout to image")
     _common(p, prompts=False)
     p.add_argument("--layout", required=True, metavar="FILE",
-                   help="a JSON file: a list of [class_id, x0, y0, x1, y1] boxes, coordinates in [0, 1]")
+                   help="a text file, one object a line: its label then x0 y0 x1 y1 in [0, 1] ('circle red 0.1 "
+                        "0.1 0.4 0.4'); or a JSON file: a list of [class_id, x0, y0, x1, y1]")
     _size(p)
     p = sub.add_parser("semantic", help="semantic synthesis: an image from a segmentation map")
     _common(p, prompts=False)
@@ -167,6 +188,9 @@ def _networks(p: argparse.ArgumentParser) -> None:
 def _size(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, default=None, help="pixels, a multiple of the model's grid")
     p.add_argument("--height", type=int, default=None, help="pixels, a multiple of the model's grid")
+    p.add_argument("--native-tiling", action=argparse.BooleanOptionalAction, default=False,
+                   help="above the model's native size, denoise the whole image in overlapping tiles of the "
+                        "native size blended every step (default: in one piece, as AUTOMATIC1111 does)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,7 +239,7 @@ def _run(args, stop: threading.Event, bar: ProgressBar) -> list:
                   eta=args.eta, vae_tile=args.vae_tile, callback=bar, should_stop=stop,
                   guidance_scale=args.guidance_scale)
     many = dict(n=args.n, batch_size=args.batch_size) if args.command != "upscale" else {}
-    if args.command in ("txt2img", "img2img", "inpaint"):
+    if args.command in ("txt2img", "img2img", "inpaint", "outpaint"):
         many.update(lora_dir=args.lora_dir, embeddings_dir=args.embeddings_dir)   # the prompt's folders
     if args.command == "txt2img" and args.refiner:
         many.update(refiner=load_model(args.refiner, device=device, dtype=dtype), refiner_switch_at=args.refiner_switch_at)
@@ -223,7 +247,7 @@ def _run(args, stop: threading.Event, bar: ProgressBar) -> list:
         return _hires(args, m, device, dtype, many, common)
     if args.command == "txt2img":
         return pipelines.txt2img(m, args.prompt, args.negative_prompt, width=args.width, height=args.height,
-                                 **many, **common)
+                                 native_tiling=args.native_tiling, **many, **common)
     if args.command == "img2img":
         return pipelines.img2img(m, args.image, args.prompt, args.strength, args.negative_prompt,
                                  width=args.width, height=args.height, resize_mode=args.resize_mode,
@@ -233,22 +257,28 @@ def _run(args, stop: threading.Event, bar: ProgressBar) -> list:
                                  strength=args.strength, mask_blur=args.mask_blur, inpaint_area=args.inpaint_area,
                                  padding=args.padding, masked_content=args.masked_content,
                                  width=args.width, height=args.height, color_match=args.color_match,
-                                 **many, **common)
+                                 soft_inpainting=args.soft_inpainting, **many, **common)
+    if args.command == "outpaint":
+        return pipelines.outpaint(m, args.image, args.prompt, args.negative_prompt, left=args.left, right=args.right,
+                                  top=args.top, bottom=args.bottom, fill=args.fill, overlap=args.overlap,
+                                  strength=args.strength, inpaint_area=args.inpaint_area, padding=args.padding,
+                                  soft_inpainting=args.soft_inpainting, **many, **common)
     if args.command == "upscale":
         return [pipelines.upscale(m, args.image, tile=args.tile, overlap=args.overlap, prompt=args.prompt,
                                   negative_prompt=args.negative_prompt, noise_level=args.noise_level,
                                   back_projection=args.back_projection, scale=args.scale,
                                   tile_batch=args.tile_batch, **common)]
-    size = dict(width=args.width, height=args.height) if args.command != "semantic" else {}   # semantic: the map's
+    size = {} if args.command == "semantic" else dict(width=args.width, height=args.height,   # semantic: the map's
+                                                      native_tiling=args.native_tiling)
     if args.command == "class":
         return pipelines.sample_class(m, args.class_label, **size, **many, **common)
     if args.command == "layout":
         return pipelines.sample_layout(m, _read_layout(args.layout), **size, **many, **common)
-    if args.guidance_scale not in (None, 1.0):
-        raise ValueError(f"{'a semantic-synthesis' if args.command == 'semantic' else 'an unconditional'} model "
-                         "has no unconditional branch to guide against; leave --cfg-scale out.")
-    del common["guidance_scale"]
     if args.command == "semantic":
+        if args.guidance_scale not in (None, 1.0):
+            raise ValueError("a semantic-synthesis model has no unconditional branch to guide against; "
+                             "leave --cfg-scale out.")
+        del common["guidance_scale"]
         return pipelines.sample_semantic(m, args.segmentation, **many, **common)
     return pipelines.sample_unconditional(m, **size, **many, **common)
 
@@ -264,17 +294,17 @@ def _hires(args, m, device, dtype, many: dict, common: dict) -> list:
                                     args.hires_negative_prompt, args.hires_sampler)
     del common["eta"]
     return pipelines.txt2img_hires(m, args.prompt, hires, args.negative_prompt, width=args.width,
-                                   height=args.height, sr_model=sr_model, **many, **common)
+                                   height=args.height, sr_model=sr_model, native_tiling=args.native_tiling,
+                                   **many, **common)
 
 
-def _read_layout(path: str) -> list:
+def _read_layout(path: str) -> str:
+    """The layout file's text (the text format or JSON; core.pipelines.parse_layout reads both)."""
     try:
-        layout = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"--layout {path}: not JSON ({err}); give a list of [class_id, x0, y0, x1, y1].") from None
-    if not isinstance(layout, list):
-        raise ValueError(f"--layout {path}: give a JSON list of [class_id, x0, y0, x1, y1] boxes.")
-    return layout
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"--layout {path}: not a text file; write one object a line, e.g. "
+                         "'circle red 0.1 0.1 0.4 0.4', or a JSON list of [class_id, x0, y0, x1, y1].") from None
 
 
 def _save(images, outdir: Path) -> None:

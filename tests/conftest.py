@@ -3,7 +3,7 @@
 The server is started once per test session (the API tests and the browser tests share it) from a
 temporary folder holding weights/, outputs/, runs/ and data/, so nothing touches the repository.
 Its weights are tiny models of the real families (tests/tiny_models.py): "sd2" for text to
-image, "sd2_inpaint" for inpainting, "ldm_sr" for 4x upscaling, each with ldm_studio_defaults
+image, "sd2_inpaint" for inpainting, "ldm_sr" for 4x upscaling, "layout" for layout to image, each with ldm_studio_defaults
 metadata asking for few steps at a small size, so a generation takes well under a second.
 With LDM_TEST_WEIGHTS=DIR the server gets DIR's models instead (scripts/screenshots.sh).
 
@@ -38,6 +38,15 @@ TINY_WEIGHTS = {
     "tiny-inpaint.safetensors": ("sd2_inpaint", {"sampler": "ddim", "steps": STEPS, "guidance_scale": 3.0,
                                                  "width": 64, "height": 64}),
     "tiny-sr.safetensors": ("ldm_sr", {"sampler": "ddim", "steps": STEPS, "guidance_scale": 1.0, "eta": 1.0}),
+    "tiny-class.safetensors": ("shapes_class", {"sampler": "ddim", "steps": STEPS, "guidance_scale": 3.0,
+                                                "width": 32, "height": 32}),
+    "tiny-uncond.safetensors": ("ldm_uncond", {"sampler": "ddim", "steps": STEPS, "guidance_scale": 1.0,
+                                               "width": 32, "height": 32}),
+    # SD1's CLIP (2 blocks, last layer: clip skip 1-2), Karras by default; listed after tiny-txt2img
+    "tiny-txt2img_sd1.safetensors": ("sd1", {"sampler": "euler", "karras": True, "steps": STEPS,
+                                             "guidance_scale": 3.0, "width": 64, "height": 64}),
+    "tiny-layout.safetensors": ("layout", {"sampler": "ddim", "steps": STEPS, "guidance_scale": 3.0,
+                                           "width": 64, "height": 64}),
 }
 
 
@@ -178,15 +187,25 @@ def page(browser, app_server, request, tmp_path_factory):
 SLOW_MODULES = {
     "test_browser.py": "headless Chromium against a live app.py",
     "test_browser_send.py": "headless Chromium against a live app.py",
+    "test_browser_schedule.py": "headless Chromium against a live app.py",
     "test_browser_tabs.py": "headless Chromium against a live app.py",
+    "test_browser_classgen.py": "headless Chromium against a live app.py",
+    "test_classgen_api.py": "gradio_client against a live app.py",
     "test_train_api.py": "training runs started through a live app.py",
     "test_train_tab.py": "training runs in the Train tab",
     "test_app_api.py": "gradio_client against a live app.py",
+    "test_outpaint_api.py": "gradio_client against a live app.py",
+    "test_browser_outpaint.py": "headless Chromium against a live app.py",
+    "test_app_schedule_clip_skip.py": "gradio_client against a live app.py",
+    "test_layout_api.py": "gradio_client against a live app.py",
+    "test_browser_layout.py": "headless Chromium against a live app.py",
     "test_sdxl_refiner_app.py": "five SDXL generations (tiny base + refiner) through the tab and the A1111 API",
     "test_api_a1111_live.py": "the webuiapi client against a live app.py --api",
     "test_train_cli.py": "training subprocesses: SIGTERM / SIGKILL and resume, torchrun DDP",
 }
 SLOW_TESTS = {
+    "test_resume_continues_exactly", "test_cli_trains_from_a_zip_and_exports",
+    "test_a_lora_trained_in_the_train_tab_loads_back", "test_sdxl_lora_uses_sgm_names_and_both_text_encoders",
     "test_real_trainer_tiny_run_stop_and_resume", "test_memory_estimate_formula_and_against_a_measured_step",
     "test_cli_writes_pngs_with_parameters_and_never_overwrites",
     "test_family_loads_from_original_layout", "test_safetensors_original_layout",
@@ -196,6 +215,7 @@ SLOW_TESTS = {
     "test_decoder_fine_tune_keeps_the_encoder_and_swaps_into_an_ldm", "test_export_round_trip",
     "test_ldm_loop_lowers_the_loss", "test_autoencoder_loop_lowers_the_loss_and_measures_the_scale_factor",
     "test_resume_continues_exactly_where_it_stopped", "test_defaults_from_metadata_and_reference",
+    "test_quick_cpu_run_writes_a_complete_report", "test_full_plan_unets_take_the_check_inputs_on_meta",
 }
 
 

@@ -144,11 +144,13 @@ def test_unknown_sampler_falls_back_with_a_warning(client):
 
 def test_hires_fix_fields(client):
     r = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "enable_hr": True, "hr_scale": 2, "hr_upscaler": "Lanczos",
-                                               "denoising_strength": 0.5, "hr_second_pass_steps": 2, "steps": STEPS})
+                                               "denoising_strength": 0.5, "hr_second_pass_steps": 2, "steps": STEPS,
+                                               "sampler_name": "Euler", "scheduler": "Exponential"})
     assert r.status_code == 200, r.text
     image = decoded(r.json()["images"][0])
     assert image.size == (128, 128)
     assert "Hires upscaler: Lanczos" in image.info["parameters"] and "Denoising strength: 0.5" in image.info["parameters"]
+    assert "Schedule type: Exponential" in image.info["parameters"]       # the hires pass takes it too
 
 
 def test_img2img_and_inpaint_with_mask(client):
@@ -171,6 +173,28 @@ def test_img2img_and_inpaint_with_mask(client):
     empty = dict(body, mask=png_b64(Image.new("L", (64, 64), 0)))
     r = client.post("/sdapi/v1/img2img", json=empty)
     assert r.status_code == 422 and "mask" in r.json()["detail"]
+
+
+def test_img2img_soft_inpainting_alwayson_script(client, caplog):
+    """A1111's alwayson "Soft inpainting" script (args[0] = enabled): a grey mask is kept grey."""
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(100, (16, 16, 48, 48))                        # below 128: plain inpainting keeps it all
+    mask.paste(255, (32, 16, 48, 48))
+    body = {"init_images": [png_b64(picture())], "prompt": "x", "steps": STEPS, "seed": 3, "sampler_name": "DDIM",
+            "mask": png_b64(mask), "mask_blur": 0, "inpainting_fill": 1, "denoising_strength": 1.0}
+    plain = client.post("/sdapi/v1/img2img", json=body)
+    with caplog.at_level(logging.WARNING, logger="ldm_studio.api"):
+        soft = client.post("/sdapi/v1/img2img", json=dict(body, alwayson_scripts={
+            "Soft inpainting": {"args": [True, 1, 0.5, 4, 0, 0.5, 2]}}))
+    assert plain.status_code == soft.status_code == 200, soft.text
+    assert "Soft inpainting enabled: True" in json.loads(soft.json()["info"])["infotexts"][0]
+    assert "ignored" not in caplog.text and "only its first argument" in caplog.text
+    before = picture().crop((16, 16, 32, 48))
+    kept = decoded(plain.json()["images"][0]).convert("RGB").crop((16, 16, 32, 48))
+    partial = decoded(soft.json()["images"][0]).convert("RGB").crop((16, 16, 32, 48))
+    assert kept.tobytes() == before.tobytes() and partial.tobytes() != before.tobytes()
+    r = client.post("/sdapi/v1/img2img", json=dict(body, alwayson_scripts={"Soft inpainting": {"args": "yes"}}))
+    assert r.status_code == 422 and "Soft inpainting" in r.json()["detail"]
 
 
 def test_extra_single_image_with_our_sr_model_and_lanczos(client):

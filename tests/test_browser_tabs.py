@@ -7,7 +7,7 @@ from PIL import Image
 
 from browser_util import TIMEOUT_MS, fetch_image, open_tab, sample_image, steps_field, upload_to_editor, visible
 
-TABS = {"img2img": "Image to image", "inpaint": "Inpaint", "upscale": "Upscale"}
+TABS = {"img2img": "Image to image", "inpaint": "Inpaint", "upscale": "Upscale", "classgen": "Class / unconditional"}
 LONG = 500                       # steps (DDIM's most): a job that is still running after a reload
 
 
@@ -15,6 +15,10 @@ def _prepare(page, tab: str, tmp_path) -> None:
     """Open `tab` and give it its input (inpaint: an image and an uploaded mask)."""
     source = sample_image(tmp_path / "in.png", (64, 64))
     open_tab(page, TABS[tab])
+    if tab == "classgen":           # no input: the class model's first class, large so that 500 steps take a while
+        for side in ("Width", "Height"):
+            visible(page, f"input[aria-label='{side} (0: model default)']").fill("256")
+        return
     if tab == "inpaint":
         upload_to_editor(page, source)
         mask = np.zeros((64, 64), np.uint8)

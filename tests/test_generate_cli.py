@@ -68,8 +68,8 @@ def test_cli_missing_files_and_wrong_model(model_file, tmp_path, capsys):
 def test_every_flag_is_documented():
     parser = build_parser()
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(subparsers.choices) == {"txt2img", "img2img", "inpaint", "upscale", "class", "uncond", "layout",
-                                      "semantic"}
+    assert set(subparsers.choices) == {"txt2img", "img2img", "inpaint", "outpaint", "upscale", "class", "uncond",
+                                       "layout", "semantic"}
     for name, sub in subparsers.choices.items():
         for action in sub._actions:
             if isinstance(action, argparse._HelpAction):

@@ -1,6 +1,6 @@
 """Golden end-to-end guard (STYLE habit 17): tiny seeded models run through the public pipelines
-(txt2img, img2img, inpaint by blending and by dedicated models, tiled upscale) must reproduce the
-PNGs recorded in tests/golden/ within 1/255 per pixel, so a refactor that changes numerics fails
+(txt2img, img2img, inpaint by blending, soft and by dedicated models, outpaint, tiled upscale) must
+reproduce the PNGs recorded in tests/golden/ within 1/255 per pixel, so a refactor that changes numerics fails
 loudly, as tinygrad guards its Stable Diffusion with a seed-0 image.
 
 Everything runs on the CPU in float32 with random weights seeded by tests/tiny_models.py; each case
@@ -122,6 +122,12 @@ CASES = {
     "inpaint_ldm_euler": ("ldm_inpaint", lambda m: P.inpaint(
         m, _photo(32, 32, seed=4), _mask(32, 32, (8, 8, 24, 20)), "", steps=3, guidance_scale=1.0,
         sampler="euler", seed=8, mask_blur=2)[0]),
+    "inpaint_soft_euler": ("sd2", lambda m: P.inpaint(
+        m, _photo(48, 48, seed=5), _mask(48, 48, (8, 8, 40, 40)).point(lambda v: v // 2), "a cat", steps=3,
+        guidance_scale=4.0, sampler="euler", seed=9, mask_blur=6, soft_inpainting=True)[0]),
+    "outpaint_edge_dpmpp_2m": ("sd2", lambda m: P.outpaint(
+        m, _photo(32, 32, seed=6), "a cat", right=16, top=16, steps=3, guidance_scale=4.0, sampler="dpmpp_2m",
+        seed=10)[0]),
 }
 
 # Upscale cases, tiled: input 24x24 = a 24x24 latent, UNet tiles of 16 with overlap 8 (4 tiles).

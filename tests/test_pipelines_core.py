@@ -52,6 +52,18 @@ def test_capabilities_from_model_and_from_config(family, tasks, prompt, guidance
     assert caps.grid == caps.factor * 2 ** (len(m.config.unet.channel_mult) - 1)
 
 
+def test_max_clip_skip_is_the_text_encoders_block_count():
+    """A1111's clip skip reaches back to the first block of a CLIP / OpenCLIP encoder, from its config."""
+    from core.checkpoints.bundled_configs import BUNDLED_CONFIGS
+    for family, limit in (("sd1", 2), ("sd2", 1), ("sd2_inpaint", 1), ("ldm_sr", 1), ("ldm_class", 1)):
+        m = tiny_model(family)
+        assert capabilities(m).max_clip_skip == limit, family
+        if limit > 1:
+            assert m.cond_stage_model.n_blocks == limit                  # what the encoder runs at clip skip 1
+    real = {name: capabilities(BUNDLED_CONFIGS[name]()).max_clip_skip for name in ("sd1", "sd2", "sd2_v")}
+    assert real == {"sd1": 12, "sd2": 23, "sd2_v": 23}                 # SD1: 12 CLIP blocks; SD2: 24, penultimate
+
+
 def test_pickers_list_only_models_that_can_run(tmp_path):
     """The CompVis BERT text model loads but cannot encode a prompt: no tab offers it."""
     from ui.models import ModelCache

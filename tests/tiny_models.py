@@ -269,18 +269,41 @@ FAMILIES["sdxl_refiner"] = _sgm_model("""
 # with in_channels 9, [z, mask, masked-image latent].
 FAMILIES["sdxl_inpaint"] = FAMILIES["sdxl"].replace("in_channels: 4, out_channels: 4", "in_channels: 9, out_channels: 4")
 SGM_FAMILIES = ("sdxl", "sdxl_refiner")             # the families with recorded sgm references
+# Variants of a family (not separate families: detection calls them by their family's name).
+# shapes_class: the project's shapes class model (core/train/config.py stage "class"), 24 classes
+# and a null class for guidance, as ldm_class otherwise.
+# layout: the project's layout model (stage "layout"): the shapes world's 24 classes, at most 3 objects,
+# our LayoutEmbedder in place of CompVis' layout-token transformer, as ldm_layout otherwise.
+VARIANTS = {"shapes_class": FAMILIES["ldm_class"].replace("n_classes: 11, key: class_label",
+                                                          "n_classes: 25, key: class_label, has_null_class: true"),
+            "layout": FAMILIES["ldm_layout"].replace(
+                "target: ldm.modules.encoders.modules.BERTEmbedder\n      params: {n_embed: 32, n_layer: 1, "
+                "vocab_size: 120, max_seq_len: 16}",
+                "target: core.models.conditioners.LayoutEmbedder\n      params: {embed_dim: 32, n_classes: 24, "
+                "max_objects: 3}")}
 
 
 def tiny_model(family: str, seed: int = 0) -> LatentDiffusion:
     """A tiny model of `family` with random weights (every zero-initialised output layer made
     non-zero, so outputs depend on every weight)."""
     torch.manual_seed(seed)
-    model = LatentDiffusion(config_from_yaml(yaml.safe_load(FAMILIES[family])))
+    model = LatentDiffusion(config_from_yaml(yaml.safe_load({**FAMILIES, **VARIANTS}[family])))
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.abs().sum() == 0:
                 p.normal_(0, 0.05)
     return model.eval()
+
+
+def fp16_overflowing_sr_model() -> tuple[LatentDiffusion, torch.Tensor]:
+    """A tiny LDM-SR whose first stage overflows float16 (activations beyond 65504) and a latent z
+    for it: what the float16 decode's fallback to a float32 copy is tested with."""
+    m = tiny_model("ldm_sr")
+    z = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        m.first_stage_model.post_quant_conv.bias.fill_(65000.0)
+        m.first_stage_model.post_quant_conv.weight.mul_(1000)
+    return m, z
 
 
 def original_state_dict(model: LatentDiffusion, family: str, ema: bool = False) -> dict:

@@ -34,9 +34,10 @@ from core.checkpoints import CheckpointError
 from core.pipelines.hires import IMAGE_UPSCALERS, LATENT_UPSCALERS
 from core.pipelines.infotext import PARAMETERS, attach_parameters, cached_model_hash
 from core.pipelines.upscale import scaled_size
-from core.samplers import SAMPLER_DISPLAY_NAMES, SCHEDULE_DISPLAY_NAMES, scheduler_name
-from ui.api_a1111_models import INPAINTING_FILL, ExtrasSingleImage, Generation, Img2Img, PNGInfo, Txt2Img
-from ui.controls import check_batch, optional_float, optional_int, seed_value
+from core.samplers import SAMPLER_DISPLAY_NAMES, SCHEDULE_DISPLAY_NAMES
+from ui.api_a1111_models import (INPAINTING_FILL, SOFT_INPAINTING, ExtrasSingleImage, Generation, Img2Img, PNGInfo,
+                                 Txt2Img, soft_inpainting_requested)
+from ui.controls import check_batch, optional_float, optional_int, schedule_key, seed_value
 from ui.follow import pipeline_progress
 from ui.hires import MODEL_PREFIX, hires_request
 from ui.refiner import NO_REFINER, refiner_entry
@@ -188,7 +189,8 @@ class A1111Api:
     def warn_ignored(self, req, route: str) -> None:
         names = req.ignored_fields()
         if isinstance(req, Generation):
-            names += [f"alwayson_scripts.{k}" for k in req.alwayson_scripts]
+            names += [f"alwayson_scripts.{k}" for k in req.alwayson_scripts
+                      if not (k.lower() == SOFT_INPAINTING and getattr(req, "mask", None))]
             names += ["script_name"] if req.script_name else []
             names += [f"override_settings.{k}" for k in req.override_settings
                       if k not in ("sd_model_checkpoint", "CLIP_stop_at_last_layers")]
@@ -203,7 +205,7 @@ class A1111Api:
         clip_skip = req.override_settings.get("CLIP_stop_at_last_layers", self.options.get("CLIP_stop_at_last_layers"))
         return dict(sampler=req.sampler(), steps=optional_int(req.steps, "steps", maximum=1000),
                     guidance_scale=optional_float(req.cfg_scale, "cfg_scale"), seed=seed_value(req.seed),
-                    scheduler=scheduler_name(req.scheduler) if req.scheduler else None,
+                    scheduler=schedule_key(req.scheduler),          # "Automatic": the model's default, as the tabs
                     width=optional_int(req.width, "width (--max-size)", maximum=side),
                     height=optional_int(req.height, "height (--max-size)", maximum=side),
                     clip_skip=int(clip_skip) if clip_skip else None)
@@ -246,11 +248,6 @@ class A1111Api:
         hires, sr_entry = hires_request(self.studio, base, req.enable_hr, self.hr_upscaler(req.hr_upscaler),
                                         req.hr_scale, req.hr_second_pass_steps, strength, req.hr_resize_x,
                                         req.hr_resize_y, req.hr_prompt, req.hr_negative_prompt, req.hr_sampler_name)
-        if hires is not None:       # the hires pipeline takes Karras as a flag and the encoder's last layer
-            scheduler, clip_skip = options.pop("scheduler"), options.pop("clip_skip")
-            options["karras"] = True if scheduler == "karras" else None
-            if scheduler not in (None, "automatic", "karras") or clip_skip not in (None, 1):
-                log.warning("txt2img with enable_hr: scheduler %s / clip skip %s are not applied", scheduler, clip_skip)
         refiner = None
         if req.refiner_checkpoint and req.refiner_checkpoint != NO_REFINER:
             refiner = refiner_entry(self.studio, self.find_checkpoint(req.refiner_checkpoint, "refiner_checkpoint").name)
@@ -303,7 +300,8 @@ class A1111Api:
         """inpaint()'s keywords from A1111's mask fields (white = repaint unless inverted)."""
         raw = decode_image(req.mask, self.studio, "mask")
         raw = raw.convert("RGBA") if "A" in raw.getbands() or "transparency" in raw.info else raw.convert("L")
-        mask = mask_from_upload(raw, size)
+        soft = soft_inpainting_requested(req.alwayson_scripts)
+        mask = mask_from_upload(raw, size, binary=not soft)
         if req.inpainting_mask_invert:
             mask = mask.point(lambda v: 255 - v)
         if mask.getextrema()[1] == 0:
@@ -313,7 +311,8 @@ class A1111Api:
                              f"nothing); got {req.inpainting_fill}.")
         return dict(mask=mask, mask_blur=req.mask_blur_x if req.mask_blur is None else req.mask_blur,
                     inpaint_area="only_masked" if req.inpaint_full_res else "whole",
-                    padding=req.inpaint_full_res_padding, masked_content=INPAINTING_FILL[req.inpainting_fill])
+                    padding=req.inpaint_full_res_padding, masked_content=INPAINTING_FILL[req.inpainting_fill],
+                    soft_inpainting=soft)
 
     @answers
     def extra_single_image(self, req: ExtrasSingleImage) -> dict:

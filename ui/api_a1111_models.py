@@ -10,9 +10,12 @@ Where A1111's default is a number tied to SD 1.x (width 512, steps 50, cfg_scale
 None: "the model's own default" (its file's ldm_studio_defaults), which is what a client that
 leaves the field out wants from a 64 px shapes-world model as much as from SD.
 """
+import logging
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+log = logging.getLogger("ldm_studio.api")
 
 # Fields A1111 defines that change nothing here when sent with these values (clients send them all
 # the time): not worth a warning. Any other unknown field is named in one.
@@ -109,3 +112,25 @@ class PNGInfo(Request):
 
 # A1111's inpainting_fill numbers -> core.pipelines.inpaint's masked_content.
 INPAINTING_FILL = {0: "fill", 1: "original", 2: "latent_noise", 3: "latent_nothing"}
+
+
+# A1111's alwayson script of soft inpainting (PR 14208): {"Soft inpainting": {"args": [enabled, ...]}}.
+SOFT_INPAINTING = "soft inpainting"
+
+
+def soft_inpainting_requested(scripts: dict) -> bool:
+    """Whether an img2img body's alwayson_scripts turn soft inpainting on (its first argument, as
+    A1111's script reads it; no arguments: its default, off). Its six tuning arguments (mask blend
+    power and scale, detail preservation, the composite's mask influence, difference threshold and
+    contrast) have no counterpart here: our soft inpainting weighs the blend by the mask alone."""
+    for name, value in scripts.items():
+        if name.lower() != SOFT_INPAINTING:
+            continue
+        args = value.get("args", []) if isinstance(value, dict) else None
+        if not isinstance(args, list):
+            raise ValueError('alwayson_scripts["Soft inpainting"] must be {"args": [true]} (or [false]).')
+        if len(args) > 1:
+            log.warning("soft inpainting: only its first argument (enabled) is used; the other %d are not",
+                        len(args) - 1)
+        return bool(args[0]) if args else False
+    return False

@@ -10,7 +10,7 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
-from ui import img2img, inpaint, png_info, train, txt2img, upscale
+from ui import classgen, img2img, inpaint, layout, png_info, train, txt2img, upscale
 from ui.controls import picker_update
 from ui.follow import job_memory
 from ui.keyboard import KEYBOARD_JS
@@ -35,10 +35,14 @@ def build_app(settings: AppSettings | None = None, studio: Studio | None = None)
         train.build_notice(studio, demo)            # "Training X in the background ... Stop training"
         # Each tab's last job id, kept in localStorage. Outside the tabs: a BrowserState inside a tab
         # that is not showing is never mounted, so a reload would not read it back.
-        jobs = {tab: job_memory(tab) for tab in ("txt2img", "img2img", "inpaint", "upscale")}
+        jobs = {tab: job_memory(tab) for tab in ("txt2img", "classgen", "img2img", "inpaint", "upscale", "layout")}
         with gr.Tabs() as tabs:
             with gr.Tab("Text to image", id="txt2img"):
                 t2i = txt2img.build(studio, demo, jobs["txt2img"])
+            with gr.Tab("Class / unconditional", id="classgen"):
+                cls = classgen.build(studio, demo, jobs["classgen"])
+            with gr.Tab("Layout to image", id="layout"):
+                lay = layout.build(studio, demo, jobs["layout"])
             with gr.Tab("Image to image", id="img2img"):
                 i2i = img2img.build(studio, demo, jobs["img2img"])
             with gr.Tab("Inpaint", id="inpaint"):
@@ -51,11 +55,12 @@ def build_app(settings: AppSettings | None = None, studio: Studio | None = None)
                 info = png_info.build(studio)
 
         # "Send to": a picture and its parameters go to another tab, which is shown.
-        wire_sends(studio, tabs, t2i, i2i, inp, up, info)
+        wire_sends(studio, tabs, t2i, i2i, inp, up, info, cls, lay)
 
         # A new model in weights/ (a training run exported, a file copied in): every picker and the
         # note at the top are read again, on page load and after "Use this model".
-        pickers = [(t2i.picker, "txt2img"), (i2i.picker, "img2img"), (inp.picker, "inpaint"), (up.picker, "upscale")]
+        pickers = [(t2i.picker, "txt2img"), (cls.picker, "classgen"), (i2i.picker, "img2img"), (inp.picker, "inpaint"), (up.picker, "upscale"),
+                   (lay.picker, "layout")]
 
         def refresh_all(*current):
             return [picker_update(studio, tab, value) for (_, tab), value in zip(pickers, current)] + \

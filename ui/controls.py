@@ -5,18 +5,31 @@ ldm_studio_defaults, else the reference defaults of its task): that is also what
 leaves the parameter out gets. When a
 model is picked (and when the page opens) the fields are filled with that model's defaults, so
 what is shown is what runs.
+
+Schedule type (A1111's "Schedule type" beside the sampler) and the old Karras checkbox: one rule,
+in `sampling_options`. The schedule type is the setting; "Automatic" (or empty) is the model's
+default (its file's `karras` default, else the sampler's own sigmas). `karras=True` is the old
+spelling of "Karras" and counts only while the schedule type is Automatic, as does a sampler name
+ending in " Karras"; any other schedule type wins over both. Tabs built with
+`sampling_controls(schedule_type=True)` show the dropdown instead of the checkbox and keep
+`karras` as a hidden input, so API clients that send it keep working.
 """
+import math
 from dataclasses import dataclass
 from functools import partial
 
 import gradio as gr
 
 from core import pipelines
-from core.samplers import SAMPLER_DISPLAY_NAMES, SIGMA_SAMPLERS, sampler_name
+from core.samplers import SAMPLER_DISPLAY_NAMES, SCHEDULE_DISPLAY_NAMES, SIGMA_SAMPLERS, sampler_name, scheduler_name
 from ui.studio import Studio
 
 SAMPLER_CHOICES = [(label, key) for key, label in SAMPLER_DISPLAY_NAMES.items()]
+SCHEDULE_CHOICES = list(SCHEDULE_DISPLAY_NAMES.values())          # A1111's names: "Automatic", "Karras", ...
+AUTOMATIC, KARRAS = SCHEDULE_DISPLAY_NAMES["automatic"], SCHEDULE_DISPLAY_NAMES["karras"]
 MAX_BATCH = 8
+MAX_CLIP_SKIP = 12                      # A1111's slider
+CLIP_SKIP_INFO = "1 = the text encoder's last layer; N stops N - 1 layers earlier (CLIP / OpenCLIP only)"
 
 
 def name_dropdown(*args, **kwargs) -> gr.Dropdown:
@@ -46,6 +59,9 @@ def picker_update(studio: Studio, tab: str, current: str | None) -> dict:
     return gr.update(choices=choices, value=current if current in values else (values[0] if values else None))
 
 
+ADDED_INPUTS = ("scheduler", "clip_skip")      # API parameters newer than the endpoints: kept last
+
+
 @dataclass
 class SamplingControls:
     sampler: gr.Dropdown
@@ -59,39 +75,69 @@ class SamplingControls:
     height: gr.Number | None = None
     batch_count: gr.Slider | None = None
     batch_size: gr.Slider | None = None
+    native_tiling: gr.Checkbox | None = None
+    scheduler: gr.Dropdown | None = None        # "Schedule type" (then `karras` is a hidden API-only input)
+    clip_skip: gr.Slider | None = None
 
     def inputs(self) -> dict:
         """Handler parameter name -> component, for inputs_kwargs."""
         names = ("sampler", "karras", "steps", "guidance_scale", "seed", "width", "height", "batch_count",
-                 "batch_size")
+                 "batch_size", "native_tiling", "scheduler", "clip_skip")
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
+    @staticmethod
+    def newest_last(inputs: dict) -> dict:
+        """An endpoint's inputs_kwargs with the parameters added later (scheduler, clip_skip) moved to
+        the end, so API clients that pass the older ones by position keep their meaning."""
+        return {**{k: v for k, v in inputs.items() if k not in ADDED_INPUTS},
+                **{k: inputs[k] for k in ADDED_INPUTS if k in inputs}}
+
     def receives(self) -> dict:
-        """Field name (ui.send.FIELDS) -> component, for "Send to"."""
-        names = ("sampler", "karras", "steps", "guidance_scale", "seed", "width", "height")
+        """Field name (ui.send.FIELDS) -> component, for "Send to" (the schedule type rather than the
+        hidden Karras flag when the tab has one)."""
+        names = ("sampler", "karras" if self.scheduler is None else "scheduler", "steps", "guidance_scale", "seed",
+                 "width", "height", "native_tiling", "clip_skip")
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
     def default_outputs(self) -> list:
         """The components `model_defaults` fills, in its order."""
-        return [self.sampler, self.karras, self.steps, self.guidance_scale] + \
-            [c for c in (self.width, self.height) if c is not None]
+        return [self.sampler, self.karras if self.scheduler is None else self.scheduler, self.steps,
+                self.guidance_scale] + [c for c in (self.clip_skip, self.width, self.height) if c is not None]
 
 
-def sampling_controls(size: bool = True, batch: bool = True, size_zero: str = "model default") -> SamplingControls:
-    """The sampling fields; width/height (when `size`) say what 0 means with `size_zero`."""
+def sampling_controls(size: bool = True, batch: bool = True, size_zero: str = "model default",
+                      tiling: bool = False, *, schedule_type: bool = False,
+                      clip_skip: bool = False) -> SamplingControls:
+    """The sampling fields; width/height (when `size`) say what 0 means with `size_zero`; `tiling`:
+    the "tile above the native size" checkbox of noise-to-image tabs (core/pipelines/tiling.py).
+    `schedule_type`: A1111's "Schedule type" dropdown instead of the Karras checkbox (the handler
+    then takes `scheduler`); `clip_skip`: A1111's "Clip skip" slider (the handler takes `clip_skip`)."""
+    scheduler = skip = None
     with gr.Row():
         sampler = name_dropdown(SAMPLER_CHOICES, value=None, label="Sampling method", scale=3,
                                 info="empty: the model's default")
-        karras = gr.Checkbox(value=False, label="Karras schedule", scale=1,
+        if schedule_type:
+            scheduler = name_dropdown(SCHEDULE_CHOICES, value=AUTOMATIC, label="Schedule type", scale=2,
+                                      info="sigma samplers; Automatic: the model's default",
+                                      elem_classes=["ldm-schedule-type"])
+        karras = gr.Checkbox(value=False, label="Karras schedule", scale=1, visible=not schedule_type,
                              info="sigma samplers (Euler, DPM++ ...)")
     with gr.Row():
         steps = gr.Number(None, label="Sampling steps (0: model default)", precision=0)
         guidance_scale = gr.Number(None, label="CFG scale (0: model default)", step=0.5)
-    width = height = batch_count = batch_size = None
+    if clip_skip:
+        skip = gr.Slider(1, MAX_CLIP_SKIP, value=1, step=1, label="Clip skip", info=CLIP_SKIP_INFO,
+                         elem_classes=["ldm-clip-skip"])
+    width = height = batch_count = batch_size = native_tiling = None
     if size:
         with gr.Row():
             width = gr.Number(None, label=f"Width (0: {size_zero})", precision=0, step=8)
             height = gr.Number(None, label=f"Height (0: {size_zero})", precision=0, step=8)
+    if tiling:
+        native_tiling = gr.Checkbox(False, label="Tile above the model's native size",
+                                    info="larger than trained: the whole image denoised in overlapping tiles of the "
+                                         "training size, blended every step (off: in one piece)",
+                                    elem_classes=["ldm-native-tiling"])
     with gr.Row(equal_height=True):
         seed = gr.Number(-1, label="Seed (-1: random)", precision=0, scale=4)
         random_seed = gr.Button("random", scale=1, min_width=70, size="sm", elem_classes=["ldm-random-seed"])
@@ -103,21 +149,40 @@ def sampling_controls(size: bool = True, batch: bool = True, size_zero: str = "m
             batch_size = gr.Slider(1, MAX_BATCH, value=1, step=1, label="Batch size",
                                    info="images per batch, in parallel (faster on a GPU)")
     controls = SamplingControls(sampler, karras, steps, guidance_scale, seed, random_seed, reuse_seed,
-                                width, height, batch_count, batch_size)
+                                width, height, batch_count, batch_size, native_tiling, scheduler=scheduler,
+                                clip_skip=skip)
     random_seed.click(lambda: -1, outputs=seed, queue=False, api_visibility="private")
     return controls
 
 
-def model_defaults(studio: Studio, tab: str, model: str | None, with_size: bool = True) -> list:
+def model_defaults(studio: Studio, tab: str, model: str | None, with_size: bool = True,
+                   schedule_type: bool = False, clip_skip: bool = False) -> list:
     """Values for SamplingControls.default_outputs(): the picked model's defaults
     (core.pipelines.model_defaults, read from its file's header), so what is shown is what runs;
-    empty when no model is there."""
+    empty when no model is there. The schedule type shows "Karras" for a model whose default is
+    Karras sigmas; the clip skip slider goes back to 1, usable only where the model's text encoder
+    takes it (core.capabilities: max_clip_skip)."""
     try:
-        d = studio.models.entry(tab, model).defaults
+        entry = studio.models.entry(tab, model)
     except ValueError:
-        return [None, False, None, None] + ([None, None] if with_size else [])
-    values = [d.sampler, d.karras, d.steps, d.guidance_scale]
-    return values + ([d.width, d.height] if with_size else [])
+        entry = None
+    d = entry.defaults if entry is not None else None
+    karras = bool(d and d.karras and d.sampler in SIGMA_SAMPLERS)
+    values = [d and d.sampler, (KARRAS if karras else AUTOMATIC) if schedule_type else karras,
+              d and d.steps, d and d.guidance_scale]
+    if clip_skip:
+        values.append(clip_skip_update(entry.caps if entry is not None else None))
+    return values + ([d and d.width, d and d.height] if with_size else [])
+
+
+def clip_skip_update(caps) -> dict:
+    """The clip skip slider for a model: back to 1, and disabled with a note where it does not apply."""
+    limit = min(caps.max_clip_skip, MAX_CLIP_SKIP) if caps is not None else MAX_CLIP_SKIP
+    if caps is None or limit > 1:
+        return gr.update(value=1, maximum=max(limit, 2), interactive=True, info=CLIP_SKIP_INFO)
+    why = "its CLIP text encoder has no earlier layer to stop at" if caps.conditioner in ("clip", "openclip") \
+        else "its text encoder is not CLIP / OpenCLIP"
+    return gr.update(value=1, interactive=False, info=f"does not apply to this model: {why}")
 
 
 def check_batch(batch_count, batch_size=1) -> tuple[int, int]:
@@ -202,13 +267,58 @@ def results_panel(label: str = "Images") -> Results:
     return Results(gallery, info, selected)
 
 
-def sampling_options(sampler, karras, steps, guidance_scale, seed) -> dict:
+def results_with_sends() -> tuple[Results, gr.Button, gr.Button, gr.Button]:
+    """The results panel of a noise-to-image tab with its "Send to" buttons under it (image to image,
+    inpaint, upscale; wired in ui/send.py)."""
+    results = results_panel()
+    with gr.Row():
+        to_img2img = gr.Button("Send to image to image", size="sm")
+        to_inpaint = gr.Button("Send to inpaint", size="sm")
+        to_upscale = gr.Button("Send to upscale", size="sm")
+    return results, to_img2img, to_inpaint, to_upscale
+
+
+def sampling_options(sampler, karras, steps, guidance_scale, seed, scheduler=None, clip_skip=None) -> dict:
     """The sampling keywords of core.pipelines from the shared controls (None = the model's default);
-    `sampler` is a key ("dpmpp_2m") or a display name ("DPM++ 2M Karras", which also sets karras)."""
+    `sampler` is a key ("dpmpp_2m") or a display name ("DPM++ 2M Karras", which also sets karras).
+    `scheduler`: a schedule type (A1111's name or our key); empty or "Automatic" = the model's
+    default, and only then do `karras` and a " Karras" sampler name count (the module's rule).
+    `scheduler` / `clip_skip` are in the result only when given (not every pipeline takes them)."""
     sampler, named_karras = sampler_name(sampler) if sampler else (None, None)      # keys and display names
-    return dict(sampler=sampler, karras=bool(named_karras or karras) if sampler in SIGMA_SAMPLERS else None,
-                steps=optional_int(steps, "Sampling steps", maximum=1000),
-                guidance_scale=optional_float(guidance_scale, "CFG scale"), seed=seed_value(seed))
+    schedule = schedule_key(scheduler)
+    options = dict(sampler=sampler, karras=bool(named_karras or karras)
+                   if sampler in SIGMA_SAMPLERS and schedule is None else None,
+                   steps=optional_int(steps, "Sampling steps", maximum=1000),
+                   guidance_scale=optional_float(guidance_scale, "CFG scale"), seed=seed_value(seed))
+    if schedule is not None:
+        options["scheduler"] = schedule
+    if clip_skip is not None and clip_skip != "":
+        options["clip_skip"] = clip_skip_value(clip_skip)
+    return options
+
+
+def schedule_key(name) -> str | None:
+    """A schedule type from the field or the API -> our key; None for empty or "Automatic" (the
+    model's default). An unknown name is a ValueError listing A1111's names."""
+    if name is None or (isinstance(name, str) and name.strip().lower() in ("", "automatic")):
+        return None
+    try:
+        return scheduler_name(name)
+    except ValueError:
+        raise ValueError(f"Unknown schedule type {name!r}; choose one of: {', '.join(SCHEDULE_CHOICES)}.") from None
+
+
+def clip_skip_value(value) -> int:
+    """A1111's clip skip from the slider or the API: a whole number >= 1 (1 = the last layer); the
+    pipeline checks it against the model's text encoder."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not number.is_integer() or number < 1:
+        raise ValueError(f"Clip skip must be a whole number >= 1 (1 = the text encoder's last layer); "
+                         f"got {value!r}.")
+    return int(number)
 
 
 def interrupt(studio: Studio, job_id: str | None = None) -> str:
@@ -234,7 +344,8 @@ def wire_model_controls(studio: Studio, demo: gr.Blocks, tab: str, picker, refre
     """Picking a model (or opening the page) fills the controls with its defaults; ↻ re-reads
     weights/; 'reuse last' puts back the last seed. Only the user's pick (.input) fills them: a
     "Send to" that sets the model and the settings together keeps the settings it sent."""
-    fill = partial(model_defaults, studio, tab, with_size=with_size)
+    fill = partial(model_defaults, studio, tab, with_size=with_size, schedule_type=controls.scheduler is not None,
+                   clip_skip=controls.clip_skip is not None)
     picker.input(fill, inputs=[picker], outputs=controls.default_outputs(), api_visibility="private", queue=False)
     demo.load(fill, inputs=[picker], outputs=controls.default_outputs(), api_visibility="private", queue=False)
     refresh.click(partial(picker_update, studio, tab), inputs=[picker], outputs=[picker],

@@ -91,15 +91,16 @@ def mask_from_layers(layers: list, size: tuple[int, int]) -> Image.Image:
     return Image.fromarray((mask * 255).astype(np.uint8), mode="L")
 
 
-def mask_from_upload(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """An uploaded mask (white = repaint; a transparent PNG counts its opaque pixels) as "L"."""
+def mask_from_upload(image: Image.Image, size: tuple[int, int], binary: bool = True) -> Image.Image:
+    """An uploaded mask (white = repaint; a transparent PNG counts its opaque pixels) as "L",
+    binarised at 128 unless `binary` is False (soft inpainting keeps its greys)."""
     if "A" in image.getbands() and image.getchannel("A").getextrema()[0] < 255:
         gray = image.getchannel("A")
     else:
         gray = image.convert("L")
     if gray.size != size:
         gray = gray.resize(size, Image.NEAREST)
-    return gray.point(lambda v: 255 if v >= 128 else 0)
+    return gray.point(lambda v: 255 if v >= 128 else 0) if binary else gray
 
 
 def save_output(image: Image.Image, infotext: str, outputs_dir: Path, seed: int | None = None) -> Path:

@@ -35,14 +35,15 @@ def img2img(studio: Studio, prompt: str, image: str | None = None, negative_prom
             model: str | None = None, strength: float = 0.75, sampler: str | None = None, karras: bool = False,
             steps: int | None = None, guidance_scale: float | None = None, seed: int = -1,
             batch_count: int = 1, width: int | None = None, height: int | None = None,
-            resize_mode: str = "just_resize", batch_size: int = 1, progress=gr.Progress()):
+            resize_mode: str = "just_resize", batch_size: int = 1, scheduler: str | None = None, clip_skip: int = 1,
+            progress=gr.Progress()):
     """Redraw an image following a prompt; strength 0..1 is how much of it is redrawn. width/height
     (0 or None: the picture's size) resize it first, as `resize_mode` says: "just_resize",
-    "crop_and_resize" or "resize_and_fill" (A1111's 0, 1, 2). Returns the images (PNG files with
-    their parameters), the parameters as text, and the job id."""
+    "crop_and_resize" or "resize_and_fill" (A1111's 0, 1, 2). scheduler, clip_skip: as /txt2img.
+    Returns the images (PNG files with their parameters), the parameters as text, and the job id."""
     entry = studio.models.entry(TAB, model)
     init = open_image(image, studio.settings.max_side)
-    options = sampling_options(sampler, karras, steps, guidance_scale, seed)
+    options = sampling_options(sampler, karras, steps, guidance_scale, seed, scheduler, clip_skip)
     strength, (n, batch_size) = check_strength(float(strength)), check_batch(batch_count, batch_size)
     size = dict(width=optional_int(width, "Width"), height=optional_int(height, "Height"),
                 resize_mode=resize_mode_value(resize_mode))
@@ -67,7 +68,7 @@ def build(studio: Studio, demo: gr.Blocks, job: gr.BrowserState) -> SimpleNamesp
             picker, refresh = model_picker(studio, TAB)
             strength = gr.Slider(0.05, 1.0, value=0.75, step=0.05, label="Denoising strength",
                                  info="how much of the image is redrawn")
-            controls = sampling_controls(size=False)
+            controls = sampling_controls(size=False, schedule_type=True, clip_skip=True)
             with gr.Accordion("Resize first", open=False):
                 with gr.Row():
                     width = gr.Number(None, label="Width (0: the picture's size)", precision=0, step=8)
@@ -78,9 +79,10 @@ def build(studio: Studio, demo: gr.Blocks, job: gr.BrowserState) -> SimpleNamesp
             results = results_panel()
 
     gr.on([row.generate.click], partial(img2img, studio),
-          inputs_kwargs={"prompt": row.prompt, "image": image, "negative_prompt": row.negative_prompt,
-                         "model": picker, "strength": strength, **controls.inputs(), "width": width,
-                         "height": height, "resize_mode": resize_mode},
+          inputs_kwargs=controls.newest_last({"prompt": row.prompt, "image": image,
+                                              "negative_prompt": row.negative_prompt, "model": picker,
+                                              "strength": strength, **controls.inputs(), "width": width,
+                                              "height": height, "resize_mode": resize_mode}),
           outputs=[results.gallery, results.info, job], api_name="img2img",
           concurrency_id="device", concurrency_limit=1)
     row.interrupt.click(partial(interrupt, studio), inputs=[job], outputs=None, api_visibility="private",

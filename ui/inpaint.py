@@ -3,7 +3,9 @@
 The mask is drawn in the browser on gr.ImageMask; its handler value is {"background", "layers",
 "composite"} with the strokes in the alpha channel of the layers. A mask can also be uploaded
 (white = repaint). Works with a dedicated inpainting model and with any text-to-image model
-(latent blending); the `/inpaint` API endpoint.
+(latent blending); the `/inpaint` API endpoint. "Soft inpainting" keeps the mask fractional (an
+uploaded grey mask = a partial change, the blur a real transition); the Outpaint accordion
+(ui/outpaint.py) grows the picture.
 """
 from functools import partial
 from types import SimpleNamespace
@@ -21,6 +23,7 @@ from ui.images import (image_input, image_mask_input, mask_from_layers, mask_fro
                        run_and_save)
 from core.samplers import check_strength
 from ui.studio import Studio
+from ui import outpaint
 
 
 TAB = "inpaint"
@@ -29,13 +32,14 @@ MASKED_CONTENT = [("original", "original"), ("fill", "fill"), ("latent noise", "
                   ("latent nothing", "latent_nothing")]
 
 
-def image_and_mask(editor: dict | None, mask: str | None, max_side: int):
-    """(RGB image, "L" mask, white = repaint) from the editor value and an optional uploaded mask."""
+def image_and_mask(editor: dict | None, mask: str | None, max_side: int, soft: bool = False):
+    """(RGB image, "L" mask, white = repaint) from the editor value and an optional uploaded mask
+    (kept grey for soft inpainting, else binarised)."""
     if not editor or editor.get("background") is None:
         raise ValueError("Upload an image to inpaint first.")
     image = open_image(editor["background"], max_side)
     if mask:
-        painted = mask_from_upload(_open_mask(mask, max_side), image.size)
+        painted = mask_from_upload(_open_mask(mask, max_side), image.size, binary=not soft)
     else:
         painted = mask_from_layers(editor.get("layers") or [], image.size)
     if painted.getextrema()[1] == 0:
@@ -62,15 +66,18 @@ def inpaint(studio: Studio, prompt: str, image: dict | None = None, mask: str | 
             padding: int = 32, masked_content: str = "original", strength: float = 1.0,
             sampler: str | None = None, karras: bool = False, steps: int | None = None,
             guidance_scale: float | None = None, seed: int = -1, batch_count: int = 1, width: int | None = None,
-            height: int | None = None, batch_size: int = 1, progress=gr.Progress()):
+            height: int | None = None, batch_size: int = 1, soft_inpainting: bool = False,
+            scheduler: str | None = None, clip_skip: int = 1,
+            progress=gr.Progress()):
     """Redraw the masked part of an image following a prompt. `image` is the editor value
     {"background": image, "layers": [strokes], "composite": ...}; `mask` (optional) an uploaded
     mask, white = repaint, used instead of the strokes. width/height: the processing size (the tab
     fills in the model's, as other web UIs do; None: the picture's own size, or the model's for
-    "only masked"); the result keeps the picture's size. Returns the images and their parameters."""
+    "only masked"); the result keeps the picture's size. soft_inpainting: the mask stays fractional.
+    scheduler, clip_skip: as /txt2img. Returns the images and their parameters."""
     entry = studio.models.entry(TAB, model)
-    init, painted = image_and_mask(image, mask, studio.settings.max_side)
-    options = sampling_options(sampler, karras, steps, guidance_scale, seed)
+    init, painted = image_and_mask(image, mask, studio.settings.max_side, soft=bool(soft_inpainting))
+    options = sampling_options(sampler, karras, steps, guidance_scale, seed, scheduler, clip_skip)
     (n, batch_size), strength = check_batch(batch_count, batch_size), check_strength(float(strength))
     size = dict(width=optional_int(width, "Width"), height=optional_int(height, "Height"))
 
@@ -80,6 +87,7 @@ def inpaint(studio: Studio, prompt: str, image: dict | None = None, mask: str | 
                                                       negative_prompt=negative_prompt or "", mask_blur=int(mask_blur),
                                                       inpaint_area=inpaint_area, padding=int(padding),
                                                       masked_content=masked_content, strength=strength, n=n,
+                                                      soft_inpainting=bool(soft_inpainting),
                                                       batch_size=batch_size, **size, **options,
                                                       callback=pipeline_progress(job),
                                                       should_stop=job.should_stop,
@@ -107,17 +115,27 @@ def build(studio: Studio, demo: gr.Blocks, job: gr.BrowserState) -> SimpleNamesp
             with gr.Row():
                 inpaint_area = gr.Radio(INPAINT_AREAS, value="whole", label="Inpaint area")
                 padding = gr.Slider(0, 256, value=32, step=4, label="Only masked padding, pixels")
-            masked_content = gr.Radio(MASKED_CONTENT, value="original", label="Masked content")
-            controls = sampling_controls(size_zero="the picture's size")
+            with gr.Row():
+                masked_content = gr.Radio(MASKED_CONTENT, value="original", label="Masked content", scale=3)
+                soft = gr.Checkbox(False, label="Soft inpainting", scale=1, elem_classes=["ldm-soft-inpainting"],
+                                   info="grey mask = partial change; blur = a transition")
+            grow = outpaint.build_controls()
+            controls = sampling_controls(size_zero="the picture's size", schedule_type=True, clip_skip=True)
         with gr.Column(scale=1):
             results = results_panel(label="Result")
 
     gr.on([row.generate.click], partial(inpaint, studio),
-          inputs_kwargs={"prompt": row.prompt, "image": editor, "mask": mask, "negative_prompt": row.negative_prompt,
-                         "model": picker, "mask_blur": mask_blur, "inpaint_area": inpaint_area, "padding": padding,
-                         "masked_content": masked_content, "strength": strength, **controls.inputs()},
+          inputs_kwargs=controls.newest_last({"prompt": row.prompt, "image": editor, "mask": mask,
+                                              "negative_prompt": row.negative_prompt, "model": picker,
+                                              "mask_blur": mask_blur, "inpaint_area": inpaint_area, "padding": padding,
+                                              "masked_content": masked_content, "strength": strength,
+                                              **controls.inputs(), "soft_inpainting": soft}),
           outputs=[results.gallery, results.info, job], api_name="inpaint",
           concurrency_id="device", concurrency_limit=1)
+    outpaint.wire(studio, grow, {"prompt": row.prompt, "image": editor, "negative_prompt": row.negative_prompt,
+                                 "model": picker}, {"soft_inpainting": soft, "inpaint_area": inpaint_area,
+                                                    "padding": padding, "strength": strength, **controls.inputs()},
+                  editor, results, job)
     row.interrupt.click(partial(interrupt, studio), inputs=[job], outputs=None, api_visibility="private",
                         queue=False)
     wire_model_controls(studio, demo, TAB, picker, refresh, controls, job)

@@ -29,7 +29,10 @@ MODEL_SUFFIXES = (".safetensors", ".ckpt")
 # (core/capabilities.py): inpainting takes a dedicated inpainting model or, by latent blending,
 # any text or unconditional model.
 TAB_NAMES = {"txt2img": "text-to-image", "img2img": "image-to-image", "inpaint": "inpainting",
-             "upscale": "upscaling"}
+             "upscale": "upscaling", "classgen": "class-conditional or unconditional",
+             "layout": "layout-to-image"}
+# A tab that runs more than one task (else a tab's name is its task's).
+TAB_TASKS = {"classgen": ("class", "unconditional")}
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,8 @@ class ModelCache:
 
     def for_tab(self, tab: str) -> list[ModelEntry]:
         """The models a tab can use, dedicated ones first (an inpainting model before a text one)."""
-        entries = [e for e in self.scan()[0] if e.caps.serves(tab)]
+        tasks = TAB_TASKS.get(tab, (tab,))
+        entries = [e for e in self.scan()[0] if any(e.caps.serves(t) for t in tasks)]
         return sorted(entries, key=lambda e: (not e.caps.dedicated_inpainting, e.name))
 
     def choices(self, tab: str) -> list[tuple[str, str]]:

@@ -1,5 +1,6 @@
 """The PNG info tab: drop an image made by this app (or by AUTOMATIC1111) to read its parameters,
-and send them (with the picture) to Text to image, Image to image or Inpaint (ui/send.py)."""
+and send them (with the picture) to Text to image, Image to image, Inpaint or, for a class-conditional
+or unconditional model's picture, Class / unconditional, for a layout model's, Layout to image (ui/send.py)."""
 from functools import partial
 from types import SimpleNamespace
 
@@ -36,6 +37,8 @@ def build(studio: Studio) -> SimpleNamespace:
                 send = gr.Button("Send to text to image")
                 to_img2img = gr.Button("Send to image to image")
                 to_inpaint = gr.Button("Send to inpaint")
+                to_classgen = gr.Button("Send to class / unconditional")
+                to_layout = gr.Button("Send to layout to image")
     # A new picture first clears what the last one said, so a file without parameters (or not an
     # image) never leaves another picture's settings to be sent; the error says why.
     image.clear(lambda: ("", None), outputs=[text, fields], api_visibility="private", queue=False)
@@ -43,4 +46,5 @@ def build(studio: Studio) -> SimpleNamespace:
         partial(png_info, studio), inputs=[image], outputs=[text, fields], api_name="png_info",
         concurrency_limit=None)
     return SimpleNamespace(image=image, text=text, fields=fields, send=send, to_img2img=to_img2img,
-                           to_inpaint=to_inpaint)
+                           to_inpaint=to_inpaint, to_classgen=to_classgen,
+                           to_layout=to_layout)

@@ -17,6 +17,8 @@ import pandas as pd
 from core.train.config import make_config
 from core.train.dataset_check import check_dataset, extract_zip, resolve_data_path
 from core.train.export import exported_from, export_run
+from core.train.lora import LoraRunConfig, export_lora, lora_config_dict
+from ui import train_lora
 from ui.errors import user_errors
 from ui.studio import Studio
 
@@ -75,7 +77,8 @@ def train_resume(studio: Studio, name: str | None = None) -> dict:
 
 
 STAGES = [("Autoencoder (first stage, train it first)", "autoencoder"), ("Text-to-image LDM", "txt2img"),
-          ("Super-resolution LDM (4x)", "sr"), ("Inpainting LDM", "inpaint")]
+          ("Super-resolution LDM (4x)", "sr"), ("Inpainting LDM", "inpaint"),
+          ("LoRA for a text-to-image model", "lora")]
 SIZES = ["tiny", "small", "base"]
 
 
@@ -145,15 +148,23 @@ def check_data(studio: Studio, dataset: str = "shapes", folder: str | None = Non
 def train_start(studio: Studio, stage: str = "autoencoder", dataset: str = "shapes", folder: str | None = None,
                 zip_file: str | None = None, model_size: str = "small", image_size: int = 64, steps: int = 5000,
                 batch_size: int = 32, learning_rate: float | None = None, first_stage: str | None = None,
-                init_from: str | None = None, name: str | None = None) -> dict:
+                init_from: str | None = None, name: str | None = None, base: str | None = None, rank: int = 4,
+                alpha: float | None = None, lora_layers: list[str] | None = None) -> dict:
     """Start a background training run (core.train) and return its state. Train an autoencoder
-    first; the LDM stages need it as `first_stage` (an exported file or its run folder)."""
-    runs = studio.runs
+    first; the LDM stages need it as `first_stage` (an exported file or its run folder). A LoRA
+    ("lora") needs a text-to-image `base` model; rank, alpha and lora_layers shape it."""
     if stage not in [v for _, v in STAGES]:
         raise ValueError(f"stage must be one of {[v for _, v in STAGES]}; got {stage!r}.")
     steps, batch_size, image_size = int(steps), int(batch_size), int(image_size)
     if steps < 1 or batch_size < 1:
         raise ValueError("Steps and batch size must be at least 1.")
+    if stage == "lora":
+        source, warnings = _dataset(studio, dataset, folder, zip_file, image_size)
+        config = train_lora.lora_config(studio, base, source, rank, alpha, lora_layers, steps, batch_size,
+                                        learning_rate)
+        for warning in warnings:
+            gr.Warning(warning)
+        return _start(studio, config, name)
     sources = [v for _, v in first_stage_choices(studio)]
     if first_stage and first_stage not in sources:
         raise ValueError(f"{first_stage!r} (field '{FIRST_STAGE_LABEL}', API first_stage) is not a trained "
@@ -171,15 +182,22 @@ def train_start(studio: Studio, stage: str = "autoencoder", dataset: str = "shap
                          lr=float(learning_rate) if learning_rate else None, image_size=image_size,
                          first_stage=first_stage or None, init_from=init_path,
                          log_every=max(1, min(10, steps // 20)))
+    return _start(studio, config, name)
+
+
+def _start(studio: Studio, config, name: str | None) -> dict:
+    """Start `config` (a RunConfig or a LoraRunConfig) as run `name` (default: its export name and the time)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_name = name or re.sub(r"[^A-Za-z0-9._-]+", "-", f"{config.export['name']}-{stamp}")   # a folder name
-    info = runs.start(config, name=run_name)                # the stage: the model's capabilities say
-    return status_dict(info)
+    if isinstance(config, LoraRunConfig):
+        return status_dict(studio.runs.start(lora_config_dict(config), name=run_name, stage="lora"))
+    return status_dict(studio.runs.start(config, name=run_name))   # the stage: the model's capabilities say
 
 
 @user_errors
 def train_export(studio: Studio, name: str | None = None) -> str:
-    """Export a run's EMA weights to weights/NAME.safetensors, so the generation tabs can pick it."""
+    """Export a run's EMA weights to weights/NAME.safetensors, so the generation tabs can pick it;
+    a LoRA run's adapters to weights/lora/NAME.safetensors, for `<lora:NAME:1>` in a prompt."""
     runs = studio.runs
     if not name:
         raise ValueError("Choose the run to export.")
@@ -188,14 +206,19 @@ def train_export(studio: Studio, name: str | None = None) -> str:
         raise ValueError(f"Run {name!r} is still {info.status}; stop it (or let it finish) first.")
     if not (Path(info.folder) / "checkpoints" / "last.pt").is_file():
         raise ValueError(f"Run {name!r} has no checkpoint yet.")
+    if info.stage == "lora":
+        return str(export_lora(info.folder, exported_path(studio, name, "lora"), name=name))
     if info.step < FEW_STEPS:
         gr.Warning(f"Run {name!r} trained only {info.step} steps: expect noise or blur from it (the default "
                    f"models trained 5000 steps and more). Resume it to train longer, then export again.")
     return str(export_run(info.folder, exported_path(studio, name), name=name))
 
 
-def exported_path(studio: Studio, name: str) -> Path:
-    """Where "Use this model" puts run `name`: weights/NAME.safetensors, displayed as NAME."""
+def exported_path(studio: Studio, name: str, stage: str | None = None) -> Path:
+    """Where "Use this model" puts run `name`: weights/NAME.safetensors, displayed as NAME (a LoRA:
+    weights/lora/NAME.safetensors)."""
+    if stage == "lora":
+        return train_lora.lora_path(studio, name)
     return Path(studio.settings.weights_dir) / f"{name}.safetensors"
 
 
@@ -231,7 +254,7 @@ def run_view(studio: Studio, name: str | None, seen: str | None = None):
             "No run yet.", "", ""
     info = studio.runs.status(name)
     metrics = studio.runs.metrics(name)
-    exported = exported_path(studio, name)
+    exported = exported_path(studio, name, info.stage)
     exported = str(exported) if exported_from(exported, info.run_id) else ""
     shown = f"{table.to_json()}|{name}|{len(metrics)}|{info.status}|{info.latest_sample}|{exported}"
     if shown == seen:
@@ -294,6 +317,15 @@ def build_notice(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
     return SimpleNamespace(row=row, notice=notice, stop=stop)
 
 
+def refresh_sources(studio: Studio, current: str | None, chosen_stage: str, base: str | None) -> tuple:
+    """The model pickers of the chosen stage (the LDM stages' autoencoder and start model, or the
+    LoRA's base model), their choices read afresh from weights/."""
+    ldm = chosen_stage != "lora"
+    return gr.update(**first_stage_update(studio, current), visible=ldm), \
+        gr.update(choices=studio.models.choices("txt2img"), visible=ldm), \
+        gr.update(**train_lora.base_update(studio, base)), gr.update(visible=not ldm)
+
+
 def _own_images(studio: Studio) -> tuple:
     """The "Your own images" fields: a folder under the data root, or a zip; and a data check."""
     with gr.Accordion("Your own images", open=False):
@@ -308,8 +340,9 @@ def _own_images(studio: Studio) -> tuple:
 
 def build(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
     gr.Markdown("Train the two stages of a latent diffusion model: first the **autoencoder**, then an **LDM** in its "
-                "latent space (text-to-image, 4x super-resolution, inpainting). Runs go on in the background "
-                "(closing this page does not stop them); **Use this model** exports a run to the model pickers.")
+                "latent space (text-to-image, 4x super-resolution, inpainting); or a **LoRA** for a text-to-image "
+                "model. Runs go on in the background (closing this page does not stop them); **Use this model** "
+                "exports a run to the model pickers (a LoRA to weights/lora, for `<lora:name:1>` in a prompt).")
     with gr.Row():
         with gr.Column(scale=1):
             stage = gr.Radio(STAGES, value="autoencoder", label="What to train")
@@ -318,6 +351,7 @@ def build(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
             init_from = gr.Dropdown(studio.models.choices("txt2img"), value=None, label="Start from (inpainting)",
                                     info="optional: a text-to-image model to fine-tune")
             dataset = gr.Radio(DATASETS, value="shapes", label="Training data")
+            lora = train_lora.build_fields(studio)
             folder, zip_file, check, data_report = _own_images(studio)
             with gr.Row():
                 model_size = gr.Radio(SIZES, value="small", label="Model size")
@@ -359,7 +393,8 @@ def build(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
                 inputs_kwargs={"stage": stage, "dataset": dataset, "folder": folder, "zip_file": zip_file,
                                "model_size": model_size, "image_size": image_size, "steps": steps,
                                "batch_size": batch_size, "learning_rate": learning_rate,
-                               "first_stage": first_stage, "init_from": init_from, "name": name},
+                               "first_stage": first_stage, "init_from": init_from, "name": name,
+                               "base": lora.base, "rank": lora.rank, "alpha": lora.alpha, "lora_layers": lora.layers},
                 outputs=[started], api_name="train_start", concurrency_limit=None
                 ).success(lambda info: view(info["name"]), inputs=[started], outputs=view_outputs,
                           api_visibility="private")
@@ -370,11 +405,9 @@ def build(studio: Studio, demo: gr.Blocks) -> SimpleNamespace:
     use.click(partial(train_export, studio), inputs=[run], outputs=[exported], api_name="train_export",
               concurrency_limit=None)
 
-    def refresh_sources(current):
-        return gr.update(**first_stage_update(studio, current)), gr.update(choices=studio.models.choices("txt2img"))
-
-    gr.on([demo.load, exported.change, stage.change], refresh_sources, inputs=[first_stage],
-          outputs=[first_stage, init_from], api_visibility="private", queue=False)
+    gr.on([demo.load, exported.change, stage.change], partial(refresh_sources, studio),
+          inputs=[first_stage, stage, lora.base],
+          outputs=[first_stage, init_from, lora.base, lora.group], api_visibility="private", queue=False)
 
     def status_api(name: str = "") -> dict:
         """The state of training run `name` (empty: the most recent run), with its metrics so far."""

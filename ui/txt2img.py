@@ -13,7 +13,8 @@ import torch
 from core import pipelines
 from core.pipelines.estimate import describe, flops_per_second, txt2img_work
 from core.lora import network_folders
-from ui.controls import (check_batch, interrupt, model_picker, optional_float, optional_int, prompt_row, results_panel,
+from ui.controls import (check_batch, interrupt, model_picker, optional_float, optional_int, prompt_row,
+                         results_with_sends,
                          sampling_controls, sampling_options, wire_model_controls)
 from ui.hires import hires_controls, hires_request
 from ui.errors import user_errors
@@ -34,14 +35,19 @@ def txt2img(studio: Studio, prompt: str, negative_prompt: str = "", model: str |
             height: int | None = None, batch_count: int = 1, batch_size: int = 1, enable_hr: bool = False,
             hr_upscaler: str = "Latent", hr_scale: float = 2.0, hr_steps: int = 0, denoising_strength: float = 0.7,
             hr_resize_x: int = 0, hr_resize_y: int = 0, hr_prompt: str = "", hr_negative_prompt: str = "",
+            native_tiling: bool = False, scheduler: str | None = None, clip_skip: int = 1,
             refiner: str | None = None, refiner_switch_at: float = 0.8, progress=gr.Progress()):
     """Generate images from a prompt. Empty settings use the model's defaults; seed -1 is random;
     batch_count x batch_size images, batch_size of them per UNet batch. enable_hr and the hr_* /
     denoising_strength fields: AUTOMATIC1111's hires fix (a second img2img pass at a larger size).
+    native_tiling: above the model's native size, denoise in overlapping native-size tiles (else one piece).
+    scheduler: A1111's schedule type ("Karras", "Exponential", ...; None or "Automatic": the model's
+    default; karras=True is its old spelling, see ui/controls.py); clip_skip: 1 = the text encoder's
+    last layer (CLIP / OpenCLIP). Both also apply to the hires pass.
     refiner (a text-to-image model's name, "None" or empty for none) takes over at refiner_switch_at.
     Returns the images (PNG files with their parameters), the parameters as text, and the job id."""
     entry = studio.models.entry(TAB, model)
-    options = sampling_options(sampler, karras, steps, guidance_scale, seed)
+    options = sampling_options(sampler, karras, steps, guidance_scale, seed, scheduler, clip_skip)
     size = dict(width=optional_int(width, "Width"), height=optional_int(height, "Height"))
     n, batch_size = check_batch(batch_count, batch_size)
     base = (size["width"] or entry.defaults.width, size["height"] or entry.defaults.height)
@@ -53,7 +59,8 @@ def txt2img(studio: Studio, prompt: str, negative_prompt: str = "", model: str |
 
     def work(job):
         m = studio.models.load(entry)
-        common = dict(n=n, batch_size=batch_size, **size, **options, callback=pipeline_progress(job),
+        common = dict(n=n, batch_size=batch_size, **size, **options, native_tiling=bool(native_tiling),
+                      callback=pipeline_progress(job),
                       should_stop=job.should_stop, **network_folders(studio.settings.weights_dir))
         if refiner_model is not None:
             common.update(refiner=studio.models.load(refiner_model), refiner_switch_at=refiner_switch_at)
@@ -113,20 +120,17 @@ def build(studio: Studio, demo: gr.Blocks, job: gr.BrowserState) -> SimpleNamesp
     with gr.Row():
         with gr.Column(scale=1):
             picker, refresh = model_picker(studio, TAB)
-            controls = sampling_controls()
+            controls = sampling_controls(tiling=True, schedule_type=True, clip_skip=True)
             hires = hires_controls(studio)
             refiner = refiner_controls(studio)
             estimate = gr.Markdown("", elem_classes=["ldm-estimate"])
         with gr.Column(scale=1):
-            results = results_panel()
-            with gr.Row():
-                to_img2img = gr.Button("Send to image to image", size="sm")
-                to_inpaint = gr.Button("Send to inpaint", size="sm")
-                to_upscale = gr.Button("Send to upscale", size="sm")
+            results, to_img2img, to_inpaint, to_upscale = results_with_sends()
 
     gr.on([row.generate.click], partial(txt2img, studio),
-          inputs_kwargs={"prompt": row.prompt, "negative_prompt": row.negative_prompt, "model": picker,
-                         **controls.inputs(), **hires.inputs(), **refiner.inputs()},
+          inputs_kwargs={**controls.newest_last({"prompt": row.prompt, "negative_prompt": row.negative_prompt,
+                                                 "model": picker, **controls.inputs(), **hires.inputs()}),
+                         **refiner.inputs()},
           outputs=[results.gallery, results.info, job], api_name="txt2img",
           concurrency_id="device", concurrency_limit=1)
     answer = gr.Textbox(visible=False)          # the API's answer; the info box shows the job's own end

@@ -165,6 +165,35 @@ def _text_encoders(m) -> list[tuple[str, str, nn.Module, str]]:
     return [] if t is None else [("lora_te_", "text_encoder.", t, path)]
 
 
+@dataclass(frozen=True)
+class KohyaLayer:
+    """One layer of m under the name kohya's trainer writes for it (what a LoRA trained here exports)."""
+    name: str                      # lora_unet_down_blocks_0_..._to_q / lora_te_text_model_encoder_layers_0_...
+    path: str                      # the PEFT / diffusers spelling: unet.down_blocks.0.....to_q, text_encoder....
+    target: Target
+    encoder: str | None = None     # text layers: the encoder's module path (cond_stage_model, ...)
+    block: int | None = None       # text layers: the resblock index
+
+
+def kohya_layers(m) -> list[KohyaLayer]:
+    """Every LoRA-able layer of m with its kohya name: on SD1/SD2-style UNets the diffusers path
+    (kohya converts the checkpoint to diffusers first), on sgm UNets (SDXL) the CompVis path, as
+    kohya's sdxl_train_network writes them; text encoders lora_te_ (lora_te1_ / lora_te2_ on SDXL).
+    The same walk as lora_targets, which reads every spelling back."""
+    sgm = getattr(m, "conditioner", None) is not None
+    layers = []
+    unet, unet_path = m.model.diffusion_model, "model.diffusion_model"
+    for theirs, ours in unet_layers(unet).items():
+        name = "lora_unet_" + (ours if sgm else theirs).replace(".", "_")
+        layers.append(KohyaLayer(name, "unet." + theirs, Target(f"{unet_path}.{ours}")))
+    for kohya, peft, tower, path in _text_encoders(m):
+        encoder = path.rsplit(".", 1)[0]                              # the tower's embedder module
+        for n, (theirs, target) in enumerate(text_layers(tower, path).items()):
+            layers.append(KohyaLayer(kohya + theirs.replace(".", "_"), peft + theirs, target, encoder,
+                                     n // len(_TEXT_LAYER)))
+    return layers
+
+
 def lora_targets(m) -> dict[str, Target]:
     """Every LoRA layer name (kohya and PEFT spellings) -> the weight it patches in m."""
     table: dict[str, Target] = {}
@@ -174,8 +203,8 @@ def lora_targets(m) -> dict[str, Target]:
         table["lora_unet_" + theirs.replace(".", "_")] = target      # kohya on a diffusers UNet (SD1/SD2)
         table["lora_unet_" + ours.replace(".", "_")] = target        # kohya on sgm's UNet (SDXL)
         table["unet." + theirs] = target                             # PEFT / diffusers
-    for kohya, peft, tower, path in _text_encoders(m):
-        for theirs, target in text_layers(tower, path).items():
-            table[kohya + theirs.replace(".", "_")] = target
-            table[peft + theirs] = target
+    for layer in kohya_layers(m):
+        if layer.encoder is not None:
+            table[layer.name] = layer.target
+            table[layer.path] = layer.target
     return table

@@ -70,3 +70,21 @@ def _pair(a, b) -> tuple[torch.Tensor, torch.Tensor]:
     if a.shape != b.shape:
         raise ValueError(f"images must have the same shape, got {a.shape} and {b.shape}")
     return a, b
+
+
+def seam_ratio(image, edges_x, edges_y, step: int) -> float:
+    """How visible tile edges are: the mean jump between neighbouring pixels across the tile edges
+    (pixel positions, multiples of `step`, e.g. the decoder's factor), over the mean jump across the
+    other edges of the `step` lattice; the larger of the two axes'. About 1 for a picture without
+    seams (the tiled-upscale tests' no-grid check), well above 1 where tiles meet visibly."""
+    a = np.asarray(image, np.float32)                                      # (H, W, 3)
+    ratios = []
+    for axis, edges in ((1, edges_x), (0, edges_y)):
+        jumps = np.abs(np.diff(a, axis=axis)).mean(axis=(1 - axis, 2))      # jumps[j]: pixel j -> j + 1
+        at = sorted({e - 1 for e in edges if 0 < e < a.shape[axis]})
+        others = [j for j in range(step - 1, len(jumps), step) if j not in at]
+        if at and others:
+            ratios.append(float(jumps[at].mean() / max(jumps[others].mean(), 1e-6)))
+    if not ratios:
+        raise ValueError("seam_ratio needs tile edges inside the image and other lattice edges to compare with.")
+    return max(ratios)

@@ -210,6 +210,11 @@ class FrozenOpenCLIPEmbedderConfig:
             return self.quick_gelu
         return False if self.text_cfg is not None else bool(self._arch_json().get("quick_gelu", False))
 
+    @property
+    def n_blocks(self) -> int:
+        """The resblocks run for the configured layer (and the largest clip skip)."""
+        return self.clip_text_cfg().layers - (1 if self.layer == "penultimate" else 0)
+
 
 class FrozenOpenCLIPEmbedder(nn.Module):
     """Prompts -> OpenCLIP text tokens (B, max_length, width) for SD 2.x cross-attention."""
@@ -236,7 +241,7 @@ class FrozenOpenCLIPEmbedder(nn.Module):
     @property
     def n_blocks(self) -> int:
         """The resblocks run for the configured layer (and the largest clip skip)."""
-        return len(self.model.transformer.resblocks) - (1 if self.cfg.layer == "penultimate" else 0)
+        return self.cfg.n_blocks
 
     def encode_tokens(self, tokens: Tensor, clip_skip: int = 1, extra_vectors: Tensor | None = None) -> Tensor:
         """clip_skip N > 1 stops N - 1 blocks earlier than the configured layer (SD2: counted from
@@ -284,6 +289,13 @@ class FrozenCLIPEmbedderConfig:
     layer: str = "last"                    # "last" = last_hidden_state (after final_layer_norm)
     layer_idx: int | None = None           # layer "hidden": HF hidden_states[layer_idx] (no final LN)
     max_length: int = 77                   # tokens per prompt
+
+    @property
+    def n_blocks(self) -> int:
+        """The blocks run for the configured layer (and the largest clip skip): HF hidden_states =
+        (embeddings, block 1 out, ..., block n out), index i = i blocks run."""
+        n = self.num_hidden_layers
+        return n if self.layer == "last" else self.layer_idx % (n + 1)
 
     def __post_init__(self):
         if self.hidden_act not in HIDDEN_ACTS:
@@ -345,8 +357,7 @@ class FrozenCLIPEmbedder(nn.Module):
     def n_blocks(self) -> int:
         """The blocks run for the configured layer (and the largest clip skip). HF hidden_states =
         (embeddings, block 1 out, ..., block n out): index i = i blocks run."""
-        n = self.cfg.num_hidden_layers
-        return n if self.cfg.layer == "last" else self.cfg.layer_idx % (n + 1)
+        return self.cfg.n_blocks
 
     def encode_tokens(self, tokens: Tensor, clip_skip: int = 1, extra_vectors: Tensor | None = None) -> Tensor:
         """clip_skip N > 1 (AUTOMATIC1111's "Clip skip"): HF hidden_states[-N], i.e. N - 1 blocks

@@ -21,8 +21,10 @@ threading.Event): a stopped run raises core.samplers.SamplingInterrupted with `.
 images finished before the stop) and `.partial` (the interrupted ones, decoded from their latest
 estimate). n images run in UNet batches of `batch_size`; image i depends only on its seed.
 
-Files: txt2img.py (and the generic noise -> image pipeline), hires.py (hires fix), img2img.py, inpaint.py, upscale.py,
-conditional.py (unconditional / class / layout / semantic), segmentation.py; denoise.py, tiling.py, generation.py (seeds,
+Files: txt2img.py (and the generic noise -> image pipeline), hires.py (hires fix), img2img.py, inpaint.py,
+outpaint.py, upscale.py, conditional.py (unconditional / class / layout / semantic), layout_text.py
+(layouts as text), segmentation.py;
+denoise.py, tiling.py, generation.py (seeds,
 decode, record), conditioning.py, defaults.py; images.py, masks.py, color.py, infotext.py,
 progress.py; vae.py, tiled_vae.py, tiles.py, memory.py.
 """
@@ -35,14 +37,18 @@ from core.pipelines.images import RESIZE_MODES, load_image, load_mask, resize_im
 from core.pipelines.img2img import img2img
 from core.pipelines.infotext import infotext, parse_infotext, read_infotext, save_png
 from core.pipelines.inpaint import inpaint
+from core.pipelines.layout_text import LayoutVocabulary, format_layout, layout_vocabulary, parse_layout
+from core.pipelines.outpaint import outpaint
 from core.pipelines.progress import Progress
 from core.pipelines.txt2img import txt2img
 from core.pipelines.upscale import UpscalePlan, lanczos, plan_upscale, upscale
 from core.samplers import SamplingInterrupted, SamplingSettings
 
-__all__ = ["txt2img", "txt2img_hires", "HiresSettings", "img2img", "inpaint", "upscale", "lanczos",
-           "sample_unconditional", "sample_class", "sample_layout", "sample_semantic", "denoise", "denoise_batches", "plan_upscale",
+__all__ = ["txt2img", "txt2img_hires", "HiresSettings", "img2img", "inpaint", "outpaint", "upscale", "lanczos",
+           "sample_unconditional", "sample_class", "sample_layout", "sample_semantic", "denoise", "denoise_batches",
+           "plan_upscale",
            "UpscalePlan", "SamplingSettings",
            "capabilities", "Capabilities", "read_infotext", "parse_infotext", "infotext", "save_png",
            "load_image", "load_mask", "resize_image", "RESIZE_MODES", "Progress", "SamplingInterrupted",
-           "Defaults", "model_defaults", "size_multiple"]
+           "Defaults", "model_defaults", "size_multiple",
+           "parse_layout", "format_layout", "layout_vocabulary", "LayoutVocabulary"]

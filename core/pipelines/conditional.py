@@ -2,38 +2,68 @@
 and semantic-synthesis LDMs (Rombach et al. 2022, Sec. 4.1, 4.3.1, 4.3.2 and Fig. 8)."""
 
 from core.capabilities import capabilities
-from core.pipelines.conditioning import class_conditioning, layout_conditioning
+from core.pipelines.conditioning import class_conditioning, layout_conditioning, layout_encoder
 from core.pipelines.defaults import check_size
+from core.pipelines.layout_text import SHAPES_WORLD_NAMES, layout_vocabulary, parse_layout
 from core.pipelines.segmentation import one_hot_segmentation, segmentation_record
 from core.pipelines.txt2img import sample_images
+from core.world import PALETTE, SHAPES
+
+SHAPES_CLASSES = len(SHAPES) * len(PALETTE)         # shared/shapes_world.md: shape_index * 6 + colour_index
 
 
-def sample_unconditional(m, n=1, steps=None, sampler=None, seed=None, width=None, height=None, **options):
+def class_count(model_or_config) -> int:
+    """The classes a class-conditional model (or its config) can be asked for: its embedding rows
+    less the null class (cin256-v2: 1000 of 1001; the shapes class model: 24 of 25)."""
+    capabilities(model_or_config).require("class")
+    embedder = getattr(model_or_config, "config", model_or_config).cond_stage
+    return embedder.n_classes - embedder.null_class_present
+
+
+def class_names(model_or_config) -> tuple[str, ...] | None:
+    """The classes' names: the shapes world's 24 ("circle red", "circle green", ... "star orange")
+    for a model of 24 classes, the count our shapes class model has; None (numbers only) otherwise."""
+    if class_count(model_or_config) != SHAPES_CLASSES:
+        return None
+    return SHAPES_WORLD_NAMES                       # the same names the layout models read
+
+
+def sample_unconditional(m, n=1, steps=None, sampler=None, seed=None, width=None, height=None, *,
+                         guidance_scale=None, **options):
     """n samples of an unconditional model (CelebA-HQ, LSUN ... LDMs), one PIL image per seed.
-    options: batch_size, eta, karras, vae_tile, callback, should_stop, output (as txt2img)."""
+    guidance_scale: None or 1 (there is nothing to guide towards). options: batch_size, eta, karras,
+    vae_tile, callback, should_stop, output, native_tiling (as txt2img)."""
     capabilities(m).require("unconditional")
+    if guidance_scale not in (None, 1, 1.0):
+        raise ValueError(f"an unconditional model has nothing to guide towards, so guidance_scale must be 1 "
+                         f"(or left out); got {guidance_scale!r}.")
     return sample_images(m, "unconditional", None, None, {}, n, seed, steps, sampler, None, width, height, **options)
 
 
 def sample_class(m, class_label, n=1, guidance_scale=None, steps=None, sampler=None, seed=None,
                  width=None, height=None, **options):
-    """n samples of class `class_label` (an int) from a class-conditional model; guidance uses the
-    null class when the model has one (cin256-v2), otherwise runs unguided."""
+    """n samples of class `class_label` (an int in [0, class_count(m))) from a class-conditional model;
+    guidance is against the null class when the model has one (cin256-v2, our shapes class model),
+    otherwise it runs unguided. Recorded as "Class: N (name)" when the class has a name (class_names)."""
     capabilities(m).require("class")
     cond, uncond = class_conditioning(m, class_label)
-    return sample_images(m, "class", cond, uncond, {"class_label": int(class_label)}, n, seed, steps,
-                         sampler, guidance_scale, width, height, **options)
+    names = class_names(m)
+    extra = {"class_label": int(class_label), "class_name": names[int(class_label)] if names else None}
+    return sample_images(m, "class", cond, uncond, extra, n, seed, steps, sampler, guidance_scale, width, height,
+                         **options)
 
 
 def sample_layout(m, layout, n=1, guidance_scale=None, steps=None, sampler=None, seed=None, width=None,
                   height=None, **options):
-    """n samples of a layout, a list of (class_id, x0, y0, x1, y1) boxes with coordinates in [0, 1];
-    the unconditional half of guidance is the empty layout."""
-    capabilities(m).require("layout")
-    cond, uncond = layout_conditioning(m, layout)
-    boxes = [[int(b[0])] + [float(v) for v in b[1:]] for b in layout]
-    return sample_images(m, "layout", cond, uncond, {"layout": boxes}, n, seed, steps, sampler, guidance_scale,
-                   width, height, **options)
+    """n samples of a layout: a list of (class_id, x0, y0, x1, y1) boxes with coordinates in [0, 1],
+    or the same as text, one object a line ("circle red 0.1 0.1 0.4 0.4", layout_text.py) or JSON;
+    checked by parse_layout. The unconditional half of guidance is the empty layout. Larger than
+    trained with native_tiling, each tile is conditioned on its own boxes (layout_encoder)."""
+    boxes = parse_layout(layout, layout_vocabulary(m))             # requires a layout model
+    cond, uncond = layout_conditioning(m, boxes)
+    recorded = [[c, *box] for c, *box in boxes]
+    return sample_images(m, "layout", cond, uncond, {"layout": recorded}, n, seed, steps, sampler, guidance_scale,
+                         width, height, tile_cond=layout_encoder(m), **options)
 
 
 def sample_semantic(m, segmentation, n=1, steps=None, sampler=None, seed=None, **options):

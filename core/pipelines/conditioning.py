@@ -330,16 +330,49 @@ def class_conditioning(m, class_label):
         label = operator.index(class_label)
     except TypeError:
         raise ValueError(f"class_label must be a whole number; got {class_label!r}.") from None
-    if isinstance(class_label, bool) or not 0 <= label < embedder.n_classes:
-        raise ValueError(f"class_label must be in [0, {embedder.n_classes - 1}]; got {class_label!r}.")
+    classes = embedder.n_classes - (embedder.null_class is not None)        # the null class is guidance's
+    if isinstance(class_label, bool) or not 0 <= label < classes:
+        null = "" if embedder.null_class is None else f" ({embedder.null_class} is the null class, used by guidance)"
+        raise ValueError(f"class_label must be in [0, {classes - 1}]{null}; got {class_label!r}.")
     cond = m.get_learned_conditioning(torch.tensor([label]))
     uncond = embedder.unconditional(1) if embedder.null_class is not None else None
     return cond, uncond
 
 
 def layout_conditioning(m, layout):
-    """(c, u) for one layout, a list of (class_id, x0, y0, x1, y1) with coordinates in [0, 1]."""
+    """(c, u) for one layout, a list of (class_id, x0, y0, x1, y1) with coordinates in [0, 1], as
+    raw (1, K, 5) float64 tensors (class id, box; -1 = no object) that `layout_encoder(m)` turns
+    into tokens: for the whole image, or per tile with each tile's own boxes (larger than trained)."""
     if not isinstance(layout, (list, tuple)):
         raise ValueError("layout must be a list of (class_id, x0, y0, x1, y1) boxes with coordinates in "
                          f"[0, 1]; got {type(layout).__name__}.")
-    return m.get_learned_conditioning([list(layout)]), m.get_learned_conditioning([[]])
+    enc = m.cond_stage_model
+
+    def raw(boxes):
+        classes, xyxy = enc.layouts_to_tensors([list(boxes)])                      # (1, K), (1, K, 4)
+        return torch.cat([classes[..., None].to(xyxy.dtype), xyxy], dim=-1)        # (1, K, 5)
+    return raw(layout), raw([])
+
+
+TILE_SHARE = 0.5    # a tile's layout keeps the objects with at least this share of their box inside it
+
+
+def layout_encoder(m):
+    """encode(raw (B, K, 5), tile, H, W) -> tokens (B, K, D). tile None: the whole image. A tile (latent
+    pixels y0:y1, x0:x1 of an H x W latent) sees the boxes in its own frame, clipped to it (as training
+    clips boxes at the image's edge), and only the objects with TILE_SHARE of their box inside it."""
+    enc = m.cond_stage_model
+
+    def encode(raw, tile, H: int, W: int):
+        classes, boxes = raw[..., 0].long(), raw[..., 1:]                          # (B, K), (B, K, 4)
+        if tile is not None:
+            scale = boxes.new_tensor([W, H, W, H])
+            origin = boxes.new_tensor([tile.x0, tile.y0, tile.x0, tile.y0])
+            size = boxes.new_tensor([tile.x1 - tile.x0, tile.y1 - tile.y0] * 2)
+            local = (boxes * scale - origin) / size                                # the tile's frame
+            clipped = local.clamp(0, 1)
+            area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])    # noqa: E731
+            keep = (classes >= 0) & (area(clipped) >= TILE_SHARE * area(local).clamp(min=1e-12))
+            classes, boxes = torch.where(keep, classes, -1), torch.where(keep[..., None], clipped, 0)
+        return enc.encode_tensors(classes, boxes)
+    return encode

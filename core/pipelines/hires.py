@@ -9,7 +9,7 @@ no other UI offers a diffusion SR model as the hires upscaler). The second pass 
 overlaps blended: tiling.py) when its latent is larger than the UNet's comfortable size.
 """
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -19,17 +19,17 @@ from core.capabilities import capabilities
 from core.pipelines import vae
 from core.embeddings import ti_hashes
 from core.lora import lora_hashes
-from core.pipelines.conditioning import text_conditioning
+from core.pipelines.conditioning import effective_clip_skip, text_conditioning
 from core.pipelines.defaults import MAX_LATENT_SIDE, check_size, model_defaults, model_name
 from core.pipelines.denoise import denoise_batches
 from core.pipelines.generation import base_parameters, interrupted, plain_images, resolve_seeds
 from core.pipelines.images import image_to_tensor, tensor_to_images
 from core.pipelines.refiner import refiner_parameters
 from core.pipelines.memory import budget_bytes, plan_tile, unet_peak_bytes
-from core.pipelines.tiling import tiled
+from core.pipelines.tiling import native_tiling as native_tiling_plan, tiled
 from core.pipelines.txt2img import txt2img
 from core.pipelines.upscale import upscale
-from core.samplers import SamplingInterrupted, SamplingSettings, check_strength, schedule_length
+from core.samplers import SIGMA_SAMPLERS, SamplingInterrupted, SamplingSettings, check_strength, schedule_length
 from core.samplers.settings import finite_number, whole_number
 
 # A1111's latent upscalers: (interpolation mode, antialias).
@@ -74,11 +74,14 @@ class HiresSettings:
 
 def txt2img_hires(m, prompt, hires: HiresSettings, negative_prompt="", steps=None, guidance_scale=None,
                   sampler=None, seed=None, width=None, height=None, n=1, *, sr_model=None, batch_size=1,
-                  karras=None, vae_tile=None, callback=None, should_stop=None, lora_dir=None,
-                  embeddings_dir=None, refiner=None, refiner_switch_at=None) -> list:
+                  karras=None, scheduler=None, clip_skip=None, vae_tile=None, callback=None, should_stop=None,
+                  lora_dir=None, embeddings_dir=None, native_tiling=False, refiner=None,
+                  refiner_switch_at=None) -> list:
     """txt2img with a hires-fix second pass; one PIL image per seed, at the hires size.
-    Arguments as txt2img; `hires` the second pass; `sr_model` a super-resolution model for
-    hires.upscaler == "model". refiner / refiner_switch_at: the refiner finishes the first pass
+    Arguments as txt2img (native_tiling: the first pass's, above the model's native size); `hires`
+    the second pass; `sr_model` a super-resolution model for hires.upscaler == "model". The second
+    pass keeps the first's schedule type (A1111's "use same scheduler") when its sampler walks
+    sigmas, and its clip skip. refiner / refiner_switch_at: the refiner finishes the first pass
     (core/pipelines/refiner.py); the base model runs the hires pass."""
     # 1. Resolve both passes: sizes on the model's grid, settings, seeds (checked before any work).
     caps = capabilities(m).require("txt2img")
@@ -87,8 +90,10 @@ def txt2img_hires(m, prompt, hires: HiresSettings, negative_prompt="", steps=Non
                                defaults.height if height is None else height, "txt2img")
     target = _snap(hires.target(width, height), caps.grid)
     hr_w, hr_h = check_size(m, *target, "the hires pass")
-    first = SamplingSettings.resolve(defaults, sampler, karras, steps, guidance_scale)
+    first = SamplingSettings.resolve(defaults, sampler, karras, steps, guidance_scale, scheduler=scheduler)
     second = SamplingSettings.resolve(first, hires.sampler, None, hires.steps or first.steps, first.guidance_scale)
+    if second.sampler in SIGMA_SAMPLERS and second.scheduler != first.scheduler:
+        second = replace(second, karras=first.karras, scheduler=first.scheduler)
     seeds = resolve_seeds(seed, n)
     if hires.upscaler == SR_MODEL:
         if sr_model is None:
@@ -98,9 +103,11 @@ def txt2img_hires(m, prompt, hires: HiresSettings, negative_prompt="", steps=Non
     # 2. First pass: latents at the model's size.
     try:
         z = txt2img(m, prompt, negative_prompt, first.steps, first.guidance_scale, first.sampler, seeds[0],
-                    width, height, n, karras=first.karras, batch_size=batch_size, vae_tile=vae_tile,
+                    width, height, n, karras=first.karras, scheduler=first.scheduler, clip_skip=clip_skip,
+                    batch_size=batch_size, vae_tile=vae_tile,
                     callback=callback, should_stop=should_stop, output="latent", lora_dir=lora_dir,
-                    embeddings_dir=embeddings_dir, refiner=refiner, refiner_switch_at=refiner_switch_at)
+                    embeddings_dir=embeddings_dir, native_tiling=native_tiling, refiner=refiner,
+                    refiner_switch_at=refiner_switch_at)
     except SamplingInterrupted as stop:
         stop.images = []                                  # the first pass hands back latents, not images
         raise
@@ -111,18 +118,22 @@ def txt2img_hires(m, prompt, hires: HiresSettings, negative_prompt="", steps=Non
     # 4. Second pass: img2img from the upscaled latents, same seeds, tiled when large.
     hr_prompt = prompt if hires.prompt is None else hires.prompt
     hr_negative = negative_prompt if hires.negative_prompt is None else hires.negative_prompt
-    cond, uncond = text_conditioning(m, hr_prompt, hr_negative, size=(hr_h, hr_w), lora_dir=lora_dir,
-                                     embeddings_dir=embeddings_dir)
+    cond, uncond = text_conditioning(m, hr_prompt, hr_negative, clip_skip=clip_skip, size=(hr_h, hr_w),
+                                     lora_dir=lora_dir, embeddings_dir=embeddings_dir)
     if not isinstance(cond, dict):
         cond = {"c_crossattn": [cond]}                    # a dict, so tiling repeats it per tile
 
+    first_tiling = native_tiling_plan(m, width, height, native_tiling)[1]
+
     def params_for(i):
         params = base_parameters(m, "txt2img", first, seeds[i], width, height, prompt, negative_prompt)
-        return {**params, "strength": hires.strength, "hr_upscaler": _upscaler_name(hires, sr_model),
+        return {**params, "tiled_diffusion": first_tiling, "strength": hires.strength,
+                "hr_upscaler": _upscaler_name(hires, sr_model),
                 "hr_scale": None if hires.width or hires.height else hires.scale,
                 "hr_resize": f"{hr_w}x{hr_h}" if hires.width or hires.height else None,
                 "hr_steps": hires.steps or None, "hr_sampler": hires.sampler and second.sampler,
                 "hr_prompt": hires.prompt, "hr_negative_prompt": hires.negative_prompt, "lora_hashes": lora_hashes(m),
+                "clip_skip": effective_clip_skip(m, clip_skip),
                 "ti_hashes": ti_hashes(embeddings_dir, [prompt, negative_prompt, hr_prompt, hr_negative]),
                 **refiner_parameters(refiner, refiner_switch_at, schedule_length(first, len(m.alphas_cumprod)))}
 

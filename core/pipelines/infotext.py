@@ -52,7 +52,8 @@ PARAMETERS = [
     ("TI hashes", "ti_hashes", str),               # textual-inversion embeddings used, likewise
     ("RNG", "rng", str),
     ("Eta DDIM", "eta", float),                  # DDIM's eta (the reference's label)
-    ("Class", "class_label", int),
+    ("Class", "class_label", int),                 # "N (name)" when the class has a name (class_name)
+    ("Tiled diffusion", "tiled_diffusion", str),   # above the native size: "64 px tiles overlapping 32 px" / "off"
     ("Layout", "layout", "json"),
     ("Segmentation hash", "segmentation_hash", str),   # semantic synthesis: sha256 of the one-hot map, 10 digits
     ("Segmentation classes", "segmentation_classes", "json"),
@@ -60,6 +61,10 @@ PARAMETERS = [
     ("Inpaint area", "inpaint_area", str),
     ("Masked area padding", "padding", int),
     ("Masked content", "masked_content", str),
+    ("Soft inpainting enabled", "soft_inpainting", bool),      # A1111's label (PR 14208)
+    ("Outpaint", "outpaint", str),                 # the sides grown, in px: "left 64 right 64"
+    ("Outpaint fill", "outpaint_fill", str),
+    ("Outpaint overlap", "outpaint_overlap", int),
     ("Tile size", "tile", int),
     ("Tile overlap", "overlap", int),
     ("Upscale", "upscale", float),
@@ -76,6 +81,7 @@ _SAMPLER_FROM_DISPLAY = {v: k for k, v in SAMPLER_DISPLAY_NAMES.items()}
 # FORMATS.md: the last line's pairs, and `Size: WxH`.
 PARAM_PATTERN = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 SIZE_PATTERN = re.compile(r"^(\d+)x(\d+)$")
+CLASS_PATTERN = re.compile(r"^(\d+)(?: \((.+)\))?$")               # `Class: 3 (circle orange)`
 
 _HASHES: dict[tuple, str] = {}
 
@@ -115,6 +121,8 @@ def _format_value(key: str, kind, value, params: dict) -> str | None:
         return SCHEDULE_DISPLAY_NAMES.get(value, str(value))
     if key == "eta" and params.get("sampler") != "ddim":
         return None
+    if key == "class_label" and params.get("class_name"):
+        return f"{int(value)} ({params['class_name']})"
     if kind == "json":
         return json.dumps(value, separators=(",", ":"))
     if kind is float:
@@ -182,6 +190,13 @@ def _typed(label: str, value: str, out: dict) -> None:
         else:
             out["sampler"] = _SAMPLER_FROM_DISPLAY.get(name, name)
         return
+    elif label == "Class":
+        m = CLASS_PATTERN.match(value.strip())
+        if m:
+            out["class_label"] = int(m.group(1))
+            if m.group(2):
+                out["class_name"] = m.group(2)
+            return
     elif label == "Hires sampler":
         out["hr_sampler"] = _SAMPLER_FROM_DISPLAY.get(value.strip(), value.strip())
         return
@@ -195,7 +210,11 @@ def _typed(label: str, value: str, out: dict) -> None:
     elif label in _BY_LABEL:
         key, kind = _BY_LABEL[label]
         try:
-            if kind is int:
+            if kind is bool:
+                if value.strip() not in ("True", "False"):
+                    raise ValueError(value)
+                out[key] = value.strip() == "True"
+            elif kind is int:
                 out[key] = int(value)
             elif kind is float:
                 out[key] = float(value)

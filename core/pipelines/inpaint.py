@@ -10,6 +10,11 @@ Two ways, chosen by the model:
 (b) ANY other text or unconditional model, by latent blending: at every step the sampler shows the
     network the kept region as the original latent noised to the current level (core.samplers'
     x0 / mask options), so the new content grows around the real surroundings.
+Soft inpainting (A1111's, PR 14208; `soft_inpainting=True`): the mask stays fractional after its
+blur, and that per-pixel value weighs both the latent blend at every step (a latent cell takes the
+largest value of its pixels) and the paste-back, so grey = a partial change and the blur is a real
+transition (core.pipelines.masks.mask_plan). Outpainting (outpaint.py) is this pipeline on a larger
+canvas with a MaskPlan of its own.
 Around that: mask feathering, "only masked" (crop around the mask with padding and run at the
 model's resolution, so a small edit in a big photo stays sharp), masked-content fill, a colour
 match measured on a ring just outside the mask (where the original is known), and a final
@@ -42,7 +47,7 @@ from core.pipelines.generation import (base_parameters, check_batch_size, decode
 from core.pipelines.images import image_to_tensor, load_image, load_mask, pad_to_multiple, to_unit, \
     unit_to_uint8
 from core.pipelines.infotext import attach_parameters
-from core.pipelines.masks import crop_region, dilate, feather, fill_holes, outer_ring
+from core.pipelines.masks import MaskPlan, crop_region, dilate, fill_holes, mask_plan, outer_ring
 from core.samplers import SamplingInterrupted, SamplingSettings, check_strength
 from core.samplers.noise import cpu_generator, randn, stream_seed
 from core.samplers.settings import whole_number
@@ -77,9 +82,10 @@ class Region:
 def inpaint(m, image, mask, prompt="", negative_prompt="", steps=None, guidance_scale=None, sampler=None,
             seed=None, n=1, *, strength=1.0, mask_blur=4, inpaint_area="whole", padding=32,
             masked_content="original", width=None, height=None, eta=None, karras=None, scheduler=None,
-            clip_skip=None, batch_size=1, lora_dir=None, embeddings_dir=None,
+            clip_skip=None, batch_size=1, lora_dir=None, embeddings_dir=None, soft_inpainting=False,
             color_match=True, ring_width=8, vae_tile=None, callback=None, should_stop=None) -> list:
     """Repaint the white part of `mask` in `image` (PIL, path or array each); one PIL image per seed.
+    `mask` may also be a masks.MaskPlan at the image's size (outpainting builds one).
 
     strength: fraction of the schedule run over the masked area (1 = from noise).
     mask_blur: feather width in pixels of the paste-back (inside the mask only).
@@ -88,6 +94,7 @@ def inpaint(m, image, mask, prompt="", negative_prompt="", steps=None, guidance_
         height, default the model's size); either is pasted back at the picture's own size.
     masked_content: what the masked area starts from: "original", "fill" (colours from around the
         hole), "latent_noise", "latent_nothing".
+    soft_inpainting: keep the mask fractional (see the module's docstring); off: binarised at 0.5.
     color_match: shift the generated colours by the mean difference measured on the outer ring.
     Other arguments as txt2img. Pixels outside the mask are returned unchanged.
     """
@@ -104,15 +111,18 @@ def inpaint(m, image, mask, prompt="", negative_prompt="", steps=None, guidance_
     settings = SamplingSettings.resolve(defaults, sampler, karras, steps, guidance_scale, eta, scheduler)
     seeds, batch_size = resolve_seeds(seed, n), check_batch_size(batch_size)
 
-    # 2. The image, its mask (white = repaint, binarised at 0.5) and the region to process.
+    # 2. The image, its mask (white = repaint) in its uses, and the region to process.
     picture = load_image(image)
-    hard = _hard_mask(mask, picture.size)                                   # (H, W) 1 = repaint
-    region = _region(m, defaults, hard, area, padding, mask_blur, width, height)
-    x, mask_t = _processed_tensors(m, picture, hard, region, area)          # (1, 3, Hp, Wp), (1, 1, Hp, Wp)
+    masks = _mask_plan(mask, picture.size, mask_blur, bool(soft_inpainting))   # (H, W) each, 1 = repaint
+    region = _region(m, defaults, masks.hard, area, padding, mask_blur, width, height)
+    x, mask_t, blend_t = _processed_tensors(m, picture, masks, region, area)   # (1, 3|1|1, Hp, Wp)
 
     # 3. What the masked area starts from (one clean latent per image), and the conditioning.
     z_init = vae.encode(m, _initial_image(x, mask_t, content), tile=vae_tile)   # (1, C, h, w)
-    latent_mask = F.max_pool2d(mask_t, caps.factor).to(z_init.dtype)        # (1, 1, h, w): any repainted px
+    latent_hard = F.max_pool2d(mask_t, caps.factor).to(z_init.dtype)        # (1, 1, h, w): any repainted px
+    latent_mask = latent_hard if blend_t is None else F.max_pool2d(blend_t, caps.factor).to(z_init.dtype)
+    # Dedicated models repaint by themselves; they blend latents only where soft inpainting is partial.
+    blend = None if caps.dedicated_inpainting and torch.equal(latent_mask, latent_hard) else latent_mask
     z0 = torch.cat([_start_latent(z_init, latent_mask, content, s) for s in seeds])
     cond, uncond = _conditioning(m, caps, x, mask_t, z_init, prompt, negative_prompt, vae_tile, clip_skip,
                                  {"lora_dir": lora_dir, "embeddings_dir": embeddings_dir})
@@ -123,9 +133,10 @@ def inpaint(m, image, mask, prompt="", negative_prompt="", steps=None, guidance_
         return {**params, "clip_skip": effective_clip_skip(m, clip_skip) if caps.prompt else None,
                 "strength": strength, "mask_blur": mask_blur, "inpaint_area": INPAINT_AREAS[area],
                 "padding": padding if area == "only_masked" else None, "masked_content": MASKED_CONTENT[content],
-                "lora_hashes": lora_hashes(m), "ti_hashes": ti_hashes(embeddings_dir, [prompt, negative_prompt])}
+                "lora_hashes": lora_hashes(m), "ti_hashes": ti_hashes(embeddings_dir, [prompt, negative_prompt]),
+                **masks.record}
 
-    target = _paste_target(picture, hard, region, mask_blur, ring_width)
+    target = _paste_target(picture, masks, region, ring_width)
 
     def record(z):
         return [_paste_back(target, region, x_i, color_match, params_for(i))
@@ -134,7 +145,7 @@ def inpaint(m, image, mask, prompt="", negative_prompt="", steps=None, guidance_
     # 4. Denoise: dedicated models see mask + masked image; any other model blends latents.
     try:
         z = denoise_batches(m, cond, uncond, settings, tuple(z0.shape[1:]), seeds, batch_size, x0=z0,
-                            mask=None if caps.dedicated_inpainting else latent_mask, strength=strength,
+                            mask=blend, strength=strength,
                             callback=callback, should_stop=should_stop)
     except SamplingInterrupted as stop:
         raise interrupted(m, stop, record, params_for, vae_tile)
@@ -143,15 +154,23 @@ def inpaint(m, image, mask, prompt="", negative_prompt="", steps=None, guidance_
     return record(z)
 
 
-def _hard_mask(mask, size) -> np.ndarray:
-    hard = (load_mask(mask, size) >= 0.5).astype(np.float32)               # (H, W) 1 = repaint
+def _mask_plan(mask, size, mask_blur: int, soft: bool) -> MaskPlan:
+    """The mask's plan (masks.mask_plan), checked: something to repaint, something kept."""
+    if isinstance(mask, MaskPlan):
+        plan = mask
+        if plan.hard.shape != (size[1], size[0]):
+            raise ValueError(f"the mask plan is {plan.hard.shape[1]}x{plan.hard.shape[0]}; the image is "
+                             f"{size[0]}x{size[1]}.")
+    else:
+        plan = mask_plan(load_mask(mask, size), mask_blur, soft)
+    hard = plan.hard
     if hard.sum() == 0:
         raise ValueError("the mask is empty (no white pixels), so there is nothing to repaint; paint "
                          "the area to change in white.")
     if hard.min() == 1:
         warnings.warn("the mask covers the whole image: nothing of the original is kept (this is "
                       "text-to-image at the image's size)", stacklevel=3)
-    return hard
+    return plan
 
 
 def _region(m, defaults, hard, area, padding, mask_blur, width, height) -> Region:
@@ -166,20 +185,28 @@ def _region(m, defaults, hard, area, padding, mask_blur, width, height) -> Regio
     return Region(box, proc_w, proc_h)
 
 
-def _processed_tensors(m, picture, hard, region: Region, area):
+def _processed_tensors(m, picture, masks: MaskPlan, region: Region, area):
     """The region at its processing size, padded to the model's grid: image (1, 3, Hp, Wp) in
-    [-1, 1] and mask (1, 1, Hp, Wp) in {0, 1}."""
+    [-1, 1], mask (1, 1, Hp, Wp) in {0, 1}, and soft inpainting's blend weight (1, 1, Hp, Wp) in
+    [0, 1] (None without it)."""
     x0b, y0b, x1b, y1b = region.box
     size = (region.proc_w, region.proc_h)
     crop = picture.crop(region.box).resize(size, Image.Resampling.LANCZOS)
-    crop_mask = Image.fromarray((hard[y0b:y1b, x0b:x1b] * 255).astype(np.uint8)).resize(
+    crop_mask = Image.fromarray((masks.hard[y0b:y1b, x0b:x1b] * 255).astype(np.uint8)).resize(
         size, Image.Resampling.BILINEAR)
     x, _ = pad_to_multiple(image_to_tensor(crop, m.device), capabilities(m).grid)   # (1, 3, Hp, Wp)
     if area == "whole":
         check_size(m, x.shape[-1], x.shape[-2], "inpainting the whole picture (use "
                    "inpaint_area='only_masked' for a local edit of a large image)")
+    pad = (0, x.shape[-1] - size[0], 0, x.shape[-2] - size[1])
     mask_t = torch.from_numpy((np.asarray(crop_mask) >= 128).astype(np.float32))[None, None]
-    return x, F.pad(mask_t, (0, x.shape[-1] - size[0], 0, x.shape[-2] - size[1])).to(m.device)
+    if masks.blend is None:
+        return x, F.pad(mask_t, pad).to(m.device), None
+    blend_t = torch.from_numpy(np.ascontiguousarray(masks.blend[y0b:y1b, x0b:x1b]))[None, None]   # (1, 1, h, w)
+    if tuple(blend_t.shape[-2:]) != (size[1], size[0]):
+        blend_t = F.interpolate(blend_t, size=(size[1], size[0]), mode="bilinear", antialias=True,
+                                align_corners=False).clamp(0, 1)
+    return x, F.pad(mask_t, pad).to(m.device), F.pad(blend_t, pad).to(m.device)
 
 
 def _initial_image(x, mask_t, content):
@@ -230,17 +257,17 @@ class PasteBack:
     original: np.ndarray             # (H, W, 3) the same in [0, 1]
     hard: np.ndarray                 # (H, W) bool, True = repainted
     ring: np.ndarray                 # (H, W) bool, just outside the mask where the crop generated
-    soft: np.ndarray                 # (H, W, 1) the feathered mask, 0 outside
+    soft: np.ndarray                 # (H, W, 1) the paste-back weight (MaskPlan.paste), 0 outside
 
 
-def _paste_target(picture, hard, region: Region, mask_blur: int, ring_width: int) -> PasteBack:
+def _paste_target(picture, masks: MaskPlan, region: Region, ring_width: int) -> PasteBack:
     x0b, y0b, x1b, y1b = region.box
     original_u8 = np.asarray(picture)
-    ring = outer_ring(hard, ring_width)
+    ring = outer_ring(masks.hard, ring_width)
     ring[:y0b] = ring[y1b:] = False                                          # where the crop generated
     ring[:, :x0b] = ring[:, x1b:] = False
-    return PasteBack(original_u8, original_u8.astype(np.float32) / 255.0, hard > 0.5, ring,
-                     feather(hard, mask_blur)[..., None])
+    return PasteBack(original_u8, original_u8.astype(np.float32) / 255.0, masks.hard > 0.5, ring,
+                     masks.paste[..., None])
 
 
 def _paste_back(target: PasteBack, region: Region, decoded, color_match, params):

@@ -1,9 +1,11 @@
-"""Mask operations for inpainting: binarise, grow/shrink, feather, rings, crop regions, hole fill.
+"""Mask operations for inpainting: binarise, grow/shrink, feather, rings, crop regions, hole fill,
+and the MaskPlan that says how a mask is used (inpainting, soft inpainting, outpainting).
 
 Masks are float arrays (H, W) in [0, 1] with 1 = repaint (the product's "white = repaint").
 """
 
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -42,14 +44,15 @@ def gaussian_blur(a: np.ndarray, sigma: float) -> np.ndarray:
     return t[0, 0].numpy() if a.ndim == 2 else t[:, 0].permute(1, 2, 0).numpy()
 
 
-def feather(hard: np.ndarray, blur: int) -> np.ndarray:
+def feather(mask: np.ndarray, blur: int) -> np.ndarray:
     """The paste-back weight: 1 deep inside the mask, falling smoothly to 0 AT its border, and exactly
     0 outside (so pixels outside the mask are never touched). Shrink by `blur` px, then blur with
-    sigma = blur / 2 (support ~ blur px), then clip to the mask."""
+    sigma = blur / 2 (support ~ blur px), then clip to the mask: min(weight, mask), so a fractional
+    (soft-inpainting) mask keeps its grey values where it is smooth, and a binary one is cut at 0."""
     if blur <= 0:
-        return hard.astype(np.float32)
-    soft = gaussian_blur(erode(hard, blur), blur / 2.0)
-    return (np.clip(soft, 0.0, 1.0) * hard).astype(np.float32)
+        return mask.astype(np.float32)
+    soft = gaussian_blur(erode(mask, blur), blur / 2.0)
+    return np.minimum(np.clip(soft, 0.0, 1.0), mask).astype(np.float32)
 
 
 def outer_ring(hard: np.ndarray, width: int) -> np.ndarray:
@@ -106,3 +109,38 @@ def fill_holes(image: np.ndarray, hard: np.ndarray) -> np.ndarray:
     rest = (known < 0.5) & ~done
     filled[rest] = (out * known[..., None]).sum((0, 1)) / known.sum()
     return np.where(known[..., None] > 0.5, out, filled)
+
+
+@dataclass(frozen=True)
+class MaskPlan:
+    """A mask in its three uses, at the picture's size (H, W), 1 = repaint.
+
+    hard: {0, 1}, where new content may appear: the "only masked" crop, the colour-match ring just
+        outside it, the mask a dedicated inpainting model sees, and (without soft inpainting) the
+        latent blend (a latent cell is repainted when any of its pixels is).
+    paste: [0, 1], the paste-back weight, 0 wherever hard is 0 (those pixels stay bit-exact).
+    blend: [0, 1] or None: soft inpainting's per-pixel latent-blend weight (a cell takes the largest
+        value of its pixels); None blends with `hard`.
+    record: parameters the mask's maker writes on the images (outpainting's sides, soft inpainting).
+    """
+    hard: np.ndarray
+    paste: np.ndarray
+    blend: np.ndarray | None = None
+    record: dict = field(default_factory=dict)
+
+
+def mask_plan(mask: np.ndarray, blur: int, soft: bool = False) -> MaskPlan:
+    """The plan of a painted mask (H, W) in [0, 1].
+
+    Plain inpainting binarises it at 0.5 and feathers the paste-back `blur` px inside it. Soft
+    inpainting (A1111's, PR 14208: grey = a partial change) keeps it fractional: the feathered mask
+    is both the paste-back weight and the latent blend's weight at every step, so `blur` becomes a
+    real transition and a grey value v changes the picture part way: about v^2 of the full change, as
+    both the latent blend and the paste-back weigh it by v (measured on a tiny model: v = 0.3, 0.6 ->
+    9 %, 41 %). A binary mask with blur 0 gives the same plan either way.
+    """
+    if not soft:
+        hard = (mask >= 0.5).astype(np.float32)
+        return MaskPlan(hard, feather(hard, blur))
+    weight = feather(mask, blur)
+    return MaskPlan((weight > 0).astype(np.float32), weight, weight, {"soft_inpainting": True})

@@ -10,6 +10,7 @@ from core.pipelines.denoise import denoise_batches
 from core.pipelines.generation import (base_parameters, check_batch_size, check_output, interrupted,
                                        plain_images, resolve_seeds)
 from core.pipelines.refiner import refiner_parameters, refiner_stage
+from core.pipelines.tiling import native_tiling as plan_native_tiling
 from core.samplers import SamplingInterrupted, SamplingSettings, schedule_length
 
 
@@ -39,7 +40,11 @@ def txt2img(m, prompt, negative_prompt="", steps=None, guidance_scale=None, samp
       callback(Progress): after each step (Progress.preview() gives a cheap preview image);
       should_stop: a threading.Event; when set, raises core.samplers.SamplingInterrupted whose
         `.images` are the images finished so far and `.partial` the interrupted ones;
-      output: "image", or "latent" for the latents (n, C, h, w) (a further pass takes them).
+      output: "image", or "latent" for the latents (n, C, h, w) (a further pass takes them);
+      native_tiling: above the model's native (training) size, denoise the whole latent in overlapping
+        tiles of the native size blended every step (True), or in one piece (False, the default, as
+        AUTOMATIC1111 and the paper's Sec. 4.3.2 do); recorded as "Tiled diffusion" when on
+        (core/pipelines/tiling.py).
     """
     # 1. The model can do it, at this size. 2. The prompt and the negative prompt (CFG's other half).
     capabilities(m).require("txt2img")
@@ -59,10 +64,11 @@ def txt2img(m, prompt, negative_prompt="", steps=None, guidance_scale=None, samp
 
 def sample_images(m, task, cond, uncond, extra: dict, n, seed, steps, sampler, guidance_scale, width, height, *,
             batch_size=1, eta=None, karras=None, scheduler=None, vae_tile=None, callback=None, should_stop=None,
-            output="image", refiner=None):
+            output="image", native_tiling=False, tile_cond=None, refiner=None):
     """n images from noise under (cond, uncond), made by the caller for `task`; `extra`: parameters
-    recorded besides the sampling ones (the class, the layout). refiner: a RefinerStage or None.
-    Other arguments as txt2img."""
+    recorded besides the sampling ones (the class, the layout); tile_cond(cond, tile, H, W): cond and
+    uncond are raw and encoded by it, for the whole latent (tile None) or per tile when tiled (a
+    layout's boxes in each tile's frame); refiner: a RefinerStage or None. Other arguments as txt2img."""
     # 1. Resolve the settings, size and seeds.
     caps, defaults = capabilities(m), model_defaults(m)
     width, height = check_size(m, defaults.width if width is None else width,
@@ -75,11 +81,15 @@ def sample_images(m, task, cond, uncond, extra: dict, n, seed, steps, sampler, g
         settings = SamplingSettings(settings.sampler, settings.karras, settings.steps, 1.0, settings.eta,
                                     scheduler=settings.scheduler)
     seeds, batch_size, output = resolve_seeds(seed, n), check_batch_size(batch_size), check_output(output)
+    wrap, tiling = plan_native_tiling(m, width, height, native_tiling, tile_cond)   # above the native size: tiles
+    if tile_cond is not None and wrap is None:                                # one piece: encoded once
+        h, w = height // caps.factor, width // caps.factor
+        cond, uncond = tile_cond(cond, None, h, w), None if uncond is None else tile_cond(uncond, None, h, w)
     extra = {**extra, **refiner_parameters(refiner and refiner.model, refiner and refiner.switch_at,
                                           schedule_length(settings, len(m.alphas_cumprod)))}
 
     def params_for(i):
-        return {**base_parameters(m, task, settings, seeds[i], width, height), **extra}
+        return {**base_parameters(m, task, settings, seeds[i], width, height), **extra, "tiled_diffusion": tiling}
 
     def record(z):
         return z if output == "latent" else plain_images(m, z, params_for, vae_tile, callback)
@@ -87,8 +97,8 @@ def sample_images(m, task, cond, uncond, extra: dict, n, seed, steps, sampler, g
     # 2. Denoise every image from its own seed.
     latent_shape = (caps.latent_channels, height // caps.factor, width // caps.factor)
     try:
-        z = denoise_batches(m, cond, uncond, settings, latent_shape, seeds, batch_size, callback=callback,
-                            should_stop=should_stop, refiner=refiner)
+        z = denoise_batches(m, cond, uncond, settings, latent_shape, seeds, batch_size, wrap=wrap,
+                            callback=callback, should_stop=should_stop, refiner=refiner)
     except SamplingInterrupted as stop:
         raise interrupted(m, stop, record, params_for, vae_tile)
 

@@ -50,7 +50,7 @@ from core.models.unet import UNetConfig
 from core.train.data import DataConfig
 from core.train.losses import AutoencoderLossConfig
 
-STAGES = ("autoencoder", "ldm")
+STAGES = ("autoencoder", "ldm", "lora")          # lora: core/train/lora.py (a `lora:` block, no model)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 METADATA_SCALE_FACTOR = "ldm_studio_scale_factor"     # an exported autoencoder's latent scale factor
 BLOCKS = ("model", "first_stage_path", "loss", "data", "train", "export")
@@ -245,14 +245,19 @@ def model_config(raw: dict, init_from: str | None = None):
 
 
 def stage_of(raw: dict) -> str:
-    """The stage a config file's dict trains (the run manager asks before launching): its model block
-    read, then capabilities(model).training_stage."""
+    """The stage a config file's dict trains (the run manager asks before launching): "lora" for a
+    `lora:` block (core/train/lora.py), else its model block read, then capabilities(model).training_stage."""
+    if isinstance(raw, dict) and isinstance(raw.get("lora"), dict):
+        return "lora"
     return capabilities(model_config(raw)[0]).training_stage
 
 
 def load_config(source, stage: str | None = None) -> RunConfig:
     """Read a training config (a YAML path, YAML text or dict, in either format) into a RunConfig."""
     raw = _read(source)
+    if isinstance(raw, dict) and isinstance(raw.get("lora"), dict):
+        raise ValueError("this config trains a LoRA: run `python -m core.train lora --config ...` "
+                         "(core.train.lora.load_lora_config reads it)")
     if not isinstance(raw, dict) or "model" not in raw:
         raise ValueError("a training config needs a `model:` block, plus `data:` and `train:`")
     unknown = sorted(set(raw) - set(BLOCKS))

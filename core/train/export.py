@@ -123,6 +123,17 @@ def check_overwrite(out: Path, run_id: str | None) -> None:
                      f"or move {out.name} out of {out.parent} first if you mean to replace it.")
 
 
+def last_checkpoint(run_dir, out) -> tuple[RunFolder, str, dict]:
+    """(the run, its id, its last checkpoint) to export to `out`: refused when the run has no checkpoint
+    yet or `out` holds a file of another run (check_overwrite)."""
+    run = RunFolder(run_dir)
+    if not run.checkpoint_path.exists():
+        raise FileNotFoundError(f"{run.path} has no checkpoint yet ({run.checkpoint_path}); train first")
+    run_id = run.run_id()
+    check_overwrite(Path(out), run_id)
+    return run, run_id, load_checkpoint(run.checkpoint_path)
+
+
 def export_run(run_dir: str | Path, out: str | Path, name: str | None = None,
                dtype: torch.dtype = torch.float16, defaults: dict | None = None,
                first_stage: str | Path | None = None) -> Path:
@@ -131,13 +142,8 @@ def export_run(run_dir: str | Path, out: str | Path, name: str | None = None,
     defaults: sampling defaults stored with an LDM, over the config's export.defaults (for instance
     the guidance scale an evaluation found best). first_stage: an LDM's first stage taken from this
     autoencoder instead (a decoder fine-tuned on the same, frozen, encoder; swap_decoder)."""
-    run = RunFolder(run_dir)
-    if not run.checkpoint_path.exists():
-        raise FileNotFoundError(f"{run.path} has no checkpoint yet ({run.checkpoint_path}); train first")
+    run, run_id, ckpt = last_checkpoint(run_dir, out)
     out = Path(out)
-    run_id = run.run_id()
-    check_overwrite(out, run_id)
-    ckpt = load_checkpoint(run.checkpoint_path)
     cfg = load_config(ckpt["config"])
     sd = ema_state_dict(ckpt)
     record = {"data": describe_data(cfg.data), "steps": int(ckpt["step"]),

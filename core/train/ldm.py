@@ -33,8 +33,8 @@ from core.train.ema import EMA
 from core.train.latents import LatentSource, encode_batch
 from core.train.losses import diffusion_loss, diffusion_target, min_snr_weight, q_sample
 from core.train.run_folder import RunFolder
-from core.train.runtime import (Runtime, StopFlag, all_reduce_mean, check_replicas, learning_rate, machine,
-                                sample_indices, step_generator)
+from core.train.runtime import (Runtime, StopFlag, all_reduce_mean, check_replicas, machine,
+                                sample_indices, samples_and_checkpoint, set_learning_rate, step_generator)
 
 log = logging.getLogger("core.train")
 
@@ -271,9 +271,7 @@ def train_ldm(cfg: RunConfig, run: RunFolder, rt: Runtime, resume: bool = False,
     try:
         while step < end:
             started = time.perf_counter()
-            lr = learning_rate(step, tc)
-            for group in opt.param_groups:
-                group["lr"] = lr
+            lr = set_learning_rate(opt, step, tc)
             for micro in range(tc.grad_accum):
                 g = step_generator(tc.seed, step, rt.rank, micro)
                 entry = source.get(sample_indices(step, micro, rt, tc.batch_size, tc.grad_accum))
@@ -313,14 +311,8 @@ def train_ldm(cfg: RunConfig, run: RunFolder, rt: Runtime, resume: bool = False,
                                     eta_s=(tc.steps - step) * train_time / n_logged, cached_latents=source.cached)
                     log.info("step %d/%d loss %.4f lr %.2e %.1f img/s", step, tc.steps, means["loss"], lr, speed)
                 sums, n_logged, train_time = dict.fromkeys(sums, 0.0), 0, 0.0
-            stopping = stop.check(rt)
-            if step % tc.sample_every == 0 or step == end:
-                grids()
-            if step % tc.ckpt_every == 0 or step == end or stopping:
-                save()
-            if stopping:
+            if samples_and_checkpoint(step, end, tc, stop, rt, grids, save):
                 status = "stopped"
-                log.info("stop requested: checkpoint saved at step %d", step)
                 break
     finally:
         stop.restore()

@@ -2,6 +2,7 @@
 SIGTERM, the learning-rate schedule, per-step random generators and the machine's description."""
 
 import contextlib
+import logging
 import math
 import os
 import platform
@@ -13,6 +14,8 @@ import torch
 import torch.distributed as dist
 
 from core.train.config import TrainConfig
+
+log = logging.getLogger("core.train")
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,19 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
+def samples_and_checkpoint(step: int, end: int, cfg: TrainConfig, stop: StopFlag, rt: Runtime, grids, save) -> bool:
+    """After an optimizer step of a diffusion loop: the sample grids and the checkpoint when due (and at
+    the end, and on a stop request). True when a stop was asked: the loop ends there, resumably."""
+    stopping = stop.check(rt)
+    if step % cfg.sample_every == 0 or step == end:
+        grids()
+    if step % cfg.ckpt_every == 0 or step == end or stopping:
+        save()
+    if stopping:
+        log.info("stop requested: checkpoint saved at step %d", step)
+    return stopping
+
+
 def learning_rate(step: int, cfg: TrainConfig) -> float:
     """Linear warm-up to cfg.lr, then constant (the reference) or cosine down to 10% of it."""
     if step < cfg.warmup_steps:
@@ -132,6 +148,14 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
         return cfg.lr
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def set_learning_rate(opt: torch.optim.Optimizer, step: int, cfg: TrainConfig) -> float:
+    """Give every parameter group of `opt` the learning rate of `step`; returns it."""
+    lr = learning_rate(step, cfg)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    return lr
 
 
 def step_generator(seed: int, step: int, rank: int, micro: int = 0) -> torch.Generator:

@@ -21,11 +21,12 @@ from pathlib import Path
 from core.train.autoencoder import train_autoencoder
 from core.train.config import STAGES, RunConfig, dump_config, load_config, require_stage
 from core.train.ldm import train_ldm
+from core.train.lora import LoraRunConfig, dump_lora_config, load_lora_config, train_lora
 from core.train.run_folder import RunFolder
 from core.train.runtime import setup_runtime, shutdown
 
 log = logging.getLogger("core.train")
-LOOPS = {"autoencoder": train_autoencoder, "ldm": train_ldm}
+LOOPS = {"autoencoder": train_autoencoder, "ldm": train_ldm, "lora": train_lora}
 
 
 class Stopped(Exception):
@@ -36,13 +37,22 @@ def _raise_stopped(signum, frame):
     raise Stopped(f"stopped by signal {signum} before training began")
 
 
+def _config(source, stage: str):
+    """The run's config for `stage` from a config dataclass, a dict or a YAML file."""
+    if stage == "lora":
+        return load_lora_config(source)
+    if isinstance(source, LoraRunConfig):
+        raise ValueError("this config trains a LoRA: run `python -m core.train lora --config ...`")
+    return require_stage(source, stage) if isinstance(source, RunConfig) else load_config(source, stage)
+
+
 def train(stage: str, config=None, *, name: str | None = None, runs_dir: str | Path = "runs", resume: bool = False,
           max_steps: int | None = None, steps: int | None = None, command: str | None = None) -> str:
-    """Train stage "autoencoder" or "ldm" into runs_dir/NAME; returns "finished" or "stopped"."""
+    """Train stage "autoencoder", "ldm" or "lora" into runs_dir/NAME; returns "finished" or "stopped"."""
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     if name is None:
-        if config is None or isinstance(config, (dict, RunConfig)):
+        if config is None or isinstance(config, (dict, RunConfig, LoraRunConfig)):
             raise ValueError("give the run a --name (or a config file, whose name it then takes)")
         name = Path(config).stem
     run = RunFolder(Path(runs_dir) / name)
@@ -62,18 +72,16 @@ def train(stage: str, config=None, *, name: str | None = None, runs_dir: str | P
                              f"{run.read_state().get('step', '?')}); pass --resume to continue it, or choose "
                              "another --name")
         if resume and has_checkpoint and run.config_path.exists():
-            cfg = load_config(run.config_path, stage)
-        elif isinstance(config, RunConfig):
-            cfg = require_stage(config, stage)
+            cfg = _config(run.config_path, stage)
         elif config is not None:
-            cfg = load_config(config if isinstance(config, dict) else Path(config), stage)
+            cfg = _config(config if isinstance(config, (dict, RunConfig, LoraRunConfig)) else Path(config), stage)
         else:
             raise ValueError(f"{run.path} has no checkpoint to resume from; give --config to start the run")
         if steps is not None:
             cfg = replace(cfg, train=replace(cfg.train, steps=int(steps)))
         rt = setup_runtime(cfg.train)
         if main:
-            run.config_path.write_text(dump_config(cfg))
+            run.config_path.write_text(dump_lora_config(cfg) if stage == "lora" else dump_config(cfg))
             started = run.read_state().get("started_at") if resume else None
             run.run_id(new=not resume)
             run.write_state(name=name, stage=stage, status="running", pid=os.getpid(), step=0,

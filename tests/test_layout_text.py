@@ -1,0 +1,137 @@
+"""Layouts as text (core/pipelines/layout_text.py): the shapes world's labels, parse <-> format, JSON
+forms, every bad input with a message naming the line and the fix; sample_layout, the CLI and
+"Send to layout" reading the same text; the "Show boxes" picture."""
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core import save_model
+from core.generate import main
+from core.models.conditioners import LayoutEmbedderConfig
+from core.pipelines import format_layout, layout_vocabulary, parse_layout, read_infotext, sample_layout
+from core.pipelines.layout_text import SHAPES_WORLD_NAMES, LayoutVocabulary
+from core.world import PALETTE, SHAPES, class_label
+from core.world.scene import Obj, Scene
+from tests.tiny_models import tiny_model
+
+SHAPES_VOCAB = LayoutVocabulary(24, 3, SHAPES_WORLD_NAMES)
+NUMBERS_VOCAB = LayoutVocabulary(5, 2)
+
+
+@pytest.fixture(scope="module")
+def layout_model():
+    return tiny_model("layout")
+
+
+def test_shapes_world_names_follow_the_class_label():
+    assert len(SHAPES_WORLD_NAMES) == 24 and SHAPES_WORLD_NAMES[:2] == ("circle red", "circle green")
+    for shape in SHAPES:
+        for colour in PALETTE:
+            scene = Scene("white", (Obj(shape, colour, "small", 4, 0.5, 0.5, 0.2, 0.0),))
+            assert SHAPES_WORLD_NAMES[class_label(scene)] == f"{shape} {colour}"
+
+
+def test_vocabulary_of_a_model(layout_model):
+    assert layout_vocabulary(layout_model) == SHAPES_VOCAB              # 24 classes: the shapes world
+    other = dataclasses.replace(layout_model.config, cond_stage=LayoutEmbedderConfig(32, n_classes=5, max_objects=2))
+    assert layout_vocabulary(other) == NUMBERS_VOCAB                     # from the config alone, numbers only
+    with pytest.raises(ValueError, match=r"sample_layout \(layout to image\) cannot run this model"):
+        layout_vocabulary(tiny_model("sd2"))
+
+
+def test_parse_and_format_round_trip():
+    text = "circle red 0.1 0.1 0.4 0.4\n\n# a comment\nred star, 0.55, 0.5, 0.9, 0.85\n7 0 0 1 1"
+    boxes = parse_layout(text, SHAPES_VOCAB)
+    assert boxes == [(0, 0.1, 0.1, 0.4, 0.4), (18, 0.55, 0.5, 0.9, 0.85), (7, 0.0, 0.0, 1.0, 1.0)]
+    formatted = format_layout(boxes, SHAPES_VOCAB)
+    assert formatted == "circle red 0.1 0.1 0.4 0.4\nstar red 0.55 0.5 0.9 0.85\nsquare green 0 0 1 1"
+    assert parse_layout(formatted, SHAPES_VOCAB) == boxes
+    assert format_layout([(3, 1 / 3, 0.25, 2 / 3, 0.75)], SHAPES_VOCAB) == "circle yellow 0.3333 0.25 0.6667 0.75"
+    assert format_layout("4 0.1 0.2 0.3 0.4", NUMBERS_VOCAB) == "4 0.1 0.2 0.3 0.4"
+    assert parse_layout("", SHAPES_VOCAB) == [] and parse_layout("[]", SHAPES_VOCAB) == []
+
+
+def test_json_forms():
+    ids = json.dumps([[3, 0.1, 0.1, 0.4, 0.4], ["blue square", 0.5, 0.5, 0.9, 0.9]])
+    assert parse_layout(ids, SHAPES_VOCAB) == [(3, 0.1, 0.1, 0.4, 0.4), (8, 0.5, 0.5, 0.9, 0.9)]
+    world = [("star", "orange", 0.0, 0.0, 0.2, 0.2)]                   # core.world.layout(scene)
+    assert parse_layout(world, SHAPES_VOCAB) == [(23, 0.0, 0.0, 0.2, 0.2)]
+    assert parse_layout([[4.0, 0, 0, 1, 1]], NUMBERS_VOCAB) == [(4, 0.0, 0.0, 1.0, 1.0)]
+
+
+@pytest.mark.parametrize("layout, message", [
+    ("circle red 0.1 0.1 1.2 0.4", "line 1: the box 0.1 0.1 1.2 0.4 reaches outside the image"),
+    ("circle red -0.1 0.1 0.2 0.4", "reaches outside the image; coordinates are fractions"),
+    ("\ncircle red 0.5 0.1 0.5 0.4", "line 2: the box 0.5 0.1 0.5 0.4 has no area; x0 must be less than x1"),
+    ("circle red 0.1 0.6 0.5 0.4", "has no area"),
+    ("circle red 0 0 0.1 0.1\n" * 4, "the layout has 4 objects; this model takes at most 3"),
+    ("circle pink 0 0 0.1 0.1", r"line 1: unknown label 'circle pink'; this model's labels are a shape "
+                                r"\(circle, square, triangle, star\) and a colour \(red, green, blue"),
+    ("24 0 0 0.1 0.1", "unknown label '24'.*class numbers 0-23"),
+    ("circle red 0 0 0.1", "line 1: 'circle red 0 0 0.1' needs a label and four numbers x0 y0 x1 y1"),
+    ("circle red 0 0 x 0.1", "needs a label and four numbers"),
+    ("circle red 0 0 nan 0.1", "reaches outside the image"),
+    ("[[1, 0.1", "the layout is not valid JSON"),
+    ("[[1, 0.1, 0.2]]", r"object 1: give \[class, x0, y0, x1, y1\]"),
+    ('{"a": 1}', "needs a label and four numbers"),
+])
+def test_bad_layouts_say_what_is_wrong(layout, message):
+    with pytest.raises(ValueError, match=message):
+        parse_layout(layout, SHAPES_VOCAB)
+
+
+def test_a_model_without_names_takes_numbers():
+    with pytest.raises(ValueError, match="unknown label 'circle red'; this model's labels are class numbers 0-4"):
+        parse_layout("circle red 0 0 0.1 0.1", NUMBERS_VOCAB)
+    with pytest.raises(ValueError, match="3 objects; this model takes at most 2"):
+        parse_layout([[0, 0, 0, 0.1, 0.1]] * 3, NUMBERS_VOCAB)
+
+
+def test_sample_layout_reads_text_and_records_ids(layout_model):
+    text = "circle red 0.1 0.1 0.4 0.4\nstar blue 0.55 0.5 0.9 0.85"
+    image = sample_layout(layout_model, text, steps=2, seed=5)[0]
+    assert read_infotext(image)["layout"] == [[0, 0.1, 0.1, 0.4, 0.4], [20, 0.55, 0.5, 0.9, 0.85]]
+    same = sample_layout(layout_model, [(0, 0.1, 0.1, 0.4, 0.4), (20, 0.55, 0.5, 0.9, 0.85)], steps=2, seed=5)[0]
+    assert np.array_equal(np.asarray(image), np.asarray(same))
+    with pytest.raises(ValueError, match="line 1: the box"):
+        sample_layout(layout_model, "circle red 0.1 0.1 0.4 1.5", steps=2)
+
+
+def test_cli_reads_the_text_format(tmp_path, capsys, layout_model):
+    path = save_model(layout_model, tmp_path / "layout.safetensors", metadata={"ldm_studio_defaults": '{"steps": 2}'})
+    boxes = tmp_path / "boxes.txt"
+    boxes.write_text("triangle green 0.2 0.2 0.6 0.6\n")
+    args = ["layout", "--model", str(path), "--seed", "3", "--outdir", str(tmp_path / "out"), "--quiet",
+            "--device", "cpu", "--layout"]
+    assert main([*args, str(boxes)]) == 0
+    written = capsys.readouterr().out.split()
+    assert read_infotext(written[0])["layout"] == [[13, 0.2, 0.2, 0.6, 0.6]]         # triangle = 2, green = 1
+    boxes.write_text("triangle green 0.2 0.2 0.6 0.6\nhexagon red 0 0 0.1 0.1\n")
+    assert main([*args, str(boxes)]) == 2
+    assert "error: line 2: unknown label 'hexagon red'" in capsys.readouterr().err
+
+
+def test_send_to_layout_and_the_boxes_picture(tmp_path, layout_model):
+    from ui.layout_canvas import boxes_picture
+    from ui.send import received
+    from ui.settings import AppSettings
+    from ui.studio import Studio
+    weights = tmp_path / "weights"
+    save_model(layout_model, weights / "tiny-layout.safetensors", metadata={"ldm_studio_name": "tiny-layout"})
+    studio = Studio.create(AppSettings(weights_dir=weights, outputs_dir=tmp_path / "out", runs_dir=tmp_path / "runs"))
+    params = {"prompt": "", "layout": [[0, 0.1, 0.1, 0.4, 0.4], [20, 0.5, 0.5, 0.9, 0.9]], "model": "tiny-layout",
+              "steps": 3, "seed": 9}
+    values, notes = received(studio, "layout", params, ("layout", "model", "steps", "seed"))
+    assert values == ["circle red 0.1 0.1 0.4 0.4\nstar blue 0.5 0.5 0.9 0.9", "tiny-layout.safetensors", 3, 9]
+    assert not notes
+    _, notes = received(studio, "txt2img", params, ("prompt", "steps"))
+    assert any("Layout" in n for n in notes)                            # not taken by Text to image
+
+    picture = boxes_picture(Image.new("RGB", (64, 64), "black"), [(0, 0.25, 0.25, 0.75, 0.75)], SHAPES_VOCAB)
+    a = np.asarray(picture)
+    assert picture.size == (384, 384)                                   # enlarged 6x, nearest neighbour
+    assert tuple(a[200, 96]) == PALETTE["red"] and tuple(a[96, 200]) == PALETTE["red"]   # the box's edges
+    assert 140 < a[300, 300].mean() < 170                               # the faint copy: black -> light grey
