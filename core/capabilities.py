@@ -26,6 +26,7 @@ from core.models.autoencoder import AutoencoderConfig
 from core.models.clip_text import FrozenCLIPEmbedderConfig, FrozenOpenCLIPEmbedderConfig
 from core.models.conditioners import ClassEmbedderConfig, LayoutEmbedderConfig, TransformerEmbedderConfig
 from core.models.diffusion import LatentDiffusionConfig
+from core.models.sdxl_conditioner import GeneralConditionerConfig
 
 # The pipelines (and UI tabs) a model of each conditioning kind serves. Any text or unconditional
 # model inpaints by latent blending and redraws images (img2img).
@@ -69,6 +70,7 @@ class Capabilities:
                                     # "layout" (trained jointly too), "clip", "openclip" (frozen), None
     why_not: str = ""               # why a model of a usable family serves no task here
     max_clip_skip: int = 1          # the largest A1111 "Clip skip" its text encoder takes (1: it does not apply)
+    refiner: bool = False           # made to finish another model's sampling (SDXL refiner: aesthetic score)
 
     @property
     def joint_conditioner(self) -> bool:
@@ -134,7 +136,9 @@ def capabilities(model_or_config) -> Capabilities:
                         native_size=cfg.image_size * f, latent_channels=cfg.channels,
                         conditioner=CONDITIONER_NAMES.get(type(cfg.cond_stage)), why_not=why_not,
                         max_clip_skip=cfg.cond_stage.n_blocks if CONDITIONER_NAMES.get(type(cfg.cond_stage)) in
-                        ("clip", "openclip") and tasks else 1)
+                        ("clip", "openclip") and tasks else 1,
+                        refiner=isinstance(cfg.cond_stage, GeneralConditionerConfig)
+                        and "aesthetic_score" in cfg.cond_stage.input_keys)
 
 
 def _cross_attention_kind(cond_stage) -> str:

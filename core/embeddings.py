@@ -3,7 +3,7 @@
 A file `<folder>/<name>.safetensors|.pt|.bin` holds n learned token vectors (n, D):
     A1111 .pt          {"string_to_param": {"*": (n, D)}, "name": ..., "step": ...}
     A1111 .safetensors {"emb_params": (n, D)}
-    SDXL pair          {"clip_l": (n, 768), "clip_g": (n, 1280)}   (read; used once SDXL takes the syntax)
+    SDXL pair          {"clip_l": (n, 768), "clip_g": (n, 1280)}   clip_l -> CLIP ViT-L, clip_g -> OpenCLIP bigG
     diffusers .bin     {"<token>": (D,) or (n, D)}
 `.pt` / `.bin` files are read with torch.load(weights_only=True) only (core.checkpoints.read_checkpoint).
 
@@ -40,8 +40,12 @@ class Embedding:
     def shorthash(self) -> str:
         return _sha256(self.path)[:12]
 
-    def for_width(self, width: int) -> Tensor | None:
-        """The vectors for an encoder of this width, or None when the file has none."""
+    def for_width(self, width: int, part: str | None = None) -> Tensor | None:
+        """The vectors for an encoder of this width, or None when the file has none. part: "clip_l" or
+        "clip_g", the SDXL tower asking: that entry of an SDXL pair when the file has it."""
+        if part is not None and part in self.vectors:
+            v = self.vectors[part]
+            return v if v.shape[-1] == width else None
         for v in self.vectors.values():
             if v.shape[-1] == width:
                 return v
@@ -95,9 +99,10 @@ def load_embeddings(folder) -> dict[str, Embedding]:
 
 
 def replace_in(ids: list[int], embeddings: dict[str, Embedding], width: int, vocab_size: int,
-               extra: list[Tensor]) -> tuple[list[int], list[str]]:
+               extra: list[Tensor], part: str | None = None) -> tuple[list[int], list[str]]:
     """ids with every embedding's name tokens replaced by its n vectors, as ids vocab_size + k;
-    their vectors are appended to `extra` (k counts over the whole list). Returns (ids, names used)."""
+    their vectors are appended to `extra` (k counts over the whole list). part: the SDXL tower
+    ("clip_l" / "clip_g"), see Embedding.for_width. Returns (ids, names used)."""
     by_first: dict[int, list[Embedding]] = {}
     for e in sorted(embeddings.values(), key=lambda e: -len(e.ids)):            # longest name first
         if e.ids:
@@ -105,7 +110,7 @@ def replace_in(ids: list[int], embeddings: dict[str, Embedding], width: int, voc
     out, used, i = [], [], 0
     while i < len(ids):
         match = next((e for e in by_first.get(ids[i], ()) if tuple(ids[i:i + len(e.ids)]) == e.ids), None)
-        vectors = match.for_width(width) if match is not None else None
+        vectors = match.for_width(width, part) if match is not None else None
         if vectors is None:
             if match is not None:
                 warnings.warn(f"embedding {match.name!r} has no vectors of width {width} (this text encoder's); "

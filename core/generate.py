@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--hires-prompt", default=None, help="second-pass prompt (default: the prompt)")
     h.add_argument("--hires-negative-prompt", default=None, help="second-pass negative prompt")
     h.add_argument("--hires-sampler", default=None, help="second-pass sampler (default: the first's)")
+    r = p.add_argument_group("refiner (a second model finishes the sampling, as AUTOMATIC1111's)")
+    r.add_argument("--refiner", default=None, metavar="FILE", help="the refiner model, e.g. an SDXL refiner")
+    r.add_argument("--refiner-switch-at", type=float, default=0.8, metavar="F",
+                   help="fraction of the steps the base model samples before the refiner takes over (default 0.8)")
 
     p = sub.add_parser("img2img", help="image to image (SDEdit)")
     _common(p)
@@ -237,6 +241,8 @@ def _run(args, stop: threading.Event, bar: ProgressBar) -> list:
     many = dict(n=args.n, batch_size=args.batch_size) if args.command != "upscale" else {}
     if args.command in ("txt2img", "img2img", "inpaint", "outpaint"):
         many.update(lora_dir=args.lora_dir, embeddings_dir=args.embeddings_dir)   # the prompt's folders
+    if args.command == "txt2img" and args.refiner:
+        many.update(refiner=load_model(args.refiner, device=device, dtype=dtype), refiner_switch_at=args.refiner_switch_at)
     if args.command == "txt2img" and args.hires:
         return _hires(args, m, device, dtype, many, common)
     if args.command == "txt2img":

@@ -199,6 +199,7 @@ SLOW_MODULES = {
     "test_app_schedule_clip_skip.py": "gradio_client against a live app.py",
     "test_layout_api.py": "gradio_client against a live app.py",
     "test_browser_layout.py": "headless Chromium against a live app.py",
+    "test_sdxl_refiner_app.py": "five SDXL generations (tiny base + refiner) through the tab and the A1111 API",
     "test_api_a1111_live.py": "the webuiapi client against a live app.py --api",
     "test_train_cli.py": "training subprocesses: SIGTERM / SIGKILL and resume, torchrun DDP",
 }

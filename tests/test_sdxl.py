@@ -327,7 +327,8 @@ def test_detection_on_every_tiny_family(family):
     sd = original_state_dict(tiny_model(family), family)
     found = detect_family(sd)
     assert found.family == DETECTED.get(family, family)
-    assert (found.config is None) == (found.family not in ("sd1", "sd2_inpaint", "sdxl", "sdxl_refiner"))
+    assert (found.config is None) == (found.family not in ("sd1", "sd2_inpaint", "sdxl", "sdxl_refiner",
+                                                           "sdxl_inpaint"))
     if found.config is None:
         assert found.message
 
@@ -338,7 +339,7 @@ def test_detection_on_the_real_key_lists_and_inpainting():
         assert detect_family(keys).config == expected
     base = real_key_list("base")
     base["model.diffusion_model.input_blocks.0.0.weight"] = (320, 9, 3, 3)
-    assert detect_family(base).family == "sdxl_inpaint"
+    assert (detect_family(base).family, detect_family(base).config) == ("sdxl_inpaint", "sdxl_inpaint")
     sd1 = original_state_dict(tiny_model("sd1"), "sd1")
     sd1["model.diffusion_model.input_blocks.0.0.weight"] = torch.zeros(32, 9, 3, 3)
     assert detect_family(sd1).config == "sd1_inpaint"

@@ -65,3 +65,45 @@ def test_an_sdxl_file_without_config_is_listed_by_its_keys(tmp_path):
                                                                           "sdxl_base", 1024)]
     assert [e.name for e in cache.for_tab("txt2img")] == ["sd_xl_fine_tune.safetensors"]
     assert "no config" in problems["mystery.safetensors"]
+
+
+def test_sdxl_inpainting_checkpoint_is_detected_loaded_and_inpaints(tmp_path):
+    """A 9-channel SDXL inpainting file (the released layout, no YAML): detected, loaded key-exact, and
+    run through the dedicated path: UNet input [z, mask, masked-image latent] with SDXL's conditioning."""
+    from safetensors.torch import save_file
+
+    from core import load_model
+    from core.checkpoints import bundled_configs
+    from core.checkpoints.detect import detect_family
+    from tests.tiny_models import original_state_dict
+    model = tiny_model("sdxl_inpaint")
+    sd = {k: v.contiguous() for k, v in original_state_dict(model, "sdxl_inpaint").items()}
+    assert detect_family(sd).config == "sdxl_inpaint"
+    caps = capabilities(model)
+    assert (caps.family, caps.tasks, caps.dedicated_inpainting) == ("inpaint-sd", ("inpaint",), True)
+    path = tmp_path / "xl_inpaint.safetensors"
+    save_file(sd, str(path))
+    loaded = load_model(path, config=model.config)          # the tiny architecture, from the original layout
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    real = bundled_configs.sdxl_inpaint()                   # what a real file without a config gets
+    assert (real.unet.in_channels, capabilities(real).family) == (9, "inpaint-sd")
+
+    size = 64
+    image = np.zeros((size, size, 3), np.uint8)
+    image[:, :, 0] = np.arange(size)[None, :] * 4
+    mask = np.zeros((size, size), np.uint8)
+    mask[16:48, 16:48] = 255
+    out = P.inpaint(model, image, mask, "a photo", steps=2, sampler="euler", seed=3, mask_blur=0)[0]
+    assert out.size == (size, size)
+    assert np.array_equal(np.asarray(out)[:16], image[:16])                      # kept outside the mask
+    seen = {}
+    original = model.model.diffusion_model.forward
+
+    def spy(x, t, **kw):
+        seen.setdefault("x", x.clone())
+        return original(x, t, **kw)
+    model.model.diffusion_model.forward = spy
+    P.inpaint(model, image, mask, "a photo", steps=1, sampler="euler", seed=3, mask_blur=0)
+    x = seen["x"]                                                     # (2, 9, 8, 8): cond and uncond
+    assert x.shape[1] == 9 and torch.equal(x[0, 4:], x[1, 4:])
+    assert x[0, 4, 2:6, 2:6].eq(1).all() and x[0, 4].sum() == 16                 # channel 4: the mask (1 = repaint)

@@ -265,7 +265,10 @@ FAMILIES["sdxl_refiner"] = _sgm_model("""
                num_head_channels: 16, use_linear_in_transformer: true, transformer_depth: 2,
                context_dim: [32, 32], spatial_transformer_attn_type: softmax-xformers}
     """, _SGM_BIGG + _sizes("original_size_as_tuple", "crop_coords_top_left", "aesthetic_score"))
-SGM_FAMILIES = ("sdxl", "sdxl_refiner")
+# SDXL inpainting (A1111's configs/sd_xl_inpaint.yaml, the released sd_xl_base_1.0_inpainting_0.1 file): the base
+# with in_channels 9, [z, mask, masked-image latent].
+FAMILIES["sdxl_inpaint"] = FAMILIES["sdxl"].replace("in_channels: 4, out_channels: 4", "in_channels: 9, out_channels: 4")
+SGM_FAMILIES = ("sdxl", "sdxl_refiner")             # the families with recorded sgm references
 # Variants of a family (not separate families: detection calls them by their family's name).
 # shapes_class: the project's shapes class model (core/train/config.py stage "class"), 24 classes
 # and a null class for guidance, as ldm_class otherwise.
@@ -310,7 +313,8 @@ def original_state_dict(model: LatentDiffusion, family: str, ema: bool = False) 
     plus decay/num_updates, as LDM training checkpoints do.
     """
     sd = {k: v.clone() for k, v in model.state_dict().items()}
-    hf_clip_prefix = {"sd1": "cond_stage_model.", "sdxl": "conditioner.embedders.0."}.get(family)
+    hf_clip_prefix = {"sd1": "cond_stage_model.", "sdxl": "conditioner.embedders.0.",
+                      "sdxl_inpaint": "conditioner.embedders.0."}.get(family)
     if hf_clip_prefix:
         text = {k[len(hf_clip_prefix):]: sd.pop(k) for k in list(sd) if k.startswith(hf_clip_prefix)}
         sd.update({hf_clip_prefix + k: v for k, v in ours_to_hf_clip_text(text).items()})
@@ -329,7 +333,7 @@ def example_inputs(model: LatentDiffusion, family: str, batch: int = 2, seed: in
     """(x_noisy, t, cond) that exercise every conditioning path of `family`."""
     g = torch.Generator().manual_seed(seed)
     f = 2 ** (len(model.config.first_stage.ddconfig.ch_mult) - 1)
-    side = 16 if family in SGM_FAMILIES else model.config.unet.image_size   # sgm: image_size is 1024 px
+    side = 16 if family.startswith("sdxl") else model.config.unet.image_size   # sgm: image_size is 1024 px
     x = torch.randn(batch, model.config.channels, side, side, generator=g)
     t = torch.tensor([10, 900][:batch] + [500] * max(0, batch - 2))
     image = torch.rand(batch, 3, side * f, side * f, generator=g) * 2 - 1
@@ -360,13 +364,16 @@ def example_inputs(model: LatentDiffusion, family: str, batch: int = 2, seed: in
         x_aug, level = model.low_scale_model(lr, level, generator=g)
         cond = {"c_concat": [x_aug], "c_crossattn": [model.get_learned_conditioning(["a photo", ""][:batch])],
                 "c_adm": level}
-    elif family in SGM_FAMILIES:
+    elif family.startswith("sdxl"):
         batch_dict = {"txt": ["a large red circle in the center", ""][:batch],
                       "original_size_as_tuple": torch.tensor([[1024, 1024], [768, 1024]][:batch]),
                       "crop_coords_top_left": torch.tensor([[0, 0], [16, 32]][:batch]),
                       "target_size_as_tuple": torch.tensor([[1024, 1024], [768, 1024]][:batch]),
                       "aesthetic_score": torch.tensor([[6.0], [2.5]][:batch])}
         cond = model.get_learned_conditioning({k: batch_dict[k] for k in model.conditioner.cfg.input_keys})
+        if family == "sdxl_inpaint":
+            mask = (torch.rand(batch, 1, side, side, generator=g) > 0.5).float()
+            cond["c_concat"] = [torch.cat([mask, model.encode_first_stage(image)], dim=1)]
     else:  # sd1, sd2, sd2_v
         cond = model.get_learned_conditioning(["a large red circle in the center", ""][:batch])
     return x, t, cond

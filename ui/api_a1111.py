@@ -40,6 +40,7 @@ from ui.api_a1111_models import (INPAINTING_FILL, SOFT_INPAINTING, ExtrasSingleI
 from ui.controls import check_batch, optional_float, optional_int, schedule_key, seed_value
 from ui.follow import pipeline_progress
 from ui.hires import MODEL_PREFIX, hires_request
+from ui.refiner import NO_REFINER, refiner_entry
 from ui.images import mask_from_upload, open_image, run_and_save
 from ui.img2img import resize_mode_value
 from ui.jobs import JobState
@@ -156,13 +157,13 @@ class A1111Api:
         """A1111's `name [hash]`: the file's path under weights/ and its SHA-256's first 10 digits."""
         return f"{entry.name} [{cached_model_hash(entry.path)}]"
 
-    def find_checkpoint(self, name: str):
+    def find_checkpoint(self, name: str, field: str = "sd_model_checkpoint"):
         for e in self.checkpoints():
             stem = str(Path(e.name).with_suffix(""))
             if name in (self.title(e), e.name, stem, stem.replace("/", "_"), e.label, cached_model_hash(e.path)):
                 return e
         titles = ", ".join(self.title(e) for e in self.checkpoints()) or f"none in {self.studio.models.weights_dir}/"
-        raise ValueError(f"sd_model_checkpoint: no model {name!r}; choose one of: {titles}")
+        raise ValueError(f"{field}: no model {name!r}; choose one of: {titles}")
 
     def entry(self, tab: str, req: Generation):
         """The model for `tab`: override_settings' checkpoint, else the API's current one (when it
@@ -247,11 +248,16 @@ class A1111Api:
         hires, sr_entry = hires_request(self.studio, base, req.enable_hr, self.hr_upscaler(req.hr_upscaler),
                                         req.hr_scale, req.hr_second_pass_steps, strength, req.hr_resize_x,
                                         req.hr_resize_y, req.hr_prompt, req.hr_negative_prompt, req.hr_sampler_name)
+        refiner = None
+        if req.refiner_checkpoint and req.refiner_checkpoint != NO_REFINER:
+            refiner = refiner_entry(self.studio, self.find_checkpoint(req.refiner_checkpoint, "refiner_checkpoint").name)
 
         def work(job):
             m = self.studio.models.load(entry)
             common = dict(n=n, batch_size=batch_size, **options, callback=pipeline_progress(job),
                           should_stop=job.should_stop, **network_folders(self.studio.settings.weights_dir))
+            if refiner is not None:
+                common.update(refiner=self.studio.models.load(refiner), refiner_switch_at=req.refiner_switch_at)
             if hires is None:
                 run = lambda: pipelines.txt2img(m, req.prompt, req.negative_prompt, **common)  # noqa: E731
             else:

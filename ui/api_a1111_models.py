@@ -77,6 +77,8 @@ class Txt2Img(Generation):
     hr_sampler_name: str | None = None
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
+    refiner_checkpoint: str | None = None         # a checkpoint title / name; None or "None": no refiner
+    refiner_switch_at: float | None = None        # None: 0.8 (A1111's default)
 
 
 class Img2Img(Generation):

@@ -15,6 +15,7 @@ from safetensors import safe_open
 from core import load_model
 from core.capabilities import AUTOENCODER, Capabilities, capabilities
 from core.pipelines.defaults import Defaults, model_defaults
+from core.pipelines.offload import enable_offload
 from core.checkpoints.bundled_configs import BUNDLED_CONFIGS
 from core.lora import NETWORK_FOLDERS
 from core.checkpoints.compvis_yaml import config_from_yaml
@@ -83,8 +84,9 @@ class ModelCache:
     """Lists `weights_dir` by task and holds up to MAX_LOADED loaded models (least recently used
     goes first). The app's only long-lived state besides what is on disk."""
 
-    def __init__(self, weights_dir: Path, device: str, dtype: str):
+    def __init__(self, weights_dir: Path, device: str, dtype: str, offload: bool = False):
         self.weights_dir = Path(weights_dir)
+        self.offload = offload                   # --medvram: core.pipelines.offload on each loaded model
         self.device = torch.device(device)
         self.dtype = getattr(torch, dtype)
         self._loaded: OrderedDict[str, tuple[float, torch.nn.Module]] = OrderedDict()
@@ -141,5 +143,7 @@ class ModelCache:
             while len(self._loaded) >= MAX_LOADED:
                 self._loaded.popitem(last=False)
             model = load_model(entry.path, config=entry.config, device=self.device, dtype=self.dtype)
+            if self.offload:
+                enable_offload(model, self.device)         # a no-op on the CPU
             self._loaded[entry.name] = (mtime, model)
             return model

@@ -15,6 +15,7 @@ from PIL import Image
 
 from core import pipelines
 from core.pipelines.layout_text import format_layout, layout_vocabulary
+from core.pipelines.refiner import DEFAULT_SWITCH_AT
 from core.samplers import SCHEDULE_DISPLAY_NAMES, SIGMA_SAMPLERS, sampler_name
 from ui.controls import AUTOMATIC, MAX_CLIP_SKIP
 from ui.errors import user_errors
@@ -23,7 +24,8 @@ from ui.studio import Studio
 # Fields a tab may receive, in the order of its `receives` dict; keys that describe the picture but
 # are not settings (hash, version ...) are neither taken nor reported.
 FIELDS = ("prompt", "negative_prompt", "model", "sampler", "karras", "steps", "guidance_scale", "seed",
-          "width", "height", "strength", "class_label", "native_tiling", "scheduler", "clip_skip", "layout")
+          "width", "height", "strength", "class_label", "native_tiling", "scheduler", "clip_skip", "layout",
+          "refiner", "refiner_switch_at")
 UNKNOWN_SCHEDULE = "Schedule type"      # parse_infotext keeps a schedule type it does not know under its label
 DESCRIPTIVE = {"model_hash", "version", "rng", "task", "eta", "class_name", "tiled_diffusion"}
 MAX_SIZE_OVER_NATIVE = 4        # a size over 4x the model's native side is "beyond the model"
@@ -128,13 +130,26 @@ def received(studio: Studio, tab: str, params: dict, names: tuple[str, ...]) -> 
         values.update(_clip_skip(entry or _first(studio, tab), params, notes))
     if "layout" in names:
         values.update(_layout(entry or _first(studio, tab), params, notes))
+    if "refiner" in names and "refiner" in params:
+        values.update(_refiner(studio, params, notes))
     unused = [k for k in params if k not in FIELDS and k not in DESCRIPTIVE and
               not (k == UNKNOWN_SCHEDULE and "scheduler" in names)]
-    unused += [k for k in ("strength", "class_label", "clip_skip", "scheduler", "layout") if k in params
+    unused += [k for k in ("strength", "class_label", "clip_skip", "scheduler", "layout", "refiner",
+                           "refiner_switch_at") if k in params
                and k not in names and not (k == "scheduler" and params[k] == "karras" and "karras" in names)]
     if unused:
         notes.append("not used here: " + ", ".join(f"{_label(k)} {params[k]}" for k in unused))
     return [values[n] if n in values else gr.skip() for n in names], notes
+
+
+def _refiner(studio: Studio, params: dict, notes: list[str]) -> dict:
+    """The Refiner group's values for the picture's `Refiner: name [hash]`, when that model is here."""
+    wanted = str(params["refiner"]).rsplit(" [", 1)[0]
+    for entry in studio.models.for_tab("txt2img"):
+        if wanted in (entry.label, Path(entry.name).stem, entry.name):
+            return {"refiner": entry.name, "refiner_switch_at": params.get("refiner_switch_at", DEFAULT_SWITCH_AT)}
+    notes.append(f"refiner '{wanted}' is not in weights/ (no refiner is set)")
+    return {}
 
 
 def _label(key: str) -> str:

@@ -34,6 +34,7 @@ class AppSettings:
     max_training_runs: int = 1                   # training runs at a time (each takes the CPU/GPU from generation)
     api: bool = False                            # --api: AUTOMATIC1111's /sdapi/v1 routes (ui/api_a1111.py)
     api_auth: tuple[tuple[str, str], ...] = field(default=())  # --api-auth; empty: the API takes --auth's logins
+    medvram: bool = False                        # --medvram: text encoders and VAE on the CPU between uses (CUDA)
 
     @property
     def api_logins(self) -> tuple[tuple[str, str], ...]:
@@ -101,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also serve AUTOMATIC1111's HTTP API (/sdapi/v1/...) on the same port and job queue")
     p.add_argument("--api-auth", metavar="USER:PASS|FILE",
                    help="the API's login (HTTP Basic), as --auth; default: --auth's")
+    p.add_argument("--medvram", action="store_true",
+                   help="keep the text encoders and the VAE in CPU memory, moved to the GPU only while they run "
+                        "(as AUTOMATIC1111's --medvram: SDXL on an 8-12 GB card); no effect on the CPU")
     return p
 
 
@@ -122,4 +126,4 @@ def parse_args(argv: list[str] | None = None) -> AppSettings:
                        data_root=args.data_root, device=device, dtype=dtype, max_side=args.max_size,
                        max_upload_mb=args.max_upload_mb, host="0.0.0.0" if args.listen else "127.0.0.1",
                        port=args.port, share=args.share, auth=auth, max_training_runs=args.max_training_runs,
-                       api=args.api, api_auth=api_auth)
+                       api=args.api, api_auth=api_auth, medvram=args.medvram)

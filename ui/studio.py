@@ -21,7 +21,7 @@ class Studio:
     @classmethod
     def create(cls, settings: AppSettings) -> "Studio":
         return cls(settings=settings,
-                   models=ModelCache(settings.weights_dir, settings.device, settings.dtype),
+                   models=ModelCache(settings.weights_dir, settings.device, settings.dtype, offload=settings.medvram),
                    jobs=JobRunner(settings.outputs_dir / "jobs"),
                    runs=RunManager(settings.runs_dir, max_running=settings.max_training_runs))
 

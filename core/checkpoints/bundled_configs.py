@@ -10,6 +10,7 @@ translator makes of the released YAML (tests/test_sdxl.py checks SDXL's against 
     sd2_inpaint  stablediffusion   v2-inpainting-inference.yaml
     sdxl_base    generative-models configs/inference/sd_xl_base.yaml
     sdxl_refiner generative-models configs/inference/sd_xl_refiner.yaml
+    sdxl_inpaint A1111's configs/sd_xl_inpaint.yaml (sd_xl_base_1.0_inpainting_0.1): the base, in_channels 9
 """
 import dataclasses
 
@@ -98,5 +99,11 @@ def sdxl_refiner() -> LatentDiffusionConfig:
                        *_sizes("original_size_as_tuple", "crop_coords_top_left", "aesthetic_score")))
 
 
+def sdxl_inpaint() -> LatentDiffusionConfig:
+    """SDXL 1.0 inpainting: the base UNet with [z, mask, masked-image latent] in (4 + 1 + 4 = 9 channels)."""
+    base = sdxl_base()
+    return dataclasses.replace(base, unet=dataclasses.replace(base.unet, in_channels=9), conditioning_key="hybrid")
+
+
 BUNDLED_CONFIGS = {"sd1": sd1, "sd1_inpaint": sd1_inpaint, "sd2": sd2, "sd2_v": sd2_v, "sd2_inpaint": sd2_inpaint,
-                   "sdxl_base": sdxl_base, "sdxl_refiner": sdxl_refiner}
+                   "sdxl_base": sdxl_base, "sdxl_refiner": sdxl_refiner, "sdxl_inpaint": sdxl_inpaint}

@@ -53,7 +53,7 @@ def detect_family(sd: Mapping) -> Detection:
     if has("conditioner.embedders."):
         if has("conditioner.embedders.0.transformer.") and has("conditioner.embedders.1.model."):
             if in_ch == 9:
-                return Detection("sdxl_inpaint", None, f"SDXL inpainting (9 input channels): {yaml_hint}")
+                return Detection("sdxl_inpaint", "sdxl_inpaint")
             return Detection("sdxl", "sdxl_base")
         if has("conditioner.embedders.0.model.") and not has("conditioner.embedders.1.model."):
             return Detection("sdxl_refiner", "sdxl_refiner")

@@ -80,8 +80,9 @@ class LatentDiffusionConfig:
         """What the model does, read off its conditioning layout."""
         if self.model_class == "LatentUpscaleDiffusion":
             return "upscale-sd"            # z ++ noised LR image; noise level as class label
-        if self.model_class == "LatentInpaintDiffusion":
-            return "inpaint-sd"            # z ++ mask ++ masked-image latent
+        if self.model_class == "LatentInpaintDiffusion" or (self.model_class == "DiffusionEngine"
+                                                            and self.conditioning_key == "hybrid"):
+            return "inpaint-sd"            # z ++ mask ++ masked-image latent (SD 1.5 / 2 / SDXL inpainting)
         if self.cond_stage == COND_STAGE_FIRST_STAGE:
             return "inpaint-ldm"           # z ++ masked-image latent ++ mask (+-1)
         if self.cond_stage == COND_STAGE_IDENTITY and self.conditioning_key == "concat":

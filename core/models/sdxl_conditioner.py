@@ -60,17 +60,21 @@ class FrozenOpenCLIPEmbedder2Config(FrozenOpenCLIPEmbedderConfig):
 class FrozenOpenCLIPEmbedder2(FrozenOpenCLIPEmbedder):
     """Prompts -> hidden (B, L, width) [, pooled (B, embed_dim)]; same keys as SD2's embedder."""
 
-    def encode_tokens(self, tokens: Tensor):
+    def encode_tokens(self, tokens: Tensor, clip_skip: int = 1, extra_vectors: Tensor | None = None):
+        """extra_vectors: textual-inversion vectors for ids past the vocabulary (run_text_tower); the
+        pooled output is read at the EOS, the largest id of the vocabulary (those ids excluded)."""
         if self.cfg.legacy:
-            return super().encode_tokens(tokens)                              # ln_final applied
+            return super().encode_tokens(tokens, clip_skip, extra_vectors)   # ln_final applied
         tower = self.model
         n = len(tower.transformer.resblocks)
-        penultimate = run_text_tower(tower, tokens, n - 1)                     # (B, L, D)
+        penultimate = run_text_tower(tower, tokens, n - 1, extra_vectors)      # (B, L, D)
         L = penultimate.shape[1]
         mask = tower.attn_mask[:L, :L] if tower.attn_mask is not None else None
         last = tower.transformer.resblocks[n - 1](penultimate, attn_mask=mask)  # (B, L, D)
         hidden = penultimate if self.cfg.layer == "penultimate" else last     # no ln_final here
-        eos = tokens.to(last.device).argmax(dim=-1)                           # (B,) EOS is the largest id
+        tokens = tokens.to(last.device)
+        vocab = tower.token_embedding.weight.shape[0]
+        eos = tokens.masked_fill(tokens >= vocab, 0).argmax(dim=-1)           # (B,) EOS is the largest id
         pooled = tower.ln_final(last)[torch.arange(last.shape[0], device=last.device), eos]  # (B, D)
         pooled = pooled @ tower.text_projection                               # (B, embed_dim)
         return (hidden, pooled) if self.cfg.always_return_pooled else hidden
@@ -162,7 +166,9 @@ class GeneralConditioner(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def forward(self, batch: dict, force_zero_embeddings=()) -> dict[str, Tensor]:
+    def forward(self, batch: dict, force_zero_embeddings=(), text_tokens: dict | None = None) -> dict[str, Tensor]:
+        """text_tokens: {embedder index: (token ids (B, L), extra vectors (n, D) or None)} used by those
+        text embedders instead of tokenizing batch["txt"] (textual-inversion embeddings)."""
         missing = [k for k in self.cfg.input_keys if k not in batch]
         if missing:
             raise ValueError(f"the conditioning batch lacks {missing}; this model reads {list(self.cfg.input_keys)}")
@@ -172,11 +178,15 @@ class GeneralConditioner(nn.Module):
                              f"({list(self.cfg.input_keys)})")
         dtype = next(self.parameters()).dtype
         out: dict[str, Tensor] = {}
-        for key, embedder in zip(self.input_keys, self.embedders):
+        for index, (key, embedder) in enumerate(zip(self.input_keys, self.embedders)):
             value = batch[key]
             if isinstance(embedder, ConcatTimestepEmbedderND):
                 value = torch.as_tensor(value, device=self.device)
-            embs = embedder(value)
+            if text_tokens and index in text_tokens:
+                tokens, extra = text_tokens[index]
+                embs = embedder.encode_tokens(tokens, extra_vectors=extra)
+            else:
+                embs = embedder(value)
             for emb in embs if isinstance(embs, tuple) else (embs,):
                 emb = emb.to(dtype)
                 if key in force_zero_embeddings:

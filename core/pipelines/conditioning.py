@@ -41,6 +41,7 @@ import torch
 
 from core.embeddings import load_embeddings, replace_in, used_embeddings
 from core.lora import prompt_loras
+from core.pipelines.offload import use_part
 from core.models.clip_text import BOS_ID, EOS_ID, FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder, clip_bpe
 from core.models.conditioners import TransformerEmbedder
 from core.prompts import (BREAK, has_attention_syntax, has_schedule_syntax, parse_prompt_attention, prompt_chunks,
@@ -72,8 +73,10 @@ def text_conditioning(m, prompt, negative_prompt="", *, clip_skip=None, size=Non
     """
     prompt = prompt_loras(m, _check_prompt(prompt, "prompt"), lora_dir)
     negative_prompt = _check_prompt(negative_prompt, "negative_prompt")
+    use_part(m, "text")                                                # --medvram: the encoders onto the GPU
     if getattr(m, "conditioner", None) is not None:                    # SDXL (sgm GeneralConditioner)
-        return sdxl_conditioning(m, prompt, negative_prompt, size)
+        return sdxl_conditioning(m, prompt, negative_prompt, size,
+                                 load_embeddings(embeddings_dir) if embeddings_dir is not None else None)
     clip_skip = effective_clip_skip(m, clip_skip, warn=True)
     if not prompt.strip():
         warnings.warn("the prompt is empty: sampling follows only the model's unconditional "
@@ -94,23 +97,57 @@ def _embeddings(m, folder) -> dict | None:
     return load_embeddings(folder) or None
 
 
-def sdxl_conditioning(m, prompt: str, negative_prompt: str, size=None):
+def sdxl_conditioning(m, prompt: str, negative_prompt: str, size=None, embeddings: dict | None = None):
     """SDXL's (c, u), dicts {"c_crossattn": [ctx], "y": vector}, with the size conditioning filled as
     AUTOMATIC1111 does: original = target = the image's (height, width), crop (0, 0). The
     unconditional branch: a negative prompt is encoded like the prompt (A1111); without one, what
     the reference scripts use (the base zeroes its text embeddings; the refiner encodes "" with
-    aesthetic score 2.5)."""
+    aesthetic score 2.5). embeddings: textual-inversion embeddings by name (core/embeddings.py);
+    an SDXL pair's clip_l vectors go to the CLIP ViT-L tower, its clip_g ones to OpenCLIP bigG."""
     if has_attention_syntax(prompt) or has_schedule_syntax(prompt) or len(split_and(prompt)) > 1:
         warnings.warn("A1111 prompt syntax (weights, editing, AND) is not applied to SDXL models yet; the "
                       "prompt is read as plain text", stacklevel=4)
     size = tuple(size) if size is not None else None
     batch = m.conditioner.make_batch([prompt], original_size=size, target_size=size)
-    cond = m.get_learned_conditioning(batch)
+    cond = _sdxl_encode(m, batch, (), _sdxl_tokens(m, prompt, embeddings))
     if negative_prompt and "aesthetic_score" not in m.conditioner.cfg.input_keys:
-        return cond, m.get_learned_conditioning(m.conditioner.make_batch([negative_prompt], original_size=size,
-                                                                         target_size=size))
+        negative = m.conditioner.make_batch([negative_prompt], original_size=size, target_size=size)
+        return cond, _sdxl_encode(m, negative, (), _sdxl_tokens(m, negative_prompt, embeddings))
     batch_uc, zeroed = m.conditioner.reference_uncond(batch, [negative_prompt] if negative_prompt else None)
-    return cond, m.get_learned_conditioning(batch_uc, force_zero_embeddings=list(zeroed))
+    return cond, _sdxl_encode(m, batch_uc, zeroed, _sdxl_tokens(m, negative_prompt, embeddings))
+
+
+@torch.no_grad()
+def _sdxl_encode(m, batch: dict, zeroed, tokens: dict | None) -> dict:
+    out = m.conditioner(batch, zeroed, text_tokens=tokens)
+    return {"c_crossattn": [out["crossattn"]], "y": out["vector"]}
+
+
+def _sdxl_tokens(m, text: str, embeddings: dict | None) -> dict | None:
+    """{text embedder index: (tokens (1, L), extra vectors)} with the embeddings' names in `text`
+    replaced by their vectors (clip_l for CLIP ViT-L, clip_g for OpenCLIP), or None when none is
+    used. Rows are [BOS] + ids (cut to L - 2) + [EOS], padded as each tokenizer pads."""
+    if not embeddings or not text or not used_embeddings([text], embeddings):
+        return None
+    ids, out = clip_bpe().encode(text), {}
+    for index, embedder in enumerate(m.conditioner.embedders):
+        if isinstance(embedder, FrozenOpenCLIPEmbedder):
+            tower, part = embedder.model, "clip_g"
+        elif isinstance(embedder, FrozenCLIPEmbedder):
+            tower, part = embedder.transformer, "clip_l"
+        else:
+            continue
+        vocab, width = tower.token_embedding.weight.shape
+        extra: list = []
+        replaced, _ = replace_in(ids, embeddings, width, vocab, extra, part)
+        length = embedder.cfg.max_length
+        if len(replaced) > length - 2:
+            warnings.warn(f"the prompt is {len(replaced)} tokens long; SDXL's text encoders read {length - 2}, "
+                          "so the rest was dropped", stacklevel=5)
+        row = [BOS_ID] + replaced[:length - 2] + [EOS_ID]
+        out[index] = (torch.tensor([row + [embedder.pad_id] * (length - len(row))]),
+                      torch.cat(extra) if extra else None)
+    return out
 
 
 def effective_clip_skip(m, clip_skip, warn: bool = False) -> int | None:
@@ -179,6 +216,7 @@ class PromptConditioning:
         return self._by_steps[steps, hires_steps]
 
     def _build(self, steps: int, hires_steps: int | None):
+        use_part(self.m, "text")
         schedules = [prompt_schedule(text, steps, hires_steps) for text, _ in self.parts]
         encoded = [_encode_schedule(self.m, [t for _, t in schedule], self.clip_skip, self.embeddings)
                    for schedule in schedules]

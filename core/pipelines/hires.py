@@ -24,11 +24,12 @@ from core.pipelines.defaults import MAX_LATENT_SIDE, check_size, model_defaults,
 from core.pipelines.denoise import denoise_batches
 from core.pipelines.generation import base_parameters, interrupted, plain_images, resolve_seeds
 from core.pipelines.images import image_to_tensor, tensor_to_images
+from core.pipelines.refiner import refiner_parameters
 from core.pipelines.memory import budget_bytes, plan_tile, unet_peak_bytes
 from core.pipelines.tiling import native_tiling as native_tiling_plan, tiled
 from core.pipelines.txt2img import txt2img
 from core.pipelines.upscale import upscale
-from core.samplers import SIGMA_SAMPLERS, SamplingInterrupted, SamplingSettings, check_strength
+from core.samplers import SIGMA_SAMPLERS, SamplingInterrupted, SamplingSettings, check_strength, schedule_length
 from core.samplers.settings import finite_number, whole_number
 
 # A1111's latent upscalers: (interpolation mode, antialias).
@@ -74,12 +75,14 @@ class HiresSettings:
 def txt2img_hires(m, prompt, hires: HiresSettings, negative_prompt="", steps=None, guidance_scale=None,
                   sampler=None, seed=None, width=None, height=None, n=1, *, sr_model=None, batch_size=1,
                   karras=None, scheduler=None, clip_skip=None, vae_tile=None, callback=None, should_stop=None,
-                  lora_dir=None, embeddings_dir=None, native_tiling=False) -> list:
+                  lora_dir=None, embeddings_dir=None, native_tiling=False, refiner=None,
+                  refiner_switch_at=None) -> list:
     """txt2img with a hires-fix second pass; one PIL image per seed, at the hires size.
     Arguments as txt2img (native_tiling: the first pass's, above the model's native size); `hires`
     the second pass; `sr_model` a super-resolution model for hires.upscaler == "model". The second
     pass keeps the first's schedule type (A1111's "use same scheduler") when its sampler walks
-    sigmas, and its clip skip."""
+    sigmas, and its clip skip. refiner / refiner_switch_at: the refiner finishes the first pass
+    (core/pipelines/refiner.py); the base model runs the hires pass."""
     # 1. Resolve both passes: sizes on the model's grid, settings, seeds (checked before any work).
     caps = capabilities(m).require("txt2img")
     defaults = model_defaults(m)
@@ -103,7 +106,8 @@ def txt2img_hires(m, prompt, hires: HiresSettings, negative_prompt="", steps=Non
                     width, height, n, karras=first.karras, scheduler=first.scheduler, clip_skip=clip_skip,
                     batch_size=batch_size, vae_tile=vae_tile,
                     callback=callback, should_stop=should_stop, output="latent", lora_dir=lora_dir,
-                    embeddings_dir=embeddings_dir, native_tiling=native_tiling)
+                    embeddings_dir=embeddings_dir, native_tiling=native_tiling, refiner=refiner,
+                    refiner_switch_at=refiner_switch_at)
     except SamplingInterrupted as stop:
         stop.images = []                                  # the first pass hands back latents, not images
         raise
@@ -130,7 +134,8 @@ def txt2img_hires(m, prompt, hires: HiresSettings, negative_prompt="", steps=Non
                 "hr_steps": hires.steps or None, "hr_sampler": hires.sampler and second.sampler,
                 "hr_prompt": hires.prompt, "hr_negative_prompt": hires.negative_prompt, "lora_hashes": lora_hashes(m),
                 "clip_skip": effective_clip_skip(m, clip_skip),
-                "ti_hashes": ti_hashes(embeddings_dir, [prompt, negative_prompt, hr_prompt, hr_negative])}
+                "ti_hashes": ti_hashes(embeddings_dir, [prompt, negative_prompt, hr_prompt, hr_negative]),
+                **refiner_parameters(refiner, refiner_switch_at, schedule_length(first, len(m.alphas_cumprod)))}
 
     def record(z):
         return plain_images(m, z, params_for, vae_tile, callback)

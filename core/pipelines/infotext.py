@@ -45,6 +45,8 @@ PARAMETERS = [
     ("Hires sampler", "hr_sampler", str),
     ("Hires prompt", "hr_prompt", str),
     ("Hires negative prompt", "hr_negative_prompt", str),
+    ("Refiner", "refiner", str),                   # "name [hash]" of the second-stage model
+    ("Refiner switch at", "refiner_switch_at", float),
     ("Clip skip", "clip_skip", int),
     ("Lora hashes", "lora_hashes", str),           # "name: shorthash, ..." (A1111's extra-network record)
     ("TI hashes", "ti_hashes", str),               # textual-inversion embeddings used, likewise

@@ -3,8 +3,9 @@
 Two ways, chosen by the model:
 (a) a dedicated inpainting model sees the mask and the masked image concatenated to its input
     (FACTS.md section 9, trap 6):
-    * "inpaint-sd" (SD 2 / 1.5 inpainting): [z, mask (1 = repaint, nearest-resized), latent of
-      image * (mask < 0.5)], 4 + 1 + 4 channels, with the prompt through cross-attention;
+    * "inpaint-sd" (SD 2 / 1.5 / SDXL inpainting): [z, mask (1 = repaint, nearest-resized), latent of
+      image * (mask < 0.5)], 4 + 1 + 4 channels, with the prompt through cross-attention (SDXL: and
+      its vector y; the unconditional branch sees the same mask and masked latent);
     * "inpaint-ldm" (LDM inpainting_big): [z, latent of (1 - mask) * image, mask * 2 - 1];
 (b) ANY other text or unconditional model, by latent blending: at every step the sampler shows the
     network the kept region as the original latent noised to the current level (core.samplers'
@@ -230,12 +231,14 @@ def _conditioning(m, caps, x, mask_t, z_init, prompt, negative_prompt, vae_tile,
     """(cond, uncond). Dedicated models get mask + masked image concatenated (FACTS.md section 9,
     trap 6); a text or unconditional model gets only its own conditioning and blends latents."""
     if caps.family == "inpaint-sd":                                        # [z, mask, masked latent]
-        c_text, u_text = text_conditioning(m, prompt, negative_prompt, clip_skip=clip_skip, **networks)
+        c_text, u_text = text_conditioning(m, prompt, negative_prompt, clip_skip=clip_skip, size=tuple(x.shape[-2:]),
+                                           **networks)
         mask_nearest = F.interpolate(mask_t, size=z_init.shape[-2:], mode="nearest")
         masked_latent = vae.encode(m, x * (mask_t < 0.5), tile=vae_tile)      # hole = 0 (grey)
-        cond = {"c_concat": [torch.cat([mask_nearest.to(masked_latent), masked_latent], dim=1)],
-                "c_crossattn": [c_text]}
-        return cond, u_text                                                 # replaces c_crossattn only
+        c_concat = [torch.cat([mask_nearest.to(masked_latent), masked_latent], dim=1)]
+        if isinstance(c_text, dict):                # SDXL inpainting: both branches see the mask (as A1111)
+            return {**c_text, "c_concat": c_concat}, {**u_text, "c_concat": c_concat}
+        return {"c_concat": c_concat, "c_crossattn": [c_text]}, u_text      # u replaces c_crossattn only
     if caps.family == "inpaint-ldm":                                       # [z, masked latent, mask +-1]
         masked = (1 - mask_t) * (x + 1) / 2 * 2 - 1                           # hole = black (-1)
         masked_latent = vae.encode(m, masked, tile=vae_tile)

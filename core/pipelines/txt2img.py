@@ -9,13 +9,14 @@ from core.pipelines.defaults import check_size, model_defaults
 from core.pipelines.denoise import denoise_batches
 from core.pipelines.generation import (base_parameters, check_batch_size, check_output, interrupted,
                                        plain_images, resolve_seeds)
+from core.pipelines.refiner import refiner_parameters, refiner_stage
 from core.pipelines.tiling import native_tiling as plan_native_tiling
-from core.samplers import SamplingInterrupted, SamplingSettings
+from core.samplers import SamplingInterrupted, SamplingSettings, schedule_length
 
 
 def txt2img(m, prompt, negative_prompt="", steps=None, guidance_scale=None, sampler=None, seed=None,
             width=None, height=None, n=1, *, clip_skip=None, lora_dir=None,
-            embeddings_dir=None, **options):
+            embeddings_dir=None, refiner=None, refiner_switch_at=None, **options):
     """Images for a prompt: a list of PIL images, each with its parameters in image.info.
 
     steps, guidance_scale, sampler, width, height: None = the model's defaults
@@ -28,6 +29,9 @@ def txt2img(m, prompt, negative_prompt="", steps=None, guidance_scale=None, samp
       None: tags are removed with a warning. Recorded as "Lora hashes".
     embeddings_dir: textual-inversion embeddings used by name (core/embeddings.py), e.g.
       weights/embeddings; recorded as "TI hashes".
+    refiner: a second text-to-image model (an SDXL refiner) that continues the sampling from
+      refiner_switch_at (fraction of the steps, default 0.8) with its own conditioning, A1111's way
+      (core/pipelines/refiner.py); recorded as "Refiner" / "Refiner switch at".
     options:
       scheduler: the schedule type of sigma samplers ("Karras", "Exponential", ...; None = default);
       batch_size: images per UNet batch (faster on a GPU; each image still depends only on its seed);
@@ -51,18 +55,20 @@ def txt2img(m, prompt, negative_prompt="", steps=None, guidance_scale=None, samp
                                      lora_dir=lora_dir, embeddings_dir=embeddings_dir)
     extra = {"prompt": prompt, "negative_prompt": negative_prompt, "clip_skip": effective_clip_skip(m, clip_skip),
              "lora_hashes": lora_hashes(m), "ti_hashes": ti_hashes(embeddings_dir, [prompt, negative_prompt])}
-    # 3. Noise -> latents -> images, one seed each.
+    stage = refiner_stage(m, refiner, refiner_switch_at, prompt, negative_prompt, (height, width),
+                          clip_skip=clip_skip, embeddings_dir=embeddings_dir)
+    # 3. Noise -> latents -> images, one seed each (the refiner taking over at its switch).
     return sample_images(m, "txt2img", cond, uncond, extra, n, seed, steps, sampler, guidance_scale,
-                         width, height, **options)
+                         width, height, refiner=stage, **options)
 
 
 def sample_images(m, task, cond, uncond, extra: dict, n, seed, steps, sampler, guidance_scale, width, height, *,
             batch_size=1, eta=None, karras=None, scheduler=None, vae_tile=None, callback=None, should_stop=None,
-            output="image", native_tiling=False, tile_cond=None):
+            output="image", native_tiling=False, tile_cond=None, refiner=None):
     """n images from noise under (cond, uncond), made by the caller for `task`; `extra`: parameters
     recorded besides the sampling ones (the class, the layout); tile_cond(cond, tile, H, W): cond and
     uncond are raw and encoded by it, for the whole latent (tile None) or per tile when tiled (a
-    layout's boxes in each tile's frame). Other arguments as txt2img."""
+    layout's boxes in each tile's frame); refiner: a RefinerStage or None. Other arguments as txt2img."""
     # 1. Resolve the settings, size and seeds.
     caps, defaults = capabilities(m), model_defaults(m)
     width, height = check_size(m, defaults.width if width is None else width,
@@ -79,6 +85,8 @@ def sample_images(m, task, cond, uncond, extra: dict, n, seed, steps, sampler, g
     if tile_cond is not None and wrap is None:                                # one piece: encoded once
         h, w = height // caps.factor, width // caps.factor
         cond, uncond = tile_cond(cond, None, h, w), None if uncond is None else tile_cond(uncond, None, h, w)
+    extra = {**extra, **refiner_parameters(refiner and refiner.model, refiner and refiner.switch_at,
+                                          schedule_length(settings, len(m.alphas_cumprod)))}
 
     def params_for(i):
         return {**base_parameters(m, task, settings, seeds[i], width, height), **extra, "tiled_diffusion": tiling}
@@ -90,7 +98,7 @@ def sample_images(m, task, cond, uncond, extra: dict, n, seed, steps, sampler, g
     latent_shape = (caps.latent_channels, height // caps.factor, width // caps.factor)
     try:
         z = denoise_batches(m, cond, uncond, settings, latent_shape, seeds, batch_size, wrap=wrap,
-                            callback=callback, should_stop=should_stop)
+                            callback=callback, should_stop=should_stop, refiner=refiner)
     except SamplingInterrupted as stop:
         raise interrupted(m, stop, record, params_for, vae_tile)
 

@@ -33,6 +33,7 @@ from core.pipelines.denoise import denoise
 from core.pipelines.generation import base_parameters, decode, interrupted, resolve_seed
 from core.pipelines.images import image_to_tensor, load_image, pad_to_multiple, tensor_to_images
 from core.pipelines.infotext import attach_parameters
+from core.pipelines.offload import use_part
 from core.pipelines.memory import budget_bytes, plan_tile, unet_peak_bytes
 from core.pipelines.progress import Progress
 from core.pipelines.tiles import overlapping_tiles
@@ -215,6 +216,7 @@ def _conditioning(m, caps, lr, defaults, noise_level, seed, prompt, negative_pro
     level = whole_number("noise_level", level, 0, m.low_scale_model.max_noise_level)
     x_aug, levels = m.low_scale_model(lr.float(), torch.tensor([level], device=lr.device),
                                       generator=cpu_generator(stream_seed(seed, "noise_augmentation")))
+    use_part(m, "text")
     cond = {"c_concat": [x_aug.to(m.dtype)], "c_crossattn": [m.get_learned_conditioning([prompt or ""])],
             "c_adm": levels}
     return cond, m.get_learned_conditioning([negative_prompt or ""]), level

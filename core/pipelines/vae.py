@@ -19,6 +19,7 @@ import weakref
 
 import torch
 
+from core.pipelines.offload import use_part
 from core.pipelines.memory import (budget_bytes, plan_tile, run_with_oom_retry, vae_decode_peak_bytes,
                                    vae_encode_peak_bytes)
 from core.pipelines.tiled_vae import tiled_apply
@@ -114,6 +115,7 @@ def decode(m, z: torch.Tensor, tile: int | None = None, stat_tiles: int | None =
     stat_tiles: tiles that measure the shared GroupNorm statistics (None = all: exact).
     on_tile(done, total): progress of the tiled path.
     """
+    use_part(m, "vae")                                                      # --medvram: the VAE onto the GPU
     x = _decode_once(m, z, tile, stat_tiles, on_tile)
     dtype = _first_stage_param(m).dtype
     if dtype in (torch.float16, torch.bfloat16) and not torch.isfinite(x).all():
@@ -128,6 +130,7 @@ def encode(m, x: torch.Tensor, tile: int | None = None, stat_tiles: int | None =
            on_tile=None) -> torch.Tensor:
     """Image (B, 3, H, W) in [-1, 1] (H, W multiples of f) -> latent (B, C, H/f, W/f), scaled by
     scale_factor; the KL posterior mean (deterministic). tile: core size in latent pixels."""
+    use_part(m, "vae")
     param = _first_stage_param(m)
     f = m.config.first_stage.ddconfig.downsample_factor
     x = x.to(param.device, param.dtype)

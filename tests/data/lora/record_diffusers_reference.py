@@ -85,12 +85,14 @@ def main():
             eps, text = run(family, unet, encoder, tokens, x, t, ctx)
             print(family, fmt, "lora changed eps by", float((eps - eps0).norm() / eps0.norm()),
                   "text by", float((text - text0).norm() / text0.norm()))
-            save_file({"eps": eps.contiguous(), "text": text.contiguous(), "eps_base": eps0.contiguous(),
-                       "text_base": text0.contiguous()},
-                      Path(__file__).parent / f"diffusers_{family}_{fmt}.safetensors",
-                      metadata={"diffusers": __import__("diffusers").__version__,
-                                "transformers": __import__("transformers").__version__,
-                                "peft": __import__("peft").__version__})
+            save_reference({"eps": eps, "text": text, "eps_base": eps0, "text_base": text0},
+                           f"diffusers_{family}_{fmt}")
+
+
+def save_reference(tensors: dict, name: str) -> None:
+    """tensors -> tests/data/lora/<name>.safetensors, with the versions of the libraries that made them."""
+    save_file({k: v.contiguous() for k, v in tensors.items()}, Path(__file__).parent / f"{name}.safetensors",
+              metadata={lib: __import__(lib).__version__ for lib in ("diffusers", "transformers", "peft")})
 
 
 if __name__ == "__main__":
