@@ -12,8 +12,8 @@ the same in eager mode, with no compile step:
                                  (bfloat16 only where oneDNN has native bf16), they run the packed
                                  kernel, and the plain torch forward otherwise.
     pack_for_cpu(model)          swaps every Conv2d / Linear of `model` to those classes in place, and
-                                 makes the outputs of the UNet, the VAE's encoder and decoder (and of
-                                 `model` itself) contiguous again: channels-last activations stay inside.
+                                 makes the UNet's output contiguous again: channels-last activations
+                                 stay inside.
 
 Measured on a 2-core AMD EPYC (AVX512-BF16, no AMX), SD 2.1 UNet and KL-f8 decoder: bench/README.md.
 The packed weight is made at the first forward and remade whenever the weight changes (LoRA merges
@@ -34,7 +34,6 @@ import threading
 import weakref
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 CPU_PACKED = os.environ.get("LDM_CPU_PACKED", "1") != "0"
@@ -135,11 +134,11 @@ def _contiguous_output(module: nn.Module, args, output):
 
 
 def _boundaries(model: nn.Module) -> list[nn.Module]:
-    """The modules whose outputs leave for samplers and pipelines: the model, its UNets, encoders and
-    decoders (channels-last is an inside detail; a caller's .view() must keep working)."""
-    from core.models.autoencoder import Decoder, Encoder
+    """The UNets in model: their outputs leave for the samplers NCHW-contiguous, as with plain kernels
+    (a caller's .view() must keep working). The VAE needs no such care: with plain kernels its encoder
+    and decoder already return channels-last tensors (the attention's reshape is a channels-last view)."""
     from core.models.unet import UNetModel
-    return [model] + [m for m in model.modules() if isinstance(m, (UNetModel, Encoder, Decoder)) and m is not model]
+    return [m for m in model.modules() if isinstance(m, UNetModel)]
 
 
 def pack_for_cpu(model: nn.Module) -> int:
