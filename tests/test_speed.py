@@ -24,7 +24,7 @@ def rel(a, b):
 def packed_sd2():
     plain = tiny_model("sd2")
     packed = copy.deepcopy(plain)
-    return plain, packed, speed.pack_for_cpu(packed)
+    return plain, packed, speed.pack_for_cpu(packed, min_weight=0)
 
 
 @needs_onednn
@@ -69,7 +69,7 @@ def test_in_place_weight_change_repacks_and_autograd_runs_plain():
     layer = torch.nn.Linear(16, 8)
     conv = torch.nn.Conv2d(3, 4, 3, padding=1)
     model = torch.nn.Sequential(conv)
-    speed.pack_for_cpu(layer), speed.pack_for_cpu(model)
+    speed.pack_for_cpu(layer, min_weight=0), speed.pack_for_cpu(model, min_weight=0)
     x, img = torch.randn(5, 16), torch.randn(2, 3, 6, 6)
     with torch.no_grad():
         before = layer(x)
@@ -86,9 +86,16 @@ def test_in_place_weight_change_repacks_and_autograd_runs_plain():
 
 
 @needs_onednn
+def test_small_layers_stay_plain():
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(256, 256))
+    assert speed.pack_for_cpu(model) == 1                       # 4096 < 2**16 <= 65536 weights
+    assert type(model[0]) is torch.nn.Linear and type(model[1]) is speed.PackedLinear
+
+
+@needs_onednn
 def test_unpack_restores_plain_classes_and_other_dtypes_fall_back():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(4, 2))
-    assert speed.pack_for_cpu(model) == 2
+    assert speed.pack_for_cpu(model, min_weight=0) == 2
     assert type(model[0]) is speed.PackedConv2d and isinstance(model[0], torch.nn.Conv2d)
     double = copy.deepcopy(model).double()        # float64: not a packed dtype, the plain forward runs
     x = torch.randn(1, 3, 5, 5, dtype=torch.float64)
