@@ -207,6 +207,8 @@ def load_model(path: str | Path, config=None, device=None, dtype: torch.dtype | 
             precision for the device: float32 on the CPU, float16 on CUDA — not the stored dtype).
     strict: missing or unexpected keys are an error naming them; strict=False loads what matches
             and warns with the list.
+    On the CPU the model's larger Conv2d / Linear layers run oneDNN with prepacked weights
+    (core/speed.py: same keys, outputs equal up to float rounding; LDM_CPU_PACKED=0 turns it off).
     """
     path = Path(path)
     sd, metadata = read_checkpoint(path)
