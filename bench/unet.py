@@ -282,7 +282,8 @@ class LiveTensorPeak(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for t in (out if isinstance(out, (tuple, list)) else (out,)):
-            if isinstance(t, torch.Tensor) and t.untyped_storage().nbytes():
+            # Opaque oneDNN tensors (packed weights, core/speed.py) have no storage: weights, not activations.
+            if isinstance(t, torch.Tensor) and not t.is_mkldnn and t.untyped_storage().nbytes():
                 storage = t.untyped_storage()
                 key = storage.data_ptr()
                 if key not in self.counted:
