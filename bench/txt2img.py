@@ -22,6 +22,7 @@ step (4 images each).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
@@ -55,6 +56,25 @@ def get_model(path: str | None, device: str, dtype):
     return m, "built (default size, random weights)"
 
 
+def compare_kernels(m, args, kw) -> None:
+    """Seconds per image, packed and plain kernels alternately (A B B A ...) in this one process."""
+    from core import speed
+    runs = {"packed": contextlib.nullcontext, "plain": speed.plain_kernels}
+    times = {name: [] for name in runs}
+    for name, context in runs.items():                                       # warm-up, both
+        with context():
+            pipelines.txt2img(m, PROMPT, seed=0, **kw)
+    for i in range(args.images):
+        for name in (list(runs) if i % 2 == 0 else list(runs)[::-1]):
+            with runs[name]():
+                t0 = time.perf_counter()
+                pipelines.txt2img(m, PROMPT, seed=1 + i, **kw)
+                times[name].append(time.perf_counter() - t0)
+    packed, plain = statistics.median(times["packed"]), statistics.median(times["plain"])
+    print(f"{args.sampler} x {args.steps} steps, {torch.get_num_threads()} threads, {args.images} images each")
+    print(f"  seconds per image: packed {packed:.3f}, plain {plain:.3f} (packed / plain {packed / plain:.2f})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="weights file (default: weights/*txt2img*.safetensors)")
@@ -66,6 +86,9 @@ def main() -> None:
     ap.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
                     help="weights dtype (default: float32 on the CPU, float16 on CUDA, as the app)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--kernels", action="store_true",
+                    help="time images alternately with the oneDNN-packed kernels (the CPU default) and with "
+                         "torch's plain ones (core/speed.py), and print both medians")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -87,6 +110,8 @@ def main() -> None:
 
     m.apply_model = timed
     kw = dict(steps=args.steps, sampler=args.sampler, width=args.size, height=args.size)
+    if args.kernels:
+        return compare_kernels(m, args, kw)
     pipelines.txt2img(m, PROMPT, seed=0, **kw)                               # warm-up
     step_times.clear()
     t0 = time.perf_counter()

@@ -13,7 +13,7 @@ original-LDM checkpoints (`diffusers.loaders.single_file_utils`). diffusers is o
 here, in the bench venv; it is not a project dependency.
 
 1. Numerics: batch 2, 4x32x32 latents, context 2x77x1024, t = [10, 900]; relative error
-   ||ours - diffusers|| / ||diffusers|| in float32 (and, unless --quick, each model's bfloat16
+   ||ours - diffusers|| / ||diffusers|| in float32, must be < 1e-5 (and, unless --quick, each model's bfloat16
    output against the float32 one).
 2. Timing: batch 2 (one classifier-free-guidance step), context 77x1024; both models loaded in one
    subprocess and run alternately (A B B A ...), so that other jobs on a shared machine slow both
@@ -50,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.gpu_tools import CudaGraphed  # noqa: E402
+from core import speed  # noqa: E402
 from core.checkpoints import config_from_yaml  # noqa: E402
 from core.models.unet import UNetModel  # noqa: E402
 
@@ -166,6 +167,8 @@ def load(impl: str, cache: Path, device: str, dtype: torch.dtype) -> nn.Module:
     model.load_state_dict(sd, strict=True, assign=True)
     if any(t.is_meta for t in list(model.parameters()) + list(model.buffers())):
         raise RuntimeError(f"{impl}: some tensors were not in the weights file")
+    if impl == "ours" and device == "cpu" and speed.CPU_PACKED:
+        speed.pack_for_cpu(model)   # as core.load_model does: oneDNN-packed weights (core/speed.py)
     return model.eval()
 
 
@@ -181,6 +184,11 @@ def inputs(device: str, dtype: torch.dtype, size: int, seed: int = 1, context_di
 def forward_fn(impl: str, model: nn.Module):
     if impl == "ours":
         return lambda x, t, c: model(x, t, c)
+    if impl == "ours-plain":          # our model with torch's plain kernels (the packing lever's baseline)
+        def plain(x, t, c):
+            with speed.plain_kernels():
+                return model(x, t, c)
+        return plain
     return lambda x, t, c: model(x, t, encoder_hidden_states=c, return_dict=False)[0]
 
 
@@ -213,6 +221,8 @@ def child_numerics(spec: dict) -> dict:
         model = load(impl, cache, "cpu", torch.float32)
         with torch.inference_mode():
             results[impl, "fp32"] = forward_fn(impl, model)(x, t, c).float()
+            if impl == "ours":
+                results["ours-plain", "fp32"] = forward_fn("ours-plain", model)(x, t, c).float()
             if spec["bf16"]:
                 model = model.to(torch.bfloat16)
                 xb, cb = x.bfloat16(), c.bfloat16()
@@ -223,6 +233,7 @@ def child_numerics(spec: dict) -> dict:
         return ((a - b).norm() / b.norm()).item()
     ref = results["diffusers", "fp32"]
     out["fp32 ours vs diffusers"] = rel(results["ours", "fp32"], ref)
+    out["fp32 ours-plain vs diffusers"] = rel(results["ours-plain", "fp32"], ref)
     out["output rms"] = ref.pow(2).mean().sqrt().item()
     if spec["bf16"]:
         out["bf16 ours vs fp32"] = rel(results["ours", "bf16"], ref)
@@ -232,9 +243,11 @@ def child_numerics(spec: dict) -> dict:
 
 
 def prepared_step(impl: str, spec: dict):
-    """Load one model as spec asks (dtype, channels_last, compile, CUDA graph); return (step, model)."""
+    """Load one model as spec asks (dtype, channels_last, compile, CUDA graph); return (step, model).
+    "ours-plain" reuses spec["ours_model"] when given (one copy of the weights for both)."""
     device, dtype = spec["device"], DTYPES[spec["dtype"]]
-    model = load(impl, Path(spec["cache"]), device, dtype)
+    model = spec.get("ours_model") if impl == "ours-plain" else None
+    model = model or load("diffusers" if impl == "diffusers" else "ours", Path(spec["cache"]), device, dtype)
     x, t, c = inputs(device, dtype, spec["size"])
     if spec["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
@@ -271,7 +284,8 @@ class LiveTensorPeak(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for t in (out if isinstance(out, (tuple, list)) else (out,)):
-            if isinstance(t, torch.Tensor) and t.untyped_storage().nbytes():
+            # Opaque oneDNN tensors (packed weights, core/speed.py) have no storage: weights, not activations.
+            if isinstance(t, torch.Tensor) and not t.is_mkldnn and t.untyped_storage().nbytes():
                 storage = t.untyped_storage()
                 key = storage.data_ptr()
                 if key not in self.counted:
@@ -319,7 +333,11 @@ def child_time(spec: dict) -> dict:
     times = {impl: [] for impl in spec["impls"]}
     cpu_times = {impl: [] for impl in spec["impls"]}
     with torch.inference_mode():
-        steps = {impl: prepared_step(impl, spec)[0] for impl in spec["impls"]}
+        steps = {}
+        for impl in spec["impls"]:
+            steps[impl], model = prepared_step(impl, spec)
+            if impl == "ours":
+                spec = {**spec, "ours_model": model}
         for impl, step in steps.items():
             for _ in range(spec["warmup"]):
                 step()
@@ -376,7 +394,8 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", help="latent sizes (default 32 64; --quick: 32)")
     p.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES),
                    help="default fp32 bf16 on CPU, fp16 bf16 on CUDA")
-    p.add_argument("--impls", nargs="+", choices=["ours", "diffusers"], help="default both when importable")
+    p.add_argument("--impls", nargs="+", choices=["ours", "ours-plain", "diffusers"],
+                   help="default: ours, ours-plain (CPU, when packing is on) and diffusers when importable")
     p.add_argument("--warmup", type=int, help="untimed forwards first (default CPU 1, CUDA 3)")
     p.add_argument("--repeats", type=int, help="timed forwards (default CPU 3, CUDA 20; --quick 1)")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
@@ -402,7 +421,8 @@ def main() -> None:
     if cuda and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch sees no CUDA device; use --device cpu")
     has_diffusers = importlib.util.find_spec("diffusers") is not None
-    impls = args.impls or (["ours", "diffusers"] if has_diffusers else ["ours"])
+    impls = args.impls or (["ours"] + (["ours-plain"] if not cuda and speed.CPU_PACKED else [])
+                           + (["diffusers"] if has_diffusers else []))
     if "diffusers" in impls and not has_diffusers:
         raise SystemExit("diffusers is not importable here; run with .bench-venv/bin/python (bench/README.md)")
     sizes = args.sizes or ([32] if args.quick else [32, 64])
@@ -425,7 +445,7 @@ def main() -> None:
         else:
             for key, value in num.items():
                 print(f"- {key}: {value:.3e}" + ("  (relative error)" if "vs" in key else ""))
-            verdict = "OK" if num["fp32 ours vs diffusers"] < 1e-4 else "MISMATCH (> 1e-4)"
+            verdict = "OK" if num["fp32 ours vs diffusers"] < 1e-5 else "MISMATCH (> 1e-5)"
             print(f"- fp32 verdict: {verdict}")
 
     results = {}  # (size, dtype, impl) -> timings and memory, or {"error": str}
@@ -463,7 +483,7 @@ def main() -> None:
         tensors = "" if r["tensors_mib"] is None else f"{r['tensors_mib']:.0f}"
         ratios = ["", "", ""]
         other = results.get((size, dtype, "diffusers"), {})
-        if impl == "ours" and other.get("times_ms"):
+        if impl.startswith("ours") and other.get("times_ms"):
             ratios = [ratio(median, statistics.median(other["times_ms"])),
                       ratio(cpu, statistics.median(other["cpu_ms"])),
                       ratio(r["tensors_mib"], other["tensors_mib"])]

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from core import inference_dtype
+from core import inference_dtype, speed
 from core.checkpoints.clip_keys import hf_clip_text_to_ours, is_hf_clip_text_keys
 from core.checkpoints.bundled_configs import BUNDLED_CONFIGS
 from core.checkpoints.compvis_yaml import config_from_yaml
@@ -207,6 +207,8 @@ def load_model(path: str | Path, config=None, device=None, dtype: torch.dtype | 
             precision for the device: float32 on the CPU, float16 on CUDA — not the stored dtype).
     strict: missing or unexpected keys are an error naming them; strict=False loads what matches
             and warns with the list.
+    On the CPU the model's larger Conv2d / Linear layers run oneDNN with prepacked weights
+    (core/speed.py: same keys, outputs equal up to float rounding; LDM_CPU_PACKED=0 turns it off).
     """
     path = Path(path)
     sd, metadata = read_checkpoint(path)
@@ -218,6 +220,8 @@ def load_model(path: str | Path, config=None, device=None, dtype: torch.dtype | 
     model = _build(cfg, sd, strict, path.name)
     device = torch.device(device or "cpu")
     model = _cast(model, device, dtype or getattr(torch, inference_dtype(device))).eval()
+    if device.type == "cpu" and speed.CPU_PACKED and speed.packing_fits(model):
+        speed.pack_for_cpu(model)   # oneDNN prepacked weights: same keys, same outputs up to rounding
     model.checkpoint_path = str(path)
     model.metadata = dict(metadata)
     return model

@@ -1,0 +1,188 @@
+"""CPU inference speed: convolutions and linear layers on oneDNN with prepacked weights.
+
+torch's eager `F.conv2d` / `F.linear` on the CPU hand a plain (OIHW / OI) weight to oneDNN, which
+reorders it into its blocked layout on EVERY call, and an NCHW activation into and out of that layout
+around every convolution. `torch.compile`'s freezing pass avoids both by prepacking each weight once
+(`mkldnn._reorder_convolution_weight`, `_reorder_linear_weight`) and calling
+`mkldnn._convolution_pointwise` / `_linear_pointwise` on channels-last activations; this module does
+the same in eager mode, with no compile step:
+
+    PackedConv2d, PackedLinear   nn.Conv2d / nn.Linear subclasses; same parameters, same state_dict
+                                 keys; on the CPU, in inference (no autograd), in float32 or bfloat16
+                                 (bfloat16 only where oneDNN has native bf16), they run the packed
+                                 kernel, and the plain torch forward otherwise.
+    pack_for_cpu(model)          swaps every Conv2d / Linear of `model` to those classes in place, and
+                                 makes the UNet's output contiguous again: channels-last activations
+                                 stay inside.
+
+Measured on a 2-core AMD EPYC (AVX512-BF16, no AMX), SD 2.1 UNet and KL-f8 decoder: bench/README.md.
+The packed weight is made at the first forward and remade whenever the weight changes (LoRA merges
+write the weight in place, which bumps its version), so the numbers computed are always those of the
+current weights; it is a second copy of the weight (memory: weights x 2 while packed). Results equal the
+plain forward's up to float rounding (oneDNN picks another summation order: relative error ~1e-6 in
+float32 per layer; tests/test_speed.py).
+
+`CPU_PACKED` is the one switch: `load_model` packs every CPU model when it is true and the copies fit
+in a quarter of the available memory (`packing_fits`; the app, the CLI, the pipelines and the benches
+all load through it). `LDM_CPU_PACKED=0` in the environment turns it off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import weakref
+
+import torch
+from torch import nn
+
+CPU_PACKED = os.environ.get("LDM_CPU_PACKED", "1") != "0"
+# Layers with smaller weights stay plain: there the per-call weight reorder that packing saves is
+# small, while channels-last GroupNorm (~3-9x slower than NCHW at 64-128 channels, 4x4-16x16) and the
+# packed linear's fixed cost (16 vs 27 us at 154x64x64) lose more (1 thread, 2-core AMD EPYC). At
+# 2**16 the shapes models stay plain and every SD layer but conv_in / out.2 is packed.
+MIN_PACKED_WEIGHT = 2 ** 16
+
+
+def packed_dtypes() -> tuple[torch.dtype, ...]:
+    """The dtypes the packed kernels run here: float32 when torch has oneDNN, plus bfloat16 when the
+    CPU computes bf16 natively (AVX512-BF16 or AMX; emulated bf16 would be slower than plain)."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")):
+        return ()
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return (torch.float32, torch.bfloat16)
+    return (torch.float32,)
+
+
+_DTYPES = packed_dtypes()
+_plain = threading.local()  # plain_kernels() sets .on for the calling thread
+
+
+@contextlib.contextmanager
+def plain_kernels():
+    """Run packed models with torch's plain kernels inside the block (comparisons in tests and benches);
+    the packed weights are kept for afterwards."""
+    before = getattr(_plain, "on", False)
+    _plain.on = True
+    try:
+        yield
+    finally:
+        _plain.on = before
+
+
+def _packable(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Inference on the CPU in a packed dtype, input and weight alike, and no CPU autocast (whose
+    casts belong to the plain torch ops)."""
+    if getattr(_plain, "on", False) or torch.is_autocast_enabled("cpu"):
+        return False
+    return (x.device.type == "cpu" and weight.device.type == "cpu" and x.dtype == weight.dtype
+            and x.dtype in _DTYPES and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
+
+
+# module -> (weight key, packed weight). Outside the module, so that copy.deepcopy and state_dict never
+# see the opaque oneDNN tensors; a copy has new storage, so it packs its own at its first forward.
+_PACKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_HOOKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # boundary module -> its hook handle
+
+
+def _packed_weight(module: nn.Module, pack) -> torch.Tensor:
+    """module's packed weight, made by pack(weight) now if the weight changed since the last one.
+
+    A new tensor, a move, a cast or an in-place write (weight._version) all change the key. Inference
+    tensors (made under torch.inference_mode) have no version counter; they can only be written inside
+    inference_mode, which nothing here does."""
+    weight = module.weight
+    version = 0 if weight.is_inference() else weight._version
+    key = (weight.data_ptr(), version, weight.dtype)
+    cached = _PACKS.get(module)
+    if cached is None or cached[0] != key:
+        cached = (key, pack(weight.detach()))
+        _PACKS[module] = cached
+    return cached[1]
+
+
+class PackedConv2d(nn.Conv2d):
+    """nn.Conv2d whose CPU inference runs oneDNN on a prepacked weight and channels-last activations."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, Cin, H, W) -> (B, Cout, H', W')
+        if (not _packable(x, self.weight) or x.dim() != 4 or self.padding_mode != "zeros"
+                or isinstance(self.padding, str)):
+            return super().forward(x)
+        # The input size is only a hint for the blocked layout; any size runs on the result.
+        packed = _packed_weight(self, lambda w: torch.ops.mkldnn._reorder_convolution_weight(
+            w, list(self.padding), list(self.stride), list(self.dilation), self.groups, list(x.shape)))
+        x = x.contiguous(memory_format=torch.channels_last)  # a no-op after the first packed conv
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, packed, self.bias, list(self.padding), list(self.stride), list(self.dilation),
+            self.groups, "none", [], "")
+
+
+class PackedLinear(nn.Linear):
+    """nn.Linear whose CPU inference runs oneDNN on a prepacked weight."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., Din) -> (..., Dout)
+        if not _packable(x, self.weight) or x.dim() < 2:
+            return super().forward(x)
+        rows = x.numel() // x.shape[-1]  # a hint for the layout, as for the convolution
+        packed = _packed_weight(self, lambda w: torch.ops.mkldnn._reorder_linear_weight(w, rows))
+        return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
+
+
+_PACKED = {nn.Conv2d: PackedConv2d, nn.Linear: PackedLinear}
+
+
+def _contiguous_output(module: nn.Module, args, output):
+    # Inside the model activations are channels-last; callers get the usual NCHW-contiguous tensor.
+    if isinstance(output, torch.Tensor):
+        return output.contiguous()
+    return output
+
+
+def _boundaries(model: nn.Module) -> list[nn.Module]:
+    """The UNets in model: their outputs leave for the samplers NCHW-contiguous, as with plain kernels
+    (a caller's .view() must keep working). The VAE needs no such care: with plain kernels its encoder
+    and decoder already return channels-last tensors (the attention's reshape is a channels-last view)."""
+    from core.models.unet import UNetModel
+    return [m for m in model.modules() if isinstance(m, UNetModel)]
+
+
+def pack_for_cpu(model: nn.Module, min_weight: int = MIN_PACKED_WEIGHT) -> int:
+    """Swap model's nn.Conv2d / nn.Linear (exact classes, not subclasses) with at least min_weight
+    weight elements to the packed classes in place; returns how many were swapped (0 where oneDNN is missing: the model is left as it was).
+    Parameters, buffers and state_dict keys are untouched; on any other device, dtype, or with
+    autograd recording, each layer runs the plain torch forward."""
+    if not _DTYPES:
+        return 0
+    swapped = 0
+    for module in model.modules():
+        packed = _PACKED.get(type(module))
+        if packed is not None and module.weight.numel() >= min_weight:
+            module.__class__ = packed
+            swapped += 1
+    if swapped:
+        for boundary in _boundaries(model):
+            if boundary not in _HOOKS:
+                _HOOKS[boundary] = boundary.register_forward_hook(_contiguous_output)
+    return swapped
+
+
+def packing_fits(model: nn.Module, min_weight: int = MIN_PACKED_WEIGHT) -> bool:
+    """Whether the packed copies (as large as the packed layers' weights) fit in a quarter of the
+    memory available now: SD 1/2's UNet (+3.4 GiB in float32) on a 16 GiB machine, not SDXL's (+10 GiB)."""
+    from core.pipelines.memory import available_memory         # here: core.pipelines imports the loader
+    extra = sum(m.weight.numel() * m.weight.element_size() for m in model.modules()
+                if type(m) in _PACKED and m.weight.numel() >= min_weight)
+    return 4 * extra <= available_memory("cpu")
+
+
+def unpack(model: nn.Module) -> None:
+    """Undo pack_for_cpu: plain classes again, packed copies dropped."""
+    for module in model.modules():
+        for plain, packed in _PACKED.items():
+            if type(module) is packed:
+                module.__class__ = plain
+                _PACKS.pop(module, None)
+        hook = _HOOKS.pop(module, None)
+        if hook is not None:
+            hook.remove()

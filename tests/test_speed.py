@@ -1,0 +1,114 @@
+"""core.speed: oneDNN prepacked convolutions and linear layers give the plain forward's numbers.
+
+Tiny models (tests/tiny_models.py), packed in place, against the same model with plain kernels
+(`plain_kernels()`), and against an untouched deep copy: float32 within 1e-5 relative error, bfloat16
+within bf16 rounding where the CPU has native bf16. Also: same state_dict keys, repacking after an
+in-place weight change (a LoRA merge), the plain path under autograd, and unpack.
+"""
+
+import copy
+
+import pytest
+import torch
+
+from core import speed
+from tests.tiny_models import example_inputs, tiny_model
+
+needs_onednn = pytest.mark.skipif(not speed.packed_dtypes(), reason="torch without oneDNN: nothing is packed")
+
+
+def rel(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def packed_sd2():
+    plain = tiny_model("sd2")
+    packed = copy.deepcopy(plain)
+    return plain, packed, speed.pack_for_cpu(packed, min_weight=0)
+
+
+@needs_onednn
+def test_unet_and_decoder_match_plain_float32():
+    plain, packed, swapped = packed_sd2()
+    assert swapped > 0
+    assert list(packed.state_dict()) == list(plain.state_dict())   # checkpoint keys unchanged
+    x, t, _ = example_inputs(plain, "sd2")
+    with torch.inference_mode():
+        context = torch.randn(2, 77, plain.config.unet.context_dim, generator=torch.Generator().manual_seed(3))
+        out_plain = plain.model.diffusion_model(x, t, context)
+        out_packed = packed.model.diffusion_model(x, t, context)
+        with speed.plain_kernels():
+            out_switched = packed.model.diffusion_model(x, t, context)
+        z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+        img_plain = plain.first_stage_model.decode(z)
+        img_packed = packed.first_stage_model.decode(z)
+    assert out_packed.is_contiguous()             # channels-last stays inside the UNet
+    assert torch.equal(out_switched, out_plain)
+    assert 0 < rel(out_packed, out_plain) < 1e-5
+    assert rel(img_packed, img_plain) < 1e-5
+
+
+@needs_onednn
+@pytest.mark.skipif(torch.bfloat16 not in speed.packed_dtypes(), reason="no native bf16 on this CPU")
+def test_unet_matches_plain_bfloat16():
+    plain, packed, _ = packed_sd2()
+    plain, packed = plain.to(torch.bfloat16), packed.to(torch.bfloat16)
+    x, t, _ = example_inputs(plain, "sd2")
+    context = torch.randn(2, 77, plain.config.unet.context_dim, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        ref = tiny_model("sd2").model.diffusion_model(x, t, context)               # float32
+        out_plain = plain.model.diffusion_model(x.bfloat16(), t, context.bfloat16())
+        out_packed = packed.model.diffusion_model(x.bfloat16(), t, context.bfloat16())
+    # bf16 has 8 bits of mantissa: packed and plain differ from float32 alike, and barely from each other.
+    assert rel(out_packed, ref) < 1.5 * rel(out_plain, ref) + 1e-3
+    assert rel(out_packed, out_plain) < 2e-2
+
+
+@needs_onednn
+def test_in_place_weight_change_repacks_and_autograd_runs_plain():
+    layer = torch.nn.Linear(16, 8)
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+    model = torch.nn.Sequential(conv)
+    speed.pack_for_cpu(layer, min_weight=0), speed.pack_for_cpu(model, min_weight=0)
+    x, img = torch.randn(5, 16), torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        before = layer(x)
+        layer.weight.add_(0.5)                    # what apply_lora does (copy_ under no_grad)
+        conv.weight.mul_(2.0)
+        after, conv_after = layer(x), model(img)
+    torch.testing.assert_close(after, torch.nn.functional.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(conv_after, torch.nn.functional.conv2d(img, conv.weight, conv.bias, padding=1),
+                               rtol=1e-5, atol=1e-5)
+    out = layer(x)                                # autograd: the plain torch op, gradients flow
+    out.sum().backward()
+    assert layer.weight.grad is not None and out.grad_fn is not None
+
+
+@needs_onednn
+def test_small_layers_stay_plain():
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(256, 256))
+    assert speed.pack_for_cpu(model) == 1                       # 4096 < 2**16 <= 65536 weights
+    assert type(model[0]) is torch.nn.Linear and type(model[1]) is speed.PackedLinear
+
+
+@needs_onednn
+def test_unpack_restores_plain_classes_and_other_dtypes_fall_back():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(4, 2))
+    assert speed.pack_for_cpu(model, min_weight=0) == 2
+    assert type(model[0]) is speed.PackedConv2d and isinstance(model[0], torch.nn.Conv2d)
+    double = copy.deepcopy(model).double()        # float64: not a packed dtype, the plain forward runs
+    x = torch.randn(1, 3, 5, 5, dtype=torch.float64)
+    torch.testing.assert_close(double[0](x), torch.nn.functional.conv2d(x, double[0].weight, double[0].bias))
+    speed.unpack(model)
+    assert type(model[0]) is torch.nn.Conv2d and type(model[1]) is torch.nn.Linear
+
+
+def test_packing_is_skipped_where_the_copies_would_not_fit(monkeypatch):
+    """The packed copies double the packed weights' memory: only when they fit a quarter of what is free."""
+    import core.pipelines.memory as memory
+    model = torch.nn.Sequential(torch.nn.Linear(512, 256))                    # 2**17 weights, 512 KiB
+    monkeypatch.setattr(memory, "available_memory", lambda device: 4 * 512 * 1024)
+    assert speed.packing_fits(model)
+    monkeypatch.setattr(memory, "available_memory", lambda device: 4 * 512 * 1024 - 1)
+    assert not speed.packing_fits(model)
