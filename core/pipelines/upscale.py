@@ -22,7 +22,6 @@ statistics (tiled_vae.py). Out-of-memory retries with smaller tiles.
 Interrupted runs raise core.samplers.SamplingInterrupted (its `.images` is empty).
 """
 
-import math
 from dataclasses import dataclass
 
 import torch
