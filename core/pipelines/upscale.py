@@ -37,7 +37,7 @@ from core.pipelines.infotext import attach_parameters
 from core.pipelines.memory import budget_bytes, tile_cost, unet_peak_bytes
 from core.pipelines.vae import decode_work, plan_decode_tile
 from core.pipelines.progress import Progress
-from core.pipelines.tiles import overlapping_tiles
+from core.pipelines.tiles import tile_count
 from core.pipelines.tiling import TileState, tiled
 from core.samplers import SamplingInterrupted, SamplingSettings, schedule_length
 from core.samplers.noise import cpu_generator, stream_seed
@@ -150,7 +150,7 @@ def plan_upscale(model_or_config, width: int, height: int, settings: SamplingSet
                          f"got {tile!r}.")
     overlap = tile // 4 // align * align if overlap is None else overlap
     whole_number("overlap", overlap, 0, tile - 1)
-    tiles = len(overlapping_tiles(h, w, tile, overlap, align)) if max(h, w) > tile else 1
+    tiles = tile_count(h, w, tile, overlap, align) if max(h, w) > tile else 1
     th, tw = min(tile, h), min(tile, w)
     if tile_batch is None:
         tile_batch = min(tiles, MAX_TILE_BATCH)
@@ -174,7 +174,7 @@ def _fastest_tile(cfg, h: int, w: int, align: int, halves: int, dtype, budget: i
         if unet_peak_bytes(cfg, th, tw, halves, dtype) > budget:
             break
         ov = t // 4 // align * align if overlap is None else min(overlap, t - align)
-        n = len(overlapping_tiles(h, w, t, ov, align)) if max(h, w) > t else 1
+        n = tile_count(h, w, t, ov, align) if max(h, w) > t else 1
         cost = tile_cost(cfg, th, tw, n)
         if best is None or cost < best[0]:
             best = (cost, t)
