@@ -1,33 +1,21 @@
-"""Time and peak memory of tiled 4x upscaling for 256^2, 512^2, 1024^2 and 2048^2 outputs.
+"""Time and peak memory of 4x upscaling for 256^2, 512^2, 1024^2 and 2048^2 outputs.
 
-    python bench/upscale.py                                  # weights/shapes-sr4x.safetensors
+    python bench/upscale.py                                  # weights/shapes-sr4x.safetensors, its defaults
     python bench/upscale.py --sizes 256 512 1024 --steps 10 --threads 2
+    python bench/upscale.py --tile 64 --vae-tile 64 --stat-tiles 4     # fixed tiles instead of the plan
     python bench/upscale.py --device cuda --sizes 256 512 1024 2048 4096
 
 Each size runs in a FRESH subprocess, so the peak of one size cannot hide in the next: the child
 loads the model, renders a low-resolution test picture (size / 4 per side: smooth gradients and
-discs), resets the kernel's peak-RSS counter (/proc/self/clear_refs), runs pipelines.upscale with
-fixed UNet and VAE tiles (--tile, --vae-tile: the thing being measured is that memory depends on
-them, not on the image), and reports wall time and peak RSS (VmHWM; on CUDA also
-torch.cuda.max_memory_allocated). Without a weights file it builds a model of the default SR
-model's size (scripts/train_configs/shapes-sr4x.yaml: KL-f4 ch 32, UNet mc 64 mult 1-2-2, concat
-conditioning) with random weights; the speed and memory are the same.
+discs), resets the kernel's peak-RSS counter (/proc/self/clear_refs), runs pipelines.upscale --
+by default exactly as `pipelines.upscale(m, image)` does (the model's steps, the planned UNet tile
+and batch, the planned decode) -- and reports wall time, the process's CPU time (on a machine
+shared with other jobs the wall time is inflated; the CPU time much less), peak RSS (VmHWM; on
+CUDA also torch.cuda.max_memory_allocated) and the plan (UNet tile x tiles / batch, VAE tile, 0 =
+untiled). Without a weights file it builds a model of the default SR model's size
+(scripts/train_configs/shapes-sr4x.yaml) with random weights; the speed and memory are the same.
 
-The VAE's shared GroupNorm statistics are measured on --stat-tiles tiles (default 4, spread over
-the image; 0 = all tiles, exact, which costs about GroupNorms / 2 extra decoder passes: for this
-VAE ~9x the decode time once the image has more than 4 tiles).
-
-Measured with --threads 1 on the 2-core CPU of the build machine (shared with other jobs, so +-30%), the
-defaults (20 DDIM steps, tile 64 -> 90x90 latent VAE boxes with context, 4 statistics tiles):
-
-    output   seconds  peak RSS MB  (RSS after loading: ~780 MB)
-     256^2       5.9          974   one UNet tile, untiled VAE
-     512^2      79.8         1251   2x2 tiles, VAE boxes cut to 77x77 by the image border
-    1024^2     141.0         1771   interior VAE boxes reach 90x90: the per-tile peak from here on
-    2048^2     457.5         1899   4x the pixels of 1024^2, +7% memory (the output image itself)
-
-So expect about 10 min for the whole run; with --stat-tiles 0 (exact), 512^2 took 223 s and
-1024^2 645 s on the same (then busier) machine.
+Figures: README.md, "Performance".
 """
 
 from __future__ import annotations
@@ -95,13 +83,18 @@ def child(spec: dict) -> None:
         torch.cuda.reset_peak_memory_stats()
     base = _rss("VmRSS")
     _peak_rss_reset()
-    t0 = time.perf_counter()
-    out = pipelines.upscale(m, lr, tile=spec["tile"], steps=spec["steps"], seed=0, vae_tile=spec["vae_tile"],
-                            vae_stat_tiles=spec["stat_tiles"])
+    settings = pipelines.SamplingSettings.resolve(pipelines.model_defaults(m), steps=spec["steps"])
+    plan = pipelines.plan_upscale(m, lr.width, lr.height, settings, tile=spec["tile"], vae_tile=spec["vae_tile"],
+                                  dtype=m.dtype, device=m.device)
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = pipelines.upscale(m, lr, tile=plan.tile, steps=spec["steps"], seed=0, vae_tile=plan.vae_tile,
+                            tile_batch=plan.tile_batch, vae_stat_tiles=spec["stat_tiles"])
     if cuda:
         torch.cuda.synchronize()
-    wall = time.perf_counter() - t0
-    print(json.dumps({"size": out.size[0], "seconds": round(wall, 2), "rss_before_mb": round(base / 2 ** 20),
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    print(json.dumps({"size": out.size[0], "seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
+                      "plan": f"{plan.tile}x{plan.tiles}/{plan.tile_batch}, vae {plan.vae_tile}",
+                      "rss_before_mb": round(base / 2 ** 20),
                       "peak_rss_mb": round(_rss("VmHWM") / 2 ** 20),
                       "cuda_peak_mb": round(torch.cuda.max_memory_allocated() / 2 ** 20) if cuda else None,
                       "tile": out.info["ldm_studio"]["tile"], "steps": out.info["ldm_studio"]["steps"]}))
@@ -111,11 +104,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="SR weights (default: weights/*sr*.safetensors, else built)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024, 2048], help="output sides")
-    ap.add_argument("--steps", type=int, default=20, help="sampling steps")
-    ap.add_argument("--tile", type=int, default=64, help="UNet tile in input pixels (0 = planner)")
-    ap.add_argument("--vae-tile", type=int, default=64, help="VAE tile in latent pixels (-1 = planner)")
-    ap.add_argument("--stat-tiles", type=int, default=4,
-                    help="tiles measuring the VAE's GroupNorm statistics (0 = all: exact)")
+    ap.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    ap.add_argument("--tile", type=int, default=0, help="UNet tile in input pixels (0 = planner)")
+    ap.add_argument("--vae-tile", type=int, default=-1, help="VAE tile in latent pixels (-1 = planner, 0 = untiled)")
+    ap.add_argument("--stat-tiles", type=int, default=0,
+                    help="tiles measuring the tiled VAE's GroupNorm statistics (0 = all: exact, the default)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
     ap.add_argument("--threads", type=int, default=2)
@@ -127,9 +120,9 @@ def main() -> None:
     if model is None:
         found = sorted((ROOT / "weights").glob("*sr*.safetensors"))
         model = str(found[0]) if found else None
-    print(f"model: {model or 'built (default SR size, random weights)'}; {args.steps} steps, tile {args.tile}, "
+    print(f"model: {model or 'built (default SR size, random weights)'}; {args.steps or 'default'} steps, tile {args.tile or 'planned'}, "
           f"vae tile {args.vae_tile}, stat tiles {args.stat_tiles or 'all'}, {args.device}, {args.threads} threads")
-    print(f"{'output':>10} {'seconds':>9} {'peak RSS MB':>12} {'RSS before':>11} {'CUDA peak MB':>13}")
+    print(f"{'output':>10} {'seconds':>9} {'CPU s':>8} {'peak RSS MB':>12} {'RSS before':>11} {'CUDA peak MB':>13}  plan")
     for size in args.sizes:
         spec = {"size": size, "model": model, "steps": args.steps, "tile": args.tile or None,
                 "vae_tile": None if args.vae_tile < 0 else args.vae_tile, "device": args.device,
@@ -140,8 +133,8 @@ def main() -> None:
             print(f"{size:>10} failed: {run.stderr.strip().splitlines()[-1] if run.stderr else run.returncode}")
             continue
         r = json.loads(run.stdout.strip().splitlines()[-1])
-        print(f"{str(size) + '^2':>10} {r['seconds']:>9.1f} {r['peak_rss_mb']:>12} {r['rss_before_mb']:>11} "
-              f"{str(r['cuda_peak_mb']):>13}", flush=True)
+        print(f"{str(size) + '^2':>10} {r['seconds']:>9.1f} {r['cpu_seconds']:>8.1f} {r['peak_rss_mb']:>12} "
+              f"{r['rss_before_mb']:>11} {str(r['cuda_peak_mb']):>13}  {r['plan']}", flush=True)
 
 
 if __name__ == "__main__":

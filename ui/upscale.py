@@ -61,7 +61,7 @@ def estimate(studio: Studio, image: str | None = None, model: str | None = None,
              overlap: int | None = None, steps: int | None = None, scale: float | None = None,
              upscaler: str = "model") -> str:
     """What an upscale will do before it runs: output size, tiles, and a time estimate from the last
-    upscale this server ran (its seconds per UNet latent-pixel step, times this plan's)."""
+    upscale this server ran (its seconds per unit of sampling and of decoding, times this plan's)."""
     if not image:
         return "Upload an image to see the output size, the number of tiles and an estimated time."
     low = open_image(image, studio.settings.max_side)
@@ -75,14 +75,23 @@ def estimate(studio: Studio, image: str | None = None, model: str | None = None,
         return f"**Cannot upscale this:** {err}"
     text = (f"{low.width}x{low.height} -> **{p.out_width}x{p.out_height}**: {p.tiles} tile(s) of "
             f"{p.tile} px (overlap {p.overlap}) x {p.steps} steps")
-    last = studio.jobs.last_finished(TAB)
-    per_unit = last.extra.get("seconds_per_unet_pixel_step") if last else None
-    if per_unit:
-        seconds = per_unit * p.unet_pixel_steps + last.extra.get("seconds_per_decoded_pixel", 0) * p.decoded_pixels
-        text += f", about {_duration(seconds)} on this machine"
-    else:
+    seconds = _seconds(studio.jobs.last_finished(TAB), p)
+    if seconds is None:
         text += "; a time estimate appears after the first upscale"
+    else:
+        text += f", about {_duration(seconds)} on this machine"
     return text
+
+
+def _seconds(last, plan: pipelines.UpscalePlan) -> float | None:
+    """This plan's time from the last upscale's measured rates: seconds per unit of sampling work
+    (the UNet's MACs over all steps) and per unit of decode work (decoder pixels, counting tile
+    context and statistics passes); None before the first upscale."""
+    rates = last.extra if last else {}
+    per_sample, per_decode = rates.get("seconds_per_sampling_work"), rates.get("seconds_per_decode_work")
+    if per_sample is None or per_decode is None:
+        return None
+    return per_sample * plan.sampling_work + per_decode * plan.decode_work
 
 
 def _duration(seconds: float) -> str:
@@ -153,13 +162,14 @@ def _model_work(studio: Studio, entry, low, plan, options: dict, prompt: str, ne
         report(p)
 
     def generate():
-        return [pipelines.upscale(m, low, prompt=prompt, negative_prompt=negative_prompt, **options,
+        planned = dict(tile=plan.tile, overlap=plan.overlap, tile_batch=plan.tile_batch, vae_tile=plan.vae_tile)
+        return [pipelines.upscale(m, low, prompt=prompt, negative_prompt=negative_prompt, **{**options, **planned},
                                   callback=progress, should_stop=job.should_stop)]
 
     images = run_and_save(generate, studio.settings.outputs_dir, job.folder)
     finished = time.monotonic()
-    job.note(seconds_per_unet_pixel_step=(sampled["at"] - started) / plan.unet_pixel_steps,
-             seconds_per_decoded_pixel=(finished - sampled["at"]) / plan.decoded_pixels)
+    job.note(seconds_per_sampling_work=(sampled["at"] - started) / plan.sampling_work,
+             seconds_per_decode_work=(finished - sampled["at"]) / plan.decode_work)
     return images
 
 

@@ -69,14 +69,15 @@ def base_parameters(m, task: str, settings: SamplingSettings, seed: int, width: 
 
 
 @torch.no_grad()
-def decode(m, z: torch.Tensor, vae_tile=None, callback=None, images: int = 1, stat_tiles=vae.STAT_TILES) -> list:
+def decode(m, z: torch.Tensor, vae_tile=None, callback=None, images: int = 1, stat_tiles=vae.STAT_TILES,
+           window=None) -> list:
     """Latents (B, C, h, w) -> decoded float32 images (1, 3, H, W) in [-1, 1], one at a time (the
-    VAE's memory is planned per image); vae_tile, stat_tiles as core.pipelines.vae.decode."""
+    VAE's memory is planned per image); vae_tile, stat_tiles, window as core.pipelines.vae.decode."""
     out = []
     for i in range(z.shape[0]):
         on_tile = None if callback is None else (
             lambda done, total, i=i: callback(Progress("decode", done, total, i, images)))
-        out.append(vae.decode(m, z[i:i + 1], tile=vae_tile, stat_tiles=stat_tiles, on_tile=on_tile))
+        out.append(vae.decode(m, z[i:i + 1], tile=vae_tile, stat_tiles=stat_tiles, on_tile=on_tile, window=window))
     return out
 
 

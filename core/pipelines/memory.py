@@ -72,6 +72,35 @@ def unet_peak_bytes(m, height: int, width: int, batch: int, dtype=None) -> int:
     return int(elem * batch * (skips + WORK_FACTOR * widest) + attention)
 
 
+def unet_macs(m, height: int, width: int) -> int:
+    """Multiply-accumulates of one UNet forward on a (1, C, height, width) latent tile, from the
+    config (a model or its LatentDiffusionConfig): per level, its ResBlocks' 3x3 convolutions (about
+    18 ch^2 per pixel in the encoder half, 29 ch^2 in the decoder half, whose input carries the
+    skip) and the down/up-sampling convs; per attention block 4 ch^2 (legacy) or 20 ch^2
+    (transformer) per token for the projections and feed-forward, plus the 2 tokens^2 ch of the
+    products, which make large tiles dear. A plan's relative cost, not a precise count."""
+    cfg = getattr(m, "config", m).unet
+    nrb = cfg.num_res_blocks
+    nrb = list(nrb) if isinstance(nrb, (list, tuple)) else [nrb] * len(cfg.channel_mult)
+    last = len(cfg.channel_mult) - 1
+    macs = 9 * (cfg.in_channels + cfg.out_channels) * cfg.model_channels * height * width
+    for level, mult in enumerate(cfg.channel_mult):
+        px, ch = math.ceil(height / 2 ** level) * math.ceil(width / 2 ** level), cfg.model_channels * mult
+        convs = 18 * nrb[level] + 29 * (nrb[level] + 1) + (18 if level < last else 18 * 2)   # last: middle
+        macs += convs * ch * ch * px
+        blocks = (2 * nrb[level] + 1) * (2 ** level in cfg.attention_resolutions) + (level == last)
+        projections = 20 if cfg.use_spatial_transformer else 4
+        macs += blocks * (projections * ch * ch * px + 2 * px * px * ch)
+    return int(macs)
+
+
+def tile_cost(m, height: int, width: int, tiles: int, batch: int = 1) -> int:
+    """Relative time (MACs) of one network evaluation over `tiles` tiles of height x width, `batch`
+    tiles per UNet call: their work plus a fixed cost per call as large as a 32x32 tile's work
+    (measured on a 2-core CPU, one thread: a 32x32 tile takes 40 ms, a 64x64 one 100 ms)."""
+    return tiles * unet_macs(m, height, width) + -(-tiles // batch) * unet_macs(m, 32, 32)
+
+
 def _vae_widest(ddconfig, height_px: int, width_px: int) -> int:
     """Largest channels x pixels of any VAE level, the up-sampled input of each level included."""
     widest, mults = 0, ddconfig.ch_mult
@@ -82,25 +111,29 @@ def _vae_widest(ddconfig, height_px: int, width_px: int) -> int:
     return widest
 
 
-def _vae_attention(ddconfig, height_px: int, width_px: int, batch: int, elem: int) -> int:
-    """The mid block's attention over every latent pixel (and any attn_resolutions level)."""
+def _vae_attention(ddconfig, height_px: int, width_px: int, batch: int, elem: int, box: int | None = None) -> int:
+    """The mid block's attention over every latent pixel (and any attn_resolutions level); with
+    attention windows, over one window's box of at most box x box pixels of its level."""
     if ddconfig.attn_type == "none":
         return 0
     f = ddconfig.downsample_factor
-    tokens = math.ceil(height_px / f) * math.ceil(width_px / f)
+    sides = [(math.ceil(height_px / f), math.ceil(width_px / f))]
     for level in range(len(ddconfig.ch_mult)):
         if ddconfig.resolution // 2 ** level in ddconfig.attn_resolutions:
-            tokens = max(tokens, math.ceil(height_px / 2 ** level) * math.ceil(width_px / 2 ** level))
+            sides.append((math.ceil(height_px / 2 ** level), math.ceil(width_px / 2 ** level)))
+    tokens = max(min(h, box or h) * min(w, box or w) for h, w in sides)
     return _attention_bytes(batch, 1, tokens, elem)
 
 
-def vae_decode_peak_bytes(m, height: int, width: int, batch: int, dtype=None) -> int:
-    """Predicted activation peak of decoding a (batch, C, height, width) latent tile."""
-    dd = m.config.first_stage.ddconfig
+def vae_decode_peak_bytes(m, height: int, width: int, batch: int, dtype=None, window_box: int | None = None) -> int:
+    """Predicted activation peak of decoding a (batch, C, height, width) latent tile; window_box:
+    the side of an attention window's box (window + 2 margin), None = attention over the tile.
+    m: a model, or its LatentDiffusionConfig (then give dtype)."""
+    dd = getattr(m, "config", m).first_stage.ddconfig
     f = dd.downsample_factor
     elem = _element_size(dtype or m.dtype)
     return int(elem * batch * VAE_WORK_FACTOR * _vae_widest(dd, height * f, width * f)
-               + _vae_attention(dd, height * f, width * f, batch, elem))
+               + _vae_attention(dd, height * f, width * f, batch, elem, window_box))
 
 
 def vae_encode_peak_bytes(m, height_px: int, width_px: int, batch: int, dtype=None) -> int:

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.models.autoencoder import AttnBlock
 from core.pipelines.tiles import core_tiles
 
 
@@ -37,10 +38,17 @@ class _Gathered(Exception):
 
 class SharedGroupNorms:
     """While entered, the nn.GroupNorms in `module` normalise with `stats` once they have them; in
-    gathering mode the first one without statistics measures its input's core region and stops."""
+    gathering mode the first one without statistics measures its input's core region and stops.
 
-    def __init__(self, module: nn.Module):
+    window: the VAE's self-attention blocks (AttnBlock) attend within windows of `window` pixels
+    of their own resolution, each seeing `margin` more on every side (None: over the whole input).
+    Full attention over a 256x256 latent is 65536^2 products; windows make it linear in the area.
+    The block's GroupNorm still normalises with the statistics of its WHOLE input (no seams)."""
+
+    def __init__(self, module: nn.Module, window: int | None = None, margin: int = 0):
         self.norms = [mod for mod in module.modules() if isinstance(mod, nn.GroupNorm)]
+        self.attentions = [mod for mod in module.modules() if isinstance(mod, AttnBlock)] if window else []
+        self.window, self.margin = window, margin
         self.stats: dict[nn.GroupNorm, tuple[torch.Tensor, torch.Tensor]] = {}   # (B, G) mean, var
         self.gathering = False
         self.target: nn.GroupNorm | None = None
@@ -50,13 +58,38 @@ class SharedGroupNorms:
     def __enter__(self):
         for norm in self.norms:
             norm.forward = partial(self._forward, norm)          # instance attribute shadows the class's
+        for block in self.attentions:
+            block.forward = partial(self._attend, block)
         return self
 
     def __exit__(self, *exc):
-        for norm in self.norms:
-            if "forward" in norm.__dict__:
-                del norm.forward
+        for mod in self.norms + self.attentions:
+            if "forward" in mod.__dict__:
+                del mod.forward
         return False
+
+    def _attend(self, block: AttnBlock, x: torch.Tensor) -> torch.Tensor:
+        """block(x) with attention inside windows: each window's box runs the block, its core is kept."""
+        H, W = x.shape[-2:]
+        if max(H, W) <= self.window + 2 * self.margin:
+            return AttnBlock.forward(block, x)
+        own = block.norm not in self.stats            # untiled: the norm's statistics from this input
+        if own:
+            if self.gathering:
+                return block.norm(x)                   # the norm being measured: raises _Gathered
+            var, mean = torch.var_mean(x.float().reshape(x.shape[0], block.norm.num_groups, -1), dim=-1,
+                                       correction=0)
+            self.stats[block.norm] = (mean, var)                                       # (B, G)
+        try:
+            out = torch.empty_like(x)
+            for t in core_tiles(H, W, self.window, self.margin):
+                o = AttnBlock.forward(block, x[..., t.y0:t.y1, t.x0:t.x1])
+                oy, ox = t.cy0 - t.y0, t.cx0 - t.x0
+                out[..., t.cy0:t.cy1, t.cx0:t.cx1] = o[..., oy:oy + t.cy1 - t.cy0, ox:ox + t.cx1 - t.cx0]
+            return out
+        finally:
+            if own:
+                del self.stats[block.norm]
 
     def fix_target(self) -> None:
         """The measured norm's gathered (count, mean, M2) become its shared mean and variance."""
@@ -108,13 +141,15 @@ def spread(items: list, k: int | None) -> list:
 
 @torch.no_grad()
 def tiled_apply(fn, module: nn.Module, x: torch.Tensor, scale: tuple[int, int], tile: int, pad: int,
-                align: int = 1, stat_tiles: int | None = None, on_tile=None) -> torch.Tensor:
+                align: int = 1, stat_tiles: int | None = None, on_tile=None, window: int | None = None,
+                margin: int = 0) -> torch.Tensor:
     """Apply fn (a VAE encoder or decoder whose GroupNorms live in `module`) to x (B, C, H, W) tile
     by tile; the output is scale = (num, den) times the input's size (decoder (f, 1), encoder (1, f)).
 
     tile, pad: core size and context margin in input pixels (multiples of `align`, which must make
     every tile boundary land on whole output pixels). stat_tiles: how many tiles (evenly spread)
     measure the statistics; None = all (exact). on_tile(done, total): after each tile run.
+    window, margin: attention windows inside each tile (SharedGroupNorms).
     """
     num, den = scale
     B, _, H, W = x.shape
@@ -128,7 +163,7 @@ def tiled_apply(fn, module: nn.Module, x: torch.Tensor, scale: tuple[int, int], 
         return fn(x[..., tl.y0:tl.y1, tl.x0:tl.x1])                           # (B, C', h*s, w*s)
 
     out = None
-    with SharedGroupNorms(module) as norms:
+    with SharedGroupNorms(module, window, margin) as norms:
         # 1. One statistics pass per GroupNorm, each stopping at that norm.
         norms.gathering = bool(measured)
         while norms.gathering:

@@ -58,6 +58,12 @@ def overlapping_tiles(height: int, width: int, tile: int, overlap: int, align: i
             for y in _starts(height, th, overlap, align) for x in _starts(width, tw, overlap, align)]
 
 
+def tile_count(height: int, width: int, tile: int, overlap: int, align: int = 1) -> int:
+    """len(overlapping_tiles(...)) without making them (the planner weighs many tile sizes)."""
+    th, tw = min(tile, height), min(tile, width)
+    return len(_starts(height, th, overlap, align)) * len(_starts(width, tw, overlap, align))
+
+
 def _cores(length: int, core: int, align: int) -> list[tuple[int, int]]:
     """Split [0, length) into n = ceil(length / core) nearly equal pieces on the `align` lattice."""
     n = max(1, math.ceil(length / core))

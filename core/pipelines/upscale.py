@@ -14,13 +14,14 @@ they disagree on. The model's details stay, its drift in tone and colour goes. O
 reference models, so that they reproduce the reference; our shapes-sr4x file asks for 2 in its
 defaults (+4.6 dB on the evaluation photos, +2.9 dB on shapes scenes, weights/README.md).
 
-Large images: the latent is denoised in overlapping tiles blended at EVERY step (tiling.py),
-then decoded by the tiled VAE with whole-image GroupNorm statistics (tiled_vae.py). The tile
-sizes come from the memory planner unless given; out-of-memory retries with smaller tiles.
+Large images: the latent is denoised in overlapping tiles blended at EVERY step (tiling.py), the
+tile the fastest that fits in memory (plan_upscale). The decoder's self-attention runs in windows
+(VAE_WINDOW latent pixels: linear, not quadratic, in the area), so the whole latent decodes in one
+pass with exact GroupNorm statistics when it fits; otherwise the tiled VAE shares whole-image
+statistics (tiled_vae.py). Out-of-memory retries with smaller tiles.
 Interrupted runs raise core.samplers.SamplingInterrupted (its `.images` is empty).
 """
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -33,10 +34,11 @@ from core.pipelines.denoise import denoise
 from core.pipelines.generation import base_parameters, decode, interrupted, resolve_seed
 from core.pipelines.images import image_to_tensor, load_image, pad_to_multiple, tensor_to_images
 from core.pipelines.infotext import attach_parameters
+from core.pipelines.memory import budget_bytes, tile_cost, unet_peak_bytes
 from core.pipelines.offload import use_part
-from core.pipelines.memory import budget_bytes, plan_tile, unet_peak_bytes
+from core.pipelines.vae import decode_work, plan_decode_tile
 from core.pipelines.progress import Progress
-from core.pipelines.tiles import overlapping_tiles
+from core.pipelines.tiles import tile_count
 from core.pipelines.tiling import TileState, tiled
 from core.samplers import SamplingInterrupted, SamplingSettings, schedule_length
 from core.samplers.noise import cpu_generator, stream_seed
@@ -44,6 +46,8 @@ from core.samplers.settings import whole_number
 
 BACK_PROJECTION_BAND = 64     # low-res rows per band: the temporaries stay small for any image size
 MAX_BACK_PROJECTION = 16
+MAX_TILE_BATCH = 4            # tiles per UNet call at most (one call's fixed cost shared)
+VAE_WINDOW = 64               # decoder attention windows, latent pixels (vae.decode's window)
 
 
 def back_project(x: torch.Tensor, lr: torch.Tensor, rounds: int) -> torch.Tensor:
@@ -96,27 +100,39 @@ class UpscalePlan:
     tiles: int                  # tiles per network evaluation
     steps: int                  # sampler steps as reported (DDIM may run more than asked)
     guided: bool                # two halves per evaluation (classifier-free guidance)
+    tile_batch: int = 1         # tiles per UNet call
+    unet_work: int = 0          # relative cost (MACs, memory.tile_cost) of one network evaluation
+    vae_tile: int = 0           # VAE core size, latent pixels (0: the whole latent at once)
+    vae_window: int | None = None   # decoder attention windows, latent pixels (None: whole tiles)
+    decode_work: int = 0        # pixels the decoder runs, counting tile context and statistics passes
 
     @property
     def unet_pixel_steps(self) -> int:
-        """Latent pixels the UNet processes over the whole run (tiles x steps x tile area x CFG
-        halves): the unit a time estimate scales with."""
+        """Latent pixels the UNet processes over the whole run (tiles x steps x tile area x CFG halves)."""
         area = min(self.tile, self.latent[0]) * min(self.tile, self.latent[1])
         return self.steps * self.tiles * area * (2 if self.guided else 1)
 
     @property
+    def sampling_work(self) -> int:
+        """The UNet's relative cost over the whole run (steps x CFG halves x unet_work): with
+        decode_work, the two units a time estimate scales with."""
+        return self.steps * (2 if self.guided else 1) * self.unet_work
+
+    @property
     def decoded_pixels(self) -> int:
-        """Pixels the VAE decodes (and back-projection touches): the model's full-size output."""
+        """Pixels of the model's full-size output (what back-projection touches)."""
         return self.latent[0] * self.latent[1] * self.factor ** 2
 
 
 def plan_upscale(model_or_config, width: int, height: int, settings: SamplingSettings, *, tile=None,
-                 overlap=None, scale=None, tile_batch: int = 1, dtype=torch.float32, device="cpu",
+                 overlap=None, scale=None, tile_batch=None, vae_tile=None, dtype=torch.float32, device="cpu",
                  memory_budget=None) -> UpscalePlan:
     """The plan for a width x height input (checked: ValueError in words). tile / overlap in input
-    pixels (= latent pixels for these models); tile None = the largest tile whose predicted UNet
-    peak fits the memory budget (at most max(2x the training size, 64), as CompVis' LDM-SR notebook
-    tiles at 2x); overlap None = a quarter of the tile."""
+    pixels (= latent pixels for these models); tile None = the FASTEST tile whose predicted UNet
+    peak fits the memory budget (memory.tile_cost: fewer, larger tiles redo less overlap and pay
+    less per call, until the attention's quadratic cost outweighs that); overlap None = a quarter
+    of the tile; tile_batch None = as many tiles per UNet call as fit, at most MAX_TILE_BATCH;
+    vae_tile None = untiled when the decode (attention in VAE_WINDOW windows) fits the budget."""
     cfg = getattr(model_or_config, "config", model_or_config)
     caps = capabilities(cfg).require("upscale")
     f, align = caps.factor, caps.grid // caps.factor
@@ -127,35 +143,61 @@ def plan_upscale(model_or_config, width: int, height: int, settings: SamplingSet
                          "px per side.")
     h, w = -(-height // align) * align, -(-width // align) * align
     guided = caps.guidance and settings.guidance_scale != 1.0
+    halves, budget = 2 if guided else 1, budget_bytes(device, memory_budget)
     if tile is None:
-        largest = math.ceil(min(max(h, w), max(2 * cfg.image_size, 64)) / align) * align
-        batch = (2 if guided else 1) * tile_batch
-        tile = plan_tile(lambda t: unet_peak_bytes(cfg, t, t, batch, dtype),
-                         budget_bytes(device, memory_budget), align, largest)
+        tile = _fastest_tile(cfg, h, w, align, halves, dtype, budget, overlap)
     if isinstance(tile, bool) or not isinstance(tile, int) or tile <= 0 or tile % align:
         raise ValueError(f"tile must be a positive multiple of {align} (input pixels = latent pixels); "
                          f"got {tile!r}.")
     overlap = tile // 4 // align * align if overlap is None else overlap
     whole_number("overlap", overlap, 0, tile - 1)
-    tiles = len(overlapping_tiles(h, w, tile, overlap, align)) if max(h, w) > tile else 1
+    tiles = tile_count(h, w, tile, overlap, align) if max(h, w) > tile else 1
+    th, tw = min(tile, h), min(tile, w)
+    if tile_batch is None:
+        tile_batch = min(tiles, MAX_TILE_BATCH)
+        while tile_batch > 1 and unet_peak_bytes(cfg, th, tw, halves * tile_batch, dtype) > budget:
+            tile_batch -= 1
+    whole_number("tile_batch", tile_batch, 1)
+    if vae_tile is None:
+        vae_tile = plan_decode_tile(cfg, h, w, 1, budget, VAE_WINDOW, dtype, device)
     return UpscalePlan(width, height, *scaled_size(width, height, scale), f, scale, (h, w), tile, overlap, tiles,
-                       schedule_length(settings, cfg.timesteps), guided)
+                       schedule_length(settings, cfg.timesteps), guided, tile_batch,
+                       tile_cost(cfg, th, tw, tiles, tile_batch), vae_tile, VAE_WINDOW,
+                       decode_work(cfg, h, w, vae_tile))
+
+
+def _fastest_tile(cfg, h: int, w: int, align: int, halves: int, dtype, budget: int, overlap=None) -> int:
+    """The tile side (a multiple of align, up to the latent's longer side) of least predicted time
+    whose UNet peak fits the budget; the smallest tile when none fits (the retry has the last word)."""
+    best, smallest = None, max(align, 16 // align * align)
+    for t in range(smallest, -(-max(h, w) // align) * align + 1, align):
+        th, tw = min(t, h), min(t, w)
+        if unet_peak_bytes(cfg, th, tw, halves, dtype) > budget:
+            break
+        ov = t // 4 // align * align if overlap is None else min(overlap, t - align)
+        n = tile_count(h, w, t, ov, align) if max(h, w) > t else 1
+        cost = tile_cost(cfg, th, tw, n)
+        if best is None or cost < best[0]:
+            best = (cost, t)
+    return smallest if best is None else best[1]
 
 
 @torch.no_grad()
 def upscale(m, image, tile=None, overlap=None, steps=None, seed=None, *, prompt="", negative_prompt="",
             sampler=None, guidance_scale=None, eta=None, karras=None, noise_level=None, back_projection=None,
-            scale=None, tile_batch=1, vae_tile=None, vae_stat_tiles=None, memory_budget=None, callback=None,
+            scale=None, tile_batch=None, vae_tile=None, vae_stat_tiles=None, memory_budget=None, callback=None,
             should_stop=None):
     """Upscale `image` (PIL, path or array) f times with a super-resolution model -> a PIL image.
 
     tile, overlap: UNet tile size and overlap in INPUT pixels (= latent pixels for these models);
-        None = planned from free memory (overlap a quarter of the tile).
+        None = planned (plan_upscale: the fastest tile that fits in memory; overlap a quarter of it).
+    tile_batch: tiles per UNet call (None = planned, at most MAX_TILE_BATCH).
     noise_level: the x4 upscaler's augmentation level (default 20, at most the model's max).
     back_projection: rounds of back-projection onto the input after decoding (None = the model's
         default: 0 unless its file says otherwise).
     scale: output side / input side, in (1, f] (None = f, the model's own factor).
-    vae_tile: VAE core size in latent pixels (None = only when the whole decode does not fit, 0 = never).
+    vae_tile: VAE core size in latent pixels (None = only when the whole decode does not fit, 0 = never);
+        the decoder's attention runs in windows of VAE_WINDOW latent pixels either way.
     vae_stat_tiles: tiles measuring the tiled VAE's shared GroupNorm statistics (None = all: exact,
         about (GroupNorms / 2) decoder passes; k = k tiles spread over the image: cheaper, an estimate).
     memory_budget: bytes a tile may use (default 60% of the free memory).
@@ -174,7 +216,7 @@ def upscale(m, image, tile=None, overlap=None, steps=None, seed=None, *, prompt=
                           else back_projection, 0, MAX_BACK_PROJECTION)
     picture = load_image(image)
     plan = plan_upscale(m, picture.width, picture.height, settings, tile=tile, overlap=overlap, scale=scale,
-                        tile_batch=whole_number("tile_batch", tile_batch, 1), dtype=m.dtype, device=m.device,
+                        tile_batch=tile_batch, vae_tile=vae_tile, dtype=m.dtype, device=m.device,
                         memory_budget=memory_budget)
     align = caps.grid // caps.factor                                        # UNet grid, in latent pixels
     lr, _ = pad_to_multiple(image_to_tensor(picture, m.device, m.dtype), align)   # (1, 3, h, w)
@@ -189,19 +231,19 @@ def upscale(m, image, tile=None, overlap=None, steps=None, seed=None, *, prompt=
                 "back_projection": rounds or None}
 
     def record(z):
-        x = decode(m, z, vae_tile, callback, stat_tiles=vae_stat_tiles)[0]
+        x = decode(m, z, plan.vae_tile, callback, stat_tiles=vae_stat_tiles, window=plan.vae_window)[0]
         return [_finish(x, lr, rounds, plan, params_for(0))]
 
     # 3. Denoise the whole latent, tile by tile at every step (its noise drawn once from the seed).
     on_step, on_tile = _reporters(m, callback, plan)
-    wrap = None if plan.tiles == 1 else tiled(plan.tile, plan.overlap, align, TileState(plan.tile), tile_batch,
+    wrap = None if plan.tiles == 1 else tiled(plan.tile, plan.overlap, align, TileState(plan.tile), plan.tile_batch,
                                                on_tile)
     try:
         z = denoise(m, cond, uncond, settings, (1, caps.latent_channels, *plan.latent), [cpu_generator(seed)],
                     wrap=wrap, callback=on_step, should_stop=should_stop)
     except SamplingInterrupted as stop:
         stop.latents = None
-        raise interrupted(m, stop, record, params_for, vae_tile)
+        raise interrupted(m, stop, record, params_for, plan.vae_tile)
 
     # 4. Decode (tiled when large), back-project onto the input, crop, resize to `scale`, record.
     return record(z)[0]
