@@ -119,3 +119,20 @@ def test_txt2img_records_ti_hashes(tmp_path):
     plain = txt2img(m, "a mystyle circle", **args)[0]
     assert "TI hashes" not in plain.info["parameters"]
     assert not np.array_equal(np.asarray(plain), np.asarray(image))
+
+
+def test_a_model_without_clip_says_nothing_of_an_empty_embeddings_folder(tmp_path):
+    """The app always passes weights/embeddings: a shapes-style text model (TransformerEmbedder) only
+    hears about embeddings when the folder holds some."""
+    import dataclasses
+    from core.models.diffusion import LatentDiffusion
+    cfg = tiny_model("ldm_txt2img").config
+    m = LatentDiffusion(dataclasses.replace(cfg, cond_stage=dataclasses.replace(cfg.cond_stage, tokenizer="clip",
+                                                                                 vocab_size=49408)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        text_conditioning(m, "a red circle", "", embeddings_dir=tmp_path / "missing")
+        text_conditioning(m, "a red circle", "", embeddings_dir=tmp_path)
+    save_file({"emb_params": torch.randn(1, 32)}, tmp_path / "toy.safetensors")
+    with pytest.warns(UserWarning, match="reads their names as text"):
+        text_conditioning(m, "a red circle", "", embeddings_dir=tmp_path)

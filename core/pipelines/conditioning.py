@@ -87,10 +87,13 @@ def text_conditioning(m, prompt, negative_prompt="", *, clip_skip=None, size=Non
 
 
 def _embeddings(m, folder) -> dict | None:
-    """The folder's textual-inversion embeddings, for CLIP / OpenCLIP text encoders."""
+    """The folder's textual-inversion embeddings, for CLIP / OpenCLIP text encoders (other encoders
+    read their names as text, said only when the folder holds some)."""
     if folder is None:
         return None
     if not isinstance(m.cond_stage_model, (FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder)):
+        if not load_embeddings(folder):
+            return None
         warnings.warn("textual-inversion embeddings apply to CLIP text encoders only; this model's "
                       f"{type(m.cond_stage_model).__name__} reads their names as text", stacklevel=4)
         return None
