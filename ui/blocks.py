@@ -19,6 +19,11 @@ from ui.send import wire_sends
 from ui.settings import AppSettings
 from ui.studio import Studio, models_banner
 
+# The generation tabs, in order: (title, id, module with build(studio, demo, job) -> its parts).
+GENERATION_TABS = [("Text to image", "txt2img", txt2img), ("Class / unconditional", "classgen", classgen),
+                   ("Layout to image", "layout", layout), ("Image to image", "img2img", img2img),
+                   ("Inpaint", "inpaint", inpaint), ("Upscale", "upscale", upscale)]
+
 CSS = """
 .ldm-generate { min-height: 72px; }
 """
@@ -35,20 +40,13 @@ def build_app(settings: AppSettings | None = None, studio: Studio | None = None)
         train.build_notice(studio, demo)            # "Training X in the background ... Stop training"
         # Each tab's last job id, kept in localStorage. Outside the tabs: a BrowserState inside a tab
         # that is not showing is never mounted, so a reload would not read it back.
-        jobs = {tab: job_memory(tab) for tab in ("txt2img", "classgen", "img2img", "inpaint", "upscale", "layout")}
+        jobs = {tab: job_memory(tab) for _, tab, _ in GENERATION_TABS}
+        built = {}
         with gr.Tabs() as tabs:
-            with gr.Tab("Text to image", id="txt2img"):
-                t2i = txt2img.build(studio, demo, jobs["txt2img"])
-            with gr.Tab("Class / unconditional", id="classgen"):
-                cls = classgen.build(studio, demo, jobs["classgen"])
-            with gr.Tab("Layout to image", id="layout"):
-                lay = layout.build(studio, demo, jobs["layout"])
-            with gr.Tab("Image to image", id="img2img"):
-                i2i = img2img.build(studio, demo, jobs["img2img"])
-            with gr.Tab("Inpaint", id="inpaint"):
-                inp = inpaint.build(studio, demo, jobs["inpaint"])
-            with gr.Tab("Upscale", id="upscale"):
-                up = upscale.build(studio, demo, jobs["upscale"])
+            for title, tab, module in GENERATION_TABS:
+                with gr.Tab(title, id=tab):
+                    built[tab] = module.build(studio, demo, jobs[tab])
+            t2i, cls, lay, i2i, inp, up = (built[tab] for _, tab, _ in GENERATION_TABS)
             with gr.Tab("Train", id="train"):
                 tr = train.build(studio, demo)
             with gr.Tab("PNG info", id="png_info"):
