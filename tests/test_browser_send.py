@@ -70,7 +70,8 @@ def test_send_to_carries_prompt_and_seed(page):
         page.get_by_role("button", name=button).first.click()
         prompt = visible(page, ".ldm-prompt textarea")
         page.wait_for_function("el => el.value === 'two yellow stars'", arg=prompt.element_handle())
-        assert _field(page, "Seed (-1: random)").input_value() == "55"
+        seed = _field(page, "Seed (-1: random)")                       # filled by the same update; under
+        page.wait_for_function("el => el.value === '55'", arg=seed.element_handle())   # load it may land later
         visible(page, tab_image).wait_for()
 
 
