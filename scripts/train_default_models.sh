@@ -86,7 +86,7 @@ done
 python -m core.eval inpaint --model weights/shapes-txt2img.safetensors --n 64 --out weights/eval/inpaint-blend.json
 python -m core.eval sr --model weights/shapes-sr4x.safetensors --max-side 128 --n-shapes 8 --out weights/eval/sr4x.json
 
-# session 12: the layout-to-image model, from the text model's UNet (interim export at step 1766 of 4000;
+# session 12: the layout-to-image model, from the text model's UNet (interim export at step 2235 of 4000;
 # the session that finishes the run exports again and evaluates 200 layouts of each kind, two eval seeds)
 OMP_NUM_THREADS=1 python -m core.train ldm --config scripts/train_configs/shapes-layout.yaml   # or: --resume --name shapes-layout
 python -m core.train export runs/shapes-layout --out weights/shapes-layout.safetensors
