@@ -41,9 +41,9 @@ def judge_layout(image: np.ndarray, scene) -> dict:
     for shape, colour, x0, y0, x1, y1 in layout(scene):
         inside = [(np.hypot(s.cx - (x0 + x1) / 2, s.cy - (y0 + y1) / 2), j) for j, s in enumerate(seen)
                   if j not in used and x0 <= s.cx <= x1 and y0 <= s.cy <= y1]
-        s = seen[min(inside)[1]] if inside else None
-        if s is not None:
-            used.add(seen.index(s))
+        j = min(inside)[1] if inside else None
+        s = None if j is None else seen[j]
+        used.add(j)
         size = "large" if x1 - x0 > SIZE_THRESHOLD else "small"
         verdict = {"asked": {"shape": shape, "colour": colour, "size": size, "box": [x0, y0, x1, y1]},
                    "seen": None if s is None else asdict(s), "found": s is not None,
@@ -52,7 +52,7 @@ def judge_layout(image: np.ndarray, scene) -> dict:
                    "size": s is not None and s.size == size}
         verdict["ok"] = all(verdict[k] for k in ATTRIBUTES)
         objects.append(verdict)
-    extra = len(seen) - len(used)
+    extra = len(seen) - len(used - {None})
     return {"scene_ok": extra == 0 and all(o["ok"] for o in objects), "objects": objects,
             "extra_objects": extra}
 
