@@ -204,6 +204,7 @@ SLOW_MODULES = {
     "test_train_cli.py": "training subprocesses: SIGTERM / SIGKILL and resume, torchrun DDP",
 }
 SLOW_TESTS = {
+    "test_sdxl_pipelines_take_prompt_syntax", "test_sdxl_inpainting_and_the_refiner_take_prompt_syntax",
     "test_resume_continues_exactly", "test_cli_trains_from_a_zip_and_exports",
     "test_a_lora_trained_in_the_train_tab_loads_back", "test_sdxl_lora_uses_sgm_names_and_both_text_encoders",
     "test_real_trainer_tiny_run_stop_and_resume", "test_memory_estimate_formula_and_against_a_measured_step",

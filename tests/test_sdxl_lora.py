@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from core.checkpoints.lora_keys import lora_targets
 from core.lora import apply_lora, remove_lora
-from core.pipelines.conditioning import sdxl_conditioning
+from core.pipelines.conditioning import sdxl_conditioning, with_steps
 from tests.tiny_models import tiny_model
 
 RANK, ALPHA = 2, 1.0
@@ -189,6 +189,7 @@ def test_sdxl_embedding_pair_goes_to_both_towers(xl, tmp_path):
     save_file(pair, tmp_path / "shinystyle.safetensors")
     embeddings = load_embeddings(tmp_path)
     c, _ = sdxl_conditioning(xl, "a cat shinystyle", "", size=(64, 64), embeddings=embeddings)
+    c = with_steps(c, 10)                                   # an embedding is prompt syntax's path (chunks)
     plain, _ = sdxl_conditioning(xl, "a cat shinystyle", "", size=(64, 64))
     assert not torch.allclose(c["y"], plain["y"])
 

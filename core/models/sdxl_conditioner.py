@@ -166,9 +166,10 @@ class GeneralConditioner(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def forward(self, batch: dict, force_zero_embeddings=(), text_tokens: dict | None = None) -> dict[str, Tensor]:
-        """text_tokens: {embedder index: (token ids (B, L), extra vectors (n, D) or None)} used by those
-        text embedders instead of tokenizing batch["txt"] (textual-inversion embeddings)."""
+    def forward(self, batch: dict, force_zero_embeddings=(), text_outputs: dict | None = None) -> dict[str, Tensor]:
+        """text_outputs: {embedder index: its output (hidden (B, L, D), or (hidden, pooled (B, E)))} used
+        instead of running those embedders on batch["txt"]: A1111's prompt syntax (chunks, emphasis,
+        embeddings) is encoded outside, by core/pipelines/conditioning.py."""
         missing = [k for k in self.cfg.input_keys if k not in batch]
         if missing:
             raise ValueError(f"the conditioning batch lacks {missing}; this model reads {list(self.cfg.input_keys)}")
@@ -182,9 +183,8 @@ class GeneralConditioner(nn.Module):
             value = batch[key]
             if isinstance(embedder, ConcatTimestepEmbedderND):
                 value = torch.as_tensor(value, device=self.device)
-            if text_tokens and index in text_tokens:
-                tokens, extra = text_tokens[index]
-                embs = embedder.encode_tokens(tokens, extra_vectors=extra)
+            if text_outputs and index in text_outputs:
+                embs = text_outputs[index]
             else:
                 embs = embedder(value)
             for emb in embs if isinstance(embs, tuple) else (embs,):

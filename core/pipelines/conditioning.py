@@ -26,7 +26,11 @@ A prompt and a negative prompt of different lengths are not padded to each other
 guidance then runs them as two passes (A1111's default). Our shapes-world models (a
 TransformerEmbedder with the CLIP tokenizer and a context shorter than 77) take the same syntax
 in one chunk of their own length: weights, editing and AND apply, BREAK only separates, and an
-over-long prompt is truncated with a warning, as before.
+over-long prompt is truncated with a warning, as before. SDXL: each text embedder (CLIP ViT-L and
+OpenCLIP bigG) encodes the same chunks with its own padding and emphasis, their contexts are
+concatenated along D and the pooled vector is bigG's of the first chunk (A1111's sd_hijack_clip on
+sgm's conditioner); every context is then a {"c_crossattn", "y"} dict. Clip skip does not apply
+to SDXL (A1111's default: each tower reads its configured layer).
 
 Differences from A1111, all small: emphasis restores the mean per prompt text (A1111: over the
 batch of a prompt's edited texts); the schedule counts sampler steps (A1111 counts network calls,
@@ -44,6 +48,7 @@ from core.lora import prompt_loras
 from core.pipelines.offload import use_part
 from core.models.clip_text import BOS_ID, EOS_ID, FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder, clip_bpe
 from core.models.conditioners import TransformerEmbedder
+from core.models.sdxl_conditioner import TXT
 from core.prompts import (BREAK, has_attention_syntax, has_schedule_syntax, parse_prompt_attention, prompt_chunks,
                           prompt_schedule, split_and)
 from core.samplers.scheduled import Composition, CondSchedule
@@ -74,10 +79,10 @@ def text_conditioning(m, prompt, negative_prompt="", *, clip_skip=None, size=Non
     prompt = prompt_loras(m, _check_prompt(prompt, "prompt"), lora_dir)
     negative_prompt = _check_prompt(negative_prompt, "negative_prompt")
     use_part(m, "text")                                                # --medvram: the encoders onto the GPU
+    clip_skip = effective_clip_skip(m, clip_skip, warn=True)
     if getattr(m, "conditioner", None) is not None:                    # SDXL (sgm GeneralConditioner)
         return sdxl_conditioning(m, prompt, negative_prompt, size,
                                  load_embeddings(embeddings_dir) if embeddings_dir is not None else None)
-    clip_skip = effective_clip_skip(m, clip_skip, warn=True)
     if not prompt.strip():
         warnings.warn("the prompt is empty: sampling follows only the model's unconditional "
                       "distribution (and the negative prompt)", stacklevel=3)
@@ -105,52 +110,45 @@ def sdxl_conditioning(m, prompt: str, negative_prompt: str, size=None, embedding
     AUTOMATIC1111 does: original = target = the image's (height, width), crop (0, 0). The
     unconditional branch: a negative prompt is encoded like the prompt (A1111); without one, what
     the reference scripts use (the base zeroes its text embeddings; the refiner encodes "" with
-    aesthetic score 2.5). embeddings: textual-inversion embeddings by name (core/embeddings.py);
+    aesthetic score 2.5). Prompts with A1111's syntax (or embeddings, or over 75 tokens) become a
+    PromptConditioning whose contexts are such dicts: each text embedder (CLIP ViT-L, OpenCLIP bigG)
+    reads the chunks and emphasis on its own, the pooled vector is bigG's of the first chunk, as
+    A1111's sd_hijack_clip. embeddings: textual-inversion embeddings by name (core/embeddings.py);
     an SDXL pair's clip_l vectors go to the CLIP ViT-L tower, its clip_g ones to OpenCLIP bigG."""
-    if has_attention_syntax(prompt) or has_schedule_syntax(prompt) or len(split_and(prompt)) > 1:
-        warnings.warn("A1111 prompt syntax (weights, editing, AND) is not applied to SDXL models yet; the "
-                      "prompt is read as plain text", stacklevel=4)
     size = tuple(size) if size is not None else None
     batch = m.conditioner.make_batch([prompt], original_size=size, target_size=size)
-    cond = _sdxl_encode(m, batch, (), _sdxl_tokens(m, prompt, embeddings))
+    cond = _sdxl_text(m, prompt, batch, True, embeddings)
     if negative_prompt and "aesthetic_score" not in m.conditioner.cfg.input_keys:
         negative = m.conditioner.make_batch([negative_prompt], original_size=size, target_size=size)
-        return cond, _sdxl_encode(m, negative, (), _sdxl_tokens(m, negative_prompt, embeddings))
+        return cond, _sdxl_text(m, negative_prompt, negative, False, embeddings)
     batch_uc, zeroed = m.conditioner.reference_uncond(batch, [negative_prompt] if negative_prompt else None)
-    return cond, _sdxl_encode(m, batch_uc, zeroed, _sdxl_tokens(m, negative_prompt, embeddings))
+    if zeroed:                                    # zeros whatever the text: "" spares encoding the prompt
+        return cond, _sdxl_encode(m, {**batch_uc, TXT: [""]}, zeroed)
+    return cond, _sdxl_text(m, batch_uc[TXT][0], batch_uc, False, embeddings)
+
+
+def _sdxl_text(m, text: str, batch: dict, composable: bool, embeddings: dict | None):
+    parts = split_and(text) if composable else [(text, 1.0)]
+    if _is_plain(text, parts, None, CHUNK_LENGTH, embeddings):
+        return _sdxl_encode(m, batch)
+    return PromptConditioning(m, parts, None, embeddings, batch=batch)
 
 
 @torch.no_grad()
-def _sdxl_encode(m, batch: dict, zeroed, tokens: dict | None) -> dict:
-    out = m.conditioner(batch, zeroed, text_tokens=tokens)
+def _sdxl_encode(m, batch: dict, zeroed=(), text_outputs: dict | None = None) -> dict:
+    out = m.conditioner(batch, zeroed, text_outputs=text_outputs)
     return {"c_crossattn": [out["crossattn"]], "y": out["vector"]}
 
 
-def _sdxl_tokens(m, text: str, embeddings: dict | None) -> dict | None:
-    """{text embedder index: (tokens (1, L), extra vectors)} with the embeddings' names in `text`
-    replaced by their vectors (clip_l for CLIP ViT-L, clip_g for OpenCLIP), or None when none is
-    used. Rows are [BOS] + ids (cut to L - 2) + [EOS], padded as each tokenizer pads."""
-    if not embeddings or not text or not used_embeddings([text], embeddings):
-        return None
-    ids, out = clip_bpe().encode(text), {}
-    for index, embedder in enumerate(m.conditioner.embedders):
-        if isinstance(embedder, FrozenOpenCLIPEmbedder):
-            tower, part = embedder.model, "clip_g"
-        elif isinstance(embedder, FrozenCLIPEmbedder):
-            tower, part = embedder.transformer, "clip_l"
-        else:
-            continue
-        vocab, width = tower.token_embedding.weight.shape
-        extra: list = []
-        replaced, _ = replace_in(ids, embeddings, width, vocab, extra, part)
-        length = embedder.cfg.max_length
-        if len(replaced) > length - 2:
-            warnings.warn(f"the prompt is {len(replaced)} tokens long; SDXL's text encoders read {length - 2}, "
-                          "so the rest was dropped", stacklevel=5)
-        row = [BOS_ID] + replaced[:length - 2] + [EOS_ID]
-        out[index] = (torch.tensor([row + [embedder.pad_id] * (length - len(row))]),
-                      torch.cat(extra) if extra else None)
-    return out
+def _text_encoders(m) -> dict:
+    """{index: (encoder, embedding part)}: the text encoders a prompt goes through. SDXL: the
+    conditioner's `txt` embedders by index, "clip_l" / "clip_g" naming their half of an embedding
+    pair; other models: their one encoder, under None."""
+    conditioner = getattr(m, "conditioner", None)
+    if conditioner is None:
+        return {None: (m.cond_stage_model, None)}
+    return {i: (e, "clip_g" if isinstance(e, FrozenOpenCLIPEmbedder) else "clip_l")
+            for i, (key, e) in enumerate(zip(conditioner.input_keys, conditioner.embedders)) if key == TXT}
 
 
 def effective_clip_skip(m, clip_skip, warn: bool = False) -> int | None:
@@ -166,8 +164,10 @@ def effective_clip_skip(m, clip_skip, warn: bool = False) -> int | None:
     encoder = m.cond_stage_model
     if not isinstance(encoder, (FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder)):
         if warn:
-            warnings.warn(f"clip skip {clip_skip} applies to CLIP text encoders only; this model's "
-                          f"{type(encoder).__name__} ignores it", stacklevel=4)
+            what = ("SDXL's text encoders read their configured layers (as A1111 by default), so this model"
+                    if getattr(m, "conditioner", None) is not None else f"this model's {type(encoder).__name__}")
+            warnings.warn(f"clip skip {clip_skip} applies to CLIP text encoders only; {what} ignores it",
+                          stacklevel=4)
         return None
     if clip_skip > encoder.n_blocks:
         raise ValueError(f"clip_skip must be at most {encoder.n_blocks} for this text encoder (it runs "
@@ -176,22 +176,26 @@ def effective_clip_skip(m, clip_skip, warn: bool = False) -> int | None:
 
 
 def _text(m, text: str, clip_skip, composable: bool, embeddings: dict | None = None):
-    window = _window(m)
+    window = _window(m.cond_stage_model)
     if window is None:                                   # not a CLIP-tokenized encoder: as before
         return m.get_learned_conditioning([text])
     parts = split_and(text) if composable else [(text, 1.0)]
-    plain = (clip_skip is None and len(parts) == 1 and parts[0][1] == 1.0 and not has_attention_syntax(text)
-             and not has_schedule_syntax(text) and len(clip_bpe().encode(text)) <= window
-             and not (embeddings and used_embeddings([text], embeddings)))
-    if plain:
+    if _is_plain(text, parts, clip_skip, window, embeddings):
         return m.get_learned_conditioning([text])
     return PromptConditioning(m, parts, clip_skip, embeddings)
 
 
-def _window(m) -> int | None:
+def _is_plain(text: str, parts: list, clip_skip, window: int, embeddings: dict | None) -> bool:
+    """Whether the reference encoding reads `text` as A1111 would: one unweighted part, no
+    brackets or editing, within one chunk, no clip skip, no embedding named."""
+    return (clip_skip is None and len(parts) == 1 and parts[0][1] == 1.0 and not has_attention_syntax(text)
+            and not has_schedule_syntax(text) and len(clip_bpe().encode(text)) <= window
+            and not (embeddings and used_embeddings([text], embeddings)))
+
+
+def _window(encoder) -> int | None:
     """Tokens per chunk besides BOS and EOS: 75, or the context of a shorter encoder; None for
     an encoder without the CLIP tokenizer."""
-    encoder = m.cond_stage_model
     if isinstance(encoder, (FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder)):
         length = encoder.cfg.max_length
     elif isinstance(encoder, TransformerEmbedder) and encoder.cfg.tokenizer == "clip":
@@ -207,11 +211,19 @@ class PromptConditioning:
     for_steps(steps) -> a context (1, L, D), a CondSchedule of them (prompt editing,
     alternation) or a Composition (AND, or a single sub-prompt with a weight other than 1).
     for_steps(steps, hires_steps): the schedule of hires fix's second pass (core.prompts).
+    SDXL (batch: the conditioner's batch dict, sizes and aesthetic score): each context is a dict
+    {"c_crossattn": [ctx], "y": vector, **extra}; `with_keys` adds keys (an inpainting c_concat).
     """
 
-    def __init__(self, m, parts, clip_skip: int | None, embeddings: dict | None = None):
+    def __init__(self, m, parts, clip_skip: int | None, embeddings: dict | None = None, batch: dict | None = None,
+                 extra: dict | None = None):
         self.m, self.parts, self.clip_skip, self.embeddings = m, list(parts), clip_skip, embeddings
+        self.batch, self.extra = batch, dict(extra or {})
         self._by_steps: dict[tuple, object] = {}
+
+    def with_keys(self, **keys) -> "PromptConditioning":
+        return PromptConditioning(self.m, self.parts, self.clip_skip, self.embeddings, self.batch,
+                                  {**self.extra, **keys})
 
     def for_steps(self, steps: int, hires_steps: int | None = None):
         if (steps, hires_steps) not in self._by_steps:
@@ -221,17 +233,23 @@ class PromptConditioning:
     def _build(self, steps: int, hires_steps: int | None):
         use_part(self.m, "text")
         schedules = [prompt_schedule(text, steps, hires_steps) for text, _ in self.parts]
-        encoded = [_encode_schedule(self.m, [t for _, t in schedule], self.clip_skip, self.embeddings)
+        encoded = [_encode_schedule(self.m, [t for _, t in schedule], self.clip_skip, self.embeddings, self.batch)
                    for schedule in schedules]
-        tokens = max(c.shape[1] for contexts in encoded for c in contexts)
+        tokens = max(_context(c).shape[1] for contexts in encoded for c in contexts)
         conds = []
         for schedule, contexts in zip(schedules, encoded):
-            contexts = [_repeat_last_token(c, tokens) for c in contexts]
+            contexts = [_repeat_last_token(c, tokens, self.extra) for c in contexts]
             conds.append(contexts[0] if len(contexts) == 1 else
                          CondSchedule(tuple((end, c) for (end, _), c in zip(schedule, contexts))))
         if len(self.parts) == 1 and self.parts[0][1] == 1.0:
             return conds[0]
         return Composition(tuple((weight, c) for (_, weight), c in zip(self.parts, conds)))
+
+
+def with_keys(c, **keys):
+    """An SDXL conditioning (a dict, or a PromptConditioning of dicts) with more keys: SDXL
+    inpainting's c_concat."""
+    return c.with_keys(**keys) if isinstance(c, PromptConditioning) else {**c, **keys}
 
 
 def with_steps(c, steps: int, hires_steps: int | None = None):
@@ -246,34 +264,49 @@ def with_steps(c, steps: int, hires_steps: int | None = None):
     return c
 
 
-def _repeat_last_token(c: torch.Tensor, tokens: int) -> torch.Tensor:
-    """(1, L, D) -> (1, tokens, D) by repeating the last token vector (A1111's stack_conds)."""
+def _context(c) -> torch.Tensor:
+    return c["c_crossattn"][0] if isinstance(c, dict) else c
+
+
+def _repeat_last_token(c, tokens: int, extra: dict):
+    """(1, L, D) -> (1, tokens, D) by repeating the last token vector (A1111's stack_conds); an
+    SDXL dict gets it in its context, and the `extra` keys."""
+    if isinstance(c, dict):
+        return {**c, "c_crossattn": [_repeat_last_token(_context(c), tokens, extra)], **extra}
     if c.shape[1] == tokens:
         return c
     return torch.cat([c, c[:, -1:].expand(1, tokens - c.shape[1], c.shape[2])], dim=1)
 
 
-def _encode_schedule(m, texts: list[str], clip_skip, embeddings=None) -> list[torch.Tensor]:
-    """One context (1, 77 k, D) per text, each distinct text encoded once; shorter ones padded with
-    empty chunks to the longest (A1111 encodes a prompt's edited texts as one batch)."""
-    distinct = {text: _encode_chunks(m, text, clip_skip, embeddings) for text in dict.fromkeys(texts)}
-    most = max(z.shape[0] for z in distinct.values())
-    empty = None
+def _encode_schedule(m, texts: list[str], clip_skip, embeddings=None, batch: dict | None = None) -> list:
+    """One context (1, 77 k, D) per text (SDXL: one dict, see _sdxl_encode), each distinct text
+    encoded once; shorter ones padded with empty chunks to the longest (A1111 encodes a prompt's
+    edited texts as one batch). The pooled vector is the text's first chunk's (A1111's zs[0])."""
+    encoders = _text_encoders(m)
+    distinct = {text: {i: _encode_chunks(encoder, text, clip_skip, embeddings, part)
+                       for i, (encoder, part) in encoders.items()} for text in dict.fromkeys(texts)}
+    most = max(z.shape[0] for outputs in distinct.values() for z, _ in outputs.values())
+    empty: dict = {}
     out = []
     for text in texts:
-        z = distinct[text]                                                   # (k, L, D)
-        if z.shape[0] < most:
-            empty = _encode_chunks(m, "", clip_skip) if empty is None else empty
-            z = torch.cat([z] + [empty] * (most - z.shape[0]))
-        out.append(z.reshape(1, -1, z.shape[-1]))
+        outputs = {}
+        for i, (z, pooled) in distinct[text].items():                      # z: (k, L, D)
+            if z.shape[0] < most:
+                if i not in empty:
+                    empty[i] = _encode_chunks(encoders[i][0], "", clip_skip)[0]
+                z = torch.cat([z] + [empty[i]] * (most - z.shape[0]))
+            z = z.reshape(1, -1, z.shape[-1])
+            outputs[i] = z if pooled is None else (z, pooled[:1])
+        out.append(outputs[None] if batch is None else _sdxl_encode(m, batch, (), outputs))
     return out
 
 
 @torch.no_grad()
-def _encode_chunks(m, text: str, clip_skip, embeddings=None) -> torch.Tensor:
-    """The chunks of one prompt text, encoded and emphasised: (k, window + 2, D). Embedding names
-    become their vectors (ids past the vocabulary, core/embeddings.py)."""
-    encoder, bpe, window = m.cond_stage_model, clip_bpe(), _window(m)
+def _encode_chunks(encoder, text: str, clip_skip, embeddings=None, part: str | None = None):
+    """The chunks of one prompt text, encoded and emphasised: (k, window + 2, D), and the pooled
+    vectors (k, E) of an encoder that has them (SDXL's bigG; else None). Embedding names become
+    their vectors (ids past the vocabulary, core/embeddings.py; part: an SDXL pair's half)."""
+    bpe, window = clip_bpe(), _window(encoder)
     pieces, extra = [], []
     for piece in parse_prompt_attention(text):
         if piece == BREAK:
@@ -283,7 +316,7 @@ def _encode_chunks(m, text: str, clip_skip, embeddings=None) -> torch.Tensor:
         if embeddings:
             tower = encoder.model if isinstance(encoder, FrozenOpenCLIPEmbedder) else encoder.transformer
             vocab, width = tower.token_embedding.weight.shape
-            ids, _ = replace_in(ids, embeddings, width, vocab, extra)
+            ids, _ = replace_in(ids, embeddings, width, vocab, extra, part)
         pieces.append((ids, piece[1]))
     if window < CHUNK_LENGTH:                          # a short context: one chunk, BREAK only separates
         pieces = _truncated([p for p in pieces if p[0] is not None], window)
@@ -301,7 +334,8 @@ def _encode_chunks(m, text: str, clip_skip, embeddings=None) -> torch.Tensor:
         z = encoder.encode_tokens(encoder.bpe_rows(tokens, stacklevel=6))          # (k, L, D)
     else:
         z = encoder.encode_tokens(tokens, clip_skip or 1, torch.cat(extra) if extra else None)  # (k, L, D)
-    return torch.stack([_emphasis(z_i, w.to(z_i)) for z_i, w in zip(z, multipliers)])
+    z, pooled = z if isinstance(z, tuple) else (z, None)                           # SDXL's bigG: + pooled
+    return torch.stack([_emphasis(z_i, w.to(z_i)) for z_i, w in zip(z, multipliers)]), pooled
 
 
 def _truncated(pieces: list, window: int) -> list:

@@ -120,8 +120,6 @@ def txt2img_hires(m, prompt, hires: HiresSettings, negative_prompt="", steps=Non
     hr_negative = negative_prompt if hires.negative_prompt is None else hires.negative_prompt
     cond, uncond = text_conditioning(m, hr_prompt, hr_negative, clip_skip=clip_skip, size=(hr_h, hr_w),
                                      lora_dir=lora_dir, embeddings_dir=embeddings_dir)
-    if not isinstance(cond, dict):
-        cond = {"c_crossattn": [cond]}                    # a dict, so tiling repeats it per tile
 
     first_tiling = native_tiling_plan(m, width, height, native_tiling)[1]
 

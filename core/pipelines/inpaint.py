@@ -39,7 +39,7 @@ from core.embeddings import ti_hashes
 from core.lora import lora_hashes
 from core.pipelines import vae
 from core.pipelines.color import delta_e_2000, srgb_to_lab
-from core.pipelines.conditioning import effective_clip_skip, text_conditioning
+from core.pipelines.conditioning import effective_clip_skip, text_conditioning, with_keys
 from core.pipelines.defaults import check_size, model_defaults
 from core.pipelines.denoise import denoise_batches
 from core.pipelines.generation import (base_parameters, check_batch_size, decode, interrupted,
@@ -236,8 +236,8 @@ def _conditioning(m, caps, x, mask_t, z_init, prompt, negative_prompt, vae_tile,
         mask_nearest = F.interpolate(mask_t, size=z_init.shape[-2:], mode="nearest")
         masked_latent = vae.encode(m, x * (mask_t < 0.5), tile=vae_tile)      # hole = 0 (grey)
         c_concat = [torch.cat([mask_nearest.to(masked_latent), masked_latent], dim=1)]
-        if isinstance(c_text, dict):                # SDXL inpainting: both branches see the mask (as A1111)
-            return {**c_text, "c_concat": c_concat}, {**u_text, "c_concat": c_concat}
+        if getattr(m, "conditioner", None) is not None:        # SDXL inpainting: both branches see the mask (A1111)
+            return with_keys(c_text, c_concat=c_concat), with_keys(u_text, c_concat=c_concat)
         return {"c_concat": c_concat, "c_crossattn": [c_text]}, u_text      # u replaces c_crossattn only
     if caps.family == "inpaint-ldm":                                       # [z, masked latent, mask +-1]
         masked = (1 - mask_t) * (x + 1) / 2 * 2 - 1                           # hole = black (-1)
