@@ -298,12 +298,13 @@ def parse_args():
 HEADROOM = 2 << 30   # activations, allocator and library caches beside the weights (SDXL 128x128 bf16: < 1 GiB)
 
 
-def check_memory(layout: str, dtypes: list, impls: list, write_weights: bool, numerics: bool) -> None:
-    """Refuse (SystemExit) a CPU run whose largest process would not fit the memory available now:
-    writing the weights and the numerics hold one float32 model, the timing process one model per
-    implementation in each dtype (ours-plain shares ours' weights)."""
+def check_memory(layout: str, dtypes: list, impls: list, write_weights: bool, numerics: bool,
+                 available: int | None = None) -> None:
+    """Refuse (SystemExit) a CPU run whose largest process would not fit `available` bytes (default:
+    the memory available now): writing the weights and the numerics hold one float32 model, the
+    timing process one model per implementation in each dtype (ours-plain shares ours' weights)."""
     from core.pipelines.memory import available_memory
-    available = available_memory("cpu")
+    available = available_memory("cpu") if available is None else available
     fp32 = weight_bytes(layout, torch.float32)
     copies = len({"diffusers" if impl == "diffusers" else "ours" for impl in impls})
     needs = [("writing the weights (one float32 model)", fp32)] if write_weights else []

@@ -14,6 +14,7 @@ diffusers is only imported in the functions that need it (the bench venv, bench/
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from pathlib import Path
@@ -82,6 +83,7 @@ def unet_config(layout: str = "sd21"):
     return config_from_yaml(LAYOUTS[layout].original()).unet
 
 
+@functools.lru_cache(maxsize=None)
 def weight_bytes(layout: str, dtype: torch.dtype) -> int:
     """Bytes of one UNet's parameters in `dtype` (counted on the meta device)."""
     with torch.device("meta"):
