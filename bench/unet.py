@@ -1,29 +1,34 @@
-"""Our SD 2.1 UNet against diffusers' UNet2DConditionModel on the same weights: numerics, speed, memory.
+"""Our UNet against diffusers' UNet2DConditionModel on the same weights: numerics, speed, memory.
 
     python bench/unet.py                      # plain python: our UNet only
     .bench-venv/bin/python bench/unet.py      # with diffusers (see bench/README.md for the venv)
     .bench-venv/bin/python bench/unet.py --quick
+    .bench-venv/bin/python bench/unet.py --layout sdxl            # SDXL base: bf16, 128x128 latents
     .bench-venv/bin/python bench/unet.py --device cuda --channels-last --compile --cuda-graphs
 
-The configuration is Stability's `v2-inference.yaml` (SD 2.0/2.1 base, 865M parameters), read by our
-own YAML translator. Weights are random but fixed (a torch.Generator seed, every tensor non-zero,
-including the zero-initialised `out_layers.3`, `proj_out` and `out.2`), written once to a cache
-directory: ours in the CompVis layout, and diffusers' layout made by diffusers' own converter for
-original-LDM checkpoints (`diffusers.loaders.single_file_utils`). diffusers is only ever imported
-here, in the bench venv; it is not a project dependency.
+--layout sd21 (default) is Stability's `v2-inference.yaml` (SD 2.0/2.1 base, 865M parameters); --layout
+sdxl is `sd_xl_base.yaml` (2.57B parameters, context 77x2048, ADM vector 2816); both read by our own
+YAML translator (bench/unet_layouts.py). Weights are random but fixed (a torch.Generator seed, every
+tensor non-zero, including the zero-initialised `out_layers.3`, `proj_out` and `out.2`), written once
+to a cache directory: ours in the CompVis layout, and diffusers' layout made by diffusers' own
+converter for original-LDM checkpoints (`diffusers.loaders.single_file_utils`). diffusers is only
+ever imported in the bench venv; it is not a project dependency.
 
-1. Numerics: batch 2, 4x32x32 latents, context 2x77x1024, t = [10, 900]; relative error
-   ||ours - diffusers|| / ||diffusers|| in float32, must be < 1e-5 (and, unless --quick, each model's bfloat16
-   output against the float32 one).
-2. Timing: batch 2 (one classifier-free-guidance step), context 77x1024; both models loaded in one
-   subprocess and run alternately (A B B A ...), so that other jobs on a shared machine slow both
-   alike; median (and min) milliseconds of --repeats forwards each after --warmup ones, under
-   torch.inference_mode, with the same torch.set_num_threads for both.
+1. Numerics: batch 2, 4x32x32 latents, t = [10, 900]; the models run one after the other in one
+   subprocess (one float32 copy held at a time: SDXL's is 10.3 GB); relative error
+   ||ours - diffusers|| / ||diffusers|| in float32, must be < 1e-5 (and, unless --quick, each model's
+   bfloat16 output against the float32 one). SDXL: also diffusers' own size embedding of the
+   time ids against ours (the tail of y).
+2. Timing: batch 2 (one classifier-free-guidance step); both models loaded in one subprocess and run
+   alternately (A B B A ...), so that other jobs on a shared machine slow both alike; median (and
+   min) milliseconds of --repeats forwards each after --warmup ones, under torch.inference_mode, with
+   the same torch.set_num_threads for both.
 3. Memory: one fresh subprocess per (latent size, dtype, implementation), so that nothing leaks from
    one measurement into the next; the weights are assigned from the file (held once) and the peak is
    what the first forward adds on top of them: on CPU the rise of the peak resident set (VmHWM, reset
    through /proc/self/clear_refs just before the forward), on CUDA torch.cuda.max_memory_allocated
    minus the memory allocated before it.
+Before any of it, on the CPU, the parent refuses a run whose models cannot fit the memory available.
 """
 
 from __future__ import annotations
@@ -43,154 +48,18 @@ import weakref
 from pathlib import Path
 
 import torch
-from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.gpu_tools import CudaGraphed  # noqa: E402
+# BATCH, CONTEXT_LEN, V2_INFERENCE, inputs, seeded_init_, seeded_unet: also imported from here by
+# bench/gpu_models.py, bench/load_memory.py and tests.
+from bench.unet_layouts import (BATCH, CONTEXT_LEN, DTYPES, LAYOUTS, V2_INFERENCE, forward_fn,  # noqa: E402,F401
+                                inputs, load, prepare_weights, seeded_init_, seeded_unet, step_args,
+                                step_inputs, weight_bytes)
 from core import speed  # noqa: E402
-from core.checkpoints import config_from_yaml  # noqa: E402
-from core.models.unet import UNetModel  # noqa: E402
-
-# Stability-AI/stablediffusion configs/stable-diffusion/v2-inference.yaml (also used by load_memory.py);
-# diffusers' config converter reads the unet_config and the first stage's ch_mult (the VAE factor).
-V2_INFERENCE = {"model": {"target": "ldm.models.diffusion.ddpm.LatentDiffusion", "params": {
-    "linear_start": 0.00085, "linear_end": 0.0120, "timesteps": 1000, "image_size": 64, "channels": 4,
-    "cond_stage_key": "txt", "conditioning_key": "crossattn", "scale_factor": 0.18215, "use_ema": False,
-    "unet_config": {"target": "ldm.modules.diffusionmodules.openaimodel.UNetModel", "params": {
-        "use_checkpoint": True, "use_fp16": True, "image_size": 32, "in_channels": 4, "out_channels": 4,
-        "model_channels": 320, "attention_resolutions": [4, 2, 1], "num_res_blocks": 2,
-        "channel_mult": [1, 2, 4, 4], "num_head_channels": 64, "use_spatial_transformer": True,
-        "use_linear_in_transformer": True, "transformer_depth": 1, "context_dim": 1024, "legacy": False}},
-    "first_stage_config": {"target": "ldm.models.autoencoder.AutoencoderKL", "params": {
-        "embed_dim": 4, "ddconfig": {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3,
-                                     "out_ch": 3, "ch": 128, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2,
-                                     "attn_resolutions": [], "dropout": 0.0}}},
-    "cond_stage_config": {"target": "ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder",
-                          "params": {"freeze": True, "layer": "penultimate"}}}}}
-PREFIX = "model.diffusion_model."  # the UNet's prefix in an original LDM checkpoint
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-BATCH, CONTEXT_LEN, CONTEXT_DIM = 2, 77, 1024
-
-
-# ---------------------------------------------------------------------------------------------
-# Weights: one seeded set, saved in both layouts
-# ---------------------------------------------------------------------------------------------
-
-def unet_config():
-    return config_from_yaml(V2_INFERENCE).unet
-
-
-def seeded_unet(seed: int, config=None, device="cpu") -> UNetModel:
-    """Our UNet (`config`, default SD 2.1's) with deterministic, all non-zero float32 weights drawn
-    from one torch.Generator on `device` (seeded_init_)."""
-    with torch.device("meta"):
-        model = UNetModel(config or unet_config())
-    model = model.to_empty(device=device).eval()
-    if any(True for _ in model.buffers()):
-        raise RuntimeError("seeded_unet: the UNet gained buffers; initialise them here too")
-    return seeded_init_(model, seed)
-
-
-@torch.no_grad()
-def seeded_init_(model: nn.Module, seed: int) -> nn.Module:
-    """Overwrite every parameter of `model` from one torch.Generator on the model's device, in
-    module order (the same seed on the same device gives the same weights).
-
-    Linear / conv weights ~ N(0, 1 / (3 fan_in)) (the spread of torch's default init); biases
-    ~ N(0, 0.02^2); norm scales 1 + N(0, 0.1^2), norm shifts N(0, 0.1^2). The zero-initialised
-    output layers get the same treatment, so every block contributes to the output. Any other
-    parameter (embeddings, attention in-projections, positional embeddings: the text encoders)
-    ~ N(0, 1 / (3 fan_in)) when it is a matrix, else N(0, 0.02^2).
-    """
-    g = torch.Generator(next(model.parameters()).device).manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, (nn.GroupNorm, nn.LayerNorm)):
-            if module.weight is not None:
-                module.weight.normal_(1.0, 0.1, generator=g)
-            if module.bias is not None:
-                module.bias.normal_(0.0, 0.1, generator=g)
-        elif isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-            fan_in = module.weight[0].numel()
-            module.weight.normal_(0.0, (3 * fan_in) ** -0.5, generator=g)
-            if module.bias is not None:
-                module.bias.normal_(0.0, 0.02, generator=g)
-        else:
-            for p in module.parameters(recurse=False):
-                p.normal_(0.0, (3 * p[0].numel()) ** -0.5 if p.dim() >= 2 else 0.02, generator=g)
-    return model
-
-
-def to_diffusers(state_dict: dict) -> tuple[dict, dict]:
-    """(UNet2DConditionModel kwargs, its state dict) by diffusers' converter for original LDM files."""
-    from diffusers.loaders.single_file_utils import (convert_ldm_unet_checkpoint,
-                                                     create_unet_diffusers_config_from_ldm)
-    ldm = {PREFIX + k: v for k, v in state_dict.items()}
-    config = create_unet_diffusers_config_from_ldm(V2_INFERENCE, ldm)
-    return config, convert_ldm_unet_checkpoint(ldm, config)
-
-
-def prepare_weights(cache: Path, seed: int, with_diffusers: bool) -> None:
-    """Write ours.safetensors (and diffusers.safetensors + diffusers.json) under cache, once per seed."""
-    from safetensors.torch import save_file
-    ours, theirs = cache / "ours.safetensors", cache / "diffusers.safetensors"
-    if ours.exists() and (theirs.exists() or not with_diffusers):
-        return
-    cache.mkdir(parents=True, exist_ok=True)
-    print(f"writing seed-{seed} weights to {cache} (once) ...", flush=True)
-    sd = {k: v.contiguous() for k, v in seeded_unet(seed).state_dict().items()}
-    if with_diffusers:
-        config, dsd = to_diffusers(sd)
-        save_file({k: v.contiguous() for k, v in dsd.items()}, str(theirs) + ".tmp")
-        (cache / "diffusers.json").write_text(json.dumps(config))
-        os.replace(str(theirs) + ".tmp", theirs)
-    save_file(sd, str(ours) + ".tmp")
-    os.replace(str(ours) + ".tmp", ours)
-
-
-def load(impl: str, cache: Path, device: str, dtype: torch.dtype) -> nn.Module:
-    """Build on the meta device and assign the saved tensors, cast one by one: weights held once."""
-    from safetensors import safe_open
-    if impl == "ours":
-        with torch.device("meta"):
-            model = UNetModel(unet_config())
-    else:
-        from diffusers import UNet2DConditionModel
-        with torch.device("meta"):
-            model = UNet2DConditionModel(**json.loads((cache / "diffusers.json").read_text()))
-    with safe_open(str(cache / f"{impl}.safetensors"), framework="pt", device="cpu") as f:
-        # copy=True: a float32 tensor could otherwise stay backed by the file mapping and only become
-        # resident when the first forward touches it, which would count the weights as forward memory.
-        sd = {k: f.get_tensor(k).to(device=device, dtype=dtype, copy=True) for k in f.keys()}
-    model.load_state_dict(sd, strict=True, assign=True)
-    if any(t.is_meta for t in list(model.parameters()) + list(model.buffers())):
-        raise RuntimeError(f"{impl}: some tensors were not in the weights file")
-    if impl == "ours" and device == "cpu" and speed.CPU_PACKED:
-        speed.pack_for_cpu(model)   # as core.load_model does: oneDNN-packed weights (core/speed.py)
-    return model.eval()
-
-
-def inputs(device: str, dtype: torch.dtype, size: int, seed: int = 1, context_dim: int = CONTEXT_DIM):
-    """x_t (B, 4, size, size), t (B,) = [10, 900], context (B, 77, context_dim), from one torch.Generator."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(BATCH, 4, size, size, generator=g)
-    context = torch.randn(BATCH, CONTEXT_LEN, context_dim, generator=g)
-    t = torch.tensor([10, 900])
-    return x.to(device, dtype), t.to(device), context.to(device, dtype)
-
-
-def forward_fn(impl: str, model: nn.Module):
-    if impl == "ours":
-        return lambda x, t, c: model(x, t, c)
-    if impl == "ours-plain":          # our model with torch's plain kernels (the packing lever's baseline)
-        def plain(x, t, c):
-            with speed.plain_kernels():
-                return model(x, t, c)
-        return plain
-    return lambda x, t, c: model(x, t, encoder_hidden_states=c, return_dict=False)[0]
-
 
 # ---------------------------------------------------------------------------------------------
 # Child processes: one measurement each
@@ -214,26 +83,29 @@ def _reset_peak_rss() -> bool:
 
 
 def child_numerics(spec: dict) -> dict:
-    cache, out = Path(spec["cache"]), {}
-    x, t, c = inputs("cpu", torch.float32, 32)
-    results = {}
+    """Ours, then diffusers, at 32x32 in float32 (and bfloat16): one model alive at a time."""
+    cache, layout, results = Path(spec["cache"]), spec["layout"], {}
+    inp = step_inputs(layout, "cpu", torch.float32, 32)
+    low = {k: v.bfloat16() if v.is_floating_point() and k != "time_ids" else v for k, v in inp.items()}
+    out = {}
     for impl in ("ours", "diffusers"):
-        model = load(impl, cache, "cpu", torch.float32)
+        model, packed = load(impl, cache, "cpu", torch.float32, layout)
         with torch.inference_mode():
-            results[impl, "fp32"] = forward_fn(impl, model)(x, t, c).float()
-            if impl == "ours":
-                results["ours-plain", "fp32"] = forward_fn("ours-plain", model)(x, t, c).float()
+            results[impl, "fp32"] = forward_fn(impl, model)(*step_args(impl, inp)).float()
+            if packed:                      # else "ours" already ran torch's plain kernels
+                results["ours-plain", "fp32"] = forward_fn("ours-plain", model)(*step_args(impl, inp)).float()
+            if impl == "diffusers" and "y" in inp:
+                fourier = model.add_time_proj(inp["time_ids"].flatten()).reshape(len(inp["y"]), -1)
+                out["size embedding ours vs diffusers"] = rel(inp["y"][:, -fourier.shape[1]:], fourier)
             if spec["bf16"]:
                 model = model.to(torch.bfloat16)
-                xb, cb = x.bfloat16(), c.bfloat16()
-                results[impl, "bf16"] = forward_fn(impl, model)(xb, t, cb).float()
+                results[impl, "bf16"] = forward_fn(impl, model)(*step_args(impl, low)).float()
         del model
 
-    def rel(a, b):
-        return ((a - b).norm() / b.norm()).item()
     ref = results["diffusers", "fp32"]
     out["fp32 ours vs diffusers"] = rel(results["ours", "fp32"], ref)
-    out["fp32 ours-plain vs diffusers"] = rel(results["ours-plain", "fp32"], ref)
+    if ("ours-plain", "fp32") in results:
+        out["fp32 ours-plain vs diffusers"] = rel(results["ours-plain", "fp32"], ref)
     out["output rms"] = ref.pow(2).mean().sqrt().item()
     if spec["bf16"]:
         out["bf16 ours vs fp32"] = rel(results["ours", "bf16"], ref)
@@ -242,26 +114,33 @@ def child_numerics(spec: dict) -> dict:
     return out
 
 
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b||."""
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
 def prepared_step(impl: str, spec: dict):
-    """Load one model as spec asks (dtype, channels_last, compile, CUDA graph); return (step, model).
-    "ours-plain" reuses spec["ours_model"] when given (one copy of the weights for both)."""
+    """Load one model as spec asks (dtype, channels_last, compile, CUDA graph); return (step, model,
+    packed). "ours-plain" reuses spec["ours_model"] when given (one copy of the weights for both)."""
     device, dtype = spec["device"], DTYPES[spec["dtype"]]
-    model = spec.get("ours_model") if impl == "ours-plain" else None
-    model = model or load("diffusers" if impl == "diffusers" else "ours", Path(spec["cache"]), device, dtype)
-    x, t, c = inputs(device, dtype, spec["size"])
+    model, packed = spec.get("ours_model") if impl == "ours-plain" else None, False
+    if model is None:
+        model, packed = load("diffusers" if impl == "diffusers" else "ours", Path(spec["cache"]), device, dtype,
+                             spec["layout"], pack=impl != "ours-plain")
+    args = step_args(impl, step_inputs(spec["layout"], device, dtype, spec["size"]))
     if spec["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
+        args = (args[0].contiguous(memory_format=torch.channels_last),) + args[1:]
     fn = forward_fn(impl, model)
     if spec["compile"]:
         fn = torch.compile(fn)
     if not spec["cuda_graphs"]:
-        return (lambda: fn(x, t, c)), model
+        return (lambda: fn(*args)), model, packed
     if not device.startswith("cuda"):
         raise ValueError("--cuda-graphs needs --device cuda")
     graphed = CudaGraphed(fn, warmup=3)     # bench/gpu_tools.py: warm-up on a side stream, capture
-    graphed(x, t, c)                         # captured here; later calls copy x, t, c in and replay
-    return (lambda: graphed(x, t, c)), model
+    graphed(*args)                           # captured here; later calls copy the inputs in and replay
+    return (lambda: graphed(*args)), model, packed
 
 
 class LiveTensorPeak(TorchDispatchMode):
@@ -306,7 +185,7 @@ def child_memory(spec: dict) -> dict:
             torch.cuda.init()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
-        step, model = prepared_step(spec["impl"], spec)
+        step, model, packed = prepared_step(spec["impl"], spec)
         if cuda:
             base += sum(t.nbytes for t in list(model.parameters()) + list(model.buffers()))
         else:
@@ -321,7 +200,7 @@ def child_memory(spec: dict) -> dict:
             peak = torch.cuda.max_memory_allocated() - base
         else:
             peak = _proc_status("VmHWM") * 1024 - base
-    return {"peak_mib": peak / 2**20, "tensors_mib": tracker.peak / 2**20 if tracker else None}
+    return {"peak_mib": peak / 2**20, "tensors_mib": tracker.peak / 2**20 if tracker else None, "packed": packed}
 
 
 def child_time(spec: dict) -> dict:
@@ -332,12 +211,14 @@ def child_time(spec: dict) -> dict:
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     times = {impl: [] for impl in spec["impls"]}
     cpu_times = {impl: [] for impl in spec["impls"]}
+    packed = False
     with torch.inference_mode():
         steps = {}
-        for impl in spec["impls"]:
-            steps[impl], model = prepared_step(impl, spec)
+        # diffusers first: ours then decides on its packed copy (speed.packing_fits) with both loaded.
+        for impl in sorted(spec["impls"], key=["diffusers", "ours", "ours-plain"].index):
+            steps[impl], model, packed_now = prepared_step(impl, spec)
             if impl == "ours":
-                spec = {**spec, "ours_model": model}
+                spec, packed = {**spec, "ours_model": model}, packed_now
         for impl, step in steps.items():
             for _ in range(spec["warmup"]):
                 step()
@@ -349,7 +230,7 @@ def child_time(spec: dict) -> dict:
                 sync()
                 times[impl].append((time.perf_counter() - t0) * 1e3)
                 cpu_times[impl].append((time.process_time() - c0) * 1e3)
-    return {"wall": times, "cpu": cpu_times}
+    return {"wall": times, "cpu": cpu_times, "packed": packed}
 
 
 def run_child(spec: dict) -> dict:
@@ -387,15 +268,18 @@ def machine(device: str, threads: int) -> str:
     return text
 
 
-def main() -> None:
+def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="32x32 latents only, 1 timed forward, no bf16 numerics")
+    p.add_argument("--layout", choices=sorted(LAYOUTS), default="sd21",
+                   help="sd21: v2-inference.yaml (default); sdxl: sd_xl_base.yaml (bf16, 128x128 by default)")
+    p.add_argument("--quick", action="store_true", help="the smallest default size only, 1 timed forward, "
+                   "no bf16 numerics")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--sizes", type=int, nargs="+", help="latent sizes (default 32 64; --quick: 32)")
+    p.add_argument("--sizes", type=int, nargs="+", help="latent sizes (default sd21: 32 64, --quick 32; sdxl: 128)")
     p.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES),
-                   help="default fp32 bf16 on CPU, fp16 bf16 on CUDA")
+                   help="default fp32 bf16 on CPU (sdxl: bf16 only; fp32 if asked and it fits), fp16 bf16 on CUDA")
     p.add_argument("--impls", nargs="+", choices=["ours", "ours-plain", "diffusers"],
-                   help="default: ours, ours-plain (CPU, when packing is on) and diffusers when importable")
+                   help="default: ours, ours-plain (sd21 on CPU, when packing is on) and diffusers when importable")
     p.add_argument("--warmup", type=int, help="untimed forwards first (default CPU 1, CUDA 3)")
     p.add_argument("--repeats", type=int, help="timed forwards (default CPU 3, CUDA 20; --quick 1)")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
@@ -405,10 +289,40 @@ def main() -> None:
     p.add_argument("--cuda-graphs", action="store_true", help="capture one forward in a CUDA graph, replay it")
     p.add_argument("--seed", type=int, default=0, help="weight seed")
     p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "ldm-bench-unet",
-                   help="where the seeded weights are written once (about 7 GB with diffusers)")
+                   help="where the seeded weights are written once: <cache>/seed0 for sd21 (about 7 GB with "
+                        "diffusers), <cache>/sdxl-seed0 for sdxl (about 21 GB)")
     p.add_argument("--child", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    return p.parse_args()
 
+
+HEADROOM = 2 << 30   # activations, allocator and library caches beside the weights (SDXL 128x128 bf16: < 1 GiB)
+
+
+def check_memory(layout: str, dtypes: list, impls: list, write_weights: bool, numerics: bool,
+                 available: int | None = None) -> None:
+    """Refuse (SystemExit) a CPU run whose largest process would not fit `available` bytes (default:
+    the memory available now): writing the weights and the numerics hold one float32 model, the
+    timing process one model per implementation in each dtype (ours-plain shares ours' weights)."""
+    from core.pipelines.memory import available_memory
+    available = available_memory("cpu") if available is None else available
+    fp32 = weight_bytes(layout, torch.float32)
+    copies = len({"diffusers" if impl == "diffusers" else "ours" for impl in impls})
+    needs = [("writing the weights (one float32 model)", fp32)] if write_weights else []
+    needs += [("the numerics (one float32 model at a time)", fp32)] if numerics else []
+    needs += [(f"timing in {d} ({copies} models in one process)", copies * fp32 * DTYPES[d].itemsize // 4)
+              for d in dtypes]
+    for what, weights in needs:
+        need = int(weights * 1.1) + HEADROOM
+        if need > available:
+            raise SystemExit(
+                f"--layout {layout}: {what} needs about {need / 2**30:.1f} GiB ({weights / 2**30:.1f} GiB of weights "
+                f"+ activations), but only {available / 2**30:.1f} GiB is available now. "
+                + ("Leave fp32 out (--dtypes bf16) or " if "fp32" in what else "")
+                + "time one implementation at a time (--impls ours, then --impls diffusers), or free memory.")
+
+
+def main() -> None:
+    args = parse_args()
     if args.child:
         spec = json.loads(args.child)
         torch.set_num_threads(spec["threads"])
@@ -417,41 +331,39 @@ def main() -> None:
         print(json.dumps(result))
         return
 
+    lay = LAYOUTS[args.layout]
     cuda = args.device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch sees no CUDA device; use --device cpu")
     has_diffusers = importlib.util.find_spec("diffusers") is not None
-    impls = args.impls or (["ours"] + (["ours-plain"] if not cuda and speed.CPU_PACKED else [])
-                           + (["diffusers"] if has_diffusers else []))
+    plain = not cuda and speed.CPU_PACKED and lay.name == "sd21"   # SDXL's packed copy does not fit: ours is plain
+    impls = args.impls or (["ours"] + (["ours-plain"] if plain else []) + (["diffusers"] if has_diffusers else []))
     if "diffusers" in impls and not has_diffusers:
         raise SystemExit("diffusers is not importable here; run with .bench-venv/bin/python (bench/README.md)")
-    sizes = args.sizes or ([32] if args.quick else [32, 64])
-    dtypes = args.dtypes or (["fp16", "bf16"] if cuda else ["fp32", "bf16"])
+    sizes = args.sizes or (list(lay.sizes[:1]) if args.quick else list(lay.sizes))
+    dtypes = args.dtypes or (["fp16", "bf16"] if cuda else list(lay.cpu_dtypes))
     warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
     repeats = args.repeats or (1 if args.quick else (20 if cuda else 3))
-    cache = args.cache / f"seed{args.seed}"
+    cache = args.cache / lay.cache_name.format(seed=args.seed)
     options = [o for o in ("channels_last", "compile", "cuda_graphs") if getattr(args, o)]
+    if not cuda:
+        missing = not (cache / "ours.safetensors").exists() or (
+            "diffusers" in impls and not (cache / "diffusers.safetensors").exists())
+        check_memory(lay.name, dtypes, impls, missing, "diffusers" in impls)
 
-    print(f"# SD 2.1 UNet (v2-inference.yaml): ours vs diffusers\n\nmachine: {machine(args.device, args.threads)}")
+    print(f"# {lay.title}: ours vs diffusers\n\nmachine: {machine(args.device, args.threads)}")
     t_start = time.perf_counter()
-    prepare_weights(cache, args.seed, "diffusers" in impls)
-
+    prepare_weights(cache, args.seed, "diffusers" in impls, lay.name)
+    conditioning = f"context {BATCH}x{CONTEXT_LEN}x{lay.context_dim}" + (
+        f", y {BATCH}x{lay.pooled_dim + 6 * 256} (pooled {lay.pooled_dim} ++ 6 time ids x 256)" if lay.pooled_dim else "")
     if "diffusers" in impls:
-        num = run_child({"mode": "numerics", "cache": str(cache), "threads": args.threads,
-                         "bf16": not args.quick})
-        print("\n## Numerics (CPU, batch 2, 4x32x32, context 2x77x1024, t = [10, 900])\n")
-        if "error" in num:
-            print(f"numerics failed: {num['error']}")
-        else:
-            for key, value in num.items():
-                print(f"- {key}: {value:.3e}" + ("  (relative error)" if "vs" in key else ""))
-            verdict = "OK" if num["fp32 ours vs diffusers"] < 1e-5 else "MISMATCH (> 1e-5)"
-            print(f"- fp32 verdict: {verdict}")
+        report_numerics(run_child({"mode": "numerics", "cache": str(cache), "threads": args.threads,
+                                   "bf16": not args.quick, "layout": lay.name}), conditioning)
 
     results = {}  # (size, dtype, impl) -> timings and memory, or {"error": str}
     for size in sizes:
         for dtype in dtypes:
-            spec = {"device": args.device, "dtype": dtype, "size": size, "cache": str(cache),
+            spec = {"device": args.device, "dtype": dtype, "size": size, "cache": str(cache), "layout": lay.name,
                     "threads": args.threads, "warmup": warmup, "repeats": repeats,
                     "channels_last": args.channels_last, "compile": args.compile, "cuda_graphs": args.cuda_graphs}
             timed = run_child({**spec, "mode": "time", "impls": impls})
@@ -459,26 +371,48 @@ def main() -> None:
                 mem = run_child({**spec, "mode": "memory", "impl": impl})
                 error = timed.get("error") or mem.get("error")
                 results[size, dtype, impl] = {"error": error} if error else {
-                    "times_ms": timed["wall"][impl], "cpu_ms": timed["cpu"][impl], **mem}
+                    "times_ms": timed["wall"][impl], "cpu_ms": timed["cpu"][impl], **mem,
+                    "packed_timed": timed["packed"]}
                 shown = error or ("  ".join(f"{t:.0f}" for t in timed["wall"][impl]) + " ms (cpu "
                                   + "  ".join(f"{t:.0f}" for t in timed["cpu"][impl]) + f" ms), {mem['peak_mib']:.0f} MiB RSS")
                 print(f"  {size}x{size} {dtype} {impl}: {shown}", flush=True)
 
-    print(f"\n## Speed and memory ({args.device}, batch {BATCH}, context {CONTEXT_LEN}x{CONTEXT_DIM}, "
+    print(f"\n## Speed and memory ({args.device}, batch {BATCH}, {conditioning}, "
           f"{repeats} timed forwards each after {warmup} warm-up"
           f"{', ' + ', '.join(options) if options else ''})\n")
-    rss = "GPU" if cuda else "RSS"
+    print_table(results, "GPU" if cuda else "RSS")
+    print(f"\nwhole run: {time.perf_counter() - t_start:.0f} s; "
+          f"load average at the end {os.getloadavg()[0]:.2f} (a shared machine makes figures noisy)")
+
+
+def report_numerics(num: dict, conditioning: str) -> None:
+    print(f"\n## Numerics (CPU, batch 2, 4x32x32, {conditioning}, t = [10, 900]; one model at a time)\n")
+    if "error" in num:
+        print(f"numerics failed: {num['error']}")
+        return
+    for key, value in num.items():
+        print(f"- {key}: {value:.3e}" + ("  (relative error)" if "vs" in key else ""))
+    if "fp32 ours-plain vs diffusers" not in num:
+        print("- ours ran torch's plain kernels in float32 (speed.packing_fits: the packed copy does not fit)")
+    verdict = "OK" if num["fp32 ours vs diffusers"] < 1e-5 else "MISMATCH (> 1e-5)"
+    print(f"- fp32 verdict: {verdict}")
+
+
+def print_table(results: dict, rss: str) -> None:
     print(f"| config | impl | dtype | median ms | min ms | median CPU ms | peak {rss} MiB | peak tensors MiB "
           "| ours/diffusers time | ours/diffusers CPU time | ours/diffusers peak tensors |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 
     def ratio(a, b, fmt="{:.2f}"):
         return fmt.format(a / b) if a is not None and b else ""
+    unpacked = []
     for (size, dtype, impl), r in results.items():
         config = f"{size}x{size} latents"
         if r.get("error"):
             print(f"| {config} | {impl} | {dtype} | failed | | | | | | | |")
             continue
+        if impl == "ours" and rss == "RSS" and not (r["packed"] and r["packed_timed"]):
+            unpacked.append(f"{config} {dtype}")
         median, cpu = statistics.median(r["times_ms"]), statistics.median(r["cpu_ms"])
         tensors = "" if r["tensors_mib"] is None else f"{r['tensors_mib']:.0f}"
         ratios = ["", "", ""]
@@ -493,8 +427,10 @@ def main() -> None:
           "caches included). peak tensors MiB: the most bytes held at once by tensors that the forward's "
           "operators returned (exact and allocator-independent; scratch memory inside one operator, such "
           "as a convolution's workspace, is not seen).")
-    print(f"\nwhole run: {time.perf_counter() - t_start:.0f} s; "
-          f"load average at the end {os.getloadavg()[0]:.2f} (a shared machine makes figures noisy)")
+    if unpacked:
+        print("\n\"ours\" ran torch's plain kernels, not oneDNN-packed weights, in: " + "; ".join(unpacked)
+              + ". core.load_model decides the same way: speed.packing_fits found that the packed copy (as "
+              "large as the weights) would not fit in a quarter of the memory available (or LDM_CPU_PACKED=0).")
 
 
 if __name__ == "__main__":
