@@ -56,6 +56,18 @@ def packed_dtypes() -> tuple[torch.dtype, ...]:
 
 
 _DTYPES = packed_dtypes()
+# bfloat16 autocast for float32 models on CPUs with native bf16 (cpu_bf16_autocast); LDM_CPU_BF16=0 turns it off.
+CPU_BF16 = os.environ.get("LDM_CPU_BF16", "1") != "0"
+
+
+def cpu_bf16_autocast(device, dtype: torch.dtype):
+    """torch.autocast to bfloat16 for a float32 model on a CPU that computes bf16 natively (AVX512-BF16
+    or AMX, packed_dtypes), else a no-op context: convolutions, linear layers and attention run in bf16,
+    normalisations and the caller's arithmetic outside the model in float32. For the pipelines whose
+    quality was measured in bf16 (the tiled upscaler: bench/README.md); CPU_BF16 False turns it off."""
+    if CPU_BF16 and torch.device(device).type == "cpu" and dtype == torch.float32 and torch.bfloat16 in _DTYPES:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 _plain = threading.local()  # plain_kernels() sets .on for the calling thread
 
 

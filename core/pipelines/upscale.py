@@ -19,6 +19,9 @@ tile the fastest that fits in memory (plan_upscale). The decoder's self-attentio
 (VAE_WINDOW latent pixels: linear, not quadratic, in the area), so the whole latent decodes in one
 pass with exact GroupNorm statistics when it fits; otherwise the tiled VAE shares whole-image
 statistics (tiled_vae.py). Out-of-memory retries with smaller tiles.
+A float32 model on a CPU with native bf16 (AVX512-BF16 / AMX) runs the UNet and the decoder under
+bfloat16 autocast (speed.cpu_bf16_autocast; LDM_CPU_BF16=0 turns it off): 1.8x less CPU time for
+shapes-sr4x at 256 -> 1024, PSNR on the evaluation photos within 0.01 dB (bench/README.md).
 Interrupted runs raise core.samplers.SamplingInterrupted (its `.images` is empty).
 """
 
@@ -43,6 +46,7 @@ from core.pipelines.tiling import TileState, tiled
 from core.samplers import SamplingInterrupted, SamplingSettings, schedule_length
 from core.samplers.noise import cpu_generator, stream_seed
 from core.samplers.settings import whole_number
+from core.speed import cpu_bf16_autocast
 
 BACK_PROJECTION_BAND = 64     # low-res rows per band: the temporaries stay small for any image size
 MAX_BACK_PROJECTION = 16
@@ -231,7 +235,8 @@ def upscale(m, image, tile=None, overlap=None, steps=None, seed=None, *, prompt=
                 "back_projection": rounds or None}
 
     def record(z):
-        x = decode(m, z, plan.vae_tile, callback, stat_tiles=vae_stat_tiles, window=plan.vae_window)[0]
+        with cpu_bf16_autocast(m.device, m.dtype):
+            x = decode(m, z, plan.vae_tile, callback, stat_tiles=vae_stat_tiles, window=plan.vae_window)[0]
         return [_finish(x, lr, rounds, plan, params_for(0))]
 
     # 3. Denoise the whole latent, tile by tile at every step (its noise drawn once from the seed).
@@ -239,8 +244,9 @@ def upscale(m, image, tile=None, overlap=None, steps=None, seed=None, *, prompt=
     wrap = None if plan.tiles == 1 else tiled(plan.tile, plan.overlap, align, TileState(plan.tile), plan.tile_batch,
                                                on_tile)
     try:
-        z = denoise(m, cond, uncond, settings, (1, caps.latent_channels, *plan.latent), [cpu_generator(seed)],
-                    wrap=wrap, callback=on_step, should_stop=should_stop)
+        with cpu_bf16_autocast(m.device, m.dtype):
+            z = denoise(m, cond, uncond, settings, (1, caps.latent_channels, *plan.latent), [cpu_generator(seed)],
+                        wrap=wrap, callback=on_step, should_stop=should_stop)
     except SamplingInterrupted as stop:
         stop.latents = None
         raise interrupted(m, stop, record, params_for, plan.vae_tile)

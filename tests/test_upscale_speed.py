@@ -1,0 +1,79 @@
+"""Upscale speed levers (issue 20 section 2) that change what runs by default: the upscaler's UNet and
+decoder under bfloat16 autocast on CPUs with native bf16 (core.speed.cpu_bf16_autocast), falling
+back to plain float32 elsewhere, and the VAE attention handing SDPA contiguous q/k/v (its fused CPU
+kernel; strided ones take the math path, 3x slower). Structure and numerics only; the timings and
+the quality (PSNR on the evaluation photos) are bench/README.md's."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from core import pipelines as P
+from core import speed
+from core.models.autoencoder import AttnBlock
+from tests.tiny_models import tiny_model
+
+native_bf16 = pytest.mark.skipif(torch.bfloat16 not in speed.packed_dtypes(), reason="no native bf16 on this CPU")
+
+
+def _precisions_seen(m, **kwargs) -> dict[str, set]:
+    """The autocast dtype (None: off) each part of m ran under during one small upscale."""
+    seen = {"unet": set(), "decoder": set()}
+    parts = {"unet": m.model.diffusion_model, "decoder": m.first_stage_model.decoder}
+
+    def hook(name):
+        return lambda *_: seen[name].add(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu")
+                                         else None)
+    handles = [part.register_forward_pre_hook(hook(name)) for name, part in parts.items()]
+    try:
+        lr = torch.rand(16, 16, 3, generator=torch.Generator().manual_seed(1)).mul(255).byte().numpy()
+        P.upscale(m, lr, steps=2, seed=0, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+@native_bf16
+def test_the_upscaler_runs_its_unet_and_decoder_in_bf16_where_the_cpu_has_it(monkeypatch):
+    m = tiny_model("ldm_sr")
+    assert _precisions_seen(m) == {"unet": {torch.bfloat16}, "decoder": {torch.bfloat16}}
+    assert _precisions_seen(m, tile=8, overlap=2) == {"unet": {torch.bfloat16}, "decoder": {torch.bfloat16}}
+    monkeypatch.setattr(speed, "CPU_BF16", False)                   # LDM_CPU_BF16=0
+    assert _precisions_seen(m) == {"unet": {None}, "decoder": {None}}
+
+
+def test_bf16_autocast_only_for_float32_cpu_models_with_native_bf16(monkeypatch):
+    def on(device, dtype):
+        with speed.cpu_bf16_autocast(device, dtype):
+            return torch.is_autocast_enabled("cpu")
+    native = torch.bfloat16 in speed.packed_dtypes()
+    assert on("cpu", torch.float32) == native
+    assert not on("cpu", torch.bfloat16) and not on("cpu", torch.float16)
+    assert not on("cuda", torch.float32) and not on(torch.device("cuda", 0), torch.float32)
+    monkeypatch.setattr(speed, "_DTYPES", (torch.float32,))          # a CPU without native bf16
+    assert not on("cpu", torch.float32)
+    monkeypatch.setattr(speed, "_DTYPES", ())                        # torch without oneDNN
+    assert not on("cpu", torch.float32)
+
+
+def test_the_vae_attention_gives_sdpa_contiguous_inputs_and_the_reference_result(monkeypatch):
+    torch.manual_seed(0)
+    block = AttnBlock(32, groups=8).eval()
+    x = torch.randn(2, 32, 6, 5)
+    with torch.no_grad():       # the reference: softmax(q k^T / sqrt(C)) v over the H*W pixels
+        hn = block.norm(x)
+        q, k, v = (p(hn).flatten(2) for p in (block.q, block.k, block.v))                 # (B, C, HW)
+        weights = torch.softmax(q.transpose(1, 2) @ k / 32 ** 0.5, dim=-1)                 # (B, HW, HW)
+        expected = x + block.proj_out((v @ weights.transpose(1, 2)).reshape(x.shape))
+    contiguous, sdpa = [], F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        contiguous.append(all(t.is_contiguous() for t in args[:3]))
+        return sdpa(*args, **kwargs)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    with torch.no_grad():
+        out = block(x)
+        block(x.contiguous(memory_format=torch.channels_last))       # as the decoder hands it on
+    assert contiguous == [True, True]
+    assert torch.allclose(out, expected, atol=1e-5)
