@@ -77,3 +77,36 @@ def test_the_vae_attention_gives_sdpa_contiguous_inputs_and_the_reference_result
         block(x.contiguous(memory_format=torch.channels_last))       # as the decoder hands it on
     assert contiguous == [True, True]
     assert torch.allclose(out, expected, atol=1e-5)
+
+
+@native_bf16
+def test_packed_layers_under_bf16_autocast_match_autocasts_own_kernels():
+    m = tiny_model("ldm_sr")
+    speed.pack_for_cpu(m, min_weight=0)
+    unet = m.model.diffusion_model
+    x = torch.randn(1, 6, 16, 16, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([500])
+    with torch.no_grad():
+        exact = unet(x, t)                                               # float32, packed
+        with torch.autocast("cpu", torch.bfloat16):
+            with speed.plain_kernels():
+                plain = unet(x, t)                                       # autocast's own bf16 kernels
+            packed = unet(x, t)                                          # bf16 packed copies
+        again = unet(x, t)                                               # float32 again: repacked
+    assert torch.equal(again, exact)
+    assert packed.dtype == plain.dtype and not torch.equal(packed, plain)   # other kernels ran: oneDNN's packed
+    err = lambda a: ((a.float() - exact).norm() / exact.norm()).item()  # noqa: E731
+    assert 0 < err(packed) < 2e-2 and err(packed) < 2 * err(plain) + 1e-3
+    assert ((packed.float() - plain.float()).norm() / plain.float().norm()).item() < 2e-2
+
+
+def test_super_resolution_models_pack_every_layer(tmp_path):
+    from core import load_model, save_model
+    assert speed.min_packed_weight(tiny_model("ldm_sr")) == 0                # runs on large tiles
+    assert speed.min_packed_weight(tiny_model("sd2")) == speed.MIN_PACKED_WEIGHT
+    assert speed.min_packed_weight(torch.nn.Linear(2, 2)) == speed.MIN_PACKED_WEIGHT
+    if not speed.packed_dtypes() or not speed.CPU_PACKED:
+        return
+    loaded = load_model(save_model(tiny_model("ldm_sr"), tmp_path / "sr.safetensors", dtype=torch.float32))
+    layers = [mod for mod in loaded.modules() if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert all(type(mod) in (speed.PackedConv2d, speed.PackedLinear) for mod in layers)
