@@ -1,6 +1,7 @@
-"""Upscale speed levers (issue 20 section 2) that change what runs by default: the upscaler's UNet and
-decoder under bfloat16 autocast on CPUs with native bf16 (core.speed.cpu_bf16_autocast), falling
-back to plain float32 elsewhere, and the VAE attention handing SDPA contiguous q/k/v (its fused CPU
+"""Upscale speed levers (issue 20 section 2) that change what runs by default: the upscaler's UNet
+under bfloat16 autocast on CPUs with native bf16 (core.speed.cpu_bf16_autocast), falling back to
+plain float32 elsewhere, packed kernels under that autocast and on every layer of a super-resolution
+model, and the VAE attention handing SDPA contiguous q/k/v (its fused CPU
 kernel; strided ones take the math path, 3x slower). Structure and numerics only; the timings and
 the quality (PSNR on the evaluation photos) are bench/README.md's."""
 
@@ -35,10 +36,11 @@ def _precisions_seen(m, **kwargs) -> dict[str, set]:
 
 
 @native_bf16
-def test_the_upscaler_runs_its_unet_and_decoder_in_bf16_where_the_cpu_has_it(monkeypatch):
+def test_the_upscaler_runs_its_unet_in_bf16_where_the_cpu_has_it(monkeypatch):
     m = tiny_model("ldm_sr")
-    assert _precisions_seen(m) == {"unet": {torch.bfloat16}, "decoder": {torch.bfloat16}}
-    assert _precisions_seen(m, tile=8, overlap=2) == {"unet": {torch.bfloat16}, "decoder": {torch.bfloat16}}
+    # the decoder stays float32: in bf16 it cost 0.06 dB on a 1024x1024 shapes scene
+    assert _precisions_seen(m) == {"unet": {torch.bfloat16}, "decoder": {None}}
+    assert _precisions_seen(m, tile=8, overlap=2) == {"unet": {torch.bfloat16}, "decoder": {None}}
     monkeypatch.setattr(speed, "CPU_BF16", False)                   # LDM_CPU_BF16=0
     assert _precisions_seen(m) == {"unet": {None}, "decoder": {None}}
 
