@@ -79,11 +79,13 @@ CPU_BF16 = os.environ.get("LDM_CPU_BF16", "1") != "0"
 def cpu_bf16_autocast(device, dtype: torch.dtype):
     """torch.autocast to bfloat16 for a float32 model on a CPU that computes bf16 natively (AVX512-BF16
     or AMX, packed_dtypes), else a no-op context: convolutions, linear layers and attention run in bf16,
-    normalisations and the caller's arithmetic outside the model in float32. For the pipelines whose
-    quality was measured in bf16 (the tiled upscaler: bench/README.md); CPU_BF16 False turns it off."""
+    normalisations and the caller's arithmetic outside the model in float32. For the steps whose
+    quality was measured in bf16 (the upscaler's denoising: bench/README.md); CPU_BF16 False turns it off."""
     if CPU_BF16 and torch.device(device).type == "cpu" and dtype == torch.float32 and torch.bfloat16 in _DTYPES:
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
 _plain = threading.local()  # plain_kernels() sets .on for the calling thread
 
 
@@ -114,8 +116,8 @@ def _run_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
     return x.dtype if x.dtype == weight.dtype and x.dtype in _DTYPES else None
 
 
-# module -> (key, packed weight, bias in the run dtype). Outside the module, so that copy.deepcopy and state_dict never
-# see the opaque oneDNN tensors; a copy has new storage, so it packs its own at its first forward.
+# module -> (key, packed weight, bias in the run dtype). Outside the module, so that copy.deepcopy and
+# state_dict never see the opaque oneDNN tensors; a copy has new storage, so it packs its own at its first forward.
 _PACKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _HOOKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # boundary module -> its hook handle
 
