@@ -4,6 +4,7 @@
     python bench/upscale.py --sizes 256 512 1024 --steps 10 --threads 2
     python bench/upscale.py --tile 64 --vae-tile 64 --stat-tiles 4     # fixed tiles instead of the plan
     python bench/upscale.py --device cuda --sizes 256 512 1024 2048 4096
+    python bench/upscale.py --sizes 1024 --cpu-bf16 off --repeats 2     # float32 throughout, 2 runs a size
 
 Each size runs in a FRESH subprocess, so the peak of one size cannot hide in the next: the child
 loads the model, renders a low-resolution test picture (size / 4 per side: smooth gradients and
@@ -11,8 +12,9 @@ discs), resets the kernel's peak-RSS counter (/proc/self/clear_refs), runs pipel
 by default exactly as `pipelines.upscale(m, image)` does (the model's steps, the planned UNet tile
 and batch, the planned decode) -- and reports wall time, the process's CPU time (on a machine
 shared with other jobs the wall time is inflated; the CPU time much less), peak RSS (VmHWM; on
-CUDA also torch.cuda.max_memory_allocated) and the plan (UNet tile x tiles / batch, VAE tile, 0 =
-untiled). Without a weights file it builds a model of the default SR model's size
+CUDA also torch.cuda.max_memory_allocated), the plan (UNet tile x tiles / batch, VAE tile, 0 =
+untiled) and the precision the UNet and decoder ran in (bf16 autocast where the CPU has native bf16
+unless --cpu-bf16 off, i.e. LDM_CPU_BF16=0 in the child). Without a weights file it builds a model of the default SR model's size
 (scripts/train_configs/shapes-sr4x.yaml) with random weights; the speed and memory are the same.
 
 Figures: README.md, "Performance".
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -65,7 +68,7 @@ def child(spec: dict) -> None:
     import torch
 
     from core import inference_dtype, load_model
-    from core import pipelines
+    from core import pipelines, speed
     from core.checkpoints import config_from_yaml
     from core.models.diffusion import LatentDiffusion
 
@@ -84,6 +87,8 @@ def child(spec: dict) -> None:
     base = _rss("VmRSS")
     _peak_rss_reset()
     settings = pipelines.SamplingSettings.resolve(pipelines.model_defaults(m), steps=spec["steps"])
+    with speed.cpu_bf16_autocast(m.device, m.dtype):
+        precision = "bf16 autocast" if torch.is_autocast_enabled("cpu") else str(m.dtype).removeprefix("torch.")
     plan = pipelines.plan_upscale(m, lr.width, lr.height, settings, tile=spec["tile"], vae_tile=spec["vae_tile"],
                                   dtype=m.dtype, device=m.device)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -93,7 +98,7 @@ def child(spec: dict) -> None:
         torch.cuda.synchronize()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     print(json.dumps({"size": out.size[0], "seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
-                      "plan": f"{plan.tile}x{plan.tiles}/{plan.tile_batch}, vae {plan.vae_tile}",
+                      "plan": f"{plan.tile}x{plan.tiles}/{plan.tile_batch}, vae {plan.vae_tile}, {precision}",
                       "rss_before_mb": round(base / 2 ** 20),
                       "peak_rss_mb": round(_rss("VmHWM") / 2 ** 20),
                       "cuda_peak_mb": round(torch.cuda.max_memory_allocated() / 2 ** 20) if cuda else None,
@@ -112,6 +117,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cpu-bf16", choices=["auto", "off"], default="auto",
+                    help="bf16 autocast for a float32 model on a CPU with native bf16 (off: LDM_CPU_BF16=0)")
+    ap.add_argument("--repeats", type=int, default=1, help="runs of each size, each in a fresh process")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -121,14 +129,16 @@ def main() -> None:
         found = sorted((ROOT / "weights").glob("*sr*.safetensors"))
         model = str(found[0]) if found else None
     print(f"model: {model or 'built (default SR size, random weights)'}; {args.steps or 'default'} steps, tile {args.tile or 'planned'}, "
-          f"vae tile {args.vae_tile}, stat tiles {args.stat_tiles or 'all'}, {args.device}, {args.threads} threads")
+          f"vae tile {args.vae_tile}, stat tiles {args.stat_tiles or 'all'}, {args.device}, {args.threads} threads, "
+          f"cpu bf16 {args.cpu_bf16}")
+    env = {**os.environ, **({"LDM_CPU_BF16": "0"} if args.cpu_bf16 == "off" else {})}
     print(f"{'output':>10} {'seconds':>9} {'CPU s':>8} {'peak RSS MB':>12} {'RSS before':>11} {'CUDA peak MB':>13}  plan")
-    for size in args.sizes:
+    for size in [s for s in args.sizes for _ in range(args.repeats)]:
         spec = {"size": size, "model": model, "steps": args.steps, "tile": args.tile or None,
                 "vae_tile": None if args.vae_tile < 0 else args.vae_tile, "device": args.device,
                 "dtype": args.dtype, "threads": args.threads, "stat_tiles": args.stat_tiles or None}
         run = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
-                             text=True, cwd=ROOT)
+                             text=True, cwd=ROOT, env=env)
         if run.returncode != 0:
             print(f"{size:>10} failed: {run.stderr.strip().splitlines()[-1] if run.stderr else run.returncode}")
             continue

@@ -10,7 +10,8 @@ the same in eager mode, with no compile step:
     PackedConv2d, PackedLinear   nn.Conv2d / nn.Linear subclasses; same parameters, same state_dict
                                  keys; on the CPU, in inference (no autograd), in float32 or bfloat16
                                  (bfloat16 only where oneDNN has native bf16), they run the packed
-                                 kernel, and the plain torch forward otherwise.
+                                 kernel, and the plain torch forward otherwise; a float32 layer under
+                                 CPU autocast to bf16 runs a bf16 packed copy (cpu_bf16_autocast).
     pack_for_cpu(model)          swaps every Conv2d / Linear of `model` to those classes in place, and
                                  makes the UNet's output contiguous again: channels-last activations
                                  stay inside.
@@ -24,7 +25,9 @@ float32 per layer; tests/test_speed.py).
 
 `CPU_PACKED` is the one switch: `load_model` packs every CPU model when it is true and the copies fit
 in a quarter of the available memory (`packing_fits`; the app, the CLI, the pipelines and the benches
-all load through it). `LDM_CPU_PACKED=0` in the environment turns it off.
+all load through it; super-resolution models pack every layer, min_packed_weight). `LDM_CPU_PACKED=0`
+in the environment turns it off. `CPU_BF16` (`LDM_CPU_BF16=0` off) lets the upscaler run float32
+models under bf16 autocast where the CPU has native bf16.
 """
 
 from __future__ import annotations
@@ -45,6 +48,19 @@ CPU_PACKED = os.environ.get("LDM_CPU_PACKED", "1") != "0"
 MIN_PACKED_WEIGHT = 2 ** 16
 
 
+def min_packed_weight(model: nn.Module) -> int:
+    """The packing threshold for `model`: MIN_PACKED_WEIGHT, or 0 (every layer) for a super-resolution
+    model. Those run on the upscaler's large tiles (64-256 latent pixels a side), where the reasons above
+    do not hold and channels-last throughout wins: shapes-sr4x at a 256x256 latent, 1 thread, UNet step
+    2.27 -> 1.98 s in float32 and 1.60 -> 1.43 s under bf16 autocast; decode 9.3 -> 7.3 s and 5.8 -> 4.2 s."""
+    from core.capabilities import capabilities      # here: core.capabilities imports the model configs
+    try:
+        upscaler = capabilities(model).serves("upscale")
+    except TypeError:                                 # not a LatentDiffusion / autoencoder
+        return MIN_PACKED_WEIGHT
+    return 0 if upscaler else MIN_PACKED_WEIGHT
+
+
 def packed_dtypes() -> tuple[torch.dtype, ...]:
     """The dtypes the packed kernels run here: float32 when torch has oneDNN, plus bfloat16 when the
     CPU computes bf16 natively (AVX512-BF16 or AMX; emulated bf16 would be slower than plain)."""
@@ -56,6 +72,20 @@ def packed_dtypes() -> tuple[torch.dtype, ...]:
 
 
 _DTYPES = packed_dtypes()
+# bfloat16 autocast for float32 models on CPUs with native bf16 (cpu_bf16_autocast); LDM_CPU_BF16=0 turns it off.
+CPU_BF16 = os.environ.get("LDM_CPU_BF16", "1") != "0"
+
+
+def cpu_bf16_autocast(device, dtype: torch.dtype):
+    """torch.autocast to bfloat16 for a float32 model on a CPU that computes bf16 natively (AVX512-BF16
+    or AMX, packed_dtypes), else a no-op context: convolutions, linear layers and attention run in bf16,
+    normalisations and the caller's arithmetic outside the model in float32. For the steps whose
+    quality was measured in bf16 (the upscaler's denoising: bench/README.md); CPU_BF16 False turns it off."""
+    if CPU_BF16 and torch.device(device).type == "cpu" and dtype == torch.float32 and torch.bfloat16 in _DTYPES:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 _plain = threading.local()  # plain_kernels() sets .on for the calling thread
 
 
@@ -71,50 +101,60 @@ def plain_kernels():
         _plain.on = before
 
 
-def _packable(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Inference on the CPU in a packed dtype, input and weight alike, and no CPU autocast (whose
-    casts belong to the plain torch ops)."""
-    if getattr(_plain, "on", False) or torch.is_autocast_enabled("cpu"):
-        return False
-    return (x.device.type == "cpu" and weight.device.type == "cpu" and x.dtype == weight.dtype
-            and x.dtype in _DTYPES and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)))
+def _run_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
+    """The dtype a packed kernel runs this call in, or None for torch's plain forward: inference on the
+    CPU in a packed dtype, input and weight alike; under CPU autocast to bfloat16 (cpu_bf16_autocast),
+    a float32 layer runs in bf16 as autocast's convolution would, from a bf16 packed copy."""
+    if getattr(_plain, "on", False) or x.device.type != "cpu" or weight.device.type != "cpu":
+        return None
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return None
+    if torch.is_autocast_enabled("cpu"):
+        dtype = torch.get_autocast_dtype("cpu")
+        ok = dtype == torch.bfloat16 and dtype in _DTYPES and weight.dtype == torch.float32
+        return dtype if ok and x.dtype in (torch.float32, dtype) else None
+    return x.dtype if x.dtype == weight.dtype and x.dtype in _DTYPES else None
 
 
-# module -> (weight key, packed weight). Outside the module, so that copy.deepcopy and state_dict never
-# see the opaque oneDNN tensors; a copy has new storage, so it packs its own at its first forward.
+# module -> (key, packed weight, bias in the run dtype). Outside the module, so that copy.deepcopy and
+# state_dict never see the opaque oneDNN tensors; a copy has new storage, so it packs its own at its first forward.
 _PACKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _HOOKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # boundary module -> its hook handle
 
 
-def _packed_weight(module: nn.Module, pack) -> torch.Tensor:
-    """module's packed weight, made by pack(weight) now if the weight changed since the last one.
+def _version_key(t: torch.Tensor) -> tuple:
+    return t.data_ptr(), 0 if t.is_inference() else t._version, t.dtype
+
+
+def _packed_weight(module: nn.Module, pack, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(packed weight, bias) in `dtype`, the weight made by pack(weight in dtype) now if it changed since
+    the last one (or was packed in another dtype).
 
     A new tensor, a move, a cast or an in-place write (weight._version) all change the key. Inference
     tensors (made under torch.inference_mode) have no version counter; they can only be written inside
     inference_mode, which nothing here does."""
-    weight = module.weight
-    version = 0 if weight.is_inference() else weight._version
-    key = (weight.data_ptr(), version, weight.dtype)
+    weight, bias = module.weight, module.bias
+    key = (_version_key(weight), dtype, None if bias is None else _version_key(bias))
     cached = _PACKS.get(module)
     if cached is None or cached[0] != key:
-        cached = (key, pack(weight.detach()))
+        cached = (key, pack(weight.detach().to(dtype)), None if bias is None else bias.detach().to(dtype))
         _PACKS[module] = cached
-    return cached[1]
+    return cached[1], cached[2]
 
 
 class PackedConv2d(nn.Conv2d):
     """nn.Conv2d whose CPU inference runs oneDNN on a prepacked weight and channels-last activations."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, Cin, H, W) -> (B, Cout, H', W')
-        if (not _packable(x, self.weight) or x.dim() != 4 or self.padding_mode != "zeros"
-                or isinstance(self.padding, str)):
+        dtype = _run_dtype(x, self.weight)
+        if dtype is None or x.dim() != 4 or self.padding_mode != "zeros" or isinstance(self.padding, str):
             return super().forward(x)
         # The input size is only a hint for the blocked layout; any size runs on the result.
-        packed = _packed_weight(self, lambda w: torch.ops.mkldnn._reorder_convolution_weight(
-            w, list(self.padding), list(self.stride), list(self.dilation), self.groups, list(x.shape)))
-        x = x.contiguous(memory_format=torch.channels_last)  # a no-op after the first packed conv
+        packed, bias = _packed_weight(self, lambda w: torch.ops.mkldnn._reorder_convolution_weight(
+            w, list(self.padding), list(self.stride), list(self.dilation), self.groups, list(x.shape)), dtype)
+        x = x.to(dtype).contiguous(memory_format=torch.channels_last)  # a no-op after the first packed conv
         return torch.ops.mkldnn._convolution_pointwise(
-            x, packed, self.bias, list(self.padding), list(self.stride), list(self.dilation),
+            x, packed, bias, list(self.padding), list(self.stride), list(self.dilation),
             self.groups, "none", [], "")
 
 
@@ -122,11 +162,12 @@ class PackedLinear(nn.Linear):
     """nn.Linear whose CPU inference runs oneDNN on a prepacked weight."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., Din) -> (..., Dout)
-        if not _packable(x, self.weight) or x.dim() < 2:
+        dtype = _run_dtype(x, self.weight)
+        if dtype is None or x.dim() < 2:
             return super().forward(x)
         rows = x.numel() // x.shape[-1]  # a hint for the layout, as for the convolution
-        packed = _packed_weight(self, lambda w: torch.ops.mkldnn._reorder_linear_weight(w, rows))
-        return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "none", [], "")
+        packed, bias = _packed_weight(self, lambda w: torch.ops.mkldnn._reorder_linear_weight(w, rows), dtype)
+        return torch.ops.mkldnn._linear_pointwise(x.to(dtype), packed, bias, "none", [], "")
 
 
 _PACKED = {nn.Conv2d: PackedConv2d, nn.Linear: PackedLinear}

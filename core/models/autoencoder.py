@@ -176,8 +176,11 @@ class AttnBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:                 # (B, C, H, W)
         b, c, h, w = x.shape
         hn = self.norm(x)
-        # (B, C, H, W) -> (B, 1 head, H*W tokens, C)
-        q, k, v = (proj(hn).reshape(b, 1, c, h * w).transpose(2, 3) for proj in (self.q, self.k, self.v))
+        # (B, C, H, W) -> (B, 1 head, H*W tokens, C), contiguous: on the CPU SDPA takes its flash kernel
+        # only for contiguous q/k/v (strided ones go to the math path, which builds the (HW, HW)
+        # matrix: 3.2x slower at 6400 tokens x 64 channels, 1 thread, bench/README.md)
+        q, k, v = (proj(hn).reshape(b, 1, c, h * w).transpose(2, 3).contiguous()
+                   for proj in (self.q, self.k, self.v))
         # softmax(q k^T * C^-0.5) v, through SDPA: fused kernels never build the (HW, HW) matrix
         # when a memory-efficient/flash backend is available.
         out = F.scaled_dot_product_attention(q, k, v, scale=c ** -0.5)   # (B, 1, HW, C)
