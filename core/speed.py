@@ -76,12 +76,14 @@ _DTYPES = packed_dtypes()
 CPU_BF16 = os.environ.get("LDM_CPU_BF16", "1") != "0"
 
 
-def cpu_bf16_autocast(device, dtype: torch.dtype):
+def cpu_bf16_autocast(device, dtype: torch.dtype, enabled: bool = True):
     """torch.autocast to bfloat16 for a float32 model on a CPU that computes bf16 natively (AVX512-BF16
     or AMX, packed_dtypes), else a no-op context: convolutions, linear layers and attention run in bf16,
     normalisations and the caller's arithmetic outside the model in float32. For the steps whose
-    quality was measured in bf16 (the upscaler's denoising: bench/README.md); CPU_BF16 False turns it off."""
-    if CPU_BF16 and torch.device(device).type == "cpu" and dtype == torch.float32 and torch.bfloat16 in _DTYPES:
+    quality was measured in bf16: `enabled` is the model's `cpu_bf16` default (its file says so:
+    shapes-sr4x's denoising, bench/README.md); CPU_BF16 False turns it off everywhere."""
+    if (enabled and CPU_BF16 and torch.device(device).type == "cpu" and dtype == torch.float32
+            and torch.bfloat16 in _DTYPES):
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

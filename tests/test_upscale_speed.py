@@ -5,6 +5,8 @@ model, and the VAE attention handing SDPA contiguous q/k/v (its fused CPU
 kernel; strided ones take the math path, 3x slower). Structure and numerics only; the timings and
 the quality (PSNR on the evaluation photos) are bench/README.md's."""
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -38,6 +40,8 @@ def _precisions_seen(m, **kwargs) -> dict[str, set]:
 @native_bf16
 def test_the_upscaler_runs_its_unet_in_bf16_where_the_cpu_has_it(monkeypatch):
     m = tiny_model("ldm_sr")
+    assert _precisions_seen(m) == {"unet": {None}, "decoder": {None}}    # a file that does not say so: float32
+    m.metadata = {**(getattr(m, "metadata", None) or {}), "ldm_studio_defaults": json.dumps({"cpu_bf16": True})}
     # the decoder stays float32: in bf16 it cost 0.06 dB on a 1024x1024 shapes scene
     assert _precisions_seen(m) == {"unet": {torch.bfloat16}, "decoder": {None}}
     assert _precisions_seen(m, tile=8, overlap=2) == {"unet": {torch.bfloat16}, "decoder": {None}}

@@ -19,8 +19,9 @@ tile the fastest that fits in memory (plan_upscale). The decoder's self-attentio
 (VAE_WINDOW latent pixels: linear, not quadratic, in the area), so the whole latent decodes in one
 pass with exact GroupNorm statistics when it fits; otherwise the tiled VAE shares whole-image
 statistics (tiled_vae.py). Out-of-memory retries with smaller tiles.
-A float32 model on a CPU with native bf16 (AVX512-BF16 / AMX) denoises under bfloat16 autocast
-(speed.cpu_bf16_autocast; LDM_CPU_BF16=0 turns it off); the decoder stays float32, since in bf16 it
+A float32 model whose file says so (its `cpu_bf16` default: shapes-sr4x) denoises under bfloat16
+autocast on a CPU with native bf16 (AVX512-BF16 / AMX; speed.cpu_bf16_autocast; LDM_CPU_BF16=0 turns
+it off); other checkpoints (the SD x4 upscaler) keep float32 numerics; the decoder stays float32, since in bf16 it
 cost 0.06 dB on a 1024x1024 shapes scene. shapes-sr4x at 256 -> 1024: UNet step 2.27 -> 1.43 CPU s,
 PSNR on the evaluation photos and on that scene within 0.01 dB of float32 (bench/README.md).
 Interrupted runs raise core.samplers.SamplingInterrupted (its `.images` is empty).
@@ -244,7 +245,7 @@ def upscale(m, image, tile=None, overlap=None, steps=None, seed=None, *, prompt=
     wrap = None if plan.tiles == 1 else tiled(plan.tile, plan.overlap, align, TileState(plan.tile), plan.tile_batch,
                                                on_tile)
     try:
-        with cpu_bf16_autocast(m.device, m.dtype):
+        with cpu_bf16_autocast(m.device, m.dtype, defaults.cpu_bf16):
             z = denoise(m, cond, uncond, settings, (1, caps.latent_channels, *plan.latent), [cpu_generator(seed)],
                         wrap=wrap, callback=on_step, should_stop=should_stop)
     except SamplingInterrupted as stop:
