@@ -90,11 +90,13 @@ python -m core.train export weights/shapes-sr4x.safetensors --out weights/shapes
   --defaults '{"cpu_bf16": true}'
 python -m core.eval sr --model weights/shapes-sr4x.safetensors --max-side 128 --n-shapes 8 --out weights/eval/sr4x.json
 
-# session 12: the layout-to-image model, from the text model's UNet (interim export at step 2235 of 4000;
-# the session that finishes the run exports again and evaluates 200 layouts of each kind, two eval seeds)
+# sessions 12-13: the layout-to-image model, from the text model's UNet (4000 steps), evaluated on 200
+# layouts of each kind with two eval seeds (0, and 1 written to layout-*-seed1.json)
 OMP_NUM_THREADS=1 python -m core.train ldm --config scripts/train_configs/shapes-layout.yaml   # or: --resume --name shapes-layout
 python -m core.train export runs/shapes-layout --out weights/shapes-layout.safetensors
 for n in 1 2; do
   python -m core.eval layout --model weights/shapes-layout.safetensors --n 200 --objects $n \
     --out weights/eval/layout-${n}obj.json
+  python -m core.eval layout --model weights/shapes-layout.safetensors --n 200 --objects $n --seed 1 \
+    --out weights/eval/layout-${n}obj-seed1.json
 done
