@@ -7,7 +7,7 @@
     python -m core.generate outpaint --model M --image in.png --right 64 --prompt "..."
     python -m core.generate upscale --model weights/shapes-sr.safetensors --image small.png
     python -m core.generate class --model cin256-v2.ckpt --config cin256-v2.yaml --class-label 207
-    python -m core.generate layout --model M --layout boxes.txt       # "circle red 0.1 0.1 0.4 0.4" a line
+    python -m core.generate layout --model M --layout boxes.txt       # "circle red 0.02 0.02 0.32 0.32" a line
     python -m core.generate layout --model M --layout boxes.json      # or [[class_id, x0, y0, x1, y1], ...]
     python -m core.generate uncond --model M --n 4
     python -m core.generate semantic --model M --config semantic_synthesis256.yaml --segmentation labels.png
@@ -304,7 +304,7 @@ def _read_layout(path: str) -> str:
         return Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ValueError(f"--layout {path}: not a text file; write one object a line, e.g. "
-                         "'circle red 0.1 0.1 0.4 0.4', or a JSON list of [class_id, x0, y0, x1, y1].") from None
+                         "'circle red 0.02 0.02 0.32 0.32', or a JSON list of [class_id, x0, y0, x1, y1].") from None
 
 
 def _save(images, outdir: Path) -> None:

@@ -65,26 +65,27 @@ def test_draw_two_boxes_label_them_and_generate(page):
     text.press_sequentially("circle orange 0.1 0.6 0.3 0.9")
     page.wait_for_function("c => { const d = c.getContext('2d').getImageData(77, 288, 1, 1).data; "
                            "return d[0] - d[2] > 20; }", arg=canvas.board.element_handle())
-    assert abs(canvas.pixel(0.7, 0.7)[0] - canvas.pixel(0.7, 0.7)[2]) < 5       # the old star is gone
+    assert abs(canvas.pixel(0.83, 0.5)[0] - canvas.pixel(0.83, 0.5)[2]) < 5     # the old (blue) star is gone
     canvas.click(0.2, 0.75)                                           # select it, then the Delete button
     visible(page, ".ldm-layout-delete").click()
     _wait_text(page, text, "v === ''")
 
-    # Two boxes drawn with the mouse, each labelled with the Shape / Colour selects.
-    canvas.drag((0.1, 0.1), (0.4, 0.4))
+    # Two boxes drawn with the mouse, each labelled with the Shape / Colour selects. The default layout
+    # model is a shapes-world one: each box snaps to a cell centre (1/6, 1/2, 5/6) and a size (0.2, 0.3).
+    canvas.drag((0.1, 0.1), (0.4, 0.4))                               # -> large, top left cell
     visible(page, ".ldm-layout-shape").select_option("square")
     visible(page, ".ldm-layout-colour").select_option("green")
-    canvas.drag((0.55, 0.5), (0.85, 0.8))                             # drawn as "square green" too ...
-    visible(page, ".ldm-layout-shape").select_option("triangle")      # ... then relabelled
+    canvas.drag((0.6, 0.6), (0.8, 0.8))                               # -> small, bottom right; drawn as
+    visible(page, ".ldm-layout-shape").select_option("triangle")      # "square green" too, then relabelled
     visible(page, ".ldm-layout-colour").select_option("purple")
-    canvas.drag((0.85, 0.8), (0.9, 0.9))                              # resize by its bottom-right corner
-    canvas.drag((0.25, 0.25), (0.3, 0.35))                            # move the first box
+    canvas.drag((0.7333, 0.7333), (0.65, 0.65))                       # resize by its top-left corner: large
+    canvas.drag((0.2, 0.2), (0.5, 0.2))                               # move the first box one cell right
     canvas.drag((0.02, 0.9), (0.12, 0.98))                            # a stray third box ...
     page.keyboard.press("Delete")                                     # ... removed with the Delete key
     _wait_text(page, text, "v.split('\\n').length === 2 && v.includes('triangle purple')")
     drawn = _layout(text.input_value())
     assert [label for label, _ in drawn] == ["square green", "triangle purple"]
-    assert _close(drawn[0][1], [0.15, 0.2, 0.45, 0.5]) and _close(drawn[1][1], [0.55, 0.5, 0.9, 0.9]), drawn
+    assert _close(drawn[0][1], [0.35, 0.017, 0.65, 0.317]) and _close(drawn[1][1], [0.683, 0.683, 0.983, 0.983]), drawn
 
     visible(page, "button.ldm-generate").click()
     info = visible(page, ".ldm-info textarea")

@@ -135,3 +135,21 @@ def test_send_to_layout_and_the_boxes_picture(tmp_path, layout_model):
     assert picture.size == (384, 384)                                   # enlarged 6x, nearest neighbour
     assert tuple(a[200, 96]) == PALETTE["red"] and tuple(a[96, 200]) == PALETTE["red"]   # the box's edges
     assert 140 < a[300, 300].mean() < 170                               # the faint copy: black -> light grey
+
+
+def test_boxes_off_the_shapes_world_grid_are_named_with_the_nearest_known(layout_model):
+    """A shapes-world layout model learned objects only at the 3x3 cell centres (within 1/24) in two
+    sizes; a box elsewhere is named, with the nearest box it knows, and sampling warns about it."""
+    on_grid = parse_layout("circle red 0.02 0.02 0.32 0.32\nstar blue 0.73 0.4 0.93 0.6", SHAPES_VOCAB)
+    assert SHAPES_VOCAB.off_grid(on_grid) == []
+    jittered = parse_layout("circle red 0.05 0.05 0.35 0.35", SHAPES_VOCAB)      # centre 0.2: within 1/24
+    assert SHAPES_VOCAB.off_grid(jittered) == []
+    off = parse_layout("square green 0.15 0.2 0.45 0.5\ntriangle purple 0.4 0.4 0.6 0.6", SHAPES_VOCAB)
+    assert SHAPES_VOCAB.off_grid(off) == ["box 1 (square green 0.15 0.2 0.45 0.5; nearest known: "
+                                          "square green 0.017 0.35 0.317 0.65)"]
+    oversized = parse_layout("star red 0.3 0.3 0.7 0.7", SHAPES_VOCAB)              # centred, side 0.4
+    assert "nearest known: star red 0.35 0.35 0.65 0.65" in SHAPES_VOCAB.off_grid(oversized)[0]
+    assert NUMBERS_VOCAB.off_grid(parse_layout("1 0.3 0.3 0.7 0.7", NUMBERS_VOCAB)) == []   # no grid known
+    with pytest.warns(UserWarning, match="learned objects only at the 9 cell centres.*box 1 \\(square green"):
+        sample_layout(layout_model, "square green 0.15 0.2 0.45 0.5", steps=1, seed=0)
+    assert SHAPES_VOCAB.as_dict()["grid"] == {"centres": [1 / 6, 1 / 2, 5 / 6], "sizes": [0.2, 0.3]}

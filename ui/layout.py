@@ -1,7 +1,7 @@
 """The Layout to image tab: draw boxes (or type them), label each object, generate the scene.
 
 `layout` is the handler and the `/layout` API endpoint: a plain function of plain values (the
-layout as text, "circle red 0.1 0.1 0.4 0.4" one object a line, or JSON) that checks the layout
+layout as text, "circle red 0.02 0.02 0.32 0.32" one object a line, or JSON) that checks the layout
 against the picked model (core.pipelines.parse_layout), then submits a job calling
 core.pipelines.sample_layout and follows it. The canvas (ui/layout_canvas.py) and the layout
 textbox edit the same text. "Show boxes" draws each result's own layout (its PNG parameters) over
@@ -25,7 +25,7 @@ from ui.send import gallery_image, picture_parameters
 from ui.studio import Studio
 
 TAB = "layout"
-START = "circle red 0.1 0.1 0.4 0.4\nstar blue 0.55 0.5 0.9 0.85"     # what the canvas shows first
+START = "circle red 0.02 0.02 0.32 0.32\nstar blue 0.73 0.4 0.93 0.6"   # what the canvas shows first (on the grid)
 
 
 def vocabulary_of(studio: Studio, model: str | None):
@@ -42,7 +42,7 @@ def layout(studio: Studio, layout: str, model: str | None = None, sampler: str |
            height: int | None = None, batch_count: int = 1, batch_size: int = 1, native_tiling: bool = False,
            progress=gr.Progress()):
     """Generate images of a layout: text, one object a line (its label, then x0 y0 x1 y1 in [0, 1] of
-    the width and height: "circle red 0.1 0.1 0.4 0.4"), or JSON ([[class_id, x0, y0, x1, y1], ...]).
+    the width and height: "circle red 0.02 0.02 0.32 0.32"), or JSON ([[class_id, x0, y0, x1, y1], ...]).
     Empty settings use the model's defaults; seed -1 is random; batch_count x batch_size images;
     native_tiling: above the model's native size, denoise in overlapping native-size tiles. Returns
     the images (PNG files, their parameters carrying the layout), the parameters as text, and the

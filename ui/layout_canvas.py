@@ -1,10 +1,12 @@
 """The Layout tab's drawing surface, and the picture of a result with its boxes drawn over it.
 
 `layout_canvas(text, vocabulary)` is a gr.HTML whose value is the layout in the text format of
-core/pipelines/layout_text.py ("circle red 0.1 0.1 0.4 0.4", one object a line). Its script
+core/pipelines/layout_text.py ("circle red 0.02 0.02 0.32 0.32", one object a line). Its script
 (Gradio's js_on_load: `element`, `props`, `trigger`, `watch`) draws the boxes on a <canvas> and
 edits them with the mouse: drag on empty space adds a box, drag inside a box moves it, drag a
-corner resizes it, Delete (or the button) removes the selected one; the Shape / Colour selects (or
+corner resizes it, Delete (or the button) removes the selected one; for a shapes-world model each
+drawn box snaps to the grid that model learned (vocab "grid": the 3x3 cell centres and the two
+sizes; typed layouts are left as written and warned about by the pipeline); the Shape / Colour selects (or
 Class, for a model without names) label the selected box and the next one drawn. Each edit sets
 `props.value` and triggers "edit"; a new value from outside (the layout textbox, "Send to") is
 drawn again through `watch("value")`. The prop `vocab` (LayoutVocabulary.as_dict) says which
@@ -50,8 +52,9 @@ JS = r"""
 const canvas = element.querySelector(".ldm-layout-board"), ctx = canvas.getContext("2d");
 const shapeSel = element.querySelector(".ldm-layout-shape"), colourSel = element.querySelector(".ldm-layout-colour");
 const classSel = element.querySelector(".ldm-layout-class"), hint = element.querySelector(".ldm-layout-hint");
-const HELP = "Drag on empty space to add a box, drag a box to move it, drag a corner to resize it; " +
-             "Delete removes the selected box.";
+const HELP_ALL = "Drag on empty space to add a box, drag a box to move it, drag a corner to resize it; " +
+                 "Delete removes the selected box.";
+const HELP = () => vocab().grid ? HELP_ALL + " Boxes snap to the 9 cells and the two sizes this model learned." : HELP_ALL;
 const HANDLE = 8, MIN = 0.03, SIDE = 384;           // corner handle (canvas px), smallest side (fraction)
 let boxes = [], selected = -1, drag = null, lastText = null;
 
@@ -151,7 +154,7 @@ function commit(message) {
   lastText = format();
   props.value = lastText;
   trigger("edit");
-  hint.textContent = message || HELP;
+  hint.textContent = message || HELP();
   draw();
 }
 function select(i) {
@@ -198,7 +201,7 @@ function fromValue() {
   boxes = parsed;
   if (selected >= boxes.length) selected = -1;
   hint.textContent = skipped.length ? `Line ${skipped.join(", ")} not understood: write a label and four numbers, ` +
-                                      "e.g. circle red 0.1 0.1 0.4 0.4." : HELP;
+                                      "e.g. circle red 0.02 0.02 0.32 0.32." : HELP();
   draw();
 }
 
@@ -247,19 +250,28 @@ canvas.addEventListener("pointermove", (event) => {
   }
   draw();
 });
+function snap(b) {                                  // a shapes-world model: the nearest box it learned
+  const g = vocab().grid;
+  if (!g) return b;
+  const near = (values, v) => values.reduce((a, c) => (Math.abs(c - v) < Math.abs(a - v) ? c : a));
+  const side = near(g.sizes, (b.x1 - b.x0 + b.y1 - b.y0) / 2);
+  const cx = near(g.centres, (b.x0 + b.x1) / 2), cy = near(g.centres, (b.y0 + b.y1) / 2);
+  return Object.assign(b, {x0: cx - side / 2, y0: cy - side / 2, x1: cx + side / 2, y1: cy + side / 2});
+}
 const end = () => {
   if (!drag) return;
   const d = drag;
   drag = null;
   if (d.mode === "new") {
     if (d.box && d.box.x1 - d.box.x0 >= MIN && d.box.y1 - d.box.y0 >= MIN) {
-      boxes.push(d.box);
+      boxes.push(snap(d.box));
       selected = boxes.length - 1;
       commit();
     } else {
       draw();
     }
   } else {
+    snap(boxes[selected]);
     commit();
   }
 };

@@ -1,6 +1,8 @@
 """Sampling for the models that take no text: unconditional, class-conditional, layout-conditional
 and semantic-synthesis LDMs (Rombach et al. 2022, Sec. 4.1, 4.3.1, 4.3.2 and Fig. 8)."""
 
+import warnings
+
 from core.capabilities import capabilities
 from core.pipelines.conditioning import class_conditioning, layout_conditioning, layout_encoder
 from core.pipelines.defaults import check_size
@@ -56,10 +58,16 @@ def sample_class(m, class_label, n=1, guidance_scale=None, steps=None, sampler=N
 def sample_layout(m, layout, n=1, guidance_scale=None, steps=None, sampler=None, seed=None, width=None,
                   height=None, **options):
     """n samples of a layout: a list of (class_id, x0, y0, x1, y1) boxes with coordinates in [0, 1],
-    or the same as text, one object a line ("circle red 0.1 0.1 0.4 0.4", layout_text.py) or JSON;
+    or the same as text, one object a line ("circle red 0.02 0.02 0.32 0.32", layout_text.py) or JSON;
     checked by parse_layout. The unconditional half of guidance is the empty layout. Larger than
     trained with native_tiling, each tile is conditioned on its own boxes (layout_encoder)."""
-    boxes = parse_layout(layout, layout_vocabulary(m))             # requires a layout model
+    vocabulary = layout_vocabulary(m)                                # requires a layout model
+    boxes = parse_layout(layout, vocabulary)
+    off = vocabulary.off_grid(boxes)
+    if off:
+        warnings.warn("this layout model learned objects only at the 9 cell centres (1/6, 1/2, 5/6 of each side) "
+                      "with square boxes of side 0.2 (small) or 0.3 (large), so it may ignore " + "; ".join(off),
+                      stacklevel=2)
     cond, uncond = layout_conditioning(m, boxes)
     recorded = [[c, *box] for c, *box in boxes]
     return sample_images(m, "layout", cond, uncond, {"layout": recorded}, n, seed, steps, sampler, guidance_scale,

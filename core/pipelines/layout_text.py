@@ -5,14 +5,18 @@ width and height (x to the right, y downwards); in the shapes world (shared/shap
 box is the object's circumscribed square. People write it as text, one object a line, the label
 then the box:
 
-    circle red 0.1 0.1 0.4 0.4
-    star blue 0.55 0.5 0.85 0.8
+    circle red 0.02 0.02 0.32 0.32
+    star blue 0.73 0.4 0.93 0.6
 
 Labels are the model's class names: for a shapes-world layout model the 24 "shape colour" pairs
 (class = shape_index * 6 + colour_index, the world's class label; "red circle" is read too); any
 other layout model numbers its classes 0..n-1. A class number is accepted for every model. JSON is
 accepted as well: a list of [class, x0, y0, x1, y1] (class a number or a label), or the world's
 own [shape, colour, x0, y0, x1, y1]. Blank lines and lines starting with # are skipped.
+
+A shapes-world layout model learned objects only where that world puts them: at the 3x3 cell centres,
+in two sizes. `LayoutVocabulary.off_grid` names the boxes it never saw (with the nearest it knows,
+`snap_box`), which sample_layout warns about; the canvas snaps drawn boxes to that grid.
 
 `parse_layout` checks a layout once, for the pipelines, the app, its API and the CLI;
 `format_layout` writes the text back (PNG info sends a picture's layout to the Layout tab).
@@ -22,14 +26,14 @@ import math
 from dataclasses import dataclass
 
 from core.capabilities import capabilities
-from core.world.scene import PALETTE, SHAPES, class_words
+from core.world.scene import CELL_CENTRES, MAX_JITTER, PALETTE, SHAPES, SIZES, class_words
 
 # The shapes world's classes in label order: "circle red", "circle green", ... "star orange".
 SHAPES_WORLD_NAMES = tuple(" ".join(class_words(i)) for i in range(len(SHAPES) * len(PALETTE)))
 # Box colours of the classes of a model without names (the canvas and the "Show boxes" picture).
 CLASS_COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
                  (70, 240, 240), (240, 50, 230), (128, 128, 0))
-EXAMPLE = "circle red 0.1 0.1 0.4 0.4"
+EXAMPLE = "circle red 0.02 0.02 0.32 0.32"
 
 
 @dataclass(frozen=True)
@@ -74,11 +78,41 @@ class LayoutVocabulary:
         return number
 
     def as_dict(self) -> dict:
-        """For the browser's canvas: names (or None), the shapes and colours, each class's box colour."""
+        """For the browser's canvas: names (or None), the shapes and colours, each class's box colour,
+        and for a shapes-world model the grid its boxes snap to (cell centres, the two sizes)."""
+        grid = ({"centres": list(CELL_CENTRES), "sizes": [round(sum(r) / 2, 6) for r in SIZES.values()]}
+                if self.names else None)
         return {"names": list(self.names) if self.names else None, "n_classes": self.n_classes,
                 "max_objects": self.max_objects, "shapes": list(SHAPES) if self.names else [],
                 "colours": list(PALETTE) if self.names else [],
-                "box_colours": ["#%02x%02x%02x" % self.colour(i) for i in range(self.n_classes)]}
+                "box_colours": ["#%02x%02x%02x" % self.colour(i) for i in range(self.n_classes)], "grid": grid}
+
+    def off_grid(self, boxes: list) -> list[str]:
+        """For a shapes-world model, the boxes it never saw in training, each with the nearest one it
+        knows: objects sit at the 3x3 cell centres (1/6, 1/2, 5/6 of each side, within 1/24) and
+        their box is a square of side 0.18-0.22 (small) or 0.28-0.32 (large). Empty otherwise."""
+        if not self.names:
+            return []
+        slack = 0.01                                                        # rounding of typed boxes
+        out = []
+        for i, (c, x0, y0, x1, y1) in enumerate(boxes):
+            sides_ok = all(any(lo - slack <= side <= hi + slack for lo, hi in SIZES.values())
+                           for side in (x1 - x0, y1 - y0))
+            centred = all(min(abs((a + b) / 2 - cc) for cc in CELL_CENTRES) <= MAX_JITTER + slack
+                          for a, b in ((x0, x1), (y0, y1)))
+            if not (sides_ok and centred):
+                out.append(f"box {i + 1} ({format_layout([(c, x0, y0, x1, y1)], self)}; nearest known: "
+                           f"{format_layout([(c, *snap_box((x0, y0, x1, y1)))], self)})")
+        return out
+
+
+def snap_box(box) -> tuple[float, float, float, float]:
+    """The shapes-world box nearest `box`: centred on the nearest cell centre of each axis, a square of
+    the nearer size class (0.2 or 0.3; the canvas snaps the same way)."""
+    x0, y0, x1, y1 = box
+    side = min((sum(r) / 2 for r in SIZES.values()), key=lambda s: abs(s - ((x1 - x0) + (y1 - y0)) / 2))
+    cx, cy = (min(CELL_CENTRES, key=lambda c: abs(c - (a + b) / 2)) for a, b in ((x0, x1), (y0, y1)))
+    return tuple(round(v, 3) for v in (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2))
 
 
 def layout_vocabulary(model_or_config) -> LayoutVocabulary:
