@@ -117,21 +117,14 @@ def sdxl_conditioning(m, prompt: str, negative_prompt: str, size=None, embedding
     an SDXL pair's clip_l vectors go to the CLIP ViT-L tower, its clip_g ones to OpenCLIP bigG."""
     size = tuple(size) if size is not None else None
     batch = m.conditioner.make_batch([prompt], original_size=size, target_size=size)
-    cond = _sdxl_text(m, prompt, batch, True, embeddings)
+    cond = _text(m, prompt, None, True, embeddings, batch)
     if negative_prompt and "aesthetic_score" not in m.conditioner.cfg.input_keys:
         negative = m.conditioner.make_batch([negative_prompt], original_size=size, target_size=size)
-        return cond, _sdxl_text(m, negative_prompt, negative, False, embeddings)
+        return cond, _text(m, negative_prompt, None, False, embeddings, negative)
     batch_uc, zeroed = m.conditioner.reference_uncond(batch, [negative_prompt] if negative_prompt else None)
     if zeroed:                                    # zeros whatever the text: "" spares encoding the prompt
         return cond, _sdxl_encode(m, {**batch_uc, TXT: [""]}, zeroed)
-    return cond, _sdxl_text(m, batch_uc[TXT][0], batch_uc, False, embeddings)
-
-
-def _sdxl_text(m, text: str, batch: dict, composable: bool, embeddings: dict | None):
-    parts = split_and(text) if composable else [(text, 1.0)]
-    if _is_plain(text, parts, None, CHUNK_LENGTH, embeddings):
-        return _sdxl_encode(m, batch)
-    return PromptConditioning(m, parts, None, embeddings, batch=batch)
+    return cond, _text(m, batch_uc[TXT][0], None, False, embeddings, batch_uc)
 
 
 @torch.no_grad()
@@ -175,14 +168,18 @@ def effective_clip_skip(m, clip_skip, warn: bool = False) -> int | None:
     return clip_skip
 
 
-def _text(m, text: str, clip_skip, composable: bool, embeddings: dict | None = None):
-    window = _window(m.cond_stage_model)
+def _text(m, text: str, clip_skip, composable: bool, embeddings: dict | None = None, batch: dict | None = None):
+    """One text's conditioning: the reference encoding when A1111 would read it the same (plain),
+    else a PromptConditioning. batch: SDXL's conditioner batch (its sizes), whose text towers chunk
+    at 75 tokens."""
+    window = CHUNK_LENGTH if batch is not None else _window(m.cond_stage_model)
+    plain = (lambda: _sdxl_encode(m, batch)) if batch is not None else (lambda: m.get_learned_conditioning([text]))
     if window is None:                                   # not a CLIP-tokenized encoder: as before
-        return m.get_learned_conditioning([text])
+        return plain()
     parts = split_and(text) if composable else [(text, 1.0)]
     if _is_plain(text, parts, clip_skip, window, embeddings):
-        return m.get_learned_conditioning([text])
-    return PromptConditioning(m, parts, clip_skip, embeddings)
+        return plain()
+    return PromptConditioning(m, parts, clip_skip, embeddings, batch=batch)
 
 
 def _is_plain(text: str, parts: list, clip_skip, window: int, embeddings: dict | None) -> bool:
