@@ -637,7 +637,8 @@ SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "scripts" / "train_confi
 @pytest.mark.parametrize("name", sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml")))
 def test_shipped_training_configs_load(name, ae_file):
     text = (SHIPPED_CONFIGS / f"{name}.yaml").read_text()
-    for shipped in ("weights/shapes-kl-f4.safetensors", "weights/shapes-txt2img.safetensors"):
+    for shipped in ("weights/shapes-kl-f4.safetensors", "weights/shapes-txt2img.safetensors",
+                    "weights/shapes-layout.safetensors"):
         text = text.replace(shipped, ae_file)                   # first stages (and init weights) of the test's own
     cfg = load_config(text)
     assert load_config(dump_config(cfg)) == cfg                # a CompVis-style file, stored in our format
