@@ -548,6 +548,27 @@ def test_a_layout_model_starts_from_a_text_models_unet(tmp_path, ae_file):
     assert all(torch.equal(lay.cond_stage_model.state_dict()[k], v) for k, v in fresh.items())
 
 
+def test_attention_at_one_more_resolution_starts_as_the_identity(tmp_path, ae_file):
+    lay = LatentDiffusion(ldm_config(ae_file, "layout").model)
+    with torch.no_grad():
+        for p in lay.parameters():
+            p.add_(0.01 * torch.randn_like(p))                  # non-zero output layers
+    save_model(lay, tmp_path / "lay.safetensors", dtype=None)
+    cfg = ldm_config(ae_file, "layout").model
+    levels = len(cfg.unet.channel_mult)
+    wider = replace(cfg, unet=replace(cfg.unet, attention_resolutions=tuple(2 ** i for i in range(levels))))
+    more = LatentDiffusion(wider)
+    assert set(more.state_dict()) > set(lay.state_dict())              # new transformer blocks
+    init_from_ldm(more, tmp_path / "lay.safetensors")
+    z, t = torch.randn(2, 4, 4, 4), torch.tensor([10, 700])
+    c = lay.get_learned_conditioning([[[3, 0.1, 0.1, 0.5, 0.5]], []])
+    with torch.no_grad():
+        assert torch.allclose(more.apply_model(z, t, c), lay.apply_model(z, t, c), atol=1e-6)
+    with pytest.raises(ValueError, match="missing keys"):                 # anything else missing still fails
+        init_from_ldm(LatentDiffusion(replace(cfg, unet=replace(cfg.unet, num_res_blocks=cfg.unet.num_res_blocks + 1))),
+                      tmp_path / "lay.safetensors")
+
+
 def test_export_round_trip(tmp_path, ae_file):
     cfg = ldm_config(ae_file, steps=3)
     cfg = replace(cfg, export={**cfg.export, "defaults": {**cfg.export["defaults"], "steps": 7}})
@@ -650,7 +671,7 @@ def test_shipped_training_configs_load(name, ae_file):
         assert all(m.num_groups == cfg.model.ddconfig.num_groups for m in ae.modules() if isinstance(m, torch.nn.GroupNorm))
         return
     task = {"shapes-txt2img": "conditional", "shapes-layout": "conditional", "shapes-sr4x": "upscale-ldm",
-            "shapes-inpaint": "inpaint-sd"}[re.sub(r"(-continue)?\d*$", "", name)]   # continue4, inpaint2
+            "shapes-inpaint": "inpaint-sd"}[re.sub(r"(-continue|-attn)?\d*$", "", name)]   # continue4, inpaint2, attn16
     assert cfg.stage == "ldm" and cfg.model.task == task and cfg.model.scale_factor == 0.5
     with torch.device("meta"):
         n = sum(p.numel() for p in UNetModel(cfg.model.unet).parameters())

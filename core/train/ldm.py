@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from core.capabilities import capabilities
+from core.models.attention import SpatialTransformer
 from core.models.diffusion import LatentDiffusion
 from core.samplers import sample
 from core.train.checkpoint import (capture_rng, first_stage_state_dict, load_checkpoint, restore_rng, save_checkpoint,
@@ -49,8 +50,9 @@ def load_first_stage(model: LatentDiffusion, path) -> None:
 
 def init_from_ldm(model: LatentDiffusion, path) -> None:
     """Start from another LDM's weights. A wider first conv (txt2img -> SD2 inpainting, 4 -> 9 input
-    channels) keeps the old weights for z and starts the new channels at zero, so the fine-tune
-    begins as the text-to-image model."""
+    channels) keeps the old weights for z and starts the new channels at zero, and attention at
+    resolutions the file has none (a larger attention_resolutions) starts as the identity, so the
+    fine-tune begins as the model it starts from."""
     sd = {k: v.float() for k, v in trained_state_dict(path).items()}
     own = model.state_dict()
     if _conditioner_keys(sd) != _conditioner_keys(own):
@@ -59,6 +61,11 @@ def init_from_ldm(model: LatentDiffusion, path) -> None:
         sd = {k: v for k, v in sd.items() if not k.startswith("cond_stage_model.")}
         sd.update({k: v for k, v in own.items() if k.startswith("cond_stage_model.")})
         log.info("init_from: %s has another conditioning encoder; it starts from scratch", path)
+    for name in _new_transformers(model, sd):
+        # Attention at a resolution the file has none: the new block starts as initialised, its
+        # proj_out zero, so it adds nothing and the model begins as the file's.
+        sd.update({k: v for k, v in own.items() if k.startswith(name + ".")})
+        log.info("init_from: %s is new (attention at one more resolution); it starts as the identity", name)
     missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
     if missing or unexpected:
         raise ValueError(f"init_from {path}: the model does not match this config ({len(missing)} missing keys, "
@@ -77,6 +84,12 @@ def init_from_ldm(model: LatentDiffusion, path) -> None:
             raise ValueError(f"init_from {path}: {key} has shape {tuple(value.shape)}, this config needs "
                              f"{tuple(own[key].shape)}")
     model.load_state_dict(sd, strict=True)
+
+
+def _new_transformers(model: LatentDiffusion, state_dict: dict) -> list[str]:
+    """The UNet's SpatialTransformer blocks of which state_dict has no key at all."""
+    return [name for name, module in model.named_modules() if isinstance(module, SpatialTransformer)
+            and not any(k.startswith(name + ".") for k in state_dict)]
 
 
 def _conditioner_keys(state_dict: dict) -> set:
