@@ -42,7 +42,8 @@ from core.train.ema import EMA
 from core.train.latents import encode_batch
 from core.train.ldm import conditioning, init_from_ldm
 from core.train.losses import (LPIPS, AutoencoderLossConfig, adaptive_gan_weight, autoencoder_loss, build_lpips,
-                               diffusion_loss, diffusion_target, edge_map, hinge_d_loss, min_snr_weight)
+                               diffusion_loss, diffusion_target, edge_map, hinge_d_loss, min_snr_weight,
+                               offset_noise)
 from core.train.runtime import learning_rate
 from core.world import SHAPES, ShapesWorld, class_label
 
@@ -421,10 +422,22 @@ def _eval_loss(model: LatentDiffusion, x: torch.Tensor, captions) -> float:
         return ((model.apply_model(a.sqrt() * z0 + (1 - a).sqrt() * eps, t, c) - eps) ** 2).mean().item()
 
 
-@pytest.mark.parametrize("min_snr_gamma", [None, 5.0])
-def test_ldm_loop_lowers_the_loss(tmp_path, ae_file, min_snr_gamma):
+def test_offset_noise_moves_each_channels_mean_and_nothing_else():
+    noise = torch.randn(4096, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    shifted = offset_noise(noise, 0.5, torch.Generator().manual_seed(1))
+    offset = shifted - noise                                          # one value per sample and channel
+    assert torch.allclose(offset, offset[:, :, :1, :1].expand_as(offset), atol=1e-6)
+    assert offset[:, :, 0, 0].std().item() == pytest.approx(0.5, rel=0.05)
+    again = offset_noise(noise, 0.5, torch.Generator().manual_seed(1))
+    assert torch.equal(shifted, again)                                # from the run's generator: reproducible
+    with pytest.raises(ValueError, match="offset_noise"):
+        TrainConfig(offset_noise=-0.1)
+
+
+@pytest.mark.parametrize("min_snr_gamma, offset", [(None, 0.0), (5.0, 0.0), (5.0, 0.1)])
+def test_ldm_loop_lowers_the_loss(tmp_path, ae_file, min_snr_gamma, offset):
     rc = cfg = ldm_config(ae_file, steps=25, ckpt_every=25, log_every=5, precision="fp32",
-                          min_snr_gamma=min_snr_gamma)
+                          min_snr_gamma=min_snr_gamma, offset_noise=offset)
     torch.manual_seed(rc.train.seed)
     before = LatentDiffusion(rc.model)                          # the loop's initial weights (same seed)
     before.first_stage_model.load_state_dict(load_model(ae_file).state_dict())
@@ -671,7 +684,7 @@ def test_shipped_training_configs_load(name, ae_file):
         assert all(m.num_groups == cfg.model.ddconfig.num_groups for m in ae.modules() if isinstance(m, torch.nn.GroupNorm))
         return
     task = {"shapes-txt2img": "conditional", "shapes-layout": "conditional", "shapes-sr4x": "upscale-ldm",
-            "shapes-inpaint": "inpaint-sd"}[re.sub(r"(-continue|-attn)?\d*$", "", name)]   # continue4, inpaint2, attn16
+            "shapes-inpaint": "inpaint-sd"}[re.sub(r"(-continue|-attn|-offset)?\d*$", "", name)]   # continue4, inpaint2, attn16
     assert cfg.stage == "ldm" and cfg.model.task == task and cfg.model.scale_factor == 0.5
     with torch.device("meta"):
         n = sum(p.numel() for p in UNetModel(cfg.model.unet).parameters())

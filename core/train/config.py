@@ -90,6 +90,9 @@ class TrainConfig:
                                          # Stable Diffusion's fine-tuned ft-MSE decoder)
     min_snr_gamma: float | None = None   # LDM: Min-SNR-gamma loss weighting (Hang et al. 2023; 5 there);
                                          # None: the reference's uniform weighting
+    offset_noise: float = 0.0            # LDM: the training noise gets this times one N(0, 1) value per sample
+                                         # and latent channel (Guttenberg 2023), so the model can move a whole
+                                         # image's tone from pure noise; 0: off (the reference)
     logvar_init: float | None = None     # KL autoencoder: initial bias of the posterior's log-variance
                                          # channels (quant_conv). None: default init, where the sampled
                                          # latent's noise (std ~1-10) drowns the signal for a long time;
@@ -110,6 +113,8 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.cond_drop < 1.0:
             raise ValueError(f"train.cond_drop must be in [0, 1), got {self.cond_drop}")
+        if not 0.0 <= self.offset_noise <= 1.0:
+            raise ValueError(f"train.offset_noise must be in [0, 1] (0.1 is usual), got {self.offset_noise}")
         if self.min_snr_gamma is not None and not self.min_snr_gamma > 0:
             raise ValueError(f"train.min_snr_gamma must be > 0 (or null for uniform weights), got {self.min_snr_gamma}")
         if self.lr <= 0 or self.warmup_steps < 0 or self.grad_clip < 0:

@@ -32,7 +32,7 @@ from core.train.config import RunConfig, config_dict
 from core.train.data import DataConfig, TrainData
 from core.train.ema import EMA
 from core.train.latents import LatentSource, encode_batch
-from core.train.losses import diffusion_loss, diffusion_target, min_snr_weight, q_sample
+from core.train.losses import diffusion_loss, diffusion_target, min_snr_weight, offset_noise, q_sample
 from core.train.run_folder import RunFolder
 from core.train.runtime import (Runtime, StopFlag, all_reduce_mean, check_replicas, machine,
                                 sample_indices, samples_and_checkpoint, set_learning_rate, step_generator)
@@ -293,6 +293,8 @@ def train_ldm(cfg: RunConfig, run: RunFolder, rt: Runtime, resume: bool = False,
                 t = torch.randint(0, model.num_timesteps, (z0.shape[0],), generator=g).to(rt.device)
                 noise = torch.randn(z0.shape, generator=g).to(rt.device)
                 drop = (torch.rand(z0.shape[0], generator=g) < tc.cond_drop).to(rt.device)
+                if tc.offset_noise:                    # drawn last: runs without it keep their noise
+                    noise = offset_noise(noise, tc.offset_noise, g)
                 if tc.channels_last:
                     z0, noise = (v.contiguous(memory_format=torch.channels_last) for v in (z0, noise))
                 last_micro = micro == tc.grad_accum - 1

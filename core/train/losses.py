@@ -30,6 +30,16 @@ def q_sample(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, alphas_cump
     return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
 
+def offset_noise(noise: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
+    """eps plus `strength` times one N(0, 1) value per sample and channel (Guttenberg 2023, "Diffusion
+    with Offset Noise"). The schedule's last step keeps sqrt(abar_T) of the image (0.07 for SD's), so a
+    model trained on plain eps learns that pure noise's per-channel mean is the image's: sampling from
+    zero-mean noise then lands on the mean tone (grey where the data is white, black or grey) and the
+    objects drawn on it come out vague. With the offset the model learns to set the tone itself."""
+    offset = torch.randn(noise.shape[:2], generator=generator).to(noise.device, noise.dtype)   # (B, C)
+    return noise + strength * offset[:, :, None, None]
+
+
 def diffusion_target(x0, t, noise, alphas_cumprod, parameterization: str) -> torch.Tensor:
     """What the network learns to predict: eps, or v = sqrt(abar) eps - sqrt(1 - abar) x0."""
     if parameterization == "eps":
