@@ -100,3 +100,12 @@ for n in 1 2; do
   python -m core.eval layout --model weights/shapes-layout.safetensors --n 200 --objects $n --seed 1 \
     --out weights/eval/layout-${n}obj-seed1.json
 done
+
+# session 14: tried on the layout model, none shipped (weights/README.md, "Session 14", has the figures):
+# more of round one, uniform loss weighting, attention at 16x16 latents, a decoder pass for these scenes,
+# offset noise. Each run starts from the shipped weights or from round two's run folder:
+#   OMP_NUM_THREADS=1 python -m core.train ldm --config scripts/train_configs/shapes-layout-continue.yaml
+#   OMP_NUM_THREADS=1 python -m core.train ldm --config scripts/train_configs/shapes-layout-continue2.yaml
+#   OMP_NUM_THREADS=1 python -m core.train ldm --config scripts/train_configs/shapes-layout-attn16.yaml
+#   OMP_NUM_THREADS=1 python -m core.train autoencoder --config scripts/train_configs/shapes-kl-f4-decoder-layout.yaml
+#   OMP_NUM_THREADS=2 python -m core.train ldm --config scripts/train_configs/shapes-layout-offset.yaml
