@@ -528,12 +528,19 @@ def test_conditioning_dropout_gives_the_unconditional_inputs(ae_file):
         assert not torch.allclose(c[1], uncond[0])
 
 
-def test_inpainting_starts_from_txt2img_with_zero_new_channels(tmp_path, ae_file):
-    txt = LatentDiffusion(ldm_config(ae_file, "txt2img").model)
+def _saved_ldm(ae_file, stage: str, path) -> LatentDiffusion:
+    """A tiny LDM of `stage` with every weight nudged off its init (zero output layers included),
+    saved to path for init_from."""
+    m = LatentDiffusion(ldm_config(ae_file, stage).model)
     with torch.no_grad():
-        for p in txt.parameters():
-            p.add_(0.01 * torch.randn_like(p))                  # non-zero output layers
-    save_model(txt, tmp_path / "txt.safetensors", dtype=None)
+        for p in m.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    save_model(m, path, dtype=None)
+    return m
+
+
+def test_inpainting_starts_from_txt2img_with_zero_new_channels(tmp_path, ae_file):
+    txt = _saved_ldm(ae_file, "txt2img", tmp_path / "txt.safetensors")
     inp = LatentDiffusion(ldm_config(ae_file, "inpaint").model)
     init_from_ldm(inp, tmp_path / "txt.safetensors")
     w = inp.model.diffusion_model.input_blocks[0][0].weight
@@ -548,11 +555,7 @@ def test_inpainting_starts_from_txt2img_with_zero_new_channels(tmp_path, ae_file
 
 
 def test_a_layout_model_starts_from_a_text_models_unet(tmp_path, ae_file):
-    txt = LatentDiffusion(ldm_config(ae_file, "txt2img").model)
-    with torch.no_grad():
-        for p in txt.parameters():
-            p.add_(0.01 * torch.randn_like(p))
-    save_model(txt, tmp_path / "txt.safetensors", dtype=None)
+    txt = _saved_ldm(ae_file, "txt2img", tmp_path / "txt.safetensors")
     lay = LatentDiffusion(ldm_config(ae_file, "layout").model)
     fresh = {k: v.clone() for k, v in lay.cond_stage_model.state_dict().items()}
     init_from_ldm(lay, tmp_path / "txt.safetensors")
@@ -562,11 +565,7 @@ def test_a_layout_model_starts_from_a_text_models_unet(tmp_path, ae_file):
 
 
 def test_attention_at_one_more_resolution_starts_as_the_identity(tmp_path, ae_file):
-    lay = LatentDiffusion(ldm_config(ae_file, "layout").model)
-    with torch.no_grad():
-        for p in lay.parameters():
-            p.add_(0.01 * torch.randn_like(p))                  # non-zero output layers
-    save_model(lay, tmp_path / "lay.safetensors", dtype=None)
+    lay = _saved_ldm(ae_file, "layout", tmp_path / "lay.safetensors")
     cfg = ldm_config(ae_file, "layout").model
     levels = len(cfg.unet.channel_mult)
     wider = replace(cfg, unet=replace(cfg.unet, attention_resolutions=tuple(2 ** i for i in range(levels))))
