@@ -34,6 +34,8 @@ SHAPES_WORLD_NAMES = tuple(" ".join(class_words(i)) for i in range(len(SHAPES) *
 CLASS_COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
                  (70, 240, 240), (240, 50, 230), (128, 128, 0))
 EXAMPLE = "circle red 0.02 0.02 0.32 0.32"
+# The box sides a shapes-world model learned, one per size class (0.2 small, 0.3 large): what boxes snap to.
+GRID_SIDES = tuple(round(sum(r) / 2, 6) for r in SIZES.values())
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ class LayoutVocabulary:
     def as_dict(self) -> dict:
         """For the browser's canvas: names (or None), the shapes and colours, each class's box colour,
         and for a shapes-world model the grid its boxes snap to (cell centres, the two sizes)."""
-        grid = ({"centres": list(CELL_CENTRES), "sizes": [round(sum(r) / 2, 6) for r in SIZES.values()]}
+        grid = ({"centres": list(CELL_CENTRES), "sizes": list(GRID_SIDES)}
                 if self.names else None)
         return {"names": list(self.names) if self.names else None, "n_classes": self.n_classes,
                 "max_objects": self.max_objects, "shapes": list(SHAPES) if self.names else [],
@@ -110,7 +112,7 @@ def snap_box(box) -> tuple[float, float, float, float]:
     """The shapes-world box nearest `box`: centred on the nearest cell centre of each axis, a square of
     the nearer size class (0.2 or 0.3; the canvas snaps the same way)."""
     x0, y0, x1, y1 = box
-    side = min((sum(r) / 2 for r in SIZES.values()), key=lambda s: abs(s - ((x1 - x0) + (y1 - y0)) / 2))
+    side = min(GRID_SIDES, key=lambda s: abs(s - ((x1 - x0) + (y1 - y0)) / 2))
     cx, cy = (min(CELL_CENTRES, key=lambda c: abs(c - (a + b) / 2)) for a, b in ((x0, x1), (y0, y1)))
     return tuple(round(v, 3) for v in (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2))
 
