@@ -169,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", required=True, metavar="FILE",
                    help="a text file, one object a line: its label then x0 y0 x1 y1 in [0, 1] ('circle red 0.1 "
                         "0.1 0.4 0.4'); or a JSON file: a list of [class_id, x0, y0, x1, y1]")
+    p.add_argument("--background", default=None,
+                   help="for a model trained with backgrounds: white, black or gray (default any: drawn from the seed)")
     _size(p)
     p = sub.add_parser("semantic", help="semantic synthesis: an image from a segmentation map")
     _common(p, prompts=False)
@@ -273,7 +275,8 @@ def _run(args, stop: threading.Event, bar: ProgressBar) -> list:
     if args.command == "class":
         return pipelines.sample_class(m, args.class_label, **size, **many, **common)
     if args.command == "layout":
-        return pipelines.sample_layout(m, _read_layout(args.layout), **size, **many, **common)
+        return pipelines.sample_layout(m, _read_layout(args.layout), background=args.background, **size, **many,
+                                       **common)
     if args.command == "semantic":
         if args.guidance_scale not in (None, 1.0):
             raise ValueError("a semantic-synthesis model has no unconditional branch to guide against; "

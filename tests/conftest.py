@@ -47,6 +47,9 @@ TINY_WEIGHTS = {
                                              "guidance_scale": 3.0, "width": 64, "height": 64}),
     "tiny-layout.safetensors": ("layout", {"sampler": "ddim", "steps": STEPS, "guidance_scale": 3.0,
                                            "width": 64, "height": 64}),
+    # trained with the background as a token (white, black, gray): the Layout tab's Background dropdown
+    "tiny-layout_bg.safetensors": ("layout_background", {"sampler": "ddim", "steps": STEPS, "guidance_scale": 3.0,
+                                                         "width": 64, "height": 64}),
 }
 
 

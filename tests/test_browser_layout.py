@@ -118,3 +118,22 @@ def test_png_info_sends_the_layout_back(page, client):
     width.fill("128")
     width.press("Enter")                                              # a 128x64 image: a 2:1 canvas
     page.wait_for_function("c => c.width === 2 * c.height", arg=canvas.board.element_handle())
+
+
+def test_a_model_with_backgrounds_shows_the_background_picker(page, client):
+    gallery, _, _ = client.predict("circle red 0.017 0.017 0.317 0.317", model="tiny-layout_bg.safetensors",
+                                   background="gray", seed=5, steps=2, api_name="/layout")
+    open_tab(page, "Layout to image")
+    picker = page.locator(".ldm-layout-background")
+    assert not picker.is_visible()                                   # the first layout model has no backgrounds
+    open_tab(page, "PNG info")
+    visible(page, ".ldm-png-info-image").locator("input[type=file]").set_input_files(str(_png(gallery[0])))
+    fields = visible(page, ".ldm-png-info-text textarea")
+    page.wait_for_function("el => el.value.includes('Background: gray')", arg=fields.element_handle())
+    page.get_by_role("button", name="Send to layout to image").click()
+    value = visible(page, ".ldm-layout-background input")             # the picture's model: the picker shows
+    page.wait_for_function("el => el.value === 'gray'", arg=value.element_handle())
+    visible(page, "button.ldm-generate").click()
+    info = visible(page, ".ldm-info textarea")
+    page.wait_for_function("el => /Background: gray/.test(el.value) && /Seed: 5/.test(el.value)",
+                           arg=info.element_handle(), timeout=TIMEOUT_MS)

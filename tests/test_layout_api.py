@@ -51,3 +51,19 @@ def test_layout_endpoint_bad_layouts(client, layout, message):
 def test_layout_endpoint_refuses_a_model_of_another_task(client):
     with pytest.raises(AppError, match="is not a layout-to-image model"):
         client.predict("circle red 0.1 0.1 0.4 0.4", model="tiny-txt2img.safetensors", api_name="/layout")
+
+
+def test_layout_endpoint_background(client):
+    text = "circle red 0.017 0.017 0.317 0.317"
+    api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/layout"]["parameters"]
+    assert [p for p in api if p["parameter_name"] == "background"][0]["parameter_default"] == "any"
+    gallery, info, _ = client.predict(text, model="tiny-layout_bg.safetensors", background="black", seed=3,
+                                      api_name="/layout")
+    with Image.open(_png(gallery[0])) as im:
+        assert read_infotext(im)["background"] == "black" and "Background: black" in info
+    gallery, _, _ = client.predict(text, model="tiny-layout_bg.safetensors", seed=3, api_name="/layout")
+    with Image.open(_png(gallery[0])) as im:
+        assert read_infotext(im)["background"] in ("white", "black", "gray")      # drawn from the seed
+    assert "unknown background 'pink'" in _error(client, "/layout", layout=text, model="tiny-layout_bg.safetensors",
+                                                 background="pink")
+    assert "was not trained with a background" in _error(client, "/layout", layout=text, background="gray")

@@ -6,13 +6,16 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from core import save_model
 from core.generate import main
 from core.models.conditioners import LayoutEmbedderConfig
 from core.pipelines import format_layout, layout_vocabulary, parse_layout, read_infotext, sample_layout
+from core.pipelines.conditioning import layout_conditioning, layout_encoder
 from core.pipelines.layout_text import SHAPES_WORLD_NAMES, LayoutVocabulary
+from core.pipelines.tiles import Tile
 from core.world import PALETTE, SHAPES, class_label
 from core.world.scene import Obj, Scene
 from tests.tiny_models import tiny_model
@@ -100,6 +103,40 @@ def test_sample_layout_reads_text_and_records_ids(layout_model):
         sample_layout(layout_model, "circle red 0.1 0.1 0.4 1.5", steps=2)
 
 
+def test_a_model_trained_with_backgrounds():
+    m = tiny_model("layout_background")                                 # 27 classes, 4 tokens
+    vocabulary = layout_vocabulary(m)
+    assert vocabulary == LayoutVocabulary(24, 3, SHAPES_WORLD_NAMES, ("white", "black", "gray"))
+    assert vocabulary.as_dict()["backgrounds"] == ["white", "black", "gray"]
+    assert vocabulary.background("gray", 0) == (26, "gray")
+    drawn = [vocabulary.background(None, seed) for seed in range(30)]
+    assert drawn == [vocabulary.background("any", seed) for seed in range(30)]      # the seed decides
+    assert {name for _, name in drawn} == {"white", "black", "gray"}
+    with pytest.raises(ValueError, match="unknown background 'pink'; this model's backgrounds are white, black, gray"):
+        vocabulary.background("pink", 0)
+    with pytest.raises(ValueError, match="was not trained with a background"):
+        SHAPES_VOCAB.background("gray", 0)
+    assert SHAPES_VOCAB.background("any", 0) is None
+    with pytest.raises(ValueError, match="at most 3"):                  # the background's token is not the user's
+        parse_layout("circle red 0 0 0.1 0.1\n" * 4, vocabulary)
+
+    # The PNG says which background; asking for it again gives the same picture, another one another.
+    layout = "circle red 0.017 0.017 0.317 0.317"
+    image = sample_layout(m, layout, steps=2, seed=4)[0]
+    picked = read_infotext(image)["background"]
+    assert picked == vocabulary.background(None, 4)[1]
+    assert np.array_equal(np.asarray(image), np.asarray(sample_layout(m, layout, steps=2, seed=4, background=picked)[0]))
+    other = next(b for b in vocabulary.backgrounds if b != picked)
+    assert not np.array_equal(np.asarray(image), np.asarray(sample_layout(m, layout, steps=2, seed=4, background=other)[0]))
+    # Larger than trained, every tile keeps the background token (objects only where their box is).
+    cond, _ = layout_conditioning(m, [(26, 0, 0, 1, 1), (0, 0.017, 0.017, 0.317, 0.317)])
+    classes = cond[..., 0].long()
+    encode, far = layout_encoder(m), Tile(8, 8, 16, 16, 8, 8, 16, 16)  # the corner away from the circle
+    assert torch.equal(encode(cond, far, 16, 16), m.cond_stage_model.encode_tensors(
+        torch.tensor([[26, -1, -1, -1]]), torch.tensor([[[0.0, 0, 1, 1], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]])))
+    assert classes.tolist() == [[26, 0, -1, -1]]
+
+
 def test_cli_reads_the_text_format(tmp_path, capsys, layout_model):
     path = save_model(layout_model, tmp_path / "layout.safetensors", metadata={"ldm_studio_defaults": '{"steps": 2}'})
     boxes = tmp_path / "boxes.txt"
@@ -112,6 +149,14 @@ def test_cli_reads_the_text_format(tmp_path, capsys, layout_model):
     boxes.write_text("triangle green 0.2 0.2 0.6 0.6\nhexagon red 0 0 0.1 0.1\n")
     assert main([*args, str(boxes)]) == 2
     assert "error: line 2: unknown label 'hexagon red'" in capsys.readouterr().err
+    boxes.write_text("triangle green 0.2 0.2 0.6 0.6\n")
+    assert main([*args, str(boxes), "--background", "gray"]) == 2                    # a model without backgrounds
+    assert "was not trained with a background" in capsys.readouterr().err
+    with_background = save_model(tiny_model("layout_background"), tmp_path / "bg.safetensors",
+                                 metadata={"ldm_studio_defaults": '{"steps": 2}'})
+    args[args.index(str(path))] = str(with_background)
+    assert main([*args, str(boxes), "--background", "black"]) == 0
+    assert read_infotext(capsys.readouterr().out.split()[0])["background"] == "black"
 
 
 def test_send_to_layout_and_the_boxes_picture(tmp_path, layout_model):
@@ -127,6 +172,8 @@ def test_send_to_layout_and_the_boxes_picture(tmp_path, layout_model):
     values, notes = received(studio, "layout", params, ("layout", "model", "steps", "seed"))
     assert values == ["circle red 0.1 0.1 0.4 0.4\nstar blue 0.5 0.5 0.9 0.9", "tiny-layout.safetensors", 3, 9]
     assert not notes
+    values, notes = received(studio, "layout", {**params, "background": "gray"}, ("layout", "background"))
+    assert values[1] == "any" and "background 'gray' (this model does not take it; 'any' is set)" in notes
     _, notes = received(studio, "txt2img", params, ("prompt", "steps"))
     assert any("Layout" in n for n in notes)                            # not taken by Text to image
 

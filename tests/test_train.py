@@ -45,7 +45,8 @@ from core.train.losses import (LPIPS, AutoencoderLossConfig, adaptive_gan_weight
                                diffusion_loss, diffusion_target, edge_map, hinge_d_loss, min_snr_weight,
                                offset_noise)
 from core.train.runtime import learning_rate
-from core.world import SHAPES, ShapesWorld, class_label
+from core.pipelines.layout_text import layout_vocabulary
+from core.world import BACKGROUNDS, SHAPES, ShapesWorld, class_label
 
 LDM_STAGES = ("txt2img", "class", "layout", "uncond", "sr", "inpaint")
 
@@ -581,6 +582,35 @@ def test_attention_at_one_more_resolution_starts_as_the_identity(tmp_path, ae_fi
                       tmp_path / "lay.safetensors")
 
 
+def test_the_background_as_a_layout_token(tmp_path, ae_file):
+    # Data: the scene's background first (class 24 + its index, box the whole image), then its objects.
+    data = TrainData(DataConfig(source="shapes", size=32, seed=5, layout_background=True))
+    batch, world = data.batch([0, 1, 2, 3]), ShapesWorld(size=32, seed=5)
+    for b in range(4):
+        s = world[b]
+        assert batch["layout"][b, 0].tolist() == [24 + list(BACKGROUNDS).index(s["scene"].background), 0, 0, 1, 1]
+        assert (batch["layout"][b, 1:, 0] >= 0).sum() == len(s["layout"])
+    # Config: the embedder must have the 3 background classes and a token for them.
+    cfg = ldm_config(ae_file, "layout", steps=2)
+    with pytest.raises(ValueError, match="needs n_classes: 27 .* and max_objects: 4"):
+        load_config(config_dict(replace(cfg, data=replace(cfg.data, layout_background=True))))
+    lay = _saved_ldm(ae_file, "layout", tmp_path / "lay.safetensors")
+    cond = replace(cfg.model.cond_stage, n_classes=27, max_objects=4)
+    bg = load_config(config_dict(replace(cfg, model=replace(cfg.model, cond_stage=cond),
+                                         data=replace(cfg.data, layout_background=True),
+                                         train=replace(cfg.train, init_from=str(tmp_path / "lay.safetensors")))))
+    # init_from a 24-class layout model: its classes and box projection kept, the backgrounds new.
+    grown = LatentDiffusion(bg.model)
+    init_from_ldm(grown, tmp_path / "lay.safetensors")
+    assert torch.equal(grown.cond_stage_model.class_embedding.weight[:24], lay.cond_stage_model.class_embedding.weight)
+    assert torch.equal(grown.cond_stage_model.box_proj.weight, lay.cond_stage_model.box_proj.weight)
+    # Real steps, then the exported model reads backgrounds.
+    train("ldm", bg, name="bg", runs_dir=tmp_path)
+    m = load_model(export_run(tmp_path / "bg", tmp_path / "w" / "bg.safetensors"))
+    vocabulary = layout_vocabulary(m)
+    assert vocabulary.backgrounds == ("white", "black", "gray") and vocabulary.max_objects == 3
+
+
 def test_export_round_trip(tmp_path, ae_file):
     cfg = ldm_config(ae_file, steps=3)
     cfg = replace(cfg, export={**cfg.export, "defaults": {**cfg.export["defaults"], "steps": 7}})
@@ -683,7 +713,7 @@ def test_shipped_training_configs_load(name, ae_file):
         assert all(m.num_groups == cfg.model.ddconfig.num_groups for m in ae.modules() if isinstance(m, torch.nn.GroupNorm))
         return
     task = {"shapes-txt2img": "conditional", "shapes-layout": "conditional", "shapes-sr4x": "upscale-ldm",
-            "shapes-inpaint": "inpaint-sd"}[re.sub(r"(-continue|-attn|-offset)?\d*$", "", name)]   # continue4, inpaint2, attn16
+            "shapes-inpaint": "inpaint-sd"}[re.sub(r"(-continue|-attn|-offset|-bg)?\d*$", "", name)]   # continue4, inpaint2, attn16
     assert cfg.stage == "ldm" and cfg.model.task == task and cfg.model.scale_factor == 0.5
     with torch.device("meta"):
         n = sum(p.numel() for p in UNetModel(cfg.model.unet).parameters())

@@ -281,6 +281,10 @@ VARIANTS = {"shapes_class": FAMILIES["ldm_class"].replace("n_classes: 11, key: c
                 "vocab_size: 120, max_seq_len: 16}",
                 "target: core.models.conditioners.LayoutEmbedder\n      params: {embed_dim: 32, n_classes: 24, "
                 "max_objects: 3}")}
+# layout_background: a layout model trained with the background as a token (data.layout_background):
+# 24 objects + white, black, gray; the background and at most 3 objects.
+VARIANTS["layout_background"] = VARIANTS["layout"].replace("n_classes: 24, max_objects: 3",
+                                                            "n_classes: 27, max_objects: 4")
 
 
 def tiny_model(family: str, seed: int = 0) -> LatentDiffusion:

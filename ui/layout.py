@@ -5,7 +5,8 @@ layout as text, "circle red 0.02 0.02 0.32 0.32" one object a line, or JSON) tha
 against the picked model (core.pipelines.parse_layout), then submits a job calling
 core.pipelines.sample_layout and follows it. The canvas (ui/layout_canvas.py) and the layout
 textbox edit the same text. "Show boxes" draws each result's own layout (its PNG parameters) over
-a faint copy of it.
+a faint copy of it. A model trained with backgrounds gets a Background dropdown ("any": drawn from
+the seed).
 """
 from functools import partial
 from types import SimpleNamespace
@@ -14,7 +15,7 @@ import gradio as gr
 from PIL import Image
 
 from core import pipelines
-from core.pipelines.layout_text import EXAMPLE, layout_vocabulary, parse_layout
+from core.pipelines.layout_text import ANY_BACKGROUND, EXAMPLE, layout_vocabulary, parse_layout
 from ui.controls import (check_batch, interrupt, model_picker, optional_int, results_panel, sampling_controls,
                          sampling_options, wire_model_controls)
 from ui.errors import user_errors
@@ -40,17 +41,20 @@ def vocabulary_of(studio: Studio, model: str | None):
 def layout(studio: Studio, layout: str, model: str | None = None, sampler: str | None = None, karras: bool = False,
            steps: int | None = None, guidance_scale: float | None = None, seed: int = -1, width: int | None = None,
            height: int | None = None, batch_count: int = 1, batch_size: int = 1, native_tiling: bool = False,
-           progress=gr.Progress()):
+           background: str = ANY_BACKGROUND, progress=gr.Progress()):
     """Generate images of a layout: text, one object a line (its label, then x0 y0 x1 y1 in [0, 1] of
     the width and height: "circle red 0.02 0.02 0.32 0.32"), or JSON ([[class_id, x0, y0, x1, y1], ...]).
     Empty settings use the model's defaults; seed -1 is random; batch_count x batch_size images;
-    native_tiling: above the model's native size, denoise in overlapping native-size tiles. Returns
+    native_tiling: above the model's native size, denoise in overlapping native-size tiles;
+    background: for a model that takes one, "white", "black", "gray" or "any" (drawn from the seed). Returns
     the images (PNG files, their parameters carrying the layout), the parameters as text, and the
     job id."""
     entry = studio.models.entry(TAB, model)
-    boxes = parse_layout(layout or "", layout_vocabulary(entry.model_config))
+    vocabulary = layout_vocabulary(entry.model_config)
+    boxes = parse_layout(layout or "", vocabulary)
     if not boxes:
         raise ValueError(f"The layout is empty: draw a box on the canvas, or type one object a line ('{EXAMPLE}').")
+    vocabulary.background(background, 0)                 # checked now: an unknown background is an error here
     options = sampling_options(sampler, karras, steps, guidance_scale, seed)
     size = dict(width=optional_int(width, "Width"), height=optional_int(height, "Height"),
                 native_tiling=bool(native_tiling))
@@ -58,8 +62,9 @@ def layout(studio: Studio, layout: str, model: str | None = None, sampler: str |
 
     def work(job):
         m = studio.models.load(entry)
-        run = lambda: pipelines.sample_layout(m, boxes, n=n, batch_size=batch_size, **size, **options,  # noqa: E731
-                                              callback=pipeline_progress(job), should_stop=job.should_stop)
+        run = lambda: pipelines.sample_layout(m, boxes, n=n, batch_size=batch_size, background=background,  # noqa: E731
+                                              **size, **options, callback=pipeline_progress(job),
+                                              should_stop=job.should_stop)
         return run_and_save(run, studio.settings.outputs_dir, job.folder)
 
     yield from run_job(studio.jobs, TAB, work, progress)
@@ -89,6 +94,19 @@ def canvas_update(studio: Studio, model: str | None, width=None, height=None):
     return gr.HTML(vocab=vocabulary.as_dict() if vocabulary else None, aspect=h / w)
 
 
+def background_picker(vocabulary) -> dict:
+    """The Background dropdown's choices and visibility for a model's vocabulary (shown only for a
+    model trained with backgrounds)."""
+    backgrounds = vocabulary.backgrounds if vocabulary else ()
+    return dict(choices=[ANY_BACKGROUND, *backgrounds], visible=bool(backgrounds))
+
+
+def background_update(studio: Studio, model: str | None, value: str):
+    """The Background dropdown for the picked model (its value kept where the model has it)."""
+    picker = background_picker(vocabulary_of(studio, model))
+    return gr.Dropdown(value=value if value in picker["choices"] else ANY_BACKGROUND, **picker)
+
+
 def build(studio: Studio, demo: gr.Blocks, job: gr.BrowserState) -> SimpleNamespace:
     with gr.Row():
         with gr.Column(scale=1):
@@ -97,6 +115,11 @@ def build(studio: Studio, demo: gr.Blocks, job: gr.BrowserState) -> SimpleNamesp
             canvas = layout_canvas(START, vocabulary_of(studio, first[0][1] if first else None))
             text = gr.Textbox(START, label="Layout (one object a line: label x0 y0 x1 y1, fractions of the image)",
                               lines=4, max_lines=12, elem_classes=["ldm-layout-text"])
+            # any value reaches layout(), which names the valid ones (an API client may send anything)
+            background = gr.Dropdown(value=ANY_BACKGROUND, label="Background", allow_custom_value=True,
+                                     info="the scene's background; any: drawn from the seed",
+                                     elem_classes=["ldm-layout-background"],
+                                     **background_picker(vocabulary_of(studio, first[0][1] if first else None)))
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", size="lg", elem_classes=["ldm-generate"])
                 stop = gr.Button("Interrupt", variant="stop", elem_classes=["ldm-interrupt"])
@@ -113,8 +136,10 @@ def build(studio: Studio, demo: gr.Blocks, job: gr.BrowserState) -> SimpleNamesp
     text.change(None, inputs=[text], outputs=[canvas], js="(value) => value", api_visibility="private")
     gr.on([picker.change, controls.width.change, controls.height.change], partial(canvas_update, studio),
           inputs=[picker, controls.width, controls.height], outputs=[canvas], api_visibility="private", queue=False)
+    picker.change(partial(background_update, studio), inputs=[picker, background], outputs=[background],
+                  api_visibility="private", queue=False)
     gr.on([generate.click], partial(layout, studio),
-          inputs_kwargs={"layout": text, "model": picker, **controls.inputs()},
+          inputs_kwargs={"layout": text, "model": picker, **controls.inputs(), "background": background},
           outputs=[results.gallery, results.info, job], api_name="layout",
           concurrency_id="device", concurrency_limit=1)
     answer = gr.Textbox(visible=False)
@@ -125,6 +150,6 @@ def build(studio: Studio, demo: gr.Blocks, job: gr.BrowserState) -> SimpleNamesp
     wire_model_controls(studio, demo, TAB, picker, refresh, controls, job)
     demo.load(partial(resume, studio.jobs), inputs=[job], outputs=[results.gallery, results.info],
               api_visibility="private")
-    receives = dict(layout=text, model=picker, **controls.receives())
+    receives = dict(layout=text, background=background, model=picker, **controls.receives())
     return SimpleNamespace(picker=picker, refresh=refresh, results=results, receives=receives, canvas=canvas,
                            text=text)

@@ -14,7 +14,7 @@ import gradio as gr
 from PIL import Image
 
 from core import pipelines
-from core.pipelines.layout_text import format_layout, layout_vocabulary
+from core.pipelines.layout_text import ANY_BACKGROUND, format_layout, layout_vocabulary
 from core.pipelines.refiner import DEFAULT_SWITCH_AT
 from core.samplers import SCHEDULE_DISPLAY_NAMES, SIGMA_SAMPLERS, sampler_name
 from ui.controls import AUTOMATIC, MAX_CLIP_SKIP
@@ -25,7 +25,7 @@ from ui.studio import Studio
 # are not settings (hash, version ...) are neither taken nor reported.
 FIELDS = ("prompt", "negative_prompt", "model", "sampler", "karras", "steps", "guidance_scale", "seed",
           "width", "height", "strength", "class_label", "native_tiling", "scheduler", "clip_skip", "layout",
-          "refiner", "refiner_switch_at")
+          "background", "refiner", "refiner_switch_at")
 UNKNOWN_SCHEDULE = "Schedule type"      # parse_infotext keeps a schedule type it does not know under its label
 DESCRIPTIVE = {"model_hash", "version", "rng", "task", "eta", "class_name", "tiled_diffusion"}
 MAX_SIZE_OVER_NATIVE = 4        # a size over 4x the model's native side is "beyond the model"
@@ -100,14 +100,21 @@ def _size(entry, params: dict, notes: list[str], max_side: int) -> dict:
 
 
 def _layout(entry, params: dict, notes: list[str]) -> dict:
-    """The picture's layout (class ids) as the Layout tab's text, in its model's labels."""
+    """The picture's layout (class ids) as the Layout tab's text, in its model's labels, and its
+    background ("any" for a picture without one, or one this model does not draw)."""
     if "layout" not in params or entry is None:
         return {}
+    vocabulary = layout_vocabulary(entry.model_config)
     try:
-        return {"layout": format_layout(params["layout"], layout_vocabulary(entry.model_config))}
+        out = {"layout": format_layout(params["layout"], vocabulary)}
     except ValueError as err:
         notes.append(f"layout ({err})")
         return {}
+    wanted = params.get("background")
+    if wanted and wanted not in vocabulary.backgrounds:
+        notes.append(f"background '{wanted}' (this model does not take it; '{ANY_BACKGROUND}' is set)")
+    out["background"] = wanted if wanted in vocabulary.backgrounds else ANY_BACKGROUND
+    return out
 
 
 def received(studio: Studio, tab: str, params: dict, names: tuple[str, ...]) -> tuple[list, list[str]]:
@@ -134,7 +141,7 @@ def received(studio: Studio, tab: str, params: dict, names: tuple[str, ...]) -> 
         values.update(_refiner(studio, params, notes))
     unused = [k for k in params if k not in FIELDS and k not in DESCRIPTIVE and
               not (k == UNKNOWN_SCHEDULE and "scheduler" in names)]
-    unused += [k for k in ("strength", "class_label", "clip_skip", "scheduler", "layout", "refiner",
+    unused += [k for k in ("strength", "class_label", "clip_skip", "scheduler", "layout", "background", "refiner",
                            "refiner_switch_at") if k in params
                and k not in names and not (k == "scheduler" and params[k] == "karras" and "karras" in names)]
     if unused:

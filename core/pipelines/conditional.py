@@ -6,6 +6,7 @@ import warnings
 from core.capabilities import capabilities
 from core.pipelines.conditioning import class_conditioning, layout_conditioning, layout_encoder
 from core.pipelines.defaults import check_size
+from core.pipelines.generation import resolve_seeds
 from core.pipelines.layout_text import SHAPES_WORLD_NAMES, layout_vocabulary, parse_layout
 from core.pipelines.segmentation import one_hot_segmentation, segmentation_record
 from core.pipelines.txt2img import sample_images
@@ -56,21 +57,28 @@ def sample_class(m, class_label, n=1, guidance_scale=None, steps=None, sampler=N
 
 
 def sample_layout(m, layout, n=1, guidance_scale=None, steps=None, sampler=None, seed=None, width=None,
-                  height=None, **options):
+                  height=None, background=None, **options):
     """n samples of a layout: a list of (class_id, x0, y0, x1, y1) boxes with coordinates in [0, 1],
     or the same as text, one object a line ("circle red 0.02 0.02 0.32 0.32", layout_text.py) or JSON;
-    checked by parse_layout. The unconditional half of guidance is the empty layout. Larger than
-    trained with native_tiling, each tile is conditioned on its own boxes (layout_encoder)."""
+    checked by parse_layout. background: for a model trained with it, "white", "black", "gray", or
+    None / "any": one drawn from the (first) seed; it goes ahead of the objects, its box the whole
+    image. The unconditional half of guidance is the empty layout. Larger than trained with
+    native_tiling, each tile is conditioned on its own boxes (layout_encoder) and the background."""
+    # 1. The layout, checked against the model's vocabulary; the background, picked from the seed if asked.
     vocabulary = layout_vocabulary(m)                                # requires a layout model
     boxes = parse_layout(layout, vocabulary)
+    seed = resolve_seeds(seed, n)[0]
+    picked = vocabulary.background(background, seed)
     off = vocabulary.off_grid(boxes)
     if off:
         warnings.warn("this layout model learned objects only at the 9 cell centres (1/6, 1/2, 5/6 of each side) "
                       "with square boxes of side 0.2 (small) or 0.3 (large), so it may ignore " + "; ".join(off),
                       stacklevel=2)
-    cond, uncond = layout_conditioning(m, boxes)
-    recorded = [[c, *box] for c, *box in boxes]
-    return sample_images(m, "layout", cond, uncond, {"layout": recorded}, n, seed, steps, sampler, guidance_scale,
+    # 2. Condition: the background token first, then the objects; the empty layout for guidance.
+    cond, uncond = layout_conditioning(m, ([(picked[0], 0.0, 0.0, 1.0, 1.0)] if picked else []) + boxes)
+    extra = {"layout": [[c, *box] for c, *box in boxes], "background": picked[1] if picked else None}
+    # 3. Noise -> latents -> images, one seed each.
+    return sample_images(m, "layout", cond, uncond, extra, n, seed, steps, sampler, guidance_scale,
                          width, height, tile_cond=layout_encoder(m), **options)
 
 

@@ -45,6 +45,7 @@ import torch
 
 from core.embeddings import load_embeddings, replace_in, used_embeddings
 from core.lora import prompt_loras
+from core.pipelines.layout_text import layout_vocabulary
 from core.pipelines.offload import use_part
 from core.models.clip_text import BOS_ID, EOS_ID, FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder, clip_bpe
 from core.models.conditioners import TransformerEmbedder
@@ -394,8 +395,10 @@ TILE_SHARE = 0.5    # a tile's layout keeps the objects with at least this share
 def layout_encoder(m):
     """encode(raw (B, K, 5), tile, H, W) -> tokens (B, K, D). tile None: the whole image. A tile (latent
     pixels y0:y1, x0:x1 of an H x W latent) sees the boxes in its own frame, clipped to it (as training
-    clips boxes at the image's edge), and only the objects with TILE_SHARE of their box inside it."""
+    clips boxes at the image's edge), and only the objects with TILE_SHARE of their box inside it; a
+    background token (a class after the objects', layout_text.py) holds in every tile."""
     enc = m.cond_stage_model
+    first_background = layout_vocabulary(m).n_classes
 
     def encode(raw, tile, H: int, W: int):
         classes, boxes = raw[..., 0].long(), raw[..., 1:]                          # (B, K), (B, K, 4)
@@ -406,7 +409,8 @@ def layout_encoder(m):
             local = (boxes * scale - origin) / size                                # the tile's frame
             clipped = local.clamp(0, 1)
             area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])    # noqa: E731
-            keep = (classes >= 0) & (area(clipped) >= TILE_SHARE * area(local).clamp(min=1e-12))
+            inside = area(clipped) >= TILE_SHARE * area(local).clamp(min=1e-12)
+            keep = (classes >= first_background) | ((classes >= 0) & inside)
             classes, boxes = torch.where(keep, classes, -1), torch.where(keep[..., None], clipped, 0)
         return enc.encode_tensors(classes, boxes)
     return encode

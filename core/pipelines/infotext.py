@@ -55,6 +55,7 @@ PARAMETERS = [
     ("Class", "class_label", int),                 # "N (name)" when the class has a name (class_name)
     ("Tiled diffusion", "tiled_diffusion", str),   # above the native size: "64 px tiles overlapping 32 px" / "off"
     ("Layout", "layout", "json"),
+    ("Background", "background", str),             # a layout model's background token ("gray"), when it has them
     ("Segmentation hash", "segmentation_hash", str),   # semantic synthesis: sha256 of the one-hot map, 10 digits
     ("Segmentation classes", "segmentation_classes", "json"),
     ("Mask blur", "mask_blur", int),

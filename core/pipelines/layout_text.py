@@ -14,6 +14,11 @@ other layout model numbers its classes 0..n-1. A class number is accepted for ev
 accepted as well: a list of [class, x0, y0, x1, y1] (class a number or a label), or the world's
 own [shape, colour, x0, y0, x1, y1]. Blank lines and lines starting with # are skipped.
 
+A shapes-world model trained with the background in its layouts (27 classes: the 24 objects, then
+"white", "black", "gray") reads the background as a token of its own, the whole image its box, ahead
+of the objects; people pick it apart from the boxes (`LayoutVocabulary.background`), and a layout that
+leaves it to the model gets one drawn from the seed, as the world draws its scenes'.
+
 A shapes-world layout model learned objects only where that world puts them: at the 3x3 cell centres,
 in two sizes. `LayoutVocabulary.off_grid` names the boxes it never saw (with the nearest it knows,
 `snap_box`), which sample_layout warns about; the canvas snaps drawn boxes to that grid.
@@ -25,8 +30,10 @@ import json
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from core.capabilities import capabilities
-from core.world.scene import CELL_CENTRES, MAX_JITTER, PALETTE, SHAPES, SIZES, class_words
+from core.world.scene import BACKGROUNDS, CELL_CENTRES, MAX_JITTER, PALETTE, SHAPES, SIZES, class_words
 
 # The shapes world's classes in label order: "circle red", "circle green", ... "star orange".
 SHAPES_WORLD_NAMES = tuple(" ".join(class_words(i)) for i in range(len(SHAPES) * len(PALETTE)))
@@ -36,14 +43,16 @@ CLASS_COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (1
 EXAMPLE = "circle red 0.02 0.02 0.32 0.32"
 # The box sides a shapes-world model learned, one per size class (0.2 small, 0.3 large): what boxes snap to.
 GRID_SIDES = tuple(round(sum(r) / 2, 6) for r in SIZES.values())
+ANY_BACKGROUND = "any"                          # the background left to the model: drawn from the seed
 
 
 @dataclass(frozen=True)
 class LayoutVocabulary:
     """What a layout model reads: how many classes, their names, and how many objects at most."""
-    n_classes: int
-    max_objects: int                            # the layout embedder's token budget (context length)
+    n_classes: int                              # object classes 0..n_classes-1
+    max_objects: int                            # objects a layout may hold (the token budget, less the background's)
     names: tuple[str, ...] | None = None        # class id -> "shape colour"; None: class numbers only
+    backgrounds: tuple[str, ...] = ()           # background words; background i is class n_classes + i
 
     def label(self, class_id: int) -> str:
         return self.names[class_id] if self.names else str(class_id)
@@ -79,12 +88,32 @@ class LayoutVocabulary:
             raise ValueError(f"{where}: unknown label {str(label)!r}; {self.valid_labels()}.")
         return number
 
+    def background(self, name, seed: int) -> tuple[int, str] | None:
+        """(class id, word) of the background a layout is drawn on: `name` ("white", ...), or for None,
+        "" and "any" one drawn from `seed` (uniformly, as the world draws its scenes'). None for a model
+        without backgrounds, which takes only "any"."""
+        word = str(name or ANY_BACKGROUND).strip().lower()
+        if not self.backgrounds:
+            if word != ANY_BACKGROUND:
+                raise ValueError(f"this layout model was not trained with a background in its layouts; "
+                                 f"leave the background on {ANY_BACKGROUND!r} (got {name!r}).")
+            return None
+        if word == ANY_BACKGROUND:
+            index = int(np.random.default_rng([int(seed), 0x6267]).integers(len(self.backgrounds)))
+        elif word in self.backgrounds:
+            index = self.backgrounds.index(word)
+        else:
+            raise ValueError(f"unknown background {name!r}; this model's backgrounds are "
+                             f"{', '.join(self.backgrounds)} (or {ANY_BACKGROUND!r}: drawn from the seed).")
+        return self.n_classes + index, self.backgrounds[index]
+
     def as_dict(self) -> dict:
         """For the browser's canvas: names (or None), the shapes and colours, each class's box colour,
         and for a shapes-world model the grid its boxes snap to (cell centres, the two sizes)."""
         grid = ({"centres": list(CELL_CENTRES), "sizes": list(GRID_SIDES)}
                 if self.names else None)
         return {"names": list(self.names) if self.names else None, "n_classes": self.n_classes,
+                "backgrounds": list(self.backgrounds),
                 "max_objects": self.max_objects, "shapes": list(SHAPES) if self.names else [],
                 "colours": list(PALETTE) if self.names else [],
                 "box_colours": ["#%02x%02x%02x" % self.colour(i) for i in range(self.n_classes)], "grid": grid}
@@ -121,11 +150,15 @@ def layout_vocabulary(model_or_config) -> LayoutVocabulary:
     """The vocabulary of a layout model (a LatentDiffusion or its config); ValueError for another model.
 
     A layout embedder of 24 classes is a shapes-world model: this project trains layout models only
-    on the shapes world (core/train/config.py refuses other data), whose 24 classes they read."""
+    on the shapes world (core/train/config.py refuses other data), whose 24 classes they read; one of
+    27 classes was trained with the background as a token (data.layout_background) after them."""
     cfg = getattr(model_or_config, "config", model_or_config)
     capabilities(cfg).require("layout")
     cond = cfg.cond_stage                                           # a LayoutEmbedderConfig
-    names = SHAPES_WORLD_NAMES if cond.n_classes == len(SHAPES_WORLD_NAMES) else None
+    n = len(SHAPES_WORLD_NAMES)
+    if cond.n_classes == n + len(BACKGROUNDS) and cond.max_objects > 1:
+        return LayoutVocabulary(n, cond.max_objects - 1, SHAPES_WORLD_NAMES, tuple(BACKGROUNDS))
+    names = SHAPES_WORLD_NAMES if cond.n_classes == n else None
     return LayoutVocabulary(cond.n_classes, cond.max_objects, names)
 
 

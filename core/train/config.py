@@ -47,7 +47,8 @@ from core.models.conditioners import (
 )
 from core.models.diffusion import COND_STAGE_IDENTITY, LatentDiffusionConfig
 from core.models.unet import UNetConfig
-from core.train.data import DataConfig
+from core.train.data import BACKGROUND_CLASS0, DataConfig
+from core.world import BACKGROUNDS
 from core.train.losses import AutoencoderLossConfig
 
 STAGES = ("autoencoder", "ldm", "lora")          # lora: core/train/lora.py (a `lora:` block, no model)
@@ -319,6 +320,12 @@ def _check_ldm(m: LatentDiffusionConfig, data: DataConfig) -> None:
     if m.cond_stage not in (None, COND_STAGE_IDENTITY) and data.source != "shapes" and \
             not isinstance(m.cond_stage, TransformerEmbedderConfig):
         raise ValueError("class and layout conditioning come from the shapes world: set data.source: shapes")
+    if data.layout_background:
+        n = BACKGROUND_CLASS0 + len(BACKGROUNDS)
+        if not isinstance(m.cond_stage, LayoutEmbedderConfig) or m.cond_stage.n_classes != n \
+                or m.cond_stage.max_objects < 4:
+            raise ValueError(f"data.layout_background adds the background as a layout token: the layout embedder "
+                             f"needs n_classes: {n} (24 objects + {len(BACKGROUNDS)} backgrounds) and max_objects: 4")
 
 
 # --------------------------------------------------------------------------------------------

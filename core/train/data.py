@@ -8,7 +8,8 @@ read, and any worker can produce any sample. A batch is a dict:
     image        (B, 3, S, S) float in [-1, 1]
     caption      list of B strings ("" where there is none)
     class_label  (B,) int64, -1 where there is none (shapes world: single-object scenes only)
-    layout       (B, 3, 5) float: (class_id, x0, y0, x1, y1) per object, class_id -1 for no object
+    layout       (B, 4, 5) float: (class_id, x0, y0, x1, y1) per object, class_id -1 for no object
+                 (with data.layout_background the first is the background: the whole image)
     lr           (B, 3, S/f, S/f) float in [-1, 1]   with sr_factor f: the degraded down-sample
     mask         (B, 1, S, S) float in {0, 1}         with masks: 1 = the region to repaint
 
@@ -26,13 +27,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core.world import PALETTE, SHAPES, ShapesWorld
+from core.world import BACKGROUNDS, PALETTE, SHAPES, ShapesWorld
 
 log = logging.getLogger("core.train")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 SOURCES = ("shapes", "folder", "photos")
-MAX_LAYOUT_OBJECTS = 3                   # the shapes world has 1 to 3 objects
+MAX_LAYOUT_OBJECTS = 4                   # the shapes world has 1 to 3 objects, + its background token
+# With data.layout_background, a layout starts with the scene's background: class 24 + its index in
+# BACKGROUNDS (white, black, gray), box the whole image (core/pipelines/layout_text.py reads it back).
+BACKGROUND_CLASS0 = len(SHAPES) * len(PALETTE)
 # skimage.data photos usable for training (all ship inside the wheel), and the held-out evaluation set.
 TRAIN_PHOTOS = ("astronaut", "brick", "camera", "cell", "clock", "coins", "colorwheel", "grass", "gravel",
                 "hubble_deep_field", "immunohistochemistry", "logo", "moon", "page", "retina", "text")
@@ -77,6 +81,7 @@ class DataConfig:
     masks: bool = False                  # adds "mask": random strokes and boxes
     cache_latents: bool = True           # LDM: keep encoded latents in memory (synthetic sources)
     pool_size: int = 20000               # LDM: samples in the latent cache (reused every epoch)
+    layout_background: bool = False      # shapes layouts: the background as the first token (24 + index)
 
     def __post_init__(self):
         if isinstance(self.degradation, dict):
@@ -292,8 +297,10 @@ class Shapes:
     """The shapes world (core.world) with class labels and layouts; rendered at render_size and cropped
     to `size` when they differ (crops keep no caption: they are for super-resolution)."""
 
-    def __init__(self, size: int, seed: int, n_objects=None, render_size: int | None = None):
+    def __init__(self, size: int, seed: int, n_objects=None, render_size: int | None = None,
+                 background_token: bool = False):
         self.size = size
+        self.background_token = background_token
         self.world = ShapesWorld(size=render_size or size, seed=seed, n_objects=n_objects)
 
     def sample(self, index: int, rng: np.random.Generator) -> dict:
@@ -303,6 +310,9 @@ class Shapes:
         # boxes clipped to the image, as a user draws them (a large object at an edge overhangs it)
         layout = [(SHAPES.index(shape) * len(PALETTE) + list(PALETTE).index(colour),
                    *(min(max(v, 0.0), 1.0) for v in box)) for shape, colour, *box in s["layout"]]
+        if self.background_token:
+            background = BACKGROUND_CLASS0 + list(BACKGROUNDS).index(s["scene"].background)
+            layout.insert(0, (background, 0.0, 0.0, 1.0, 1.0))
         label = -1 if s["class_label"] is None else s["class_label"]
         return {"image": s["image"], "caption": s["caption"], "class_label": label, "layout": layout}
 
@@ -328,7 +338,7 @@ class TrainData:
     def __init__(self, cfg: DataConfig):
         self.cfg = cfg
         if cfg.source == "shapes":
-            self.main = Shapes(cfg.size, cfg.seed, cfg.n_objects, cfg.render_size)
+            self.main = Shapes(cfg.size, cfg.seed, cfg.n_objects, cfg.render_size, cfg.layout_background)
         elif cfg.source == "folder":
             self.main = ImageFolder(cfg.path, cfg.size, cfg.flip, cfg.seed)
         else:
@@ -367,7 +377,7 @@ class TrainData:
         out = {"image": torch.stack([to_tensor(s["image"]) for s in samples]),        # (B, 3, S, S)
                "caption": [s["caption"] for s in samples],
                "class_label": torch.tensor([s["class_label"] for s in samples], dtype=torch.long),
-               "layout": layout}                                                      # (B, 3, 5)
+               "layout": layout}                                                      # (B, 4, 5)
         if self.cfg.sr_factor:
             out["lr"] = torch.stack([to_tensor(s["lr"]) for s in samples])            # (B, 3, S/f, S/f)
         if self.cfg.masks:

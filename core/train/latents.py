@@ -11,7 +11,7 @@ An entry (every tensor per sample):
     mean, std      (C, h, w) the posterior; VQ models: mean = pre-quantisation h, std = 0
     tokens         (L,) int64 caption tokens      (jointly trained text encoder)
     class_label    () int64                       (class-conditional)
-    layout         (3, 5) (class_id, x0, y0, x1, y1), class_id -1 = no object
+    layout         (4, 5) (class_id, x0, y0, x1, y1), class_id -1 = no object
     lr             (3, h, w) the low-res image at latent resolution, in [-1, 1]   (super-resolution)
     mask, masked   (1, h, w) mask at latent resolution (1 = repaint; nearest, binarised at 0.5) and
                    (C, h, w) the masked image's latent mean, unscaled                (SD2 inpainting)

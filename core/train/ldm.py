@@ -80,6 +80,13 @@ def init_from_ldm(model: LatentDiffusion, path) -> None:
             sd[key] = wide
             log.info("init_from: widened %s from %d to %d input channels (new ones zero)",
                      key, value.shape[1], own[key].shape[1])
+        elif key == "cond_stage_model.class_embedding.weight" and value.shape[0] < own[key].shape[0] \
+                and value.shape[1:] == own[key].shape[1:]:
+            grown = own[key].clone()
+            grown[:value.shape[0]] = value                                # old classes kept, new ones as initialised
+            sd[key] = grown
+            log.info("init_from: %s grew from %d to %d classes (new ones as initialised)",
+                     key, value.shape[0], own[key].shape[0])
         else:
             raise ValueError(f"init_from {path}: {key} has shape {tuple(value.shape)}, this config needs "
                              f"{tuple(own[key].shape)}")
@@ -124,7 +131,10 @@ def conditioning(model: LatentDiffusion, entry: dict, drop: torch.Tensor | None 
         classes = layout[..., 0].long()
         if drop is not None:
             classes = torch.where(drop[:, None], torch.full_like(classes, -1), classes)
-        pad = enc.cfg.max_objects - classes.shape[1]
+        K = enc.cfg.max_objects
+        if (classes[:, K:] >= 0).any():
+            raise ValueError(f"a training layout has more objects than the layout embedder's max_objects ({K})")
+        pad = K - classes.shape[1]                                         # < 0: crops empty slots
         classes = F.pad(classes, (0, pad), value=-1)                       # (B, max_objects)
         boxes = F.pad(layout[..., 1:], (0, 0, 0, pad))                     # (B, max_objects, 4)
         context = enc.encode_tensors(classes, boxes)
