@@ -249,6 +249,10 @@ def test_edge_weight_counts_errors_on_outlines_more():
     e, _ = autoencoder_loss(x, on_edge, reg, cfg, "kl", None, None, None)
     f, _ = autoencoder_loss(x, flat, reg, cfg, "kl", None, None, None)
     assert e.item() == pytest.approx(5 * f.item()) and f.item() == pytest.approx(3 * 0.5)
+    faint = x * 0.25                                                        # the same square, a quarter the contrast
+    assert edge_map(faint)[0, 0, 2, 3] == pytest.approx(0.25) and edge_map(faint, gain=4.0)[0, 0, 2, 3] == 1
+    with pytest.raises(ValueError, match="edge_gain > 0"):
+        AutoencoderLossConfig(edge_gain=0.0)
     with pytest.raises(ValueError, match="edge_weight"):
         AutoencoderLossConfig(edge_weight=-1.0)
 

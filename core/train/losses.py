@@ -90,6 +90,9 @@ class AutoencoderLossConfig:
     edge_weight: float = 0.0            # ours: the pixel terms weigh 1 + edge_weight * edge_map(x), so
                                         # the few pixels that carry a small shape's outline (a star's
                                         # points) count as much as the flat areas about it
+    edge_gain: float = 1.0              # ours: edge_map's contrast gain; > 1 saturates the map at faint
+                                        # outlines too (a purple star on grey spans a quarter of the range
+                                        # a purple star on white does), so every outline weighs the same
     perceptual_weight: float = 1.0      # weight of LPIPS (only with local weights)
     disc_weight: float = 0.5            # scales the adaptive GAN weight
     disc_factor: float = 1.0            # 0 switches the GAN off entirely
@@ -98,9 +101,10 @@ class AutoencoderLossConfig:
     disc_ndf: int = 64                  # width of the first discriminator layer
 
     def __post_init__(self):
-        if self.disc_start < 0 or self.disc_num_layers < 1 or self.disc_ndf < 1 or self.edge_weight < 0:
-            raise ValueError(f"AutoencoderLossConfig: disc_start >= 0, disc_num_layers >= 1, disc_ndf >= 1 and "
-                             f"edge_weight >= 0 are needed, got {self}")
+        if self.disc_start < 0 or self.disc_num_layers < 1 or self.disc_ndf < 1 or self.edge_weight < 0 \
+                or self.edge_gain <= 0:
+            raise ValueError(f"AutoencoderLossConfig: disc_start >= 0, disc_num_layers >= 1, disc_ndf >= 1, "
+                             f"edge_weight >= 0 and edge_gain > 0 are needed, got {self}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,11 +246,11 @@ def build_lpips(weight_files) -> LPIPS | None:
 # The first-stage generator objective (eq. 25)
 # --------------------------------------------------------------------------------------------
 
-def edge_map(x: torch.Tensor) -> torch.Tensor:
+def edge_map(x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
     """(B, C, H, W) in [-1, 1] -> (B, 1, H, W) in [0, 1]: half the largest per-channel range (max - min)
-    of each pixel's 3x3 neighbourhood, so 0 on flat areas and up to 1 on both sides of an edge."""
+    of each pixel's 3x3 neighbourhood times `gain`, so 0 on flat areas and up to 1 on both sides of an edge."""
     spread = F.max_pool2d(x, 3, 1, 1) + F.max_pool2d(-x, 3, 1, 1)              # max - min
-    return (spread.amax(dim=1, keepdim=True) / 2).clamp(0.0, 1.0)
+    return (gain * spread.amax(dim=1, keepdim=True) / 2).clamp(0.0, 1.0)
 
 
 def autoencoder_loss(x, rec, reg, cfg: AutoencoderLossConfig, kind: str, lpips: LPIPS | None,
@@ -266,7 +270,7 @@ def autoencoder_loss(x, rec, reg, cfg: AutoencoderLossConfig, kind: str, lpips: 
     if cfg.pixel_l2_weight:
         pixel = pixel + cfg.pixel_l2_weight * diff.pow(2)
     if cfg.edge_weight:
-        pixel = pixel * (1 + cfg.edge_weight * edge_map(x))
+        pixel = pixel * (1 + cfg.edge_weight * edge_map(x, cfg.edge_gain))
     per_pixel = pixel + cfg.perceptual_weight * p_loss
     if kind == "kl":
         nll = per_pixel.sum() / x.shape[0]
