@@ -398,3 +398,15 @@ def test_layout_judge_rewards_each_object_inside_its_box_and_nothing_else():
     recoloured = dataclasses.replace(a, colour=next(c for c in PALETTE if c != a.colour))
     verdict = judge_layout(render(Scene(scene.background, (recoloured, b)), 64), scene)
     assert [(o["found"], o["colour"], o["ok"]) for o in verdict["objects"]] == [(True, False, False), (True, True, True)]
+
+
+def test_eval_layout_records_the_background_each_layout_got():
+    from core.eval.layout import eval_layout, summary_lines
+    from core.pipelines.layout_text import layout_vocabulary
+    from tests.tiny_models import tiny_model
+    m = tiny_model("layout_background")
+    result = eval_layout(m, n=4, objects="1", seed=3, steps=2, log=None)
+    drawn = [r["background"] for r in result["scenes"]]
+    assert drawn == [layout_vocabulary(m).background(None, 3 + i)[1] for i in range(4)]     # the default: from the seed
+    assert sum(s["scenes"] for s in result["by_background"].values()) == 4
+    assert summary_lines(result)[-1].startswith("by background: ")

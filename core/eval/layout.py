@@ -6,7 +6,9 @@ core.pipelines.sample_layout (layout i gets seed + i, so every image IS the one 
 by the shapes-world checker's analysis (`core.world.analyse`): an asked object is right when an
 object of its colour, its shape and its size class (from the box's side: small boxes are 0.18-0.22
 of the image, large 0.28-0.32) has its centre inside the box; a scene is right when every object is
-and nothing else is drawn. The background is not asked by a layout, so it is not judged.
+and nothing else is drawn. The background is not asked by a layout, so it is not judged; a model
+trained with backgrounds draws the one its default ("any") picks from the seed, recorded per layout
+and summarised per background.
 """
 
 import time
@@ -82,12 +84,16 @@ def eval_layout(m, n: int = 200, objects: str = "mixed", seed: int = 0, sampler:
         image = pipelines.sample_layout(m, boxes, seed=seed + i, sampler=sampling.sampler, karras=sampling.karras,
                                         steps=sampling.steps, guidance_scale=sampling.guidance_scale,
                                         eta=sampling.eta, width=defaults.width, height=defaults.height)[0]
-        records.append({"index": i, "seed": seed + i, "layout": boxes, **judge_layout(np.asarray(image), scene)})
+        records.append({"index": i, "seed": seed + i, "layout": boxes,
+                        "background": pipelines.read_infotext(image).get("background"),
+                        **judge_layout(np.asarray(image), scene)})
         if log and (i + 1) % batch_size == 0:
             log(f"  {i + 1}/{n} layouts, {sum(r['scene_ok'] for r in records)} entirely right")
     counts = sorted({len(r["objects"]) for r in records})
+    backgrounds = sorted({r["background"] for r in records if r["background"]})
     return {"task": "layout", **model_info(m), "settings": settings, "summary": accuracy(records),
             "by_objects": {str(k): accuracy([r for r in records if len(r["objects"]) == k]) for k in counts},
+            "by_background": {b: accuracy([r for r in records if r["background"] == b]) for b in backgrounds},
             "scenes": records, "wall_time_s": round(time.perf_counter() - start, 2)}
 
 
@@ -97,4 +103,7 @@ def summary_lines(result: dict) -> list[str]:
         label = "all layouts" if k == "all" else f"{k}-object layouts"
         attrs = ", ".join(f"{a} {s[a]:.1%}" for a in (*ATTRIBUTES, "no_extra"))
         lines.append(f"{label} ({s['scenes']}): {s['scene_accuracy']:.1%} entirely right; {attrs}")
+    if result.get("by_background"):
+        lines.append("by background: " + ", ".join(f"{b} {s['scene_accuracy']:.1%} of {s['scenes']}"
+                                                   for b, s in result["by_background"].items()))
     return lines
