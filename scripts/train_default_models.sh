@@ -90,15 +90,15 @@ python -m core.train export weights/shapes-sr4x.safetensors --out weights/shapes
   --defaults '{"cpu_bf16": true}'
 python -m core.eval sr --model weights/shapes-sr4x.safetensors --max-side 128 --n-shapes 8 --out weights/eval/sr4x.json
 
-# sessions 12-13: the layout-to-image model, from the text model's UNet (4000 steps), evaluated on 200
-# layouts of each kind with two eval seeds (0, and 1 written to layout-*-seed1.json)
+# sessions 12-13: the layout-to-image model's round one, from the text model's UNet (4000 steps),
+# evaluated on 200 layouts of each kind with two eval seeds (0, and 1 written to layout-round1-*-seed1.json)
 OMP_NUM_THREADS=1 python -m core.train ldm --config scripts/train_configs/shapes-layout.yaml   # or: --resume --name shapes-layout
 python -m core.train export runs/shapes-layout --out weights/shapes-layout.safetensors
 for n in 1 2; do
   python -m core.eval layout --model weights/shapes-layout.safetensors --n 200 --objects $n \
-    --out weights/eval/layout-${n}obj.json
+    --out weights/eval/layout-round1-${n}obj.json
   python -m core.eval layout --model weights/shapes-layout.safetensors --n 200 --objects $n --seed 1 \
-    --out weights/eval/layout-${n}obj-seed1.json
+    --out weights/eval/layout-round1-${n}obj-seed1.json
 done
 
 # session 14: tried on the layout model, none shipped (weights/README.md, "Session 14", has the figures):
@@ -109,3 +109,20 @@ done
 #   OMP_NUM_THREADS=1 python -m core.train ldm --config scripts/train_configs/shapes-layout-attn16.yaml
 #   OMP_NUM_THREADS=1 python -m core.train autoencoder --config scripts/train_configs/shapes-kl-f4-decoder-layout.yaml
 #   OMP_NUM_THREADS=2 python -m core.train ldm --config scripts/train_configs/shapes-layout-offset.yaml
+
+# session 15: the shipped layout model. The background became a layout token (27 classes: 24 objects +
+# white, black, gray; sample_layout draws one from the seed when the user leaves it on "any"), trained
+# 2500 steps from the round-one weights; a second decoder pass for these scenes with every outline
+# weighing the same (edge_gain 4; the encoder frozen, so the UNet's latents are unchanged) goes in with
+# it; guidance 4 (export block). A second round (shapes-layout-bg2.yaml) was worse and is not shipped.
+python -m core.train autoencoder --config scripts/train_configs/shapes-kl-f4-decoder-layout.yaml    # session 14's pass
+python -m core.train autoencoder --config scripts/train_configs/shapes-kl-f4-decoder-layout2.yaml
+python -m core.train ldm --config scripts/train_configs/shapes-layout-bg.yaml
+python -m core.train export runs/shapes-layout-bg --out weights/shapes-layout.safetensors \
+  --first-stage runs/shapes-kl-f4-decoder-layout2
+for n in 1 2; do
+  python -m core.eval layout --model weights/shapes-layout.safetensors --n 200 --objects $n \
+    --out weights/eval/layout-${n}obj.json
+  python -m core.eval layout --model weights/shapes-layout.safetensors --n 200 --objects $n --seed 1 \
+    --out weights/eval/layout-${n}obj-seed1.json
+done
