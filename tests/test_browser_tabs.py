@@ -11,9 +11,9 @@ TABS = {"img2img": "Image to image", "inpaint": "Inpaint", "upscale": "Upscale",
 LONG = 500                       # steps (DDIM's most): a job that is still running after a reload
 
 
-def _prepare(page, tab: str, tmp_path) -> None:
-    """Open `tab` and give it its input (inpaint: an image and an uploaded mask)."""
-    source = sample_image(tmp_path / "in.png", (64, 64))
+def _prepare(page, tab: str, tmp_path, side: int = 64) -> None:
+    """Open `tab` and give it its input (inpaint: an image and an uploaded mask), `side` px square."""
+    source = sample_image(tmp_path / "in.png", (side, side))
     open_tab(page, TABS[tab])
     if tab == "classgen":           # no input: the class model's first class, large so that 500 steps take a while
         for side in ("Width", "Height"):
@@ -21,11 +21,13 @@ def _prepare(page, tab: str, tmp_path) -> None:
         return
     if tab == "inpaint":
         upload_to_editor(page, source)
-        mask = np.zeros((64, 64), np.uint8)
-        mask[16:48, 16:48] = 255
+        mask = np.zeros((side, side), np.uint8)
+        mask[side // 4:3 * side // 4, side // 4:3 * side // 4] = 255
         Image.fromarray(mask, "L").save(tmp_path / "mask.png")
         page.get_by_text("Upload a mask instead (white = repaint)").click()
         visible(page, ".ldm-inpaint-mask").locator("input[type=file]").set_input_files(str(tmp_path / "mask.png"))
+        for field in ("Width", "Height"):                # the tab's size fields start at the model's 64
+            visible(page, f'input[aria-label="{field} (0: the picture\'s size)"]').fill(str(side))
     else:
         visible(page, f".ldm-{tab}-image").locator("input[type=file]").set_input_files(str(source))
 
@@ -57,7 +59,8 @@ def _result(page, tab: str) -> np.ndarray:
 
 @pytest.mark.parametrize("tab", list(TABS))
 def test_reload_reattaches_to_a_running_then_a_finished_job(page, tab, tmp_path):
-    _prepare(page, tab, tmp_path)
+    # inpaint at 256 px, so that its 500 steps outlast the reload (at 64 px the job could finish first)
+    _prepare(page, tab, tmp_path, side=256 if tab == "inpaint" else 64)
     _steps(page, tab).fill(str(LONG))
     visible(page, "button.ldm-generate").click()
     _wait_for(page, _info(page, tab), r"sample \d+ of \d+")
