@@ -207,6 +207,8 @@ SLOW_MODULES = {
     "test_train_cli.py": "training subprocesses: SIGTERM / SIGKILL and resume, torchrun DDP",
 }
 SLOW_TESTS = {
+    "test_a_model_with_backgrounds_shows_the_background_picker", "test_the_background_as_a_layout_token",
+    "test_reload_reattaches_to_a_running_then_a_finished_job",
     "test_sdxl_pipelines_take_prompt_syntax", "test_sdxl_inpainting_and_the_refiner_take_prompt_syntax",
     "test_resume_continues_exactly", "test_cli_trains_from_a_zip_and_exports",
     "test_a_lora_trained_in_the_train_tab_loads_back", "test_sdxl_lora_uses_sgm_names_and_both_text_encoders",
