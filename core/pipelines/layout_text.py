@@ -33,7 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.capabilities import capabilities
-from core.world.scene import BACKGROUNDS, CELL_CENTRES, MAX_JITTER, PALETTE, SHAPES, SIZES, class_words
+from core.world.scene import (BACKGROUND_CLASS0, BACKGROUNDS, CELL_CENTRES, MAX_JITTER, PALETTE, SHAPES, SIZES,
+                              class_words)
 
 # The shapes world's classes in label order: "circle red", "circle green", ... "star orange".
 SHAPES_WORLD_NAMES = tuple(" ".join(class_words(i)) for i in range(len(SHAPES) * len(PALETTE)))
@@ -155,10 +156,9 @@ def layout_vocabulary(model_or_config) -> LayoutVocabulary:
     cfg = getattr(model_or_config, "config", model_or_config)
     capabilities(cfg).require("layout")
     cond = cfg.cond_stage                                           # a LayoutEmbedderConfig
-    n = len(SHAPES_WORLD_NAMES)
-    if cond.n_classes == n + len(BACKGROUNDS) and cond.max_objects > 1:
-        return LayoutVocabulary(n, cond.max_objects - 1, SHAPES_WORLD_NAMES, tuple(BACKGROUNDS))
-    names = SHAPES_WORLD_NAMES if cond.n_classes == n else None
+    if cond.n_classes == BACKGROUND_CLASS0 + len(BACKGROUNDS) and cond.max_objects > 1:
+        return LayoutVocabulary(BACKGROUND_CLASS0, cond.max_objects - 1, SHAPES_WORLD_NAMES, tuple(BACKGROUNDS))
+    names = SHAPES_WORLD_NAMES if cond.n_classes == BACKGROUND_CLASS0 else None
     return LayoutVocabulary(cond.n_classes, cond.max_objects, names)
 
 

@@ -47,8 +47,8 @@ from core.models.conditioners import (
 )
 from core.models.diffusion import COND_STAGE_IDENTITY, LatentDiffusionConfig
 from core.models.unet import UNetConfig
-from core.train.data import BACKGROUND_CLASS0, DataConfig
-from core.world import BACKGROUNDS
+from core.train.data import DataConfig
+from core.world import BACKGROUND_CLASS0, BACKGROUNDS
 from core.train.losses import AutoencoderLossConfig
 
 STAGES = ("autoencoder", "ldm", "lora")          # lora: core/train/lora.py (a `lora:` block, no model)

@@ -27,16 +27,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core.world import BACKGROUNDS, PALETTE, SHAPES, ShapesWorld
+from core.world import PALETTE, SHAPES, ShapesWorld, background_class
 
 log = logging.getLogger("core.train")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 SOURCES = ("shapes", "folder", "photos")
 MAX_LAYOUT_OBJECTS = 4                   # the shapes world has 1 to 3 objects, + its background token
-# With data.layout_background, a layout starts with the scene's background: class 24 + its index in
-# BACKGROUNDS (white, black, gray), box the whole image (core/pipelines/layout_text.py reads it back).
-BACKGROUND_CLASS0 = len(SHAPES) * len(PALETTE)
+# With data.layout_background, a layout starts with the scene's background (core.world.background_class),
+# box the whole image (core/pipelines/layout_text.py reads it back).
 # skimage.data photos usable for training (all ship inside the wheel), and the held-out evaluation set.
 TRAIN_PHOTOS = ("astronaut", "brick", "camera", "cell", "clock", "coins", "colorwheel", "grass", "gravel",
                 "hubble_deep_field", "immunohistochemistry", "logo", "moon", "page", "retina", "text")
@@ -311,8 +310,7 @@ class Shapes:
         layout = [(SHAPES.index(shape) * len(PALETTE) + list(PALETTE).index(colour),
                    *(min(max(v, 0.0), 1.0) for v in box)) for shape, colour, *box in s["layout"]]
         if self.background_token:
-            background = BACKGROUND_CLASS0 + list(BACKGROUNDS).index(s["scene"].background)
-            layout.insert(0, (background, 0.0, 0.0, 1.0, 1.0))
+            layout.insert(0, (background_class(s["scene"].background), 0.0, 0.0, 1.0, 1.0))
         label = -1 if s["class_label"] is None else s["class_label"]
         return {"image": s["image"], "caption": s["caption"], "class_label": label, "layout": layout}
 

@@ -9,12 +9,13 @@ from .caption import caption, parse_caption
 from .checker import Analysis, Seen, analyse, compare, judge, judge_caption
 from .dataset import ShapesWorld
 from .render import coverage, render, shape_vertices
-from .scene import (BACKGROUNDS, CELL_CENTRES, MAX_JITTER, PALETTE, POSITIONS, SHAPES, SIZES,
-                    STAR_INNER_RATIO, Obj, ObjectSpec, Scene, SceneSpec, class_label, class_words,
+from .scene import (BACKGROUND_CLASS0, BACKGROUNDS, CELL_CENTRES, MAX_JITTER, PALETTE, POSITIONS, SHAPES, SIZES,
+                    STAR_INNER_RATIO, Obj, ObjectSpec, Scene, SceneSpec, background_class, class_label, class_words,
                     layout, random_scene, spec_of)
 
 __all__ = [
-    "BACKGROUNDS", "CELL_CENTRES", "MAX_JITTER", "PALETTE", "POSITIONS", "SHAPES", "SIZES",
+    "BACKGROUND_CLASS0", "BACKGROUNDS", "background_class", "CELL_CENTRES", "MAX_JITTER", "PALETTE", "POSITIONS",
+    "SHAPES", "SIZES",
     "STAR_INNER_RATIO", "Obj", "ObjectSpec", "Scene", "SceneSpec", "class_label", "class_words",
     "layout", "random_scene", "spec_of", "caption", "parse_caption", "render", "coverage",
     "shape_vertices", "ShapesWorld", "Analysis", "Seen", "analyse", "compare", "judge",

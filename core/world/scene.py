@@ -98,6 +98,16 @@ def class_label(scene: Scene | SceneSpec) -> int | None:
     return SHAPES.index(o.shape) * len(PALETTE) + list(PALETTE).index(o.colour)
 
 
+# A layout's background token (layout models trained with data.layout_background): the classes after
+# the 24 objects', white, black, gray in BACKGROUNDS' order.
+BACKGROUND_CLASS0 = len(SHAPES) * len(PALETTE)
+
+
+def background_class(background: str) -> int:
+    """The layout class of a background word: 24 + its index in BACKGROUNDS."""
+    return BACKGROUND_CLASS0 + list(BACKGROUNDS).index(background)
+
+
 def class_words(label: int) -> tuple[str, str]:
     """The inverse of class_label: 0..23 -> (shape, colour)."""
     if not 0 <= label < len(SHAPES) * len(PALETTE):
