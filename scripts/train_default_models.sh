@@ -115,6 +115,9 @@ done
 # 2500 steps from the round-one weights; a second decoder pass for these scenes with every outline
 # weighing the same (edge_gain 4; the encoder frozen, so the UNet's latents are unchanged) goes in with
 # it; guidance 4 (export block). A second round (shapes-layout-bg2.yaml) was worse and is not shipped.
+# Session 16: the export block samples with DPM++ 2M SDE Karras 30 (same tensors; session 15's file was
+# DPM++ 2M Karras 30); the file was rewritten in place of a retraining with
+#   python -m core.train export weights/shapes-layout.safetensors --out NEW --defaults '{"sampler": "dpmpp_2m_sde"}'
 python -m core.train autoencoder --config scripts/train_configs/shapes-kl-f4-decoder-layout.yaml    # session 14's pass
 python -m core.train autoencoder --config scripts/train_configs/shapes-kl-f4-decoder-layout2.yaml
 python -m core.train ldm --config scripts/train_configs/shapes-layout-bg.yaml
