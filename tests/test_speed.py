@@ -112,3 +112,37 @@ def test_packing_is_skipped_where_the_copies_would_not_fit(monkeypatch):
     assert speed.packing_fits(model)
     monkeypatch.setattr(memory, "available_memory", lambda device: 4 * 512 * 1024 - 1)
     assert not speed.packing_fits(model)
+
+
+@needs_onednn
+def test_geglu_fuses_gelu_and_product_into_its_two_halves():
+    """PackedGEGLU runs value * GELU(gate) as two packed linears with oneDNN post-ops: the reference's
+    numbers (value = the first half of proj, gate the second) up to float rounding, repacked after an
+    in-place change of proj (a LoRA merge), plain under autograd, and GEGLU again after unpack."""
+    from core.models.attention import GEGLU
+    torch.manual_seed(0)
+    geglu = GEGLU(64, 96)
+    plain = copy.deepcopy(geglu)
+    assert speed.pack_for_cpu(geglu, min_weight=0) == 2                  # the GEGLU and its proj
+    assert type(geglu) is speed.PackedGEGLU and type(geglu.proj) is speed.PackedLinear
+    x = torch.randn(2, 50, 64)
+    value, gate = torch.nn.functional.linear(x.double(), plain.proj.weight.double(),
+                                             plain.proj.bias.double()).chunk(2, dim=-1)
+    exact = value * torch.nn.functional.gelu(gate)
+    with torch.inference_mode():
+        out = geglu(x)
+    assert out.shape == (2, 50, 96) and rel(out, exact) < 1e-6
+    assert rel(plain(x).detach(), exact) < 1e-6
+    with torch.no_grad():
+        geglu.proj.weight[96:].mul_(-1.0)                                # only the gate half changes
+        plain.proj.weight[96:].mul_(-1.0)
+    with torch.inference_mode():
+        assert rel(geglu(x), plain(x)) < 1e-6
+    out = geglu(x.requires_grad_())                                      # autograd: the plain forward
+    assert out.grad_fn is not None
+    if torch.bfloat16 in speed.packed_dtypes():
+        with torch.inference_mode():
+            bf16 = copy.deepcopy(geglu).bfloat16()(x.detach().bfloat16())
+        assert bf16.dtype == torch.bfloat16 and rel(bf16, plain(x.detach()).detach()) < 1e-2
+    speed.unpack(geglu)
+    assert type(geglu) is GEGLU and type(geglu.proj) is torch.nn.Linear
