@@ -122,8 +122,9 @@ def _run_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
     return x.dtype if x.dtype == weight.dtype and x.dtype in _DTYPES else None
 
 
-# module -> {rows: (key, packed weight, bias in the run dtype)} (rows None: the whole weight). Outside the module, so that copy.deepcopy and
-# state_dict never see the opaque oneDNN tensors; a copy has new storage, so it packs its own at its first forward.
+# module -> {rows: (key, packed weight, bias in the run dtype)} (rows None: the whole weight). Outside the
+# module, so that copy.deepcopy and state_dict never see the opaque oneDNN tensors; a copy has new storage,
+# so it packs its own at its first forward.
 _PACKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _HOOKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # boundary module -> its hook handle
 
@@ -226,8 +227,9 @@ def _boundaries(model: nn.Module) -> list[nn.Module]:
 
 
 def pack_for_cpu(model: nn.Module, min_weight: int = MIN_PACKED_WEIGHT) -> int:
-    """Swap model's nn.Conv2d / nn.Linear (exact classes, not subclasses) with at least min_weight
-    weight elements to the packed classes in place; returns how many were swapped (0 where oneDNN is missing: the model is left as it was).
+    """Swap model's nn.Conv2d / nn.Linear / GEGLU (exact classes, not subclasses) with at least
+    min_weight weight elements (a GEGLU: its projection's) to the packed classes in place; returns how
+    many were swapped (0 where oneDNN is missing: the model is left as it was).
     Parameters, buffers and state_dict keys are untouched; on any other device, dtype, or with
     autograd recording, each layer runs the plain torch forward."""
     if not _DTYPES:
