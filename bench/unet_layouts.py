@@ -25,6 +25,7 @@ from torch import nn
 
 from core import speed
 from core.checkpoints import config_from_yaml
+from core.models.attention import GEGLU
 from core.models.sdxl_conditioner import ConcatTimestepEmbedderND, ConcatTimestepEmbedderNDConfig
 from core.models.unet import UNetModel
 
@@ -241,6 +242,18 @@ def forward_fn(impl: str, model: nn.Module):
     """fn(*step_args(impl, inputs)) -> eps (B, 4, H, W)."""
     if impl == "ours":
         return lambda x, t, c, *y: model(x, t, c, *y)
+    if impl == "ours-unfused":        # packed, but the transformers' GEGLU as before it was fused (its lever's baseline)
+        fused = [m for m in model.modules() if type(m) is speed.PackedGEGLU]
+
+        def unfused(x, t, c, *y):
+            for m in fused:
+                m.__class__ = GEGLU
+            try:
+                return model(x, t, c, *y)
+            finally:
+                for m in fused:
+                    m.__class__ = speed.PackedGEGLU
+        return unfused
     if impl == "ours-plain":          # our model with torch's plain kernels (the packing lever's baseline)
         def plain(x, t, c, *y):
             with speed.plain_kernels():

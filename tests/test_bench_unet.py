@@ -1,10 +1,14 @@
 """bench/unet.py's SDXL layout without running it (a real run holds 10 GB): the memory guard and the
-one-step inputs both implementations get."""
+one-step inputs both implementations get; and its ours-unfused baseline on a tiny model."""
+import copy
+
 import pytest
 import torch
 
-from bench.unet import check_memory
-from bench.unet_layouts import step_args, step_inputs
+from bench.unet import check_memory, rel
+from bench.unet_layouts import forward_fn, step_args, step_inputs
+from core import speed
+from tests.tiny_models import example_inputs, tiny_model
 
 GIB = 2**30
 
@@ -27,3 +31,23 @@ def test_sdxl_step_inputs_carry_one_adm_vector_in_both_forms():
     assert torch.equal(crop, torch.cat([torch.ones(128), torch.zeros(128)]).expand(2, 2, 256))
     assert [len(step_args(impl, inp)) for impl in ("ours", "ours-plain", "diffusers")] == [4, 4, 5]
     assert len(step_args("ours", step_inputs("sd21", "cpu", torch.float32, 8))) == 3
+
+
+def test_ours_unfused_runs_the_plain_geglu_and_restores_the_fused_one():
+    """bench/unet.py --impls ours-unfused: the fused-GEGLU lever's baseline on the same packed model."""
+    if not speed.packed_dtypes():
+        pytest.skip("torch without oneDNN: nothing is packed")
+    m = tiny_model("sd2")
+    plain = copy.deepcopy(m.model.diffusion_model)
+    unet = m.model.diffusion_model
+    speed.pack_for_cpu(unet, min_weight=0)
+    fused = [mod for mod in unet.modules() if type(mod) is speed.PackedGEGLU]
+    assert fused
+    x, t, _ = example_inputs(m, "sd2")
+    context = torch.randn(2, 77, m.config.unet.context_dim, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        ref = plain(x, t, context)
+        out_fused = forward_fn("ours", unet)(x, t, context)
+        out_unfused = forward_fn("ours-unfused", unet)(x, t, context)
+    assert all(type(mod) is speed.PackedGEGLU for mod in fused)
+    assert rel(out_fused, ref) < 1e-5 and rel(out_unfused, ref) < 1e-5 and not torch.equal(out_fused, out_unfused)
