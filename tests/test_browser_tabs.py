@@ -16,8 +16,8 @@ def _prepare(page, tab: str, tmp_path, side: int = 64) -> None:
     source = sample_image(tmp_path / "in.png", (side, side))
     open_tab(page, TABS[tab])
     if tab == "classgen":           # no input: the class model's first class, large so that 500 steps take a while
-        for side in ("Width", "Height"):
-            visible(page, f"input[aria-label='{side} (0: model default)']").fill("256")
+        for field in ("Width", "Height"):
+            visible(page, f"input[aria-label='{field} (0: model default)']").fill("256")
         return
     if tab == "inpaint":
         upload_to_editor(page, source)

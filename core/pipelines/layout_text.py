@@ -158,7 +158,7 @@ def layout_vocabulary(model_or_config) -> LayoutVocabulary:
     cond = cfg.cond_stage                                           # a LayoutEmbedderConfig
     if cond.n_classes == BACKGROUND_CLASS0 + len(BACKGROUNDS) and cond.max_objects > 1:
         return LayoutVocabulary(BACKGROUND_CLASS0, cond.max_objects - 1, SHAPES_WORLD_NAMES, tuple(BACKGROUNDS))
-    names = SHAPES_WORLD_NAMES if cond.n_classes == BACKGROUND_CLASS0 else None
+    names = SHAPES_WORLD_NAMES if cond.n_classes == len(SHAPES_WORLD_NAMES) else None
     return LayoutVocabulary(cond.n_classes, cond.max_objects, names)
 
 
