@@ -56,7 +56,7 @@ sys.path.insert(0, str(ROOT))
 from bench.gpu_tools import CudaGraphed  # noqa: E402
 # BATCH, CONTEXT_LEN, V2_INFERENCE, inputs, seeded_init_, seeded_unet: also imported from here by
 # bench/gpu_models.py, bench/load_memory.py and tests.
-from bench.unet_layouts import (BATCH, CONTEXT_LEN, DTYPES, LAYOUTS, V2_INFERENCE, forward_fn,  # noqa: E402,F401
+from bench.unet_layouts import (BASELINES, BATCH, CONTEXT_LEN, DTYPES, LAYOUTS, V2_INFERENCE, forward_fn,  # noqa: E402,F401
                                 inputs, load, prepare_weights, seeded_init_, seeded_unet, step_args,
                                 step_inputs, weight_bytes)
 from core import speed  # noqa: E402
@@ -121,9 +121,11 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def prepared_step(impl: str, spec: dict):
     """Load one model as spec asks (dtype, channels_last, compile, CUDA graph); return (step, model,
-    packed). "ours-plain" and "ours-unfused" reuse spec["ours_model"] when given (one copy of the weights)."""
+    packed). "ours-plain", "ours-unfused" and "ours-unblocked" reuse spec["ours_model"] when given (one copy of
+    the weights)."""
     device, dtype = spec["device"], DTYPES[spec["dtype"]]
-    model, packed = spec.get("ours_model") if impl in ("ours-plain", "ours-unfused") else None, False
+    reuses = impl in ("ours-plain", *BASELINES)
+    model, packed = spec.get("ours_model") if reuses else None, False
     if model is None:
         model, packed = load("diffusers" if impl == "diffusers" else "ours", Path(spec["cache"]), device, dtype,
                              spec["layout"], pack=impl != "ours-plain")
@@ -215,7 +217,7 @@ def child_time(spec: dict) -> dict:
     with torch.inference_mode():
         steps = {}
         # diffusers first: ours then decides on its packed copy (speed.packing_fits) with both loaded.
-        for impl in sorted(spec["impls"], key=["diffusers", "ours", "ours-plain", "ours-unfused"].index):
+        for impl in sorted(spec["impls"], key=["diffusers", "ours", "ours-plain", *BASELINES].index):
             steps[impl], model, packed_now = prepared_step(impl, spec)
             if impl == "ours":
                 spec, packed = {**spec, "ours_model": model}, packed_now
@@ -278,9 +280,11 @@ def parse_args():
     p.add_argument("--sizes", type=int, nargs="+", help="latent sizes (default sd21: 32 64, --quick 32; sdxl: 128)")
     p.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES),
                    help="default fp32 bf16 on CPU (sdxl: bf16 only; fp32 if asked and it fits), fp16 bf16 on CUDA")
-    p.add_argument("--impls", nargs="+", choices=["ours", "ours-plain", "ours-unfused", "diffusers"],
+    p.add_argument("--impls", nargs="+", choices=["ours", "ours-plain", *BASELINES, "diffusers"],
                    help="default: ours, ours-plain (sd21 on CPU, when packing is on) and diffusers when importable; "
-                        "ours-unfused: packed with the transformers' GEGLU unfused (speed.PackedGEGLU's baseline)")
+                        "ours-unfused: packed with the transformers' GEGLU unfused (speed.PackedGEGLU's baseline); "
+                        "ours-unblocked: packed with attention and feed-forwards in one piece (speed."
+                        "BlockedCrossAttention's and BlockedFeedForward's baseline)")
     p.add_argument("--warmup", type=int, help="untimed forwards first (default CPU 1, CUDA 3)")
     p.add_argument("--repeats", type=int, help="timed forwards (default CPU 3, CUDA 20; --quick 1)")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),

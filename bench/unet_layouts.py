@@ -25,7 +25,7 @@ from torch import nn
 
 from core import speed
 from core.checkpoints import config_from_yaml
-from core.models.attention import GEGLU
+from core.models.attention import GEGLU, CrossAttention, FeedForward
 from core.models.sdxl_conditioner import ConcatTimestepEmbedderND, ConcatTimestepEmbedderNDConfig
 from core.models.unet import UNetModel
 
@@ -238,22 +238,30 @@ def step_args(impl: str, inp: dict) -> tuple:
     return head + ((inp["text_embeds"], inp["time_ids"]) if impl == "diffusers" else (inp["y"],))
 
 
+# "ours" with one lever undone, as the classes it swaps: the transformers' GEGLU unfused (session 16); the
+# long bf16 self-attention and feed-forwards in one piece, torch's SDPA and the plain FeedForward (session 17).
+BASELINES = {"ours-unfused": {speed.PackedGEGLU: GEGLU},
+             "ours-unblocked": {speed.BlockedCrossAttention: CrossAttention, speed.BlockedFeedForward: FeedForward}}
+
+
 def forward_fn(impl: str, model: nn.Module):
     """fn(*step_args(impl, inputs)) -> eps (B, 4, H, W)."""
     if impl == "ours":
         return lambda x, t, c, *y: model(x, t, c, *y)
-    if impl == "ours-unfused":        # packed, but the transformers' GEGLU as before it was fused (its lever's baseline)
-        fused = [m for m in model.modules() if type(m) is speed.PackedGEGLU]
+    if impl in BASELINES:             # packed, with one lever undone (that lever's baseline)
+        swaps = BASELINES[impl]
+        swapped = [m for m in model.modules() if type(m) in swaps]
 
-        def unfused(x, t, c, *y):
-            for m in fused:
-                m.__class__ = GEGLU
+        def baseline(x, t, c, *y):
+            for m in swapped:
+                m.__class__ = swaps[type(m)]
             try:
                 return model(x, t, c, *y)
             finally:
-                for m in fused:
-                    m.__class__ = speed.PackedGEGLU
-        return unfused
+                undo = {v: k for k, v in swaps.items()}
+                for m in swapped:
+                    m.__class__ = undo[type(m)]
+        return baseline
     if impl == "ours-plain":          # our model with torch's plain kernels (the packing lever's baseline)
         def plain(x, t, c, *y):
             with speed.plain_kernels():

@@ -42,7 +42,7 @@ import weakref
 import torch
 from torch import nn
 
-from core.models.attention import GEGLU
+from core.models.attention import GEGLU, CrossAttention, FeedForward
 
 CPU_PACKED = os.environ.get("LDM_CPU_PACKED", "1") != "0"
 # Layers with smaller weights stay plain: there the per-call weight reorder that packing saves is
@@ -126,7 +126,7 @@ def _run_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
 # module, so that copy.deepcopy and state_dict never see the opaque oneDNN tensors; a copy has new storage,
 # so it packs its own at its first forward.
 _PACKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_HOOKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # boundary module -> its hook handle
+_HOOKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # boundary module -> its hook handles
 
 
 def _version_key(t: torch.Tensor) -> tuple:
@@ -203,12 +203,89 @@ class PackedGEGLU(GEGLU):
         return torch.ops.mkldnn._linear_pointwise.binary(x, gate, value_w, value_b, "mul")
 
 
-_PACKED = {nn.Conv2d: PackedConv2d, nn.Linear: PackedLinear, GEGLU: PackedGEGLU}
+# Self-attention over at least this many tokens runs in blocks in bfloat16 (BlockedCrossAttention):
+# SD 2.1, 2 threads, 2x5 heads x 4096 tokens 293 -> 167 ms, 2x10 x 1024 36 -> 23 ms; at 256 tokens and
+# for the 77-token cross-attention torch's kernel is as fast or faster (bench/README.md).
+BLOCKED_ATTENTION_MIN_TOKENS = 1024
+
+
+class BlockedCrossAttention(CrossAttention):
+    """CrossAttention whose long bfloat16 self-attention on the CPU runs as blocks of matrix products.
+
+    torch's CPU flash-attention kernel computes bfloat16 attention no faster than float32 on a CPU without
+    AMX. Here each head's queries go in blocks of `rows` (about 1 MiB of logits): logits = q k^T as one
+    oneDNN bf16 product, softmax, then times v, every product on native bf16 dot products. The logits
+    are rounded to bfloat16 before the softmax, as the CompVis SD1 attention computes them in the model's
+    dtype (torch's kernel keeps them in float32): relative error of the attention to float64 1.3e-2
+    against 5.6e-3 (logits of std 2), and of a whole SD 2.1 UNet forward in bf16 to float32 see
+    bench/README.md. Everything else (float32, autograd, cross-attention, short sequences, other
+    devices, plain_kernels()) runs the plain CrossAttention."""
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        # q: (B, h, N, d), k and v: (B, h, L, d) -> (B, N, h*d)
+        b, h, n, d = q.shape
+        length = k.shape[2]
+        if (getattr(_plain, "on", False) or q.device.type != "cpu" or q.dtype != torch.bfloat16
+                or torch.bfloat16 not in _DTYPES or length < BLOCKED_ATTENTION_MIN_TOKENS
+                or (torch.is_grad_enabled() and q.requires_grad)):
+            return super().attend(q, k, v)
+        out = q.new_empty(b, n, h, d)                    # written head by head: (B, N, h*d) is a view
+        q = q * d ** -0.5                                # exact for d = 64 (a power of two)
+        rows = max(128, min(n, 2 ** 20 // length))       # 256 rows x 4096 keys: 2 MiB of bf16 logits
+        for i in range(b):
+            for j in range(h):
+                keys_t, values = k[i, j].t(), v[i, j]    # (d, L), (L, d)
+                for r in range(0, n, rows):
+                    logits = torch.mm(q[i, j, r:r + rows], keys_t)             # (rows, L)
+                    torch.mm(torch.softmax(logits, -1), values, out=out[i, r:r + rows, j])
+        return out.view(b, n, h * d)
+
+
+# Feed-forwards over more tokens than this run in blocks of FEED_FORWARD_BLOCK (BlockedFeedForward).
+FEED_FORWARD_BLOCK = 1024
+
+
+class BlockedFeedForward(FeedForward):
+    """FeedForward whose CPU inference over many tokens runs in blocks of FEED_FORWARD_BLOCK rows, so that its
+    inner activations (4x the width: SD 2.1 at 64x64 latents, 8192 x 1280 values) stay in cache between its
+    two layers instead of going through memory. Every row is computed as before (bit-identical): SD 2.1,
+    2x4096 tokens of 320, 2 threads, 122 -> 99 ms in float32, 58 -> 50 ms in bf16."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N, D) -> (B, N, D)
+        rows = x.numel() // x.shape[-1]
+        if rows <= FEED_FORWARD_BLOCK or _run_dtype(x, self.net[2].weight) is None:
+            return super().forward(x)
+        flat = x.reshape(rows, x.shape[-1])
+        out = flat.new_empty(rows, self.net[2].out_features)
+        for r in range(0, rows, FEED_FORWARD_BLOCK):
+            out[r:r + FEED_FORWARD_BLOCK] = self.net(flat[r:r + FEED_FORWARD_BLOCK])
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+
+_PACKED = {nn.Conv2d: PackedConv2d, nn.Linear: PackedLinear, GEGLU: PackedGEGLU,
+           CrossAttention: BlockedCrossAttention, FeedForward: BlockedFeedForward}
 
 
 def _packed_size(module: nn.Module) -> int:
-    """The weight elements that decide whether a layer is packed (a GEGLU: its projection's)."""
+    """The weight elements that decide whether a layer is packed (a GEGLU: its projection's; an
+    attention: its query projection's)."""
+    if isinstance(module, CrossAttention):
+        return module.to_q.weight.numel()
+    if isinstance(module, FeedForward):
+        return module.net[2].weight.numel()
     return (module.proj if isinstance(module, GEGLU) else module).weight.numel()
+
+
+def _channels_last_input(module: nn.Module, args):
+    # The UNet's input goes channels-last before its first layer, so that every activation is (conv_in
+    # and the skips it feeds included): an NCHW residual stream costs a layout copy at each packed
+    # convolution that reads it and a slow one at each concatenation of the decoder (2x960x64x64 bf16:
+    # ~50 ms, 2 threads). Only when the packed kernels run; a no-op for an input that already is.
+    x = args[0] if args else None
+    if (isinstance(x, torch.Tensor) and x.dim() == 4 and not torch.is_grad_enabled()
+            and _run_dtype(x, x) is not None):
+        return (x.contiguous(memory_format=torch.channels_last), *args[1:])
+    return None
 
 
 def _contiguous_output(module: nn.Module, args, output):
@@ -243,7 +320,8 @@ def pack_for_cpu(model: nn.Module, min_weight: int = MIN_PACKED_WEIGHT) -> int:
     if swapped:
         for boundary in _boundaries(model):
             if boundary not in _HOOKS:
-                _HOOKS[boundary] = boundary.register_forward_hook(_contiguous_output)
+                _HOOKS[boundary] = (boundary.register_forward_pre_hook(_channels_last_input),
+                                    boundary.register_forward_hook(_contiguous_output))
     return swapped
 
 
@@ -251,8 +329,8 @@ def packing_fits(model: nn.Module, min_weight: int = MIN_PACKED_WEIGHT) -> bool:
     """Whether the packed copies (as large as the packed layers' weights) fit in a quarter of the
     memory available now: SD 1/2's UNet (+3.4 GiB in float32) on a 16 GiB machine, not SDXL's (+10 GiB)."""
     from core.pipelines.memory import available_memory         # here: core.pipelines imports the loader
-    extra = sum(m.weight.numel() * m.weight.element_size() for m in model.modules()   # a GEGLU's: its proj's
-                if type(m) in _PACKED and not isinstance(m, GEGLU) and m.weight.numel() >= min_weight)
+    extra = sum(m.weight.numel() * m.weight.element_size() for m in model.modules()   # GEGLUs: their proj's
+                if type(m) in (nn.Conv2d, nn.Linear) and m.weight.numel() >= min_weight)
     return 4 * extra <= available_memory("cpu")
 
 
@@ -263,6 +341,5 @@ def unpack(model: nn.Module) -> None:
             if type(module) is packed:
                 module.__class__ = plain
                 _PACKS.pop(module, None)
-        hook = _HOOKS.pop(module, None)
-        if hook is not None:
+        for hook in _HOOKS.pop(module, ()):
             hook.remove()

@@ -51,3 +51,26 @@ def test_ours_unfused_runs_the_plain_geglu_and_restores_the_fused_one():
         out_unfused = forward_fn("ours-unfused", unet)(x, t, context)
     assert all(type(mod) is speed.PackedGEGLU for mod in fused)
     assert rel(out_fused, ref) < 1e-5 and rel(out_unfused, ref) < 1e-5 and not torch.equal(out_fused, out_unfused)
+
+
+def test_ours_unblocked_runs_attention_and_feed_forwards_in_one_piece_then_restores_them():
+    """bench/unet.py --impls ours-unblocked: the blocked attention / feed-forward levers' baseline."""
+    if not speed.packed_dtypes():
+        pytest.skip("torch without oneDNN: nothing is packed")
+    from core.models.attention import CrossAttention, FeedForward
+    m = tiny_model("sd2")
+    unet = m.model.diffusion_model
+    speed.pack_for_cpu(unet, min_weight=0)
+    blocked = [mod for mod in unet.modules()
+               if type(mod) in (speed.BlockedCrossAttention, speed.BlockedFeedForward)]
+    assert blocked
+    seen = []
+    hooks = [mod.register_forward_pre_hook(lambda mod, args: seen.append(type(mod))) for mod in blocked]
+    x, t, _ = example_inputs(m, "sd2")
+    context = torch.randn(2, 77, m.config.unet.context_dim)
+    with torch.inference_mode():
+        forward_fn("ours-unblocked", unet)(x, t, context)
+    assert seen and set(seen) <= {CrossAttention, FeedForward}
+    assert all(type(mod) in (speed.BlockedCrossAttention, speed.BlockedFeedForward) for mod in blocked)
+    for hook in hooks:
+        hook.remove()

@@ -146,3 +146,110 @@ def test_geglu_fuses_gelu_and_product_into_its_two_halves():
         assert bf16.dtype == torch.bfloat16 and rel(bf16, plain(x.detach()).detach()) < 1e-2
     speed.unpack(geglu)
     assert type(geglu) is GEGLU and type(geglu.proj) is torch.nn.Linear
+
+
+class _CountMM(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the matrix products (aten.mm) and fused attention kernels that run inside the block."""
+
+    def __init__(self):
+        super().__init__()
+        self.mm = self.sdpa = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.mm.default or func is torch.ops.aten.mm.out:
+            self.mm += 1
+        elif "scaled_dot_product" in func.name():
+            self.sdpa += 1
+        return func(*args, **(kwargs or {}))
+
+
+@needs_onednn
+@pytest.mark.skipif(torch.bfloat16 not in speed.packed_dtypes(), reason="no native bf16 on this CPU")
+def test_long_bf16_self_attention_runs_in_blocks_and_everything_else_as_before():
+    """BlockedCrossAttention: bf16 self-attention over >= BLOCKED_ATTENTION_MIN_TOKENS tokens as blocks of
+    matrix products, within bf16 rounding of the exact attention; float32, a short context, plain_kernels()
+    and autograd run torch's SDPA as before (bit-identical to the plain module); unpack restores it."""
+    from core.models.attention import CrossAttention
+    torch.manual_seed(0)
+    attn = CrossAttention(128, heads=2, dim_head=64)                  # self-attention, as attn1
+    cross = CrossAttention(128, context_dim=32, heads=2, dim_head=64)  # as attn2
+    with torch.no_grad():
+        attn.to_q.weight.mul_(4.0)                                   # peaked attention: logits of std ~2
+    plain = copy.deepcopy(attn)
+    assert speed.pack_for_cpu(attn, min_weight=0) == 5               # the attention and its four linears
+    speed.pack_for_cpu(cross, min_weight=0)
+    assert type(attn) is speed.BlockedCrossAttention
+    n = speed.BLOCKED_ATTENTION_MIN_TOKENS + 200                     # not a multiple of the block
+    x, context = torch.randn(2, n, 128), torch.randn(2, 7, 32)
+    exact = plain.double()(x.double()).detach()
+    plain.float()
+    bf16, plain16 = copy.deepcopy(attn).bfloat16(), copy.deepcopy(plain).bfloat16()
+    with torch.inference_mode():
+        with _CountMM() as count:
+            out = bf16(x.bfloat16())
+        assert count.sdpa == 0 and count.mm > 0
+        reference = plain16(x.bfloat16())                            # torch's kernel, logits in float32
+        assert out.dtype == torch.bfloat16 and out.shape == (2, n, 128)
+        assert rel(out, exact) < 2e-2 and rel(out, exact) < 3 * rel(reference, exact)
+        for run in (lambda: attn(x), lambda: bf16(x[:, :100].bfloat16()),          # float32; short
+                    lambda: cross.bfloat16()(x.bfloat16(), context.bfloat16())):  # cross-attention
+            with _CountMM() as count:
+                run()
+            assert count.sdpa == 1 and count.mm == 0
+        assert torch.equal(attn(x), plain(x))
+        with speed.plain_kernels():
+            assert torch.equal(bf16(x.bfloat16()), reference)
+    out = bf16(x.bfloat16().requires_grad_())                        # autograd: the plain forward
+    assert out.grad_fn is not None
+    speed.unpack(attn)
+    assert type(attn) is CrossAttention
+
+
+@needs_onednn
+def test_long_feed_forward_runs_in_blocks_with_the_same_numbers():
+    """BlockedFeedForward: over more than FEED_FORWARD_BLOCK tokens, blocks of rows through the same layers,
+    bit-identical to the whole tensor at once; fewer tokens, autograd and plain_kernels() in one piece."""
+    from core.models.attention import FeedForward
+    torch.manual_seed(0)
+    ff = FeedForward(64)
+    speed.pack_for_cpu(ff, min_weight=0)
+    assert type(ff) is speed.BlockedFeedForward
+    calls = []
+    ff.net[2].register_forward_hook(lambda module, args, out: calls.append(args[0].numel() // args[0].shape[-1]))
+    x = torch.randn(2, speed.FEED_FORWARD_BLOCK + 300, 64)           # 2648 rows: blocks of 1024, 1024, 600
+    with torch.inference_mode():
+        out = ff(x)
+        assert calls == [1024, 1024, 600]
+        whole = ff.net(x)                                            # the same layers, all rows at once
+        assert torch.equal(out, whole) and out.shape == x.shape
+        calls.clear()
+        ff(x[:, :500])                                               # 1000 rows: one piece
+        with speed.plain_kernels():
+            ff(x)
+        assert [len(calls), calls[-1]] == [2, 2 * x.shape[1]]
+    speed.unpack(ff)
+    assert type(ff) is FeedForward
+
+
+@needs_onednn
+def test_packed_unet_keeps_activations_channels_last_from_its_input():
+    """The packed UNet's input goes channels-last before conv_in (so its skips and concatenations are too),
+    only in inference with the packed kernels; the output is NCHW-contiguous either way."""
+    plain, packed, _ = packed_sd2()
+    unet = packed.model.diffusion_model
+    seen = []
+    unet.input_blocks[0][0].register_forward_pre_hook(
+        lambda module, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    x, t, _ = example_inputs(plain, "sd2")
+    context = torch.randn(2, 77, plain.config.unet.context_dim)
+    with torch.inference_mode():
+        out = unet(x, t, context)
+        with speed.plain_kernels():
+            unet(x, t, context)
+    unet(x, t, context)                                              # autograd records: left as it is
+    assert seen == [True, False, False]
+    assert out.is_contiguous() and x.is_contiguous()                 # the caller's tensor is not touched
+    speed.unpack(packed)
+    with torch.inference_mode():
+        unet(x, t, context)
+    assert seen[-1] is False

@@ -75,10 +75,15 @@ class CrossAttention(nn.Module):
         q = self.to_q(x).view(b, n, self.heads, self.dim_head).transpose(1, 2)   # (B, h, N, d)
         k = self.to_k(context).view(b, -1, self.heads, self.dim_head).transpose(1, 2)  # (B, h, L, d)
         v = self.to_v(context).view(b, -1, self.heads, self.dim_head).transpose(1, 2)  # (B, h, L, d)
-        # softmax(q k^T * d^-0.5) v; SDPA's default scale is d^-0.5, as in the reference.
+        return self.to_out(self.attend(q, k, v))                           # (B, N, Dq)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        # q: (B, h, N, d), k and v: (B, h, L, d) -> softmax(q k^T * d^-0.5) v as (B, N, h*d).
+        # SDPA's default scale is d^-0.5, as in the reference (core.speed.BlockedCrossAttention
+        # computes the same in blocks for long bfloat16 self-attention on the CPU).
+        b, h, n, d = q.shape
         out = F.scaled_dot_product_attention(q, k, v)                      # (B, h, N, d)
-        out = out.transpose(1, 2).reshape(b, n, self.heads * self.dim_head)  # (B, N, h*d)
-        return self.to_out(out)                                            # (B, N, Dq)
+        return out.transpose(1, 2).reshape(b, n, h * d)                    # (B, N, h*d)
 
 
 class GEGLU(nn.Module):
