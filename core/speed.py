@@ -14,9 +14,15 @@ the same in eager mode, with no compile step:
                                  CPU autocast to bf16 runs a bf16 packed copy (cpu_bf16_autocast).
     PackedGEGLU                  the transformers' gated feed-forward (GEGLU) as two packed linears,
                                  GELU and the product fused into them as oneDNN post-ops.
-    pack_for_cpu(model)          swaps every Conv2d / Linear / GEGLU of `model` to those classes in place, and
-                                 makes the UNet's output contiguous again: channels-last activations
-                                 stay inside.
+    BlockedFeedForward           a feed-forward over more than FEED_FORWARD_BLOCK tokens in blocks of rows,
+                                 so its 4x-wide inner activations stay in cache (bit-identical).
+    BlockedCrossAttention        bfloat16 self-attention over >= BLOCKED_ATTENTION_MIN_TOKENS tokens as
+                                 blocks of oneDNN bf16 matrix products and a softmax, logits in bf16 (torch's
+                                 CPU flash kernel runs bf16 no faster than float32 without AMX).
+    pack_for_cpu(model)          swaps every Conv2d / Linear / GEGLU / FeedForward / CrossAttention of
+                                 `model` to those classes in place, and hooks the UNet so that its input
+                                 goes channels-last before conv_in and its output leaves contiguous:
+                                 channels-last activations throughout, inside only.
 
 Measured on a 2-core AMD EPYC (AVX512-BF16, no AMX), SD 2.1 UNet and KL-f8 decoder: bench/README.md.
 The packed weight is made at the first forward and remade whenever the weight changes (LoRA merges

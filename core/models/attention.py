@@ -11,7 +11,8 @@ Stability-AI/stablediffusion), so `load_state_dict(strict=True)` needs no renami
     AttentionBlock (legacy LDM)     norm, qkv (Conv1d 1x1), proj_out (Conv1d 1x1)
 
 Every attention product goes through `F.scaled_dot_product_attention`, which picks a fused kernel
-(flash / memory-efficient) on GPU; its default scale d_head^-0.5 is the reference's.
+(flash / memory-efficient) on GPU; its default scale d_head^-0.5 is the reference's. On the CPU, a
+packed model (core.speed) computes long bfloat16 self-attention in blocks instead (`attend` is the hook).
 """
 
 from __future__ import annotations
