@@ -175,8 +175,9 @@ def prepare_weights(cache: Path, seed: int, with_diffusers: bool, layout: str = 
 def load(impl: str, cache: Path, device: str, dtype: torch.dtype, layout: str = "sd21", pack: bool = True):
     """Build on the meta device and assign the saved tensors, cast one by one: weights held once.
     Ours on the CPU is packed as core.load_model does: only when speed.packing_fits (the packed
-    copy, as large as the packed weights, fits in a quarter of the memory available now).
-    Returns (model, packed)."""
+    copy, as large as the packed weights, fits in a quarter of the memory available now); otherwise
+    only its blocked attention and feed-forwards are swapped in (they hold no copy).
+    Returns (model, packed: whether the packed copies are used)."""
     from safetensors import safe_open
     if impl == "ours":
         with torch.device("meta"):
@@ -193,8 +194,10 @@ def load(impl: str, cache: Path, device: str, dtype: torch.dtype, layout: str = 
     del sd
     if any(t.is_meta for t in list(model.parameters()) + list(model.buffers())):
         raise RuntimeError(f"{impl}: some tensors were not in the weights file")
-    packed = (pack and impl == "ours" and device == "cpu" and speed.CPU_PACKED and speed.packing_fits(model)
-              and speed.pack_for_cpu(model) > 0)
+    packed = False
+    if pack and impl == "ours" and device == "cpu" and speed.CPU_PACKED:
+        fits = speed.packing_fits(model)                 # if not, only the copy-free blocked classes
+        packed = speed.pack_for_cpu(model, copies=fits) > 0 and fits
     return model.eval(), packed
 
 

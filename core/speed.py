@@ -309,10 +309,13 @@ def _boundaries(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, UNetModel)]
 
 
-def pack_for_cpu(model: nn.Module, min_weight: int = MIN_PACKED_WEIGHT) -> int:
-    """Swap model's nn.Conv2d / nn.Linear / GEGLU (exact classes, not subclasses) with at least
-    min_weight weight elements (a GEGLU: its projection's) to the packed classes in place; returns how
-    many were swapped (0 where oneDNN is missing: the model is left as it was).
+def pack_for_cpu(model: nn.Module, min_weight: int = MIN_PACKED_WEIGHT, copies: bool = True) -> int:
+    """Swap model's nn.Conv2d / nn.Linear / GEGLU / FeedForward / CrossAttention (exact classes, not
+    subclasses) with at least min_weight weight elements (a GEGLU: its projection's; a FeedForward: its
+    output layer's; an attention: its query projection's) to the classes above in place; returns how many
+    were swapped (0 where oneDNN is missing: the model is left as it was). `copies` False (the packed
+    copies would not fit, packing_fits): only the blocked feed-forward and attention, which hold no copy;
+    their layers stay plain and so do the activations' layouts.
     Parameters, buffers and state_dict keys are untouched; on any other device, dtype, or with
     autograd recording, each layer runs the plain torch forward."""
     if not _DTYPES:
@@ -320,10 +323,11 @@ def pack_for_cpu(model: nn.Module, min_weight: int = MIN_PACKED_WEIGHT) -> int:
     swapped = 0
     for module in model.modules():
         packed = _PACKED.get(type(module))
-        if packed is not None and _packed_size(module) >= min_weight:
+        if (packed is not None and _packed_size(module) >= min_weight
+                and (copies or isinstance(module, (CrossAttention, FeedForward)))):
             module.__class__ = packed
             swapped += 1
-    if swapped:
+    if swapped and copies:
         for boundary in _boundaries(model):
             if boundary not in _HOOKS:
                 _HOOKS[boundary] = (boundary.register_forward_pre_hook(_channels_last_input),

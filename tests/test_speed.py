@@ -253,3 +253,26 @@ def test_packed_unet_keeps_activations_channels_last_from_its_input():
     with torch.inference_mode():
         unet(x, t, context)
     assert seen[-1] is False
+
+
+@needs_onednn
+def test_without_room_for_copies_only_the_blocked_classes_are_swapped(monkeypatch, tmp_path):
+    """load_model on a machine where the packed copies would not fit (SDXL in 23 GiB): layers stay plain,
+    the copy-free blocked attention and feed-forwards still apply, the UNet's layouts are untouched."""
+    import core.pipelines.memory as memory
+    from core import load_model, save_model
+    from core.models.attention import CrossAttention, FeedForward
+    model = tiny_model("sd2")
+    path = save_model(model, tmp_path / "tiny.safetensors", dtype=None)
+    monkeypatch.setattr(memory, "available_memory", lambda device: 0)
+    monkeypatch.setattr(speed, "MIN_PACKED_WEIGHT", 0)               # the tiny model's layers count too
+    loaded = load_model(path)
+    kinds = {type(m) for m in loaded.modules()}
+    assert speed.BlockedCrossAttention in kinds and speed.BlockedFeedForward in kinds
+    assert not kinds & {speed.PackedConv2d, speed.PackedLinear, speed.PackedGEGLU, CrossAttention, FeedForward}
+    assert loaded.model.diffusion_model not in speed._HOOKS
+    x, t, _ = example_inputs(model, "sd2")
+    context = torch.randn(2, 77, model.config.unet.context_dim)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded.model.diffusion_model(x, t, context),
+                                   model.model.diffusion_model(x, t, context), rtol=1e-5, atol=1e-5)
