@@ -435,7 +435,8 @@ def print_table(results: dict, rss: str) -> None:
     if unpacked:
         print("\n\"ours\" ran torch's plain kernels, not oneDNN-packed weights, in: " + "; ".join(unpacked)
               + ". core.load_model decides the same way: speed.packing_fits found that the packed copy (as "
-              "large as the weights) would not fit in a quarter of the memory available (or LDM_CPU_PACKED=0).")
+              "large as the weights) would not fit in a quarter of the memory available (or LDM_CPU_PACKED=0); "
+              "its blocked attention and feed-forwards, which hold no copy, still ran (not with LDM_CPU_PACKED=0).")
 
 
 if __name__ == "__main__":
