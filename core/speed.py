@@ -219,7 +219,7 @@ class BlockedCrossAttention(CrossAttention):
     """CrossAttention whose long bfloat16 self-attention on the CPU runs as blocks of matrix products.
 
     torch's CPU flash-attention kernel computes bfloat16 attention no faster than float32 on a CPU without
-    AMX. Here each head's queries go in blocks of `rows` (about 1 MiB of logits): logits = q k^T as one
+    AMX. Here each head's queries go in blocks of `rows` (about 2 MiB of logits): logits = q k^T as one
     oneDNN bf16 product, softmax, then times v, every product on native bf16 dot products. The logits
     are rounded to bfloat16 before the softmax, as the CompVis SD1 attention computes them in the model's
     dtype (torch's kernel keeps them in float32): relative error of the attention to float64 1.3e-2
@@ -273,8 +273,8 @@ _PACKED = {nn.Conv2d: PackedConv2d, nn.Linear: PackedLinear, GEGLU: PackedGEGLU,
 
 
 def _packed_size(module: nn.Module) -> int:
-    """The weight elements that decide whether a layer is packed (a GEGLU: its projection's; an
-    attention: its query projection's)."""
+    """The weight elements that decide whether a layer is packed (a GEGLU: its projection's; a
+    FeedForward: its output layer's; an attention: its query projection's)."""
     if isinstance(module, CrossAttention):
         return module.to_q.weight.numel()
     if isinstance(module, FeedForward):
