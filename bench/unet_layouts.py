@@ -194,10 +194,7 @@ def load(impl: str, cache: Path, device: str, dtype: torch.dtype, layout: str = 
     del sd
     if any(t.is_meta for t in list(model.parameters()) + list(model.buffers())):
         raise RuntimeError(f"{impl}: some tensors were not in the weights file")
-    packed = False
-    if pack and impl == "ours" and device == "cpu" and speed.CPU_PACKED:
-        fits = speed.packing_fits(model)                 # if not, only the copy-free blocked classes
-        packed = speed.pack_for_cpu(model, copies=fits) > 0 and fits
+    packed = pack and impl == "ours" and device == "cpu" and speed.pack_as_it_fits(model)
     return model.eval(), packed
 
 
@@ -252,18 +249,16 @@ def forward_fn(impl: str, model: nn.Module):
     if impl == "ours":
         return lambda x, t, c, *y: model(x, t, c, *y)
     if impl in BASELINES:             # packed, with one lever undone (that lever's baseline)
-        swaps = BASELINES[impl]
-        swapped = [m for m in model.modules() if type(m) in swaps]
+        swapped = [(m, type(m)) for m in model.modules() if type(m) in BASELINES[impl]]
 
         def baseline(x, t, c, *y):
-            for m in swapped:
-                m.__class__ = swaps[type(m)]
+            for m, fast in swapped:
+                m.__class__ = BASELINES[impl][fast]
             try:
                 return model(x, t, c, *y)
             finally:
-                undo = {v: k for k, v in swaps.items()}
-                for m in swapped:
-                    m.__class__ = undo[type(m)]
+                for m, fast in swapped:
+                    m.__class__ = fast
         return baseline
     if impl == "ours-plain":          # our model with torch's plain kernels (the packing lever's baseline)
         def plain(x, t, c, *y):

@@ -231,9 +231,7 @@ class BlockedCrossAttention(CrossAttention):
         # q: (B, h, N, d), k and v: (B, h, L, d) -> (B, N, h*d)
         b, h, n, d = q.shape
         length = k.shape[2]
-        if (getattr(_plain, "on", False) or q.device.type != "cpu" or q.dtype != torch.bfloat16
-                or torch.bfloat16 not in _DTYPES or length < BLOCKED_ATTENTION_MIN_TOKENS
-                or (torch.is_grad_enabled() and q.requires_grad)):
+        if length < BLOCKED_ATTENTION_MIN_TOKENS or _run_dtype(q, self.to_q.weight) != torch.bfloat16:
             return super().attend(q, k, v)
         out = q.new_empty(b, n, h, d)                    # written head by head: (B, N, h*d) is a view
         q = q * d ** -0.5                                # exact for d = 64 (a power of two)
@@ -270,6 +268,7 @@ class BlockedFeedForward(FeedForward):
 
 _PACKED = {nn.Conv2d: PackedConv2d, nn.Linear: PackedLinear, GEGLU: PackedGEGLU,
            CrossAttention: BlockedCrossAttention, FeedForward: BlockedFeedForward}
+_COPY_FREE = (CrossAttention, FeedForward)   # their swaps hold no packed copy of any weight
 
 
 def _packed_size(module: nn.Module) -> int:
@@ -324,7 +323,7 @@ def pack_for_cpu(model: nn.Module, min_weight: int = MIN_PACKED_WEIGHT, copies: 
     for module in model.modules():
         packed = _PACKED.get(type(module))
         if (packed is not None and _packed_size(module) >= min_weight
-                and (copies or isinstance(module, (CrossAttention, FeedForward)))):
+                and (copies or isinstance(module, _COPY_FREE))):
             module.__class__ = packed
             swapped += 1
     if swapped and copies:
@@ -342,6 +341,16 @@ def packing_fits(model: nn.Module, min_weight: int = MIN_PACKED_WEIGHT) -> bool:
     extra = sum(m.weight.numel() * m.weight.element_size() for m in model.modules()   # GEGLUs: their proj's
                 if type(m) in (nn.Conv2d, nn.Linear) and m.weight.numel() >= min_weight)
     return 4 * extra <= available_memory("cpu")
+
+
+def pack_as_it_fits(model: nn.Module, min_weight: int = MIN_PACKED_WEIGHT) -> bool:
+    """What load_model does to a CPU model: pack_for_cpu with the packed copies where they fit
+    (packing_fits), the copy-free blocked classes alone where they do not, nothing with CPU_PACKED off.
+    Returns whether the packed copies are used."""
+    if not CPU_PACKED:
+        return False
+    fits = packing_fits(model, min_weight)
+    return pack_for_cpu(model, min_weight, copies=fits) > 0 and fits
 
 
 def unpack(model: nn.Module) -> None:

@@ -220,9 +220,8 @@ def load_model(path: str | Path, config=None, device=None, dtype: torch.dtype | 
     model = _build(cfg, sd, strict, path.name)
     device = torch.device(device or "cpu")
     model = _cast(model, device, dtype or getattr(torch, inference_dtype(device))).eval()
-    min_weight = speed.min_packed_weight(model)
-    if device.type == "cpu" and speed.CPU_PACKED:   # oneDNN prepacked weights: same keys, same outputs up to rounding
-        speed.pack_for_cpu(model, min_weight, copies=speed.packing_fits(model, min_weight))
+    if device.type == "cpu":   # oneDNN prepacked weights: same keys, same outputs up to rounding
+        speed.pack_as_it_fits(model, speed.min_packed_weight(model))
     model.checkpoint_path = str(path)
     model.metadata = dict(metadata)
     return model
