@@ -284,7 +284,8 @@ def parse_args():
                    help="default: ours, ours-plain (sd21 on CPU, when packing is on) and diffusers when importable; "
                         "ours-unfused: packed with the transformers' GEGLU unfused (speed.PackedGEGLU's baseline); "
                         "ours-unblocked: packed with attention and feed-forwards in one piece (speed."
-                        "BlockedCrossAttention's and BlockedFeedForward's baseline)")
+                        "BlockedCrossAttention's and BlockedFeedForward's baseline); ours-direct: packed with "
+                        "every 3x3 convolution direct (speed.WinogradConv2d's baseline)")
     p.add_argument("--warmup", type=int, help="untimed forwards first (default CPU 1, CUDA 3)")
     p.add_argument("--repeats", type=int, help="timed forwards (default CPU 3, CUDA 20; --quick 1)")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),

@@ -241,7 +241,8 @@ def step_args(impl: str, inp: dict) -> tuple:
 # "ours" with one lever undone, as the classes it swaps: the transformers' GEGLU unfused (session 16); the
 # long bf16 self-attention and feed-forwards in one piece, torch's SDPA and the plain FeedForward (session 17).
 BASELINES = {"ours-unfused": {speed.PackedGEGLU: GEGLU},
-             "ours-unblocked": {speed.BlockedCrossAttention: CrossAttention, speed.BlockedFeedForward: FeedForward}}
+             "ours-unblocked": {speed.BlockedCrossAttention: CrossAttention, speed.BlockedFeedForward: FeedForward},
+             "ours-direct": {speed.WinogradConv2d: speed.PackedConv2d}}
 
 
 def forward_fn(impl: str, model: nn.Module):

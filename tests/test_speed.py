@@ -105,13 +105,30 @@ def test_unpack_restores_plain_classes_and_other_dtypes_fall_back():
 
 
 def test_packing_is_skipped_where_the_copies_would_not_fit(monkeypatch):
-    """The packed copies double the packed weights' memory: only when they fit a quarter of what is free."""
+    """The packed copies double the packed weights' memory: only when they fit a third of what is free."""
     import core.pipelines.memory as memory
     model = torch.nn.Sequential(torch.nn.Linear(512, 256))                    # 2**17 weights, 512 KiB
-    monkeypatch.setattr(memory, "available_memory", lambda device: 4 * 512 * 1024)
+    monkeypatch.setattr(memory, "available_memory", lambda device: 3 * 512 * 1024)
     assert speed.packing_fits(model)
-    monkeypatch.setattr(memory, "available_memory", lambda device: 4 * 512 * 1024 - 1)
+    monkeypatch.setattr(memory, "available_memory", lambda device: 3 * 512 * 1024 - 1)
     assert not speed.packing_fits(model)
+
+
+@needs_onednn
+def test_winograd_copies_where_they_fit_else_direct_else_none(monkeypatch):
+    """load_model's tiers (pack_as_it_fits): Winograd's transformed kernels (16/9 of the weight) where they
+    fit a third of the free memory, else the direct convolution's packed copy, else no copy at all."""
+    import core.pipelines.memory as memory
+    weight = 256 * 256 * 9 * 4                                                 # bytes of one float32 kernel
+    for free, kind, copies in ((3 * weight * 16 // 9, speed.WinogradConv2d, True),
+                               (3 * weight * 16 // 9 - 1, speed.PackedConv2d, True),
+                               (3 * weight - 1, torch.nn.Conv2d, False)):
+        model = torch.nn.Sequential(torch.nn.Conv2d(256, 256, 3, padding=1))
+        monkeypatch.setattr(memory, "available_memory", lambda device, free=free: free)
+        assert speed.pack_as_it_fits(model) is copies
+        assert type(model[0]) is kind
+    bf16 = torch.nn.Sequential(torch.nn.Conv2d(256, 256, 3, padding=1)).bfloat16()
+    assert speed.packing_fits(bf16)             # Winograd runs in float32 only: a bf16 copy is 1x
 
 
 @needs_onednn
@@ -149,17 +166,22 @@ def test_geglu_fuses_gelu_and_product_into_its_two_halves():
 
 
 class _CountMM(torch.utils._python_dispatch.TorchDispatchMode):
-    """Counts the matrix products (aten.mm) and fused attention kernels that run inside the block."""
+    """Counts the matrix products (aten.mm), fused attention kernels, oneDNN linear layers and
+    convolutions that run inside the block."""
 
     def __init__(self):
         super().__init__()
-        self.mm = self.sdpa = 0
+        self.mm = self.sdpa = self.linear = self.conv = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func is torch.ops.aten.mm.default or func is torch.ops.aten.mm.out:
             self.mm += 1
         elif "scaled_dot_product" in func.name():
             self.sdpa += 1
+        elif "_linear_pointwise" in func.name():
+            self.linear += 1
+        elif "_convolution_pointwise" in func.name():
+            self.conv += 1
         return func(*args, **(kwargs or {}))
 
 
@@ -276,3 +298,62 @@ def test_without_room_for_copies_only_the_blocked_classes_are_swapped(monkeypatc
     with torch.inference_mode():
         torch.testing.assert_close(loaded.model.diffusion_model(x, t, context),
                                    model.model.diffusion_model(x, t, context), rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_winograd_convolution_matches_float64_and_falls_back_where_it_does_not_apply(monkeypatch):
+    """WinogradConv2d (F(2x2, 3x3)): 16 oneDNN products per block of tile rows and no convolution, within
+    2e-6 of float64 (as the direct convolution); blocks smaller than the image (a partial last one
+    included) give the same numbers. Odd sizes, bf16, autograd and plain_kernels() run the direct
+    convolution; an in-place weight change repacks the transformed kernels."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(256, 256, 3, padding=1)
+    stride2, small = torch.nn.Conv2d(256, 256, 3, 2, 1), torch.nn.Conv2d(128, 256, 3, padding=1)
+    model = torch.nn.Sequential(conv, stride2, small)
+    speed.pack_for_cpu(model)
+    assert [type(m) for m in model] == [speed.WinogradConv2d, speed.PackedConv2d, speed.PackedConv2d]
+    exact = lambda x: torch.nn.functional.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1)
+    x = torch.randn(3, 256, 10, 14)                                  # 5 x 7 tiles of 2x2
+    with torch.inference_mode():
+        with _CountMM() as count:
+            out = conv(x)
+        assert (count.linear, count.conv) == (16, 0)
+        assert out.shape == (3, 256, 10, 14) and out.is_contiguous(memory_format=torch.channels_last)
+        assert rel(out, exact(x)) < 2e-6
+        tile_row = 16 * 3 * 7 * 256 * 4                              # bytes of one row of transformed tiles
+        monkeypatch.setattr(speed, "WINOGRAD_BLOCK_BYTES", 2 * tile_row)
+        with _CountMM() as count:
+            blocks = conv(x)                                         # rows 2 + 2 + 1
+        assert count.linear == 3 * 16 and rel(blocks, exact(x)) < 2e-6
+        for odd in (torch.randn(2, 256, 9, 8), torch.randn(2, 256, 8, 7)):
+            with _CountMM() as count:
+                out = conv(odd)
+            assert (count.linear, count.conv) == (0, 1) and rel(out, exact(odd)) < 2e-6
+        with speed.plain_kernels():
+            assert torch.equal(conv(x), torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1))
+        with torch.no_grad():
+            conv.weight.mul_(2.0)                                    # a LoRA merge writes in place
+        assert rel(conv(x), exact(x)) < 2e-6
+        if torch.bfloat16 in speed.packed_dtypes():
+            with _CountMM() as count:
+                copy.deepcopy(conv).bfloat16()(x.bfloat16())
+            assert (count.linear, count.conv) == (0, 1)
+    out = conv(x.requires_grad_())                                   # autograd: torch's convolution
+    assert out.grad_fn is not None
+    speed.unpack(model)
+    assert [type(m) for m in model] == [torch.nn.Conv2d] * 3 and conv not in speed._PACKS
+
+
+@needs_onednn
+def test_unet_with_winograd_everywhere_matches_plain(monkeypatch):
+    """The tiny SD2 UNet and decoder with every 3x3 stride-1 convolution as Winograd (the channel floor
+    lowered to 0): within 1e-5 of the plain forward, as the direct packed kernels are."""
+    monkeypatch.setattr(speed, "WINOGRAD_MIN_CHANNELS", 0)
+    plain, packed, _ = packed_sd2()
+    assert any(type(m) is speed.WinogradConv2d for m in packed.modules())
+    x, t, _ = example_inputs(plain, "sd2")
+    context = torch.randn(2, 77, plain.config.unet.context_dim, generator=torch.Generator().manual_seed(3))
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        assert rel(packed.model.diffusion_model(x, t, context), plain.model.diffusion_model(x, t, context)) < 1e-5
+        assert rel(packed.first_stage_model.decode(z), plain.first_stage_model.decode(z)) < 1e-5
