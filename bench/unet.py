@@ -213,7 +213,7 @@ def child_time(spec: dict) -> dict:
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     times = {impl: [] for impl in spec["impls"]}
     cpu_times = {impl: [] for impl in spec["impls"]}
-    packed = False
+    packed = winograd = False
     with torch.inference_mode():
         steps = {}
         # diffusers first: ours then decides on its packed copy (speed.packing_fits) with both loaded.
@@ -221,6 +221,7 @@ def child_time(spec: dict) -> dict:
             steps[impl], model, packed_now = prepared_step(impl, spec)
             if impl == "ours":
                 spec, packed = {**spec, "ours_model": model}, packed_now
+                winograd = any(type(m) is speed.WinogradConv2d for m in model.modules())
         for impl, step in steps.items():
             for _ in range(spec["warmup"]):
                 step()
@@ -232,7 +233,7 @@ def child_time(spec: dict) -> dict:
                 sync()
                 times[impl].append((time.perf_counter() - t0) * 1e3)
                 cpu_times[impl].append((time.process_time() - c0) * 1e3)
-    return {"wall": times, "cpu": cpu_times, "packed": packed}
+    return {"wall": times, "cpu": cpu_times, "packed": packed, "winograd": winograd}
 
 
 def run_child(spec: dict) -> dict:
@@ -378,7 +379,7 @@ def main() -> None:
                 error = timed.get("error") or mem.get("error")
                 results[size, dtype, impl] = {"error": error} if error else {
                     "times_ms": timed["wall"][impl], "cpu_ms": timed["cpu"][impl], **mem,
-                    "packed_timed": timed["packed"]}
+                    "packed_timed": timed["packed"], "winograd": timed["winograd"]}
                 shown = error or ("  ".join(f"{t:.0f}" for t in timed["wall"][impl]) + " ms (cpu "
                                   + "  ".join(f"{t:.0f}" for t in timed["cpu"][impl]) + f" ms), {mem['peak_mib']:.0f} MiB RSS")
                 print(f"  {size}x{size} {dtype} {impl}: {shown}", flush=True)
@@ -411,7 +412,7 @@ def print_table(results: dict, rss: str) -> None:
 
     def ratio(a, b, fmt="{:.2f}"):
         return fmt.format(a / b) if a is not None and b else ""
-    unpacked = []
+    unpacked, direct = [], []
     for (size, dtype, impl), r in results.items():
         config = f"{size}x{size} latents"
         if r.get("error"):
@@ -419,6 +420,8 @@ def print_table(results: dict, rss: str) -> None:
             continue
         if impl == "ours" and rss == "RSS" and not (r["packed"] and r["packed_timed"]):
             unpacked.append(f"{config} {dtype}")
+        elif impl == "ours" and rss == "RSS" and dtype == "fp32" and not r["winograd"]:
+            direct.append(f"{config} {dtype}")
         median, cpu = statistics.median(r["times_ms"]), statistics.median(r["cpu_ms"])
         tensors = "" if r["tensors_mib"] is None else f"{r['tensors_mib']:.0f}"
         ratios = ["", "", ""]
@@ -436,8 +439,12 @@ def print_table(results: dict, rss: str) -> None:
     if unpacked:
         print("\n\"ours\" ran torch's plain kernels, not oneDNN-packed weights, in: " + "; ".join(unpacked)
               + ". core.load_model decides the same way: speed.packing_fits found that the packed copy (as "
-              "large as the weights) would not fit in a quarter of the memory available (or LDM_CPU_PACKED=0); "
+              "large as the weights) would not fit in a third of the memory available (or LDM_CPU_PACKED=0); "
               "its blocked attention and feed-forwards, which hold no copy, still ran (not with LDM_CPU_PACKED=0).")
+    if direct:
+        print("\n\"ours\" ran its 3x3 convolutions direct, not as Winograd (speed.WinogradConv2d), in: "
+              + "; ".join(direct) + ". core.load_model decides the same way: the transformed kernels (16/9 of "
+              "those convolutions' weights) would not fit in a third of the memory available (speed.packing_fits).")
 
 
 if __name__ == "__main__":

@@ -174,9 +174,9 @@ def prepare_weights(cache: Path, seed: int, with_diffusers: bool, layout: str = 
 
 def load(impl: str, cache: Path, device: str, dtype: torch.dtype, layout: str = "sd21", pack: bool = True):
     """Build on the meta device and assign the saved tensors, cast one by one: weights held once.
-    Ours on the CPU is packed as core.load_model does: only when speed.packing_fits (the packed
-    copy, as large as the packed weights, fits in a quarter of the memory available now); otherwise
-    only its blocked attention and feed-forwards are swapped in (they hold no copy).
+    Ours on the CPU is packed as core.load_model does (speed.pack_as_it_fits): only when the packed
+    copies fit in a third of the memory available now (with Winograd's transformed kernels where those
+    fit); otherwise only its blocked attention and feed-forwards are swapped in (they hold no copy).
     Returns (model, packed: whether the packed copies are used)."""
     from safetensors import safe_open
     if impl == "ours":

@@ -228,8 +228,8 @@ class WinogradConv2d(PackedConv2d):
     CPU inference on even-sized inputs runs as Winograd F(2x2, 3x3): the padded input is cut into 4x4 tiles
     overlapping by 2, each transformed (B^T d B, additions only), the 16 components multiplied by the
     transformed kernels as 16 oneDNN matrix products of (tiles, Cin) x (Cin, Cout), and transformed back
-    (A^T m A) into the 2x2 output tiles, written channels-last. Blocks of tile rows keep the transformed
-    tiles at about WINOGRAD_BLOCK_BYTES. SD 2.1 sizes, 2 threads: 0.55-0.65 of the direct convolution's
+    (A^T m A) into the 2x2 output tiles, written channels-last. It goes in blocks of tile rows, each padded
+    on its own (no padded copy of the whole input), whose transformed tiles take about WINOGRAD_BLOCK_BYTES. SD 2.1 sizes, 2 threads: 0.55-0.65 of the direct convolution's
     time; relative error to float64 5e-7 to 9e-7 against the direct convolution's 1e-6 (bench/README.md).
     Anything else (bfloat16, odd sizes, autograd, other devices) runs PackedConv2d."""
 
@@ -240,14 +240,16 @@ class WinogradConv2d(PackedConv2d):
         co, th, tw = self.out_channels, h // 2, w // 2
         k = max(1, min(th, WINOGRAD_BLOCK_BYTES // (16 * b * tw * c * x.element_size())))  # tile rows per block
         kernels, bias = _packed_weight(self, lambda u: _winograd_pack(u, b * k * tw), x.dtype, part="winograd")
-        padded = F.pad(x.contiguous(memory_format=torch.channels_last), (1, 1, 1, 1)).permute(0, 2, 3, 1)
+        pixels = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)   # (B, H, W, Cin) view
         out = x.new_empty(b, th, 2, tw, 2, co)                      # (B, H, W, Cout): channels-last
         rows_buf, tiles_buf = x.new_empty(4 * b * k * (w + 2) * c), x.new_empty(16 * b * k * tw * c)
         half_buf = x.new_empty(8 * b * k * tw * co)
         for r0 in range(0, th, k):
             n = min(k, th - r0)
             rows, tiles = _view(rows_buf, 4, b, n, w + 2, c), _view(tiles_buf, 4, 4, b, n, tw, c)
-            _winograd_in([padded[:, 2 * r0 + i:2 * (r0 + n) + i:2] for i in range(4)], list(rows))
+            lo, hi = 2 * r0 - 1, 2 * (r0 + n) + 1                     # the block's input rows, padding included
+            padded = F.pad(pixels[:, max(lo, 0):min(hi, h)], (0, 0, 1, 1, max(-lo, 0), max(hi - h, 0)))
+            _winograd_in([padded[:, i:i + 2 * n:2] for i in range(4)], list(rows))
             _winograd_in([rows[:, :, :, i:i + 2 * tw:2] for i in range(4)], list(tiles.unbind(1)))
             flat = tiles.view(16, b * n * tw, c)
             # The bias goes into component (1, 1): it enters each of the four outputs once, with sign +.

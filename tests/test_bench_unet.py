@@ -1,5 +1,6 @@
 """bench/unet.py's SDXL layout without running it (a real run holds 10 GB): the memory guard and the
-one-step inputs both implementations get; and its ours-unfused baseline on a tiny model."""
+one-step inputs both implementations get; and its baselines (ours-unfused, ours-unblocked, ours-direct)
+on a tiny model."""
 import copy
 
 import pytest
@@ -72,5 +73,30 @@ def test_ours_unblocked_runs_attention_and_feed_forwards_in_one_piece_then_resto
         forward_fn("ours-unblocked", unet)(x, t, context)
     assert seen and set(seen) <= {CrossAttention, FeedForward}
     assert all(type(mod) in (speed.BlockedCrossAttention, speed.BlockedFeedForward) for mod in blocked)
+    for hook in hooks:
+        hook.remove()
+
+
+def test_ours_direct_runs_the_winograd_convolutions_direct_then_restores_them(monkeypatch):
+    """bench/unet.py --impls ours-direct: the Winograd lever's baseline on the same packed model."""
+    if not speed.packed_dtypes():
+        pytest.skip("torch without oneDNN: nothing is packed")
+    monkeypatch.setattr(speed, "WINOGRAD_MIN_CHANNELS", 0)            # the tiny model's convolutions count
+    m = tiny_model("sd2")
+    unet = m.model.diffusion_model
+    speed.pack_for_cpu(unet, min_weight=0)
+    winograd = [mod for mod in unet.modules() if type(mod) is speed.WinogradConv2d]
+    assert winograd
+    seen = []
+    hooks = [mod.register_forward_pre_hook(lambda mod, args: seen.append(type(mod))) for mod in winograd]
+    x, t, _ = example_inputs(m, "sd2")
+    context = torch.randn(2, 77, m.config.unet.context_dim)
+    with torch.inference_mode():
+        direct = forward_fn("ours-direct", unet)(x, t, context)
+        assert set(seen) == {speed.PackedConv2d}
+        seen.clear()
+        assert rel(forward_fn("ours", unet)(x, t, context), direct) < 1e-5
+    assert set(seen) == {speed.WinogradConv2d}
+    assert all(type(mod) is speed.WinogradConv2d for mod in winograd)
     for hook in hooks:
         hook.remove()
