@@ -53,8 +53,7 @@ def models(seed: int, dtype: torch.dtype, with_diffusers: bool) -> dict:
         theirs.load_state_dict(convert_ldm_vae_checkpoint(ldm, config), strict=True)
         out["diffusers"] = theirs.to(dtype).eval()
     ours = ours.to(dtype)
-    if speed.CPU_PACKED:
-        speed.pack_for_cpu(ours)                 # what load_model does on the CPU
+    speed.pack_as_it_fits(ours)                  # what load_model does on the CPU
     out["ours"] = ours
     return out
 
