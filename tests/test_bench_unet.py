@@ -54,27 +54,32 @@ def test_ours_unfused_runs_the_plain_geglu_and_restores_the_fused_one():
     assert rel(out_fused, ref) < 1e-5 and rel(out_unfused, ref) < 1e-5 and not torch.equal(out_fused, out_unfused)
 
 
+def packed_tiny_unet(*kinds):
+    """A packed tiny SD2 UNet, its modules of the packed classes `kinds` (each appending the class it runs
+    as to `seen` at every forward), and one step's inputs."""
+    m = tiny_model("sd2")
+    unet = m.model.diffusion_model
+    speed.pack_for_cpu(unet, min_weight=0)
+    modules = [mod for mod in unet.modules() if type(mod) in kinds]
+    assert modules
+    seen = []
+    for mod in modules:
+        mod.register_forward_pre_hook(lambda mod, args: seen.append(type(mod)))
+    x, t, _ = example_inputs(m, "sd2")
+    return unet, modules, seen, (x, t, torch.randn(2, 77, m.config.unet.context_dim))
+
+
 def test_ours_unblocked_runs_attention_and_feed_forwards_in_one_piece_then_restores_them():
     """bench/unet.py --impls ours-unblocked: the blocked attention / feed-forward levers' baseline."""
     if not speed.packed_dtypes():
         pytest.skip("torch without oneDNN: nothing is packed")
     from core.models.attention import CrossAttention, FeedForward
-    m = tiny_model("sd2")
-    unet = m.model.diffusion_model
-    speed.pack_for_cpu(unet, min_weight=0)
-    blocked = [mod for mod in unet.modules()
-               if type(mod) in (speed.BlockedCrossAttention, speed.BlockedFeedForward)]
-    assert blocked
-    seen = []
-    hooks = [mod.register_forward_pre_hook(lambda mod, args: seen.append(type(mod))) for mod in blocked]
-    x, t, _ = example_inputs(m, "sd2")
-    context = torch.randn(2, 77, m.config.unet.context_dim)
+    kinds = (speed.BlockedCrossAttention, speed.BlockedFeedForward)
+    unet, blocked, seen, inputs = packed_tiny_unet(*kinds)
     with torch.inference_mode():
-        forward_fn("ours-unblocked", unet)(x, t, context)
+        forward_fn("ours-unblocked", unet)(*inputs)
     assert seen and set(seen) <= {CrossAttention, FeedForward}
-    assert all(type(mod) in (speed.BlockedCrossAttention, speed.BlockedFeedForward) for mod in blocked)
-    for hook in hooks:
-        hook.remove()
+    assert all(type(mod) in kinds for mod in blocked)
 
 
 def test_ours_direct_runs_the_winograd_convolutions_direct_then_restores_them(monkeypatch):
@@ -82,21 +87,11 @@ def test_ours_direct_runs_the_winograd_convolutions_direct_then_restores_them(mo
     if not speed.packed_dtypes():
         pytest.skip("torch without oneDNN: nothing is packed")
     monkeypatch.setattr(speed, "WINOGRAD_MIN_CHANNELS", 0)            # the tiny model's convolutions count
-    m = tiny_model("sd2")
-    unet = m.model.diffusion_model
-    speed.pack_for_cpu(unet, min_weight=0)
-    winograd = [mod for mod in unet.modules() if type(mod) is speed.WinogradConv2d]
-    assert winograd
-    seen = []
-    hooks = [mod.register_forward_pre_hook(lambda mod, args: seen.append(type(mod))) for mod in winograd]
-    x, t, _ = example_inputs(m, "sd2")
-    context = torch.randn(2, 77, m.config.unet.context_dim)
+    unet, winograd, seen, inputs = packed_tiny_unet(speed.WinogradConv2d)
     with torch.inference_mode():
-        direct = forward_fn("ours-direct", unet)(x, t, context)
+        direct = forward_fn("ours-direct", unet)(*inputs)
         assert set(seen) == {speed.PackedConv2d}
         seen.clear()
-        assert rel(forward_fn("ours", unet)(x, t, context), direct) < 1e-5
+        assert rel(forward_fn("ours", unet)(*inputs), direct) < 1e-5
     assert set(seen) == {speed.WinogradConv2d}
     assert all(type(mod) is speed.WinogradConv2d for mod in winograd)
-    for hook in hooks:
-        hook.remove()
