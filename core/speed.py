@@ -152,7 +152,8 @@ def _packed_weight(module: nn.Module, pack, dtype: torch.dtype,
     those output features (GEGLU's value and gate halves); a name: another packing of the whole weight
     (WinogradConv2d's transformed kernels beside PackedConv2d's).
 
-    A new tensor, a move, a cast or an in-place write (weight._version) all change the key. Inference
+    A new tensor, a move, a cast or an in-place write (weight._version) all change the key, and a repack
+    drops the module's packs of the old key (a float32 Winograd copy once the layer runs in bf16). Inference
     tensors (made under torch.inference_mode) have no version counter; they can only be written inside
     inference_mode, which nothing here does."""
     weight, bias = module.weight, module.bias
@@ -160,6 +161,8 @@ def _packed_weight(module: nn.Module, pack, dtype: torch.dtype,
     packs = _PACKS.setdefault(module, {})
     cached = packs.get(part)
     if cached is None or cached[0] != key:
+        for stale in [p for p, c in packs.items() if c[0] != key]:   # packs of an earlier weight or dtype
+            del packs[stale]
         if isinstance(part, tuple):
             weight, bias = weight[part[0]:part[1]], None if bias is None else bias[part[0]:part[1]]
         cached = (key, pack(weight.detach().to(dtype).contiguous()),
@@ -239,8 +242,9 @@ class WinogradConv2d(PackedConv2d):
     overlapping by 2, each transformed (B^T d B, additions only), the 16 components multiplied by the
     transformed kernels as 16 oneDNN matrix products of (tiles, Cin) x (Cin, Cout), and transformed back
     (A^T m A) into the 2x2 output tiles, written channels-last. It goes in blocks of tile rows, each padded
-    on its own (no padded copy of the whole input), whose transformed tiles take about WINOGRAD_BLOCK_BYTES. SD 2.1 sizes, 2 threads: 0.55-0.65 of the direct convolution's
-    time; relative error to float64 5e-7 to 9e-7 against the direct convolution's 1e-6 (bench/README.md).
+    on its own (no padded copy of the whole input), whose transformed tiles take about WINOGRAD_BLOCK_BYTES.
+    SD 2.1 sizes, 2 threads: 0.55-0.73 of the direct convolution's time; relative error to float64 5e-7 to
+    9e-7 against the direct convolution's 1e-6 (bench/README.md).
     Anything else (bfloat16, odd sizes, autograd, other devices) runs PackedConv2d."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, Cin, H, W) -> (B, Cout, H, W)
@@ -458,8 +462,8 @@ def pack_for_cpu(model: nn.Module, min_weight: int = MIN_PACKED_WEIGHT, copies: 
 def packing_fits(model: nn.Module, min_weight: int = MIN_PACKED_WEIGHT, winograd: bool = True) -> bool:
     """Whether the packed copies fit in a third of the memory available now. They are as large as the
     packed layers' weights, and 16/9 of them for the Winograd convolutions' 4x4 transformed kernels
-    (float32 only; `winograd` False: as PackedConv2d). SD 2.1's UNet in float32: +4.8 GiB with Winograd, +3.2 GiB
-    without; SDXL's in bfloat16 +4.8 GiB without."""
+    (float32 only; `winograd` False: as PackedConv2d). SD 2.1's UNet in float32: +4.8 GiB with
+    Winograd, +3.2 GiB without; SDXL's in bfloat16: +4.8 GiB."""
     from core.pipelines.memory import available_memory         # here: core.pipelines imports the loader
     extra = sum(m.weight.numel() * m.weight.element_size() * (16 / 9 if winograd and _winograd_runs(m) else 1)
                 for m in model.modules()                        # GEGLUs: their proj's

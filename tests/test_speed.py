@@ -335,9 +335,12 @@ def test_winograd_convolution_matches_float64_and_falls_back_where_it_does_not_a
             conv.weight.mul_(2.0)                                    # a LoRA merge writes in place
         assert rel(conv(x), exact(x)) < 2e-6
         if torch.bfloat16 in speed.packed_dtypes():
+            bf16 = copy.deepcopy(conv)
+            bf16(x)
             with _CountMM() as count:
-                copy.deepcopy(conv).bfloat16()(x.bfloat16())
+                bf16.bfloat16()(x.bfloat16())
             assert (count.linear, count.conv) == (0, 1)
+            assert list(speed._PACKS[bf16]) == [None]                 # the float32 Winograd copy is dropped
     out = conv(x.requires_grad_())                                   # autograd: torch's convolution
     assert out.grad_fn is not None
     speed.unpack(model)
