@@ -343,7 +343,8 @@ def main() -> None:
     if cuda and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch sees no CUDA device; use --device cpu")
     has_diffusers = importlib.util.find_spec("diffusers") is not None
-    plain = not cuda and speed.CPU_PACKED and lay.name == "sd21"   # SDXL's packed copy does not fit: ours is plain
+    # SDXL's packed copy does not fit beside diffusers' model in 23 GiB: ours is plain there
+    plain = not cuda and speed.CPU_PACKED and lay.name == "sd21"
     impls = args.impls or (["ours"] + (["ours-plain"] if plain else []) + (["diffusers"] if has_diffusers else []))
     if "diffusers" in impls and not has_diffusers:
         raise SystemExit("diffusers is not importable here; run with .bench-venv/bin/python (bench/README.md)")
