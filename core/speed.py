@@ -192,6 +192,8 @@ class PackedConv2d(nn.Conv2d):
 # the transforms cost as much as they save).
 WINOGRAD_MIN_CHANNELS = 256
 WINOGRAD_BLOCK_BYTES = 16 * 2 ** 20   # transformed input tiles per block of tile rows
+# The one dtype Winograd runs in: in bf16 it rounds 4x more than the direct convolution (bench/README.md).
+WINOGRAD_DTYPE = torch.float32
 # F(2x2, 3x3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016): a 4x4 input tile d
 # and a 3x3 kernel g give the 2x2 output tile A^T [(G g G^T) * (B^T d B)] A.
 _WINOGRAD_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
@@ -248,7 +250,7 @@ class WinogradConv2d(PackedConv2d):
     Anything else (bfloat16, odd sizes, autograd, other devices) runs PackedConv2d."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, Cin, H, W) -> (B, Cout, H, W)
-        if (_run_dtype(x, self.weight) != torch.float32 or x.dim() != 4 or x.shape[2] % 2 or x.shape[3] % 2):
+        if (_run_dtype(x, self.weight) != WINOGRAD_DTYPE or x.dim() != 4 or x.shape[2] % 2 or x.shape[3] % 2):
             return super().forward(x)
         b, c, h, w = x.shape
         co, th, tw = self.out_channels, h // 2, w // 2
@@ -383,8 +385,8 @@ def _winograd_shape(module: nn.Module) -> bool:
 
 
 def _winograd_runs(module: nn.Module) -> bool:
-    """Whether WinogradConv2d would compute `module` as it is now: its shape, in float32."""
-    return _winograd_shape(module) and module.weight.dtype == torch.float32
+    """Whether WinogradConv2d would compute `module` as it is now: its shape, in WINOGRAD_DTYPE."""
+    return _winograd_shape(module) and module.weight.dtype == WINOGRAD_DTYPE
 
 
 def _packed_class(module: nn.Module, winograd: bool = True) -> type | None:
